@@ -1,0 +1,33 @@
+# Everything installs into .venv from PyPI; only Python (3.11+) and make are assumed.
+# mitmproxy 12 needs Python >= 3.12; with only 3.11 available, mitmproxy 11 is used.
+PYTHON ?= $(shell for v in 3.12 3.13; do \
+	  for p in "$$(command -v python$$v 2>/dev/null)" $$HOME/.pyenv/versions/$$v*/bin/python$$v; do \
+	    [ -n "$$p" ] && [ -x "$$p" ] && "$$p" -c 'import venv' 2>/dev/null && echo "$$p" && exit 0; \
+	  done; done; echo python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[record,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sse-recorder demo
+
+test: $(STAMP)
+	$(BIN)/ruff check sse_recorder addons tests bench
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check sse_recorder addons tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,10 @@
+"""Record SSE traffic into a cassette: `mitmdump -s addons/record.py --set sse_cassette=PATH`.
+
+Options (all `--set name=value`, lists by repeating): sse_cassette, sse_include,
+sse_exclude, sse_redact_headers, sse_redact_query, sse_redact_json. The logic lives in
+`sse_recorder.addon`; this file only hands it to mitmproxy.
+"""
+
+from sse_recorder.addon import Recorder
+
+addons = [Recorder()]

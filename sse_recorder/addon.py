@@ -1,0 +1,275 @@
+"""The mitmproxy recording addon: a thin shell over `RecordingSession`.
+
+Only this module (and `proxy.py`) import mitmproxy. Rules it keeps (see the project notes
+on mitmproxy 11/12):
+- streaming is switched on in `responseheaders` for `text/event-stream` only; other
+  responses are buffered by mitmproxy as usual and stored whole in `response`;
+- the stream callable stamps, queues and returns the chunk untouched; it never returns
+  `b""` or `None` for a non-final chunk, never awaits and never raises;
+- each flow is finalized in exactly one of `response` or `error`, not on the final `b""`;
+- every option is a string (or list of strings) parsed here, so a bad value is a clear
+  start-up error instead of mitmproxy silently disabling the addon.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.connection import ConnectionState, Server
+from mitmproxy.proxy import server_hooks
+
+from .errors import ConfigError
+from .model import EndReason, RecordedRequest, ResponseHead
+from .recorder import RecorderConfig, RecordingSession
+from .redact import RedactionRules
+from .routes import RouteFilter
+
+log = logging.getLogger("sse_recorder")
+
+_TRUNCATED_H1 = (
+    "HTTP/1 protocol error: peer closed connection without sending complete message body"
+)
+
+
+def classify_error(
+    message: str, *, client_open: bool, server_open: bool, server_reset: bool
+) -> EndReason:
+    """Map mitmproxy's flow error text (identical in 11.0.2 and 12.3.1) to an end reason."""
+    if message == "Client disconnected.":
+        return EndReason.CLIENT_GONE
+    upstream_gone = EndReason.UPSTREAM_RESET if server_reset else EndReason.UPSTREAM_CLOSED
+    if message.startswith(_TRUNCATED_H1):
+        return upstream_gone
+    if message == "peer closed connection":  # HTTP/2: whichever side is closed went away
+        if not client_open:
+            return EndReason.CLIENT_GONE
+        if not server_open:
+            return upstream_gone
+        return EndReason.PROXY_ERROR
+    if message.startswith("stream reset by client ("):  # the text names "client" either way
+        return EndReason.CLIENT_GONE if "(CANCEL)" in message else EndReason.UPSTREAM_RESET
+    return EndReason.PROXY_ERROR
+
+
+def _headers(fields: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+    return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in fields)
+
+
+def _is_close_delimited(response: http.Response) -> bool:
+    return response.http_version.startswith("HTTP/1") and not (
+        "content-length" in response.headers or "transfer-encoding" in response.headers
+    )
+
+
+class _Flow:
+    """What the addon remembers about one recorded flow."""
+
+    __slots__ = ("iid", "anchor_ns", "streamed", "close_delimited")
+
+    def __init__(self, iid: int, anchor_ns: int) -> None:
+        self.iid = iid
+        self.anchor_ns = anchor_ns
+        self.streamed = False
+        self.close_delimited = False
+
+
+class Recorder:
+    """Records HTTP traffic (SSE streamed chunk by chunk, the rest whole) into a cassette."""
+
+    def __init__(
+        self, session: RecordingSession | None = None, routes: RouteFilter | None = None
+    ) -> None:
+        # In-process use (`sse-recorder record`) passes a started session and routes; as a
+        # `mitmdump -s` script, both come from the sse_* options in `running`.
+        self.session = session
+        self.filter = routes or RouteFilter()
+        self._preconfigured = session is not None
+        self._flows: dict[str, _Flow] = {}
+        self._live: dict[str, http.HTTPFlow] = {}
+        self._readers: weakref.WeakKeyDictionary[Server, Any] = weakref.WeakKeyDictionary()
+        self.failed = False
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "sse_cassette", str, "", "SQLite cassette to record into (created, or appended to)."
+        )
+        loader.add_option(
+            "sse_include", Sequence[str], [],
+            "Record only requests matching one of these routes: '[METHOD ]host/path-glob'.",
+        )
+        loader.add_option(
+            "sse_exclude", Sequence[str], [], "Never record requests matching these routes."
+        )
+        loader.add_option(
+            "sse_redact_headers", Sequence[str], [],
+            "Extra header names to redact (credential headers always are).",
+        )
+        loader.add_option(
+            "sse_redact_query", Sequence[str], [],
+            "Extra query parameter names to redact (api_key, token... always are).",
+        )
+        loader.add_option(
+            "sse_redact_json", Sequence[str], [],
+            "Extra JSON field names to redact in request bodies, response bodies and SSE data.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if self._preconfigured:
+            return
+        try:
+            if updated & {"sse_include", "sse_exclude"}:
+                self.filter = RouteFilter.parse(ctx.options.sse_include, ctx.options.sse_exclude)
+        except ConfigError as exc:
+            raise exceptions.OptionsError(str(exc)) from None
+        if self.session is not None and updated & {"sse_cassette"}:
+            raise exceptions.OptionsError("sse_cassette cannot change while recording")
+
+    async def running(self) -> None:
+        if self._preconfigured:
+            return
+        unknown = sorted(k for k in ctx.options.deferred if k.startswith("sse_"))
+        if unknown:
+            log.error(f"sse-recorder: unknown option(s): {', '.join(unknown)}")
+            return
+        if not ctx.options.sse_cassette:
+            log.error("sse-recorder: set the cassette path with --set sse_cassette=PATH")
+            return
+        rules = RedactionRules.with_extra(
+            ctx.options.sse_redact_headers,
+            ctx.options.sse_redact_query,
+            ctx.options.sse_redact_json,
+        )
+        session = RecordingSession(
+            ctx.options.sse_cassette, RecorderConfig(redaction=rules), self._storage_failed
+        )
+        try:
+            await session.start()
+        except Exception as exc:  # noqa: BLE001 - CassetteError or an OS error opening it
+            log.error(f"sse-recorder: {exc}")
+            return
+        self.session = session
+        log.info(f"sse-recorder: recording into {ctx.options.sse_cassette}")
+
+    async def done(self) -> None:
+        if self.session is not None:
+            session, self.session = self.session, None
+            await session.close()
+            log.info(f"sse-recorder: flushed {session.chunks_written} chunks")
+        if self.failed:
+            raise SystemExit(1)  # mitmdump then exits non-zero: the recording is incomplete
+
+    # -- storage failure: stop loudly ----------------------------------------------------
+
+    def _storage_failed(self, exc: Exception) -> None:
+        self.failed = True
+        sys.stderr.write(f"sse-recorder: cannot write the cassette, stopping the proxy: {exc}\n")
+        for flow in list(self._live.values()):
+            if flow.killable:
+                flow.kill()
+        ctx.master.shutdown()
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """Keep the upstream's stream reader: its exception tells a reset from a FIN."""
+        proxyserver = ctx.master.addons.get("proxyserver")
+        for handler in getattr(proxyserver, "connections", {}).values():
+            transport = getattr(handler, "transports", {}).get(data.server)
+            if transport is not None:
+                self._readers[data.server] = transport.reader
+                return
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        session = self.session
+        if session is None or self.failed:
+            if self.failed and flow.killable:
+                flow.kill()
+            return
+        request = flow.request
+        if not self.filter.allows(request.method, request.pretty_host, request.path):
+            return
+        started_at = time.time()
+        anchor_ns = time.monotonic_ns()
+        iid = session.begin(
+            RecordedRequest(
+                method=request.method,
+                url=request.pretty_url,
+                headers=_headers(request.headers.fields),
+                body=request.raw_content or b"",
+                http_version=request.http_version,
+            ),
+            started_at,
+        )
+        self._flows[flow.id] = _Flow(iid, anchor_ns)
+        self._live[flow.id] = flow
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state = self._flows.get(flow.id)
+        session = self.session
+        if state is None or session is None or flow.response is None:
+            return
+        response = flow.response
+        head = ResponseHead(
+            status=response.status_code,
+            reason=response.reason,
+            headers=_headers(response.headers.fields),
+            http_version=response.http_version,
+        )
+        if session.head(state.iid, head, time.monotonic_ns() - state.anchor_ns):
+            state.streamed = True
+            state.close_delimited = _is_close_delimited(response)
+            response.stream = _stream_callable(session.chunk, state.iid, state.anchor_ns)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        state = self._flows.pop(flow.id, None)
+        self._live.pop(flow.id, None)
+        session = self.session
+        if state is None or session is None:
+            return
+        offset = time.monotonic_ns() - state.anchor_ns
+        if not state.streamed and flow.response is not None and flow.response.raw_content:
+            session.chunk(state.iid, offset, flow.response.raw_content)
+        session.end(
+            state.iid, EndReason.CLEAN, offset, None, check_truncation=state.close_delimited
+        )
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state = self._flows.pop(flow.id, None)
+        self._live.pop(flow.id, None)
+        session = self.session
+        if state is None or session is None:
+            return
+        message = flow.error.msg if flow.error else "unknown error"
+        reader = self._readers.get(flow.server_conn)
+        reset = isinstance(getattr(reader, "exception", lambda: None)(), ConnectionResetError)
+        reason = classify_error(
+            message,
+            client_open=bool(flow.client_conn.state & ConnectionState.CAN_READ),
+            server_open=bool(flow.server_conn.state & ConnectionState.CAN_READ),
+            server_reset=reset,
+        )
+        session.end(state.iid, reason, time.monotonic_ns() - state.anchor_ns, message)
+
+
+def _stream_callable(
+    record: Callable[[int, int, bytes], None], iid: int, anchor_ns: int
+) -> Callable[[bytes], bytes | list[bytes]]:
+    clock = time.monotonic_ns
+
+    def stream(data: bytes) -> bytes | list[bytes]:
+        if not data:
+            return []  # b"" would end a chunked body early; the end is handled in hooks
+        try:
+            record(iid, clock() - anchor_ns, data)
+        except Exception:  # noqa: BLE001 - raising here would crash mitmproxy's layer
+            log.exception("sse-recorder: dropped a chunk")
+        return data
+
+    return stream
+

@@ -1,0 +1,297 @@
+"""The `sse-recorder` command line: a thin click shell over the library.
+
+Heavy imports (SQLAlchemy, mitmproxy) happen inside the commands so `--help` is instant and
+the core commands work without the `record` extra. Every expected failure is one line on
+stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .errors import SSERecorderError
+
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine, turning expected failures into a one-line error and exit status 2."""
+    try:
+        return asyncio.run(coro)
+    except SSERecorderError as exc:
+        click.echo(f"sse-recorder: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sse-recorder")
+def main() -> None:
+    """Record Server-Sent Events through mitmproxy into SQLite cassettes, and replay them."""
+
+
+# -- record --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--cassette", "cassette", required=True, type=click.Path(path_type=Path),
+              help="Cassette to record into: created, or appended to if it is one.")
+@click.option("--upstream", metavar="URL",
+              help="Reverse-proxy mode towards URL (clients change only their base URL).")
+@click.option("--listen-host", default="127.0.0.1", show_default=True)
+@click.option("--listen-port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              help="0 picks a free port.")
+@click.option("--confdir", type=click.Path(path_type=Path),
+              default=Path("~/.mitmproxy").expanduser(), show_default=True,
+              help="mitmproxy configuration directory (holds its CA).")
+@click.option("--include", multiple=True, metavar="ROUTE",
+              help="Record only '[METHOD ]host/path-glob' routes (repeatable).")
+@click.option("--exclude", multiple=True, metavar="ROUTE", help="Never record these routes.")
+@click.option("--redact-header", multiple=True, metavar="NAME",
+              help="Extra header to redact (credential headers always are).")
+@click.option("--redact-query", multiple=True, metavar="NAME",
+              help="Extra query parameter to redact.")
+@click.option("--redact-json", multiple=True, metavar="FIELD",
+              help="Extra JSON field to redact in bodies and SSE data.")
+@click.option("--ssl-insecure", is_flag=True, help="Do not verify upstream TLS certificates.")
+def record(
+    cassette: Path,
+    upstream: str | None,
+    listen_host: str,
+    listen_port: int,
+    confdir: Path,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    redact_header: tuple[str, ...],
+    redact_query: tuple[str, ...],
+    redact_json: tuple[str, ...],
+    ssl_insecure: bool,
+) -> None:
+    """Run mitmproxy and record every interaction into CASSETTE until Ctrl-C.
+
+    The first line printed is the URL clients use: the proxy URL (set HTTPS_PROXY and trust
+    the CA printed below) or, with --upstream, the base URL replacing the upstream's.
+    """
+    try:
+        from .proxy import Listening, ProxySettings
+        from .proxy import record as run_proxy
+    except ImportError as exc:
+        raise click.ClickException(
+            f"recording needs mitmproxy ({exc.name} is missing): "
+            "install 'sse-recorder[record]', e.g. pipx install 'sse-recorder[record]'"
+        ) from None
+    from .recorder import RecorderConfig
+    from .redact import RedactionRules
+    from .routes import RouteFilter
+
+    def ready(listening: Listening) -> None:
+        click.echo(listening.url)
+        if upstream:
+            click.echo(f"reverse proxy to {upstream}: point clients' base URL at {listening.url}")
+        else:
+            click.echo(f"set HTTPS_PROXY={listening.url} HTTP_PROXY={listening.url}")
+        click.echo(f"mitmproxy CA certificate to trust: {listening.ca_cert}")
+        click.echo(f"recording into {cassette}; Ctrl-C to stop", err=True)
+        sys.stdout.flush()
+
+    async def go() -> int:
+        settings = ProxySettings(
+            cassette=cassette,
+            upstream=upstream,
+            listen_host=listen_host,
+            listen_port=listen_port,
+            confdir=confdir,
+            routes=RouteFilter.parse(include, exclude),
+            config=RecorderConfig(
+                redaction=RedactionRules.with_extra(redact_header, redact_query, redact_json)
+            ),
+            ssl_insecure=ssl_insecure,
+        )
+        return await run_proxy(settings, ready)
+
+    sys.exit(_run(go()))
+
+
+# -- ls / show -----------------------------------------------------------------------------
+
+
+def _ms(ns: int | None) -> str:
+    return "-" if ns is None else f"{ns / 1e6:.1f}ms"
+
+
+def _content_type(interaction: Any) -> str:
+    from .model import header_value
+
+    if interaction.response is None:
+        return "-"
+    return (header_value(interaction.response.headers, "content-type") or "-").split(";")[0]
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+async def _interaction_json(cassette: Any, interaction: Any) -> dict[str, Any]:
+    chunks = [
+        {
+            "seq": c.seq,
+            "offset_ms": c.offset_ns / 1e6,
+            "size": len(c.data),
+            "data": base64.b64encode(c.data).decode("ascii"),
+        }
+        async for c in cassette.chunks(interaction.id)
+    ]
+    events = [
+        {"type": e.type, "data": e.data, "id": e.id, "retry": e.retry,
+         "offset_ms": e.offset_ns / 1e6}
+        for e in await cassette.events(interaction.id)
+        if e.kind == "event"
+    ]
+    response = interaction.response
+    return {
+        "id": interaction.id,
+        "request": {
+            "method": interaction.request.method,
+            "url": interaction.request.url,
+            "headers": [list(h) for h in interaction.request.headers],
+        },
+        "response": None if response is None else {
+            "status": response.status,
+            "headers": [list(h) for h in response.headers],
+        },
+        "complete": interaction.complete,
+        "end_reason": interaction.end_reason.value,
+        "chunks": chunks,
+        "events": events,
+    }
+
+
+async def _dump_json(path: Path, only: int | None) -> None:
+    from .cassette import Cassette
+
+    async with await Cassette.open(path) as cassette:
+        chosen = (
+            [await cassette.interaction(only)] if only is not None
+            else await cassette.interactions()
+        )
+        document = {
+            "cassette": str(path),
+            "format_version": cassette.version,
+            "interactions": [await _interaction_json(cassette, i) for i in chosen],
+        }
+    json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+@main.command("ls")
+@click.argument("cassette", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON document with every chunk.")
+def list_interactions(cassette: Path, as_json: bool) -> None:
+    """List CASSETTE's interactions, one line each."""
+    if as_json:
+        _run(_dump_json(cassette, None))
+        return
+
+    async def go() -> str:
+        from .cassette import Cassette
+
+        async with await Cassette.open(cassette) as opened:
+            found = await opened.interactions()
+        rows = [["ID", "METHOD", "URL", "STATUS", "TYPE", "EVENTS", "CHUNKS", "DURATION", "END"]]
+        for i in found:
+            rows.append([
+                str(i.id), i.request.method, i.request.url,
+                str(i.response.status) if i.response else "-", _content_type(i),
+                str(i.event_count), str(i.chunk_count), _ms(i.end_offset_ns), i.end_reason.value,
+            ])
+        return _table(rows) if found else f"{cassette}: no interactions recorded yet"
+
+    click.echo(_run(go()))
+
+
+@main.command()
+@click.argument("cassette", type=click.Path(path_type=Path))
+@click.argument("interaction_id", required=False, type=int)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document with every chunk.")
+def show(cassette: Path, interaction_id: int | None, as_json: bool) -> None:
+    """Show the timeline of one interaction (or all): each chunk and event with its offset."""
+    if as_json:
+        _run(_dump_json(cassette, interaction_id))
+        return
+
+    async def go() -> None:
+        from .cassette import Cassette
+
+        async with await Cassette.open(cassette) as opened:
+            chosen = (
+                [await opened.interaction(interaction_id)] if interaction_id is not None
+                else await opened.interactions()
+            )
+            for interaction in chosen:
+                await _print_timeline(opened, interaction)
+
+    _run(go())
+
+
+async def _print_timeline(cassette: Any, i: Any) -> None:
+    status = f"{i.response.status} {i.response.reason}" if i.response else "no response"
+    click.echo(f"#{i.id} {i.request.method} {i.request.url} -> {status}")
+    click.echo(
+        f"  started {i.started_at:.3f}  head at {_ms(i.head_offset_ns)}  "
+        f"{i.chunk_count} chunks, {i.body_size} bytes, {i.event_count} events  "
+        f"end: {i.end_reason.value}{' (complete)' if i.complete else ' (incomplete)'}"
+        + (f"  [{i.error}]" if i.error else "")
+    )
+    events = await cassette.events(i.id)
+    by_last_chunk: dict[int, list[Any]] = {}
+    for event in events:
+        by_last_chunk.setdefault(event.last_chunk, []).append(event)
+    async for chunk in cassette.chunks(i.id):
+        preview = chunk.data[:60].decode("utf-8", "replace").encode("unicode_escape").decode()
+        click.echo(f"  {chunk.offset_ns / 1e6:10.3f}ms  chunk {chunk.seq:<5} "
+                   f"{len(chunk.data):>6}B  {preview}")
+        for event in by_last_chunk.get(chunk.seq, []):
+            if event.kind == "comment":
+                click.echo(f"  {'':>12}    comment  : {event.data}")
+            else:
+                fields = (("id", event.id), ("retry", event.retry))
+                meta = "".join(f" {k}={v}" for k, v in fields if v is not None)
+                data = event.data if len(event.data) <= 70 else event.data[:67] + "..."
+                click.echo(f"  {'':>12}    event {event.type}{meta}: {data}")
+
+
+# -- demo upstream -------------------------------------------------------------------------
+
+
+@main.command("demo-upstream")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535))
+def demo_upstream(host: str, port: int) -> None:
+    """Serve the built-in demo SSE streams (vendor formats, CI logs, deploys, resets)."""
+    from .demo import ROUTES, serve
+
+    def ready(base_url: str) -> None:
+        click.echo(base_url)
+        for route in ROUTES:
+            click.echo(f"  {route.method:<5} {route.path:<22} {route.description}", err=True)
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(serve(host, port, ready))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        click.echo(f"sse-recorder: cannot listen on {host}:{port}: {exc.strerror}", err=True)
+        sys.exit(2)

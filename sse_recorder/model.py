@@ -1,0 +1,99 @@
+"""Plain values that every layer shares: what a cassette holds, free of any I/O library.
+
+Headers are `(name, value)` pairs in wire order, decoded as latin-1 so that every byte
+round-trips. Offsets are nanoseconds from a monotonic clock, measured from the moment the
+request was handed to the upstream connection, so the time to first byte is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+Headers = tuple[tuple[str, str], ...]
+
+
+class EndReason(StrEnum):
+    """How a response body ended, as seen by the recording proxy."""
+
+    CLEAN = "clean"  # the body ended as its framing says it should
+    UPSTREAM_CLOSED = "upstream-closed"  # upstream closed before the body was complete
+    UPSTREAM_RESET = "upstream-reset"  # upstream reset the connection (TCP RST, HTTP/2 reset)
+    CLIENT_GONE = "client-gone"  # the client went away first
+    PROXY_ERROR = "proxy-error"  # the proxy failed (TLS, connect, killed flow...)
+    RECORDING_STOPPED = "recording-stopped"  # still open when recording stopped (or died)
+
+
+def header_value(headers: Headers, name: str) -> str | None:
+    """First value of a header, case-insensitively."""
+    name = name.lower()
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def is_event_stream(headers: Headers) -> bool:
+    content_type = header_value(headers, "content-type") or ""
+    return content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    method: str
+    url: str
+    headers: Headers
+    body: bytes = b""
+    http_version: str = "HTTP/1.1"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    status: int
+    reason: str
+    headers: Headers
+    http_version: str = "HTTP/1.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One body piece exactly as it came off the wire."""
+
+    seq: int
+    offset_ns: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """A parsed SSE event or comment with where and when it completed."""
+
+    seq: int
+    kind: Literal["event", "comment"]
+    type: str | None  # None for comments
+    data: str  # the event's data, or the comment's text
+    id: str | None
+    retry: int | None
+    offset_ns: int  # arrival of the chunk that completed it
+    first_chunk: int
+    last_chunk: int
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """One request and its response head, with summary figures of the body."""
+
+    id: int
+    started_at: float  # wall clock (time.time()) when the request went upstream
+    request: RecordedRequest
+    response: ResponseHead | None  # None when it failed before a response head
+    head_offset_ns: int | None
+    is_sse: bool
+    complete: bool
+    end_reason: EndReason
+    end_offset_ns: int | None
+    error: str | None
+    chunk_count: int = 0
+    body_size: int = 0
+    event_count: int = 0

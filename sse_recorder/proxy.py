@@ -1,0 +1,106 @@
+"""Run mitmproxy in-process with the recording addon (`sse-recorder record`).
+
+The cassette is opened before mitmproxy starts, so a bad path fails with a one-line
+message and nothing listens. Start-up errors mitmproxy logs (a port in use, a bad mode)
+are collected and reported as one line too, instead of its generic "errors logged" exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mitmproxy import options
+from mitmproxy.tools.dump import DumpMaster
+
+from .addon import Recorder
+from .errors import SSERecorderError
+from .recorder import RecorderConfig, RecordingSession
+from .routes import RouteFilter
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    cassette: Path
+    upstream: str | None = None  # reverse mode towards this URL; regular proxy when None
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0
+    confdir: Path = field(default_factory=lambda: Path("~/.mitmproxy").expanduser())
+    routes: RouteFilter = field(default_factory=RouteFilter)
+    config: RecorderConfig = field(default_factory=RecorderConfig)
+    ssl_insecure: bool = False
+
+
+@dataclass(frozen=True)
+class Listening:
+    url: str  # what clients use: the proxy URL, or the reverse proxy's base URL
+    ca_cert: Path  # the mitmproxy CA certificate clients must trust for HTTPS
+
+
+class _StartupErrors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage().splitlines()[0])
+
+
+class _Ready:
+    """Signals when mitmproxy has run every addon's `running` hook."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def running(self) -> None:
+        self.event.set()
+
+
+async def record(settings: ProxySettings, on_ready: Callable[[Listening], None]) -> int:
+    """Record until SIGINT/SIGTERM; returns the process exit code."""
+    session = RecordingSession(str(settings.cassette), settings.config)
+    await session.start()  # CassetteError here: nothing is listening yet
+    errors = _StartupErrors()
+    logging.getLogger().addHandler(errors)
+    try:
+        opts = options.Options(
+            listen_host=settings.listen_host,
+            listen_port=settings.listen_port,
+            confdir=str(settings.confdir),
+            mode=[f"reverse:{settings.upstream}" if settings.upstream else "regular"],
+            ssl_insecure=settings.ssl_insecure,
+        )
+        master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+        master.addons.remove(master.addons.get("errorcheck"))
+        recorder = Recorder(session=session, routes=settings.routes)
+        ready = _Ready()
+        master.addons.add(recorder, ready)
+        run = asyncio.get_running_loop().create_task(master.run())
+        waiter = asyncio.ensure_future(ready.event.wait())
+        await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        addrs = _listen_addrs(master)
+        if run.done() or not addrs:
+            waiter.cancel()
+            master.shutdown()
+            await run
+            reason = errors.messages[0] if errors.messages else "proxy did not start"
+            raise SSERecorderError(f"cannot start the proxy: {reason}")
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, master.shutdown)
+        host, port = addrs[0][:2]
+        on_ready(Listening(f"http://{host}:{port}", settings.confdir / "mitmproxy-ca-cert.pem"))
+        await run
+        return 1 if recorder.failed else 0
+    finally:
+        logging.getLogger().removeHandler(errors)
+        await session.close()  # idempotent: the addon's `done` normally closed it already
+
+
+def _listen_addrs(master: DumpMaster) -> list[tuple]:
+    proxyserver = master.addons.get("proxyserver")
+    return [addr for instance in proxyserver.servers for addr in instance.listen_addrs]

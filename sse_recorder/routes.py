@@ -1,0 +1,62 @@
+"""Route globs shared by the recorder's filters and the replay faults: `[METHOD ]host/path`.
+
+`api.openai.com/v1/*` matches any method; `POST */v1/messages` only POSTs to that path on
+any host. Matching is fnmatch-style on `host + path` (no query string), case-insensitive
+for the method and host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from .errors import ConfigError
+
+_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "*"}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str  # upper case, or "*"
+    pattern: str  # glob over host + path
+
+    @classmethod
+    def parse(cls, spec: str) -> Route:
+        text = spec.strip()
+        method = "*"
+        head, _, rest = text.partition(" ")
+        if rest and head.upper() in _METHODS:
+            method, text = head.upper(), rest.strip()
+        if not text or " " in text:
+            raise ConfigError(f"bad route {spec!r}: expected '[METHOD ]host/path-glob'")
+        if "/" not in text:
+            text += "/*"
+        return cls(method, text)
+
+    def matches(self, method: str, host: str, path: str) -> bool:
+        if self.method != "*" and method.upper() != self.method:
+            return False
+        host_pattern, slash, path_pattern = self.pattern.partition("/")
+        return fnmatchcase(host.lower(), host_pattern.lower()) and fnmatchcase(
+            path.split("?", 1)[0], slash + path_pattern
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RouteFilter:
+    """Include/exclude lists: no include list means everything is included."""
+
+    include: tuple[Route, ...] = ()
+    exclude: tuple[Route, ...] = ()
+
+    @classmethod
+    def parse(cls, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> RouteFilter:
+        return cls(
+            tuple(Route.parse(s) for s in include), tuple(Route.parse(s) for s in exclude)
+        )
+
+    def allows(self, method: str, host: str, path: str) -> bool:
+        if self.include and not any(r.matches(method, host, path) for r in self.include):
+            return False
+        return not any(r.matches(method, host, path) for r in self.exclude)

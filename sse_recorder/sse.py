@@ -1,0 +1,235 @@
+"""Sans-IO Server-Sent Events parser and encoder.
+
+Implements the WHATWG HTML "event stream interpretation" (section 9.2.6,
+https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation):
+bytes go in through `feed`, dispatched events and comments come out. Invariants:
+- the items produced do not depend on how the stream was chunked;
+- memory is bounded by the current line and the current event;
+- only CR, LF and CRLF end lines, and a CRLF split across two chunks is one line ending.
+Comments are kept as items of their own because heartbeats matter to replay.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+__all__ = ["Comment", "Event", "Item", "SSEParser", "encode_event", "parse"]
+
+_BOM = b"\xef\xbb\xbf"
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the only line endings of an event stream
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A dispatched event. `id` and `retry` are the fields seen in this event's block."""
+
+    type: str = "message"
+    data: str = ""
+    id: str | None = None
+    retry: int | None = None
+    # Byte positions of the block in the stream (BOM included), from its first field line to
+    # the CR or LF that ended it (the LF of a final CRLF is not included); equal for every chunking.
+    start: int = field(default=0, compare=False)
+    end: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    """A comment line (`: heartbeat`), with one leading space removed like a field value."""
+
+    text: str
+    start: int = field(default=0, compare=False)
+    end: int = field(default=0, compare=False)
+
+
+Item = Event | Comment
+
+
+class SSEParser:
+    """Incremental parser: `feed(bytes)` any number of times, then `close()`."""
+
+    def __init__(self) -> None:
+        self._pending = bytearray()  # the current, unterminated line (amortised appends)
+        self._pending_start = 0  # stream position of `_pending[0]`
+        self._position = 0  # bytes consumed so far
+        self._after_cr = False  # the last byte seen ended a line with CR: skip one LF
+        self._at_stream_start = True
+        self.last_event_id = ""  # the spec's "last event ID buffer"
+        self.reconnection_time: int | None = None
+        self._reset_event()
+
+    def _reset_event(self) -> None:
+        self._event_type = ""
+        self._data: list[str] = []
+        self._has_data = False
+        self._id: str | None = None
+        self._retry: int | None = None
+        self._block_start: int | None = None
+
+    def feed(self, chunk: bytes) -> list[Item]:
+        """Consume a chunk and return the items it completed."""
+        if self._at_stream_start:
+            buffered = bytes(self._pending) + chunk
+            if len(buffered) < len(_BOM) and _BOM.startswith(buffered):
+                self._pending[:] = buffered
+                return []
+            self._at_stream_start = False
+            self._pending.clear()
+            chunk = buffered
+            if chunk.startswith(_BOM):
+                self._position = len(_BOM)
+                chunk = chunk[len(_BOM) :]
+            self._pending_start = self._position
+        items: list[Item] = []
+        base = self._position
+        self._position += len(chunk)
+        i = 0
+        if self._after_cr and chunk:
+            self._after_cr = False
+            if chunk[0] == 0x0A:
+                i = 1
+                self._pending_start = base + 1
+        n = len(chunk)
+        cr = lf = -2  # next CR / LF at or after i; -1 when there is none left
+        while i < n:
+            if -1 < cr < i or cr == -2:
+                cr = chunk.find(b"\r", i)
+            if -1 < lf < i or lf == -2:
+                lf = chunk.find(b"\n", i)
+            if cr < 0 and lf < 0:
+                break
+            end = lf if cr < 0 or (0 <= lf < cr) else cr
+            if self._pending:
+                self._pending += chunk[i:end]
+                line = bytes(self._pending)
+                self._pending.clear()
+            else:
+                line = chunk[i:end]
+            line_start = self._pending_start
+            next_i = end + 1
+            if chunk[end] == 0x0D:
+                if end + 1 < n:
+                    if chunk[end + 1] == 0x0A:
+                        next_i = end + 2
+                else:
+                    self._after_cr = True
+            item = self._process_line(line, line_start, base + end + 1)
+            if item is not None:
+                items.append(item)
+            i = next_i
+            self._pending_start = base + i
+        if i < n:
+            if not self._pending:
+                self._pending_start = base + i
+            self._pending += chunk[i:]
+        return items
+
+    def close(self) -> list[Item]:
+        """End of stream: an unterminated line and an undispatched event are discarded."""
+        self._pending.clear()
+        self._reset_event()
+        return []
+
+    @property
+    def at_event_boundary(self) -> bool:
+        """True when no line or event is half received (a clean place for a stream to end)."""
+        return not self._pending and self._block_start is None
+
+    @property
+    def earliest_open_position(self) -> int:
+        """Stream position where the event or line still being received began."""
+        return self._block_start if self._block_start is not None else self._pending_start
+
+    def _process_line(self, raw: bytes, start: int, end: int) -> Item | None:
+        if not raw:
+            return self._dispatch(end)
+        line = raw.decode("utf-8", errors="replace")
+        if line[0] == ":":
+            text = line[1:]
+            return Comment(text[1:] if text.startswith(" ") else text, start, end)
+        if self._block_start is None:
+            self._block_start = start
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+            self._has_data = True
+        elif name == "event":
+            self._event_type = value
+        elif name == "id":
+            if "\0" not in value:
+                self._id = value
+                self.last_event_id = value
+        elif name == "retry":
+            if value and value.isascii() and value.isdigit():
+                try:
+                    retry = int(value.lstrip("0") or "0")
+                except ValueError:  # more digits than `sys.get_int_max_str_digits()` allows
+                    return None
+                self._retry = retry
+                self.reconnection_time = retry
+        return None
+
+    def _dispatch(self, end: int) -> Event | None:
+        start = self._block_start if self._block_start is not None else end
+        if not self._has_data:
+            self._reset_event()
+            return None
+        event = Event(
+            type=self._event_type or "message",
+            data="\n".join(self._data),
+            id=self._id,
+            retry=self._retry,
+            start=start,
+            end=end,
+        )
+        self._reset_event()
+        return event
+
+
+def parse(stream: bytes) -> list[Item]:
+    """Parse a complete stream in one go."""
+    parser = SSEParser()
+    return parser.feed(stream) + parser.close()
+
+
+def encode_event(
+    data: str | None = None,
+    *,
+    event: str | None = None,
+    id: str | None = None,
+    retry: int | None = None,
+    comment: str | None = None,
+    newline: str = "\n",
+) -> bytes:
+    """Encode one event block; multi-line data becomes several `data:` lines.
+
+    CR, LF and CRLF in `data` or `comment` all start a new line (a parser reads each of them
+    as a line ending, so `data` comes back with LF between its lines). Values that cannot be
+    encoded faithfully raise ValueError: `event` or `id` with a CR or LF, `id` with a NUL
+    (a parser ignores it), a negative `retry` (a parser ignores it) and a `newline` that is
+    not a line ending.
+    """
+    if newline not in ("\n", "\r", "\r\n"):
+        raise ValueError(f"newline must be LF, CR or CRLF, not {newline!r}")
+    for name, value in (("event", event), ("id", id)):
+        if value is not None and ("\r" in value or "\n" in value):
+            raise ValueError(f"{name} cannot contain CR or LF: {value!r}")
+    if id is not None and "\0" in id:
+        raise ValueError(f"id cannot contain NUL: {id!r}")
+    if retry is not None and retry < 0:
+        raise ValueError(f"retry must be a non-negative integer, not {retry!r}")
+    lines: list[str] = []
+    if comment is not None:
+        lines.extend(f": {part}" for part in _LINE_BREAK.split(comment))
+    if event is not None:
+        lines.append(f"event: {event}")
+    if id is not None:
+        lines.append(f"id: {id}")
+    if retry is not None:
+        lines.append(f"retry: {retry}")
+    if data is not None:
+        lines.extend(f"data: {part}" for part in _LINE_BREAK.split(data))
+    return (newline.join(lines) + newline + newline).encode("utf-8")
