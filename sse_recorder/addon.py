@@ -248,12 +248,15 @@ class Recorder:
         message = flow.error.msg if flow.error else "unknown error"
         reader = self._readers.get(flow.server_conn)
         reset = isinstance(getattr(reader, "exception", lambda: None)(), ConnectionResetError)
-        reason = classify_error(
-            message,
-            client_open=bool(flow.client_conn.state & ConnectionState.CAN_READ),
-            server_open=bool(flow.server_conn.state & ConnectionState.CAN_READ),
-            server_reset=reset,
-        )
+        if ctx.master.should_exit.is_set():  # mitmproxy closes connections as it stops
+            reason = EndReason.RECORDING_STOPPED
+        else:
+            reason = classify_error(
+                message,
+                client_open=bool(flow.client_conn.state & ConnectionState.CAN_READ),
+                server_open=bool(flow.server_conn.state & ConnectionState.CAN_READ),
+                server_reset=reset,
+            )
         session.end(state.iid, reason, time.monotonic_ns() - state.anchor_ns, message)
 
 

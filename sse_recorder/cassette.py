@@ -263,7 +263,7 @@ class Cassette:
         if "cassette_meta" not in tables:
             kind = "an empty SQLite file" if not tables else "a SQLite database"
             raise CassetteError(f"{path}: {kind}, not an sse-recorder cassette")
-        meta = dict((await conn.execute(select(MetaRow.key, MetaRow.value))).tuples().all())
+        meta = {k: v for k, v in (await conn.execute(select(MetaRow.key, MetaRow.value))).all()}
         if meta.get("format") != FORMAT_NAME:
             raise CassetteError(f"{path}: not an sse-recorder cassette")
         try:

@@ -11,6 +11,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
@@ -472,6 +473,7 @@ class Route:
     handler: Handler = field(repr=False, compare=False)
 
 
+# Every stream route takes `interval_ms`, the time between writes.
 ROUTES: list[Route] = [
     Route("GET", "/v1/models", "OpenAI-style model list (plain JSON)", _models),
     Route("POST", "/v1/chat/completions",
@@ -493,7 +495,6 @@ ROUTES: list[Route] = [
     Route("GET", "/ticks", "parametric stream: n interval_ms framing batch split split_ms end "
           "stamp size first_ms", _ticks),
 ]
-"""Every route takes `interval_ms`, the time between writes."""
 
 
 async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> Request | None:
@@ -534,10 +535,10 @@ async def _dispatch(req: Request, out: _Out) -> None:
 
 async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Requests in turn on one keep-alive connection; a client going away just ends it."""
-    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    writer.transport.set_write_buffer_limits(high=0)  # drain() waits until the kernel has it
     conn = h11.Connection(h11.SERVER)
     try:
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        writer.transport.set_write_buffer_limits(high=0)  # drain() waits until the kernel has it
         while (req := await _read_request(conn, reader)) is not None:
             await _dispatch(req, _Out(conn, reader, writer, no_body=req.method == "HEAD"))
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
@@ -545,9 +546,10 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
             conn.start_next_cycle()
     except h11.RemoteProtocolError as exc:
         if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            await _text(_Out(conn, reader, writer), 400, f"bad request: {exc}\n", close=True)
+            with contextlib.suppress(OSError):
+                await _text(_Out(conn, reader, writer), 400, f"bad request: {exc}\n", close=True)
     except OSError:
-        pass  # reset or closed by the client
+        pass  # the client reset or closed the connection: that just ends it
     finally:
         writer.close()
 
@@ -570,8 +572,6 @@ class DemoUpstream:
         self._open[task] = writer
         try:
             await _serve_connection(reader, writer)
-        except OSError:
-            pass  # socket options on a connection the client already reset
         except asyncio.CancelledError:
             pass  # close() aborted us; Python 3.12.1 would log a cancelled connection task
         finally:

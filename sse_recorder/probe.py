@@ -25,6 +25,7 @@ class ProbeResult:
     status: int = 0
     reason: str = ""
     headers: list[tuple[str, str]] = field(default_factory=list)
+    sent_at_ns: int = 0  # time.monotonic_ns() when the request was sent
     head_ns: int = 0  # response head arrival, from the request being sent
     chunks: list[tuple[int, bytes]] = field(default_factory=list)  # (arrival ns, bytes)
     ending: Ending = "clean"  # clean end of body, closed early (EOF), or reset (RST)
@@ -45,8 +46,9 @@ async def probe(
     headers: list[tuple[str, str]] | None = None,
     body: bytes = b"",
     timeout: float = 30.0,
+    proxy: str | None = None,
 ) -> ProbeResult:
-    """Send one request and record the response as it arrives."""
+    """Send one request (directly, or through a plain-HTTP proxy) and record the response."""
     parts = urlsplit(url)
     host = parts.hostname or "127.0.0.1"
     port = parts.port or 80
@@ -55,6 +57,10 @@ async def probe(
     request_headers += headers or []
     if body:
         request_headers.append(("Content-Length", str(len(body))))
+    if proxy is not None:
+        proxy_parts = urlsplit(proxy)
+        host, port = proxy_parts.hostname or "127.0.0.1", proxy_parts.port or 8080
+        target = f"http://{parts.netloc}{target}"  # absolute form, as proxies expect
     return await asyncio.wait_for(
         _exchange(host, port, method, target, request_headers, body), timeout
     )
@@ -74,7 +80,7 @@ async def _exchange(
         if body:
             writer.write(conn.send(h11.Data(data=body)))
         writer.write(conn.send(h11.EndOfMessage()))
-        start = time.monotonic_ns()
+        start = result.sent_at_ns = time.monotonic_ns()
         await writer.drain()
         pending = bytearray()
         while True:

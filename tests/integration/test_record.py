@@ -1,0 +1,330 @@
+"""Recording through a real mitmproxy (`sse-recorder record`) from a real upstream process.
+
+Timing assertions carry generous tolerances (precise figures live in bench/); what must be
+exact is exact: bytes, chunk boundaries, order, end reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import statistics
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sse_recorder.cassette import Cassette
+from sse_recorder.demo import ticks_writes
+from sse_recorder.model import Chunk, EndReason, Interaction, RecordedEvent
+from sse_recorder.probe import ProbeResult, probe
+from sse_recorder.sse import Event, parse
+from tests.conftest import RecorderFactory
+
+pytestmark = pytest.mark.integration
+
+Recording = tuple[Interaction, list[Chunk], list[RecordedEvent]]
+
+
+async def load(path: Path) -> list[Recording]:
+    async with await Cassette.open(path) as cassette:
+        return [
+            (i, [c async for c in cassette.chunks(i.id)], await cassette.events(i.id))
+            for i in await cassette.interactions()
+        ]
+
+
+async def wait_for_interactions(path: Path, count: int, timeout: float = 10) -> list[Recording]:
+    """Poll the live cassette (read-only) until `count` interactions have ended."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if path.exists():
+            try:
+                found = await load(path)
+            except Exception:  # noqa: BLE001 - the writer may be creating the schema
+                found = []
+            if sum(1 for i, _, _ in found if i.end_offset_ns is not None) >= count:
+                return found
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{count} interactions not committed within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+def stamp_ns(chunk: bytes) -> int:
+    return int(json.loads(chunk.split(b"data: ", 1)[1])["t"])
+
+
+def delays_ms(result: ProbeResult) -> list[float]:
+    return [(result.sent_at_ns + t - stamp_ns(data)) / 1e6 for t, data in result.chunks]
+
+
+def assert_faithful(recording: Recording, received: list[bytes]) -> None:
+    """The cassette holds exactly the chunks the client received, and their events."""
+    interaction, chunks, events = recording
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+    assert [c.data for c in chunks] == received
+    offsets = [c.offset_ns for c in chunks]
+    assert offsets == sorted(offsets) and offsets[0] >= (interaction.head_offset_ns or 0)
+    expected = [item for item in parse(b"".join(received)) if isinstance(item, Event)]
+    stored = [e for e in events if e.kind == "event"]
+    assert [(e.type, e.data, e.id) for e in stored] == [(e.type, e.data, e.id) for e in expected]
+
+
+@pytest.mark.parametrize("mode", ["regular", "reverse"])
+async def test_live_delivery_and_exact_recording(
+    mode: str, demo_upstream: str, recorder: RecorderFactory, tmp_path: Path
+) -> None:
+    path = "/ticks?n=50&interval_ms=20&stamp=1"
+    direct = await probe(demo_upstream + path)
+    if mode == "regular":
+        proxy = recorder()
+        proxied = await probe(demo_upstream + path, proxy=proxy.url)
+    else:
+        proxy = recorder("--upstream", demo_upstream)
+        proxied = await probe(proxy.url + path)
+    assert proxied.ending == "clean" and len(proxied.chunks) == 50
+    # Live: each event reaches the client a few ms after the upstream wrote it, as direct.
+    direct_delays, proxied_delays = delays_ms(direct), delays_ms(proxied)
+    assert statistics.median(proxied_delays) < statistics.median(direct_delays) + 3
+    assert sorted(proxied_delays)[-3] < 20  # allow two scheduler hiccups on a busy box
+    assert proxy.stop() == 0
+
+    [recording] = await load(tmp_path / "cassette.sqlite")
+    interaction, chunks, _ = recording
+    assert interaction.complete and interaction.end_reason is EndReason.CLEAN
+    assert interaction.is_sse and interaction.response and interaction.response.status == 200
+    assert_faithful(recording, [data for _, data in proxied.chunks])
+    # Gaps between recorded chunks follow the upstream's own write schedule.
+    recorded_gaps = [b.offset_ns - a.offset_ns for a, b in zip(chunks, chunks[1:], strict=False)]
+    upstream_gaps = [stamp_ns(b.data) - stamp_ns(a.data) for a, b in zip(chunks, chunks[1:],
+                                                                          strict=False)]
+    errors_ms = [abs(r - u) / 1e6 for r, u in zip(recorded_gaps, upstream_gaps, strict=True)]
+    assert statistics.median(errors_ms) < 1.0 and sorted(errors_ms)[-3] < 10
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("end=clean", EndReason.CLEAN),
+        ("end=reset", EndReason.UPSTREAM_RESET),
+        ("end=close", EndReason.UPSTREAM_CLOSED),
+        ("end=close&framing=close", EndReason.UPSTREAM_CLOSED),
+        ("end=close&framing=length", EndReason.UPSTREAM_CLOSED),
+    ],
+)
+async def test_upstream_endings(
+    query: str, reason: EndReason, demo_upstream: str, recorder: RecorderFactory, tmp_path: Path
+) -> None:
+    proxy = recorder("--upstream", demo_upstream)
+    received = await probe(f"{proxy.url}/ticks?n=8&interval_ms=5&{query}")
+    proxy.stop()
+    [recording] = await load(tmp_path / "cassette.sqlite")
+    interaction = recording[0]
+    assert interaction.end_reason is reason
+    assert interaction.complete is (reason is EndReason.CLEAN)
+    writes = ticks_writes(8, end=query.split("&")[0].removeprefix("end="))
+    assert b"".join(c.data for c in recording[1]) == b"".join(writes)
+    assert_faithful(recording, [data for _, data in received.chunks])
+
+
+async def test_client_abort_is_client_gone(
+    demo_upstream: str, recorder: RecorderFactory, tmp_path: Path
+) -> None:
+    proxy = recorder("--upstream", demo_upstream)
+    received: list[bytes] = []
+    async with httpx.AsyncClient() as client:
+        async with client.stream("GET", f"{proxy.url}/ticks?n=500&interval_ms=10") as response:
+            async for piece in response.aiter_raw():
+                received.append(piece)
+                if len(received) == 5:
+                    break
+    [recording] = await wait_for_interactions(tmp_path / "cassette.sqlite", 1)
+    proxy.stop()
+    interaction, chunks, _ = recording
+    assert interaction.end_reason is EndReason.CLIENT_GONE and not interaction.complete
+    stored = b"".join(c.data for c in chunks)
+    assert stored.startswith(b"".join(received))
+    assert stored == b"".join(ticks_writes(500)[: len(chunks)])
+
+
+async def test_stream_open_at_shutdown_is_kept(
+    demo_upstream: str, recorder: RecorderFactory, tmp_path: Path
+) -> None:
+    proxy = recorder("--upstream", demo_upstream)
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /ticks?n=6&interval_ms=5&end=hang HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = b""
+    while received.count(b"\n\n") < 6:  # the six events; the stream then stays open
+        received += await reader.read(65536)
+    assert await asyncio.to_thread(proxy.stop, signal.SIGINT) == 0
+    writer.close()
+    [recording] = await load(tmp_path / "cassette.sqlite")
+    assert recording[0].end_reason is EndReason.RECORDING_STOPPED
+    assert not recording[0].complete
+    assert [c.data for c in recording[1]] == ticks_writes(6)
+
+
+async def test_concurrent_streams_are_kept_apart(
+    demo_upstream: str, recorder: RecorderFactory, tmp_path: Path
+) -> None:
+    proxy = recorder("--upstream", demo_upstream)
+    sizes = [40 + k for k in range(20)]  # a different padding per stream tells them apart
+    results = await asyncio.gather(
+        *(probe(f"{proxy.url}/ticks?n=30&interval_ms=10&size={size}") for size in sizes)
+    )
+    assert all(r.ending == "clean" for r in results)
+    proxy.stop()
+    recordings = await load(tmp_path / "cassette.sqlite")
+    assert len(recordings) == 20
+    by_size = {int(r[0].request.url.rsplit("size=", 1)[1]): r for r in recordings}
+    for size in sizes:
+        interaction, chunks, events = by_size[size]
+        assert interaction.end_reason is EndReason.CLEAN
+        assert [c.data for c in chunks] == ticks_writes(30, size=size)
+        assert [e.id for e in events] == [str(i) for i in range(30)]
+
+
+async def test_kill_9_keeps_what_was_committed(
+    demo_upstream: str, recorder: RecorderFactory, tmp_path: Path
+) -> None:
+    proxy = recorder("--upstream", demo_upstream)
+    received = 0
+    async with httpx.AsyncClient() as client:
+        async with client.stream("GET", f"{proxy.url}/ticks?n=400&interval_ms=10") as r:
+            with pytest.raises(httpx.HTTPError):  # the proxy dies under the client
+                async for piece in r.aiter_raw():
+                    received += piece.count(b"\n\n")
+                    if received == 60:
+                        proxy.popen.kill()
+    proxy.popen.wait()
+    [recording] = await load(tmp_path / "cassette.sqlite")
+    interaction, chunks, _ = recording
+    assert not interaction.complete
+    assert interaction.end_reason is EndReason.RECORDING_STOPPED
+    # Commits follow data within 250 ms: at 10 ms per event, at most ~25 may be missing.
+    assert 60 - 30 <= len(chunks) <= received + 5
+    assert [c.data for c in chunks] == ticks_writes(400)[: len(chunks)]
+
+
+async def test_secrets_never_reach_the_cassette_files(
+    demo_upstream: str, recorder: RecorderFactory, tmp_path: Path
+) -> None:
+    secrets = [b"sk-FAKE-HEADER-111", b"sk-FAKE-AUTH-222", b"sk-FAKE-QUERY-333",
+               b"sk-FAKE-JSON-444", b"sk-FAKE-COOKIE-555", b"eyJ0eXAiOiJKV1Qi",
+               b"refresh_token_demo"]
+    proxy = recorder("--upstream", demo_upstream)
+    async with httpx.AsyncClient(base_url=proxy.url) as client:
+        response = await client.post(
+            "/v1/chat/completions?api_key=sk-FAKE-QUERY-333",
+            headers={"X-Api-Key": "sk-FAKE-HEADER-111", "Authorization": "Bearer sk-FAKE-AUTH-222",
+                     "Cookie": "session=sk-FAKE-COOKIE-555"},
+            json={"model": "gpt-4o-mini", "stream": True, "api_key": "sk-FAKE-JSON-444",
+                  "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert response.status_code == 200
+        patterns = await client.get("/patterns?interval_ms=1")
+        assert b"refresh_token_demo" in patterns.content  # the client still gets it
+    cassette = tmp_path / "cassette.sqlite"
+    recordings = await wait_for_interactions(cassette, 2)
+
+    def files() -> list[Path]:
+        return [p for p in tmp_path.iterdir() if p.name.startswith("cassette.sqlite")]
+
+    assert {p.name for p in files()} >= {"cassette.sqlite", "cassette.sqlite-wal"}
+    for path in files():  # while recording: the WAL holds the fresh pages
+        for secret in secrets:
+            assert secret not in path.read_bytes(), (secret, path.name)
+    proxy.stop()
+    for path in files():
+        for secret in secrets:
+            assert secret not in path.read_bytes(), (secret, path.name)
+    request = recordings[0][0].request
+    assert ("X-Api-Key", "[REDACTED]") in request.headers
+    assert "api_key=%5BREDACTED%5D" in request.url or "api_key=[REDACTED]" in request.url
+    assert json.loads(request.body)["api_key"] == "[REDACTED]"
+    token_event = next(e for e in recordings[1][2] if e.type == "token-refresh")
+    assert json.loads(token_event.data)["newToken"] == "[REDACTED]"
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    import subprocess
+
+    from tests.conftest import SSE_RECORDER
+
+    done = subprocess.run([SSE_RECORDER, *args], capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stdout, done.stderr
+
+
+async def test_ls_and_show_of_a_recording(
+    demo_upstream: str, recorder: RecorderFactory, tmp_path: Path
+) -> None:
+    proxy = recorder("--upstream", demo_upstream)
+    async with httpx.AsyncClient(base_url=proxy.url) as client:
+        assert (await client.get("/v1/models")).status_code == 200
+        assert (await client.get("/ticks?n=3&interval_ms=1")).status_code == 200
+    proxy.stop()
+    cassette = str(tmp_path / "cassette.sqlite")
+    code, out, err = run_cli("ls", cassette)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 3 and "application/json" in lines[1] and "text/event-stream" in lines[2]
+    assert lines[2].split()[4:6] == ["text/event-stream", "3"] and lines[2].endswith("clean")
+    code, out, _ = run_cli("show", cassette, "2")
+    assert code == 0 and out.count(" chunk ") == 3 and out.count("event message id=") == 3
+    code, out, _ = run_cli("ls", cassette, "--json")
+    document = json.loads(out)
+    assert [i["id"] for i in document["interactions"]] == [1, 2]
+    second = document["interactions"][1]
+    assert second["end_reason"] == "clean" and second["complete"] is True
+    import base64
+
+    assert [base64.b64decode(c["data"]) for c in second["chunks"]] == ticks_writes(3)
+    assert [e["id"] for e in second["events"]] == ["0", "1", "2"]
+    code, out, _ = run_cli("show", cassette, "2", "--json")
+    assert [i["id"] for i in json.loads(out)["interactions"]] == [2]
+
+
+def _bad_cassettes(tmp_path: Path, good: Path) -> dict[str, Path]:
+    import sqlite3
+
+    bad = {"missing": tmp_path / "missing.sqlite"}
+    bad["not sqlite"] = tmp_path / "notes.sqlite"
+    bad["not sqlite"].write_bytes(b"these are my notes, not a database\n" * 100)
+    bad["truncated"] = tmp_path / "truncated.sqlite"
+    data = good.read_bytes()
+    bad["truncated"].write_bytes(data[: len(data) // 2])
+    bad["future version"] = tmp_path / "future.sqlite"
+    bad["future version"].write_bytes(data)
+    with sqlite3.connect(bad["future version"]) as db:
+        db.execute("UPDATE cassette_meta SET value='99' WHERE key='version'")
+    db.close()
+    bad["foreign"] = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(bad["foreign"]) as db:
+        db.execute("CREATE TABLE todo (item TEXT)")
+    db.close()
+    return bad
+
+
+async def test_bad_cassettes_fail_in_one_line_and_stay_untouched(
+    demo_upstream: str, recorder: RecorderFactory, tmp_path: Path
+) -> None:
+    good = tmp_path / "good.sqlite"
+    proxy = recorder("--upstream", demo_upstream, cassette=good)
+    # many chunks, so that half the file loses pages the schema points at
+    await probe(f"{proxy.url}/ticks?n=400&interval_ms=0&size=200")
+    proxy.stop()
+    for name, path in _bad_cassettes(tmp_path, good).items():
+        before = path.read_bytes() if path.exists() else None
+        for command in (["ls", str(path)], ["show", str(path)], ["show", str(path), "1"],
+                        ["ls", "--json", str(path)]):
+            code, out, err = run_cli(*command)
+            assert code == 2, (name, command, out, err)
+            assert out == "" and len(err.strip().splitlines()) == 1, (name, err)
+            assert "Traceback" not in err and str(path) in err
+        assert (path.read_bytes() if path.exists() else None) == before, name
+        if name != "missing":  # recording into it must refuse too, without touching it
+            code, _, err = run_cli("record", "--cassette", str(path), "--listen-port", "0")
+            assert code == 2 and len(err.strip().splitlines()) == 1, (name, err)
+            assert path.read_bytes() == before, name

@@ -1,0 +1,425 @@
+"""Unit tests for `sse_recorder.cassette` against real SQLite files in `tmp_path`."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from sse_recorder.cassette import (
+    CHUNK_PAGE,
+    Cassette,
+    EndUpdate,
+    HeadUpdate,
+    InteractionStart,
+    WriteBatch,
+)
+from sse_recorder.errors import CassetteError
+from sse_recorder.model import (
+    Chunk,
+    EndReason,
+    Interaction,
+    RecordedEvent,
+    RecordedRequest,
+    ResponseHead,
+)
+
+Opener = Callable[[Path], Awaitable[Cassette]]
+OPENERS: list[tuple[str, Opener]] = [
+    ("open", Cassette.open),
+    ("open_for_recording", Cassette.open_for_recording),
+]
+
+REQUEST = RecordedRequest(
+    method="POST",
+    url="https://api.example.com/v1/chat?stream=true",
+    headers=(("Content-Type", "application/json"), ("X-Multi", "a"), ("x-multi", "b")),
+    body=b'{"model": "m", "bytes": "\\u00ff"}\x00\xff',
+    http_version="HTTP/2.0",
+)
+HEAD = ResponseHead(
+    status=200,
+    reason="OK",
+    headers=(("content-type", "text/event-stream; charset=utf-8"), ("x-raw", "\xe9\xff")),
+    http_version="HTTP/2.0",
+)
+
+
+def _event(seq: int, data: str, first: int, last: int, kind: str = "event") -> RecordedEvent:
+    if kind == "comment":
+        return RecordedEvent(seq, "comment", None, data, None, None, 100 * last, first, last)
+    return RecordedEvent(seq, "event", "message", data, str(seq), 3000, 100 * last, first, last)
+
+
+async def record_sample(path: Path) -> list[Interaction]:
+    """Record two interactions in several batches; return what should read back."""
+    cassette = await Cassette.open_for_recording(path)
+    try:
+        first, second = cassette.allocate_id(), cassette.allocate_id()
+        chunks = [b"data: he", b"llo\n\n", b": ping\n\ndata: x\n\n", b""]
+        await cassette.write(
+            WriteBatch(
+                starts=[
+                    InteractionStart(first, 1700000000.25, REQUEST),
+                    InteractionStart(second, 1700000001.5, RecordedRequest("GET", "http://h/", ())),
+                ]
+            )
+        )
+        await cassette.write(WriteBatch(heads=[HeadUpdate(first, HEAD, 1234, True)]))
+        await cassette.write(
+            WriteBatch(
+                chunks=[(first, i, 100 * i, data) for i, data in enumerate(chunks[:2])],
+                events=[(first, _event(0, "hello", 0, 1))],
+            )
+        )
+        await cassette.write(
+            WriteBatch(
+                chunks=[(first, i, 100 * i, data) for i, data in enumerate(chunks) if i >= 2],
+                events=[(first, _event(1, "ping", 2, 2, "comment")), (first, _event(2, "x", 2, 2))],
+                ends=[EndUpdate(first, True, EndReason.CLEAN, 999, None)],
+            )
+        )
+        await cassette.write(
+            WriteBatch(ends=[EndUpdate(second, False, EndReason.PROXY_ERROR, None, "boom")])
+        )
+        await cassette.finish_recording()
+    finally:
+        await cassette.close()
+    return [
+        Interaction(
+            id=first,
+            started_at=1700000000.25,
+            request=REQUEST,
+            response=HEAD,
+            head_offset_ns=1234,
+            is_sse=True,
+            complete=True,
+            end_reason=EndReason.CLEAN,
+            end_offset_ns=999,
+            error=None,
+            chunk_count=4,
+            body_size=sum(len(c) for c in chunks),
+            event_count=2,  # comments are not counted as events
+        ),
+        Interaction(
+            id=second,
+            started_at=1700000001.5,
+            request=RecordedRequest("GET", "http://h/", ()),
+            response=None,
+            head_offset_ns=None,
+            is_sse=False,
+            complete=False,
+            end_reason=EndReason.PROXY_ERROR,
+            end_offset_ns=None,
+            error="boom",
+        ),
+    ]
+
+
+async def record_chunks(path: Path, counts: list[int], size: int = 64) -> None:
+    """One interaction per entry of `counts`, with that many chunks of `size` bytes."""
+    cassette = await Cassette.open_for_recording(path)
+    try:
+        batch = WriteBatch()
+        for count in counts:
+            iid = cassette.allocate_id()
+            batch.starts.append(InteractionStart(iid, 1.0, RecordedRequest("GET", "http://h/", ())))
+            batch.chunks.extend((iid, seq, seq * 10, _chunk_bytes(iid, seq, size))
+                                for seq in range(count))
+        await cassette.write(batch)
+        await cassette.finish_recording()
+    finally:
+        await cassette.close()
+
+
+def _chunk_bytes(iid: int, seq: int, size: int) -> bytes:
+    return f"{iid}:{seq}:".encode().ljust(size, b".")
+
+
+async def all_chunks(cassette: Cassette, iid: int, start_seq: int = 0) -> list[Chunk]:
+    return [chunk async for chunk in cassette.chunks(iid, start_seq)]
+
+
+def side_files(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir() if p.name != path.name)
+
+
+# --------------------------------------------------------------------------------------------
+# round trips
+
+
+async def test_write_batches_then_reopen_read_only_gives_identical_data(tmp_path: Path) -> None:
+    path = tmp_path / "c.cassette"
+    expected = await record_sample(path)
+    async with await Cassette.open(path) as cassette:
+        assert cassette.version == 1
+        assert await cassette.interactions() == expected
+        assert await cassette.interaction(2) == expected[1]
+        assert await all_chunks(cassette, 1) == [
+            Chunk(0, 0, b"data: he"),
+            Chunk(1, 100, b"llo\n\n"),
+            Chunk(2, 200, b": ping\n\ndata: x\n\n"),
+            Chunk(3, 300, b""),
+        ]
+        assert await cassette.events(1) == [
+            _event(0, "hello", 0, 1),
+            _event(1, "ping", 2, 2, "comment"),
+            _event(2, "x", 2, 2),
+        ]
+        assert await all_chunks(cassette, 2) == []
+        assert await cassette.events(2) == []
+        with pytest.raises(CassetteError, match="no interaction 3"):
+            await cassette.interaction(3)
+
+
+async def test_read_only_cassette_refuses_writes(tmp_path: Path) -> None:
+    path = tmp_path / "c.cassette"
+    await record_sample(path)
+    before = path.read_bytes()
+    async with await Cassette.open(path) as cassette:
+        with pytest.raises(CassetteError, match="write failed"):
+            await cassette.write(
+                WriteBatch(ends=[EndUpdate(1, False, EndReason.CLIENT_GONE, 1, "x")])
+            )
+    assert path.read_bytes() == before
+
+
+async def test_open_for_recording_appends_with_continuing_ids(tmp_path: Path) -> None:
+    path = tmp_path / "c.cassette"
+    expected = await record_sample(path)
+    cassette = await Cassette.open_for_recording(path)
+    try:
+        iid = cassette.allocate_id()
+        assert iid == 3
+        assert cassette.allocate_id() == 4  # allocation alone writes nothing
+        await cassette.write(
+            WriteBatch(
+                starts=[InteractionStart(iid, 5.0, RecordedRequest("GET", "http://h/3", ()))],
+                chunks=[(iid, 0, 1, b"third")],
+                ends=[EndUpdate(iid, True, EndReason.CLEAN, 2, None)],
+            )
+        )
+        await cassette.finish_recording()
+    finally:
+        await cassette.close()
+    async with await Cassette.open(path) as reader:
+        interactions = await reader.interactions()
+        assert [i.id for i in interactions] == [1, 2, 3]
+        assert interactions[:2] == expected  # the old ones are untouched
+        assert interactions[2].request.url == "http://h/3"
+        assert await all_chunks(reader, 3) == [Chunk(0, 1, b"third")]
+
+
+async def test_new_cassette_is_created_with_parent_directories(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "new.cassette"
+    cassette = await Cassette.open_for_recording(path)
+    try:
+        assert cassette.allocate_id() == 1
+        await cassette.finish_recording()
+    finally:
+        await cassette.close()
+    async with await Cassette.open(path) as reader:
+        assert await reader.interactions() == []
+
+
+# --------------------------------------------------------------------------------------------
+# files that are not (usable) cassettes
+
+
+async def _random_bytes(path: Path) -> None:
+    path.write_bytes(random.Random(1234).randbytes(8192))
+
+
+async def _empty_file(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+async def _other_application(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("INSERT INTO users (name) VALUES ('alice')")
+    conn.commit()
+    conn.close()
+
+
+async def _truncated(path: Path) -> None:
+    await record_chunks(path, [400], size=200)
+    data = path.read_bytes()
+    page_size = int.from_bytes(data[16:18], "big")
+    assert len(data) // page_size > 20  # many pages, so the cut really loses some
+    path.write_bytes(data[: len(data) // 2])
+
+
+async def _version_2(path: Path) -> None:
+    await record_sample(path)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE cassette_meta SET value = '2' WHERE key = 'version'")
+    conn.commit()
+    conn.close()
+
+
+async def _foreign_format(path: Path) -> None:
+    await record_sample(path)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE cassette_meta SET value = 'something-else' WHERE key = 'format'")
+    conn.commit()
+    conn.close()
+
+
+BAD_FILES: dict[str, tuple[Callable[[Path], Awaitable[None]], str]] = {
+    "random-bytes": (_random_bytes, "not a readable cassette"),
+    "empty-file": (_empty_file, "an empty SQLite file, not an sse-recorder cassette"),
+    "other-application": (_other_application, "a SQLite database, not an sse-recorder cassette"),
+    "truncated": (_truncated, "not a readable cassette"),
+    "version-2": (_version_2, "cassette format version 2 is newer"),
+    "foreign-format": (_foreign_format, "not an sse-recorder cassette"),
+}
+
+
+@pytest.mark.parametrize("opener", [o for _, o in OPENERS], ids=[n for n, _ in OPENERS])
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+async def test_bad_file_raises_one_line_error_and_is_left_untouched(
+    tmp_path: Path, kind: str, opener: Opener
+) -> None:
+    path = tmp_path / "bad.cassette"
+    make, message = BAD_FILES[kind]
+    await make(path)
+    before = path.read_bytes()
+    listing = side_files(path)
+
+    with pytest.raises(CassetteError) as info:
+        await opener(path)
+
+    text = str(info.value)
+    assert message in text
+    assert str(path) in text
+    assert "\n" not in text and "\r" not in text
+    assert path.read_bytes() == before  # never overwritten, never turned into a cassette
+    assert side_files(path) == listing  # no -wal, -shm or -journal left behind
+
+
+@pytest.mark.parametrize("opener", [o for _, o in OPENERS], ids=[n for n, _ in OPENERS])
+async def test_directory_is_refused(tmp_path: Path, opener: Opener) -> None:
+    path = tmp_path / "dir.cassette"
+    path.mkdir()
+    with pytest.raises(CassetteError, match="is a directory") as info:
+        await opener(path)
+    assert "\n" not in str(info.value)
+    assert list(path.iterdir()) == []
+
+
+async def test_missing_file_is_not_created_by_open(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "nothing.cassette"
+    with pytest.raises(CassetteError, match="no such cassette") as info:
+        await Cassette.open(path)
+    assert "\n" not in str(info.value)
+    assert not path.exists()
+    assert not path.parent.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# reading chunks in pages
+
+
+async def test_chunks_stream_in_order_across_pages(tmp_path: Path) -> None:
+    path = tmp_path / "big.cassette"
+    count = 2 * CHUNK_PAGE + CHUNK_PAGE // 2
+    await record_chunks(path, [count, 3, 2 * CHUNK_PAGE])  # neighbours must not leak in
+    async with await Cassette.open(path) as cassette:
+        queries = 0
+        read = cassette._read
+
+        async def counting_read(query: object) -> object:
+            nonlocal queries
+            queries += 1
+            return await read(query)
+
+        cassette._read = counting_read  # type: ignore[method-assign]
+        chunks = await all_chunks(cassette, 1)
+        assert queries == 3  # really paged, not loaded in one go
+        assert [c.seq for c in chunks] == list(range(count))
+        assert all(c == Chunk(c.seq, c.seq * 10, _chunk_bytes(1, c.seq, 64)) for c in chunks)
+
+        # an exact multiple of the page size ends with one empty page
+        assert [c.seq for c in await all_chunks(cassette, 3)] == list(range(2 * CHUNK_PAGE))
+        assert [c.seq for c in await all_chunks(cassette, 2)] == [0, 1, 2]
+
+
+async def test_chunks_start_seq(tmp_path: Path) -> None:
+    path = tmp_path / "big.cassette"
+    count = CHUNK_PAGE + 100
+    await record_chunks(path, [count])
+    async with await Cassette.open(path) as cassette:
+        tail = await all_chunks(cassette, 1, start_seq=300)
+        assert [c.seq for c in tail] == list(range(300, count))
+        assert tail[0].data == _chunk_bytes(1, 300, 64)
+        assert await all_chunks(cassette, 1, start_seq=count) == []
+        assert await all_chunks(cassette, 1, start_seq=count - 1) == [
+            Chunk(count - 1, (count - 1) * 10, _chunk_bytes(1, count - 1, 64))
+        ]
+
+
+async def test_iterating_chunks_lazily_stops_early(tmp_path: Path) -> None:
+    path = tmp_path / "big.cassette"
+    await record_chunks(path, [3 * CHUNK_PAGE])
+    async with await Cassette.open(path) as cassette:
+        seen = []
+        stream = cassette.chunks(1)
+        async for chunk in stream:
+            seen.append(chunk.seq)
+            if len(seen) == 5:
+                break
+        await stream.aclose()  # type: ignore[attr-defined]
+        assert seen == [0, 1, 2, 3, 4]
+
+
+# --------------------------------------------------------------------------------------------
+# finishing, and interactions left open
+
+
+async def test_finish_recording_leaves_a_single_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.cassette"
+    cassette = await Cassette.open_for_recording(path)
+    try:
+        iid = cassette.allocate_id()
+        await cassette.write(
+            WriteBatch(
+                starts=[InteractionStart(iid, 1.0, REQUEST)],
+                chunks=[(iid, 0, 5, b"data: 1\n\n")],
+            )
+        )
+        assert (tmp_path / "c.cassette-wal").exists()  # WAL while recording
+        await cassette.finish_recording()
+    finally:
+        await cassette.close()
+    assert side_files(path) == []
+    async with await Cassette.open(path) as reader:
+        assert len(await reader.interactions()) == 1
+    assert side_files(path) == []
+
+
+async def test_interaction_never_ended_reads_back_as_recording_stopped(tmp_path: Path) -> None:
+    path = tmp_path / "c.cassette"
+    cassette = await Cassette.open_for_recording(path)
+    try:
+        iid = cassette.allocate_id()
+        await cassette.write(
+            WriteBatch(
+                starts=[InteractionStart(iid, 1.0, REQUEST)],
+                heads=[HeadUpdate(iid, HEAD, 10, True)],
+                chunks=[(iid, 0, 20, b"data: 1\n\n"), (iid, 1, 30, b"data: 2")],
+            )
+        )
+        # no finish_recording: as if the recorder died after this commit
+    finally:
+        await cassette.close()
+    async with await Cassette.open(path) as reader:
+        (interaction,) = await reader.interactions()
+        assert interaction.end_reason is EndReason.RECORDING_STOPPED
+        assert interaction.complete is False
+        assert interaction.end_offset_ns is None
+        assert (interaction.chunk_count, interaction.body_size) == (2, 16)
+        assert [c.data for c in await all_chunks(reader, iid)] == [b"data: 1\n\n", b"data: 2"]
