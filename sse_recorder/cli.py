@@ -272,6 +272,96 @@ async def _print_timeline(cassette: Any, i: Any) -> None:
                 click.echo(f"  {'':>12}    event {event.type}{meta}: {data}")
 
 
+# -- replay --------------------------------------------------------------------------------
+
+
+def _served_line(served: Any) -> str:
+    if served.interaction_id is None:
+        first = served.explanation.splitlines()[1:2]
+        return f"{served.method} {served.target} -> {served.status} {served.ending}" + (
+            f" ({first[0]})" if first else ""
+        )
+    return (f"{served.method} {served.target} -> #{served.interaction_id} "
+            f"{served.status}, ended {served.ending}")
+
+
+@main.command()
+@click.argument("cassette", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              help="0 picks a free port.")
+@click.option("--speed", default=1.0, show_default=True, type=float,
+              help="Replay at this many times the recorded pace.")
+@click.option("--instant", is_flag=True, help="No waiting at all (chunk boundaries kept).")
+@click.option("--max-gap", type=float, metavar="SECONDS", help="Clamp longer pauses to this.")
+@click.option("--match", "match", metavar="LIST",
+              help="Criteria, comma-separated: method,scheme,host,path,query,body,headers,"
+                   "header:NAME (default method,path,query,body).")
+@click.option("--ignore-json", multiple=True, metavar="FIELD",
+              help="JSON body field to ignore when matching (repeatable).")
+@click.option("--ignore-query", multiple=True, metavar="NAME",
+              help="Query parameter to ignore when matching (repeatable).")
+@click.option("--ignore-header", multiple=True, metavar="NAME",
+              help="Header to ignore when matching headers (repeatable).")
+@click.option("--when-exhausted", type=click.Choice(["repeat-last", "error"]),
+              default="repeat-last", show_default=True,
+              help="After every recorded response to a request was served once.")
+def replay(
+    cassette: Path,
+    host: str,
+    port: int,
+    speed: float,
+    instant: bool,
+    max_gap: float | None,
+    match: str | None,
+    ignore_json: tuple[str, ...],
+    ignore_query: tuple[str, ...],
+    ignore_header: tuple[str, ...],
+    when_exhausted: str,
+) -> None:
+    """Serve CASSETTE over HTTP with the recorded chunks, timing and endings.
+
+    The first line printed is the base URL; then one line per request (on stderr) says
+    what matched and how the response ended. Ctrl-C stops.
+    """
+    from .matching import MatchConfig
+    from .schedule import Timing
+    from .server import ReplayOptions, ReplayServer
+
+    async def go() -> None:
+        options = ReplayOptions(
+            timing=Timing(speed=speed, instant=instant, max_gap=max_gap),
+            match=MatchConfig.parse(match, ignore_json, ignore_query, ignore_header,
+                                    when_exhausted),
+        )
+        server = await ReplayServer.open(
+            str(cassette), options, lambda s: click.echo(_served_line(s), err=True)
+        )
+        try:
+            try:
+                await server.start(host, port)
+            except OSError as exc:
+                raise SSERecorderError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            click.echo(server.base_url)
+            sys.stdout.flush()
+            await _until_signalled()
+        finally:
+            await server.close()
+
+    _run(go())
+
+
+async def _until_signalled() -> None:
+    """Wait for SIGINT or SIGTERM (Ctrl-C stops cleanly, without a traceback)."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 # -- demo upstream -------------------------------------------------------------------------
 
 

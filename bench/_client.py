@@ -1,0 +1,85 @@
+"""Benchmark client: a separate process, so its GIL never delays the proxy or the server.
+
+It stays up for the whole benchmark (no interpreter start-up next to a measured stream) and
+takes one JSON request per stdin line, answering with one JSON line:
+  request: {"url": str, "timeout": float, "stamps": bool}
+  reply:   {"status", "ending", "events", "bytes", "chunks", "head_ns", "first_ns", "last_ns",
+            "delays_ns": [...] (with "stamps"), or "error": str}
+Times are ns from the request being sent. A delay is the client's receive `monotonic_ns`
+minus the server's `monotonic_ns` embedded in the event (`/ticks?stamp=1`); CLOCK_MONOTONIC
+is system-wide on Linux, so the two clocks are the same clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import re
+import sys
+from typing import Any
+
+from sse_recorder.probe import ProbeResult, probe
+
+STAMP = re.compile(rb'"t":\s*(\d+)')
+
+
+def summarize(result: ProbeResult, stamps: bool) -> dict[str, Any]:
+    """Per-event delays (an event arrives with the chunk that completes it) and totals."""
+    delays: list[int] = []
+    events = 0
+    size = 0
+    pending = b""
+    for offset, data in result.chunks:
+        size += len(data)
+        pending += data
+        if b"\n\n" not in pending:
+            continue
+        *complete, pending = pending.split(b"\n\n")
+        events += len(complete)
+        if stamps:
+            arrival = result.sent_at_ns + offset
+            for event in complete:
+                found = STAMP.search(event)
+                if found is not None:
+                    delays.append(arrival - int(found[1]))
+    reply: dict[str, Any] = {
+        "status": result.status,
+        "ending": result.ending,
+        "events": events,
+        "bytes": size,
+        "chunks": len(result.chunks),
+        "head_ns": result.head_ns,
+        "first_ns": result.chunks[0][0] if result.chunks else None,
+        "last_ns": result.chunks[-1][0] if result.chunks else None,
+    }
+    if stamps:
+        reply["delays_ns"] = delays
+    return reply
+
+
+def handle(request: dict[str, Any]) -> dict[str, Any]:
+    # No collection while a stream is being timed: a GC pause would read as proxy delay.
+    gc.collect()
+    gc.disable()
+    try:
+        result = asyncio.run(probe(request["url"], timeout=float(request.get("timeout", 60))))
+    finally:
+        gc.enable()
+    return summarize(result, bool(request.get("stamps")))
+
+
+def main() -> None:
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            reply = handle(json.loads(line))
+        except Exception as exc:  # noqa: BLE001 - report to the driver instead of dying
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(reply), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""When each recorded piece goes out on replay: pure arithmetic, no I/O.
+
+Piece i is due at `start + offset_i / speed` on an absolute schedule, so timing errors never
+accumulate. `max_gap` clamps each long pause (after the speed-up) and shifts everything
+after it earlier by what was cut. `instant` makes everything due at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Timing:
+    speed: float = 1.0
+    instant: bool = False
+    max_gap: float | None = None  # seconds
+
+    def __post_init__(self) -> None:
+        if not self.speed > 0:
+            raise ConfigError(f"speed must be positive, got {self.speed}")
+        if self.max_gap is not None and self.max_gap < 0:
+            raise ConfigError(f"max gap must be >= 0 seconds, got {self.max_gap}")
+
+
+class Schedule:
+    """Turns recorded offsets (ns, non-decreasing) into due times in seconds from start."""
+
+    def __init__(self, timing: Timing, origin_ns: int = 0) -> None:
+        self.timing = timing
+        self._origin_ns = origin_ns
+        self._previous: float | None = None  # unclamped due time of the previous piece
+        self._cut = 0.0  # seconds removed by max_gap so far
+
+    def due(self, offset_ns: int) -> float:
+        if self.timing.instant:
+            return 0.0
+        unclamped = max(offset_ns - self._origin_ns, 0) / 1e9 / self.timing.speed
+        max_gap = self.timing.max_gap
+        if max_gap is not None:
+            gap = unclamped - (self._previous if self._previous is not None else 0.0)
+            if gap > max_gap:
+                self._cut += gap - max_gap
+        self._previous = unclamped
+        return unclamped - self._cut

@@ -1,0 +1,370 @@
+"""Unit tests for the mitmproxy addon `sse_recorder.addon`, driven through `taddons`."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mitmproxy import exceptions, http
+from mitmproxy.flow import Error
+
+from sse_recorder.addon import Recorder, classify_error
+from sse_recorder.cassette import Cassette
+from sse_recorder.errors import CassetteError
+from sse_recorder.model import Chunk, EndReason, Interaction, RecordedEvent
+from sse_recorder.redact import MARKER
+
+with warnings.catch_warnings():
+    # taddons imports mitmproxy.master -> addons.proxyauth -> ldap3, which uses names that
+    # pyasn1 >= 0.6.2 deprecates (DeprecationWarning attributed to ldap3.utils.asn1, outside
+    # the pyproject's mitmproxy.* ignore). Scoped to this import only.
+    warnings.filterwarnings("ignore", r"(tagMap|typeMap) is deprecated", DeprecationWarning)
+    from mitmproxy.test import taddons, tflow, tutils
+
+H1_TRUNCATED = (
+    "HTTP/1 protocol error: peer closed connection without sending complete message body"
+)
+
+# --------------------------------------------------------------------------------------------
+# classify_error: every message of the notes' failure table
+
+
+@pytest.mark.parametrize(
+    ("message", "client_open", "server_open", "server_reset", "expected"),
+    [
+        ("Client disconnected.", False, False, False, EndReason.CLIENT_GONE),
+        ("Client disconnected.", True, True, False, EndReason.CLIENT_GONE),  # idle timeout too
+        (f"{H1_TRUNCATED} (incomplete chunked read)", True, False, False,
+         EndReason.UPSTREAM_CLOSED),
+        (f"{H1_TRUNCATED} (incomplete chunked read)", True, False, True,
+         EndReason.UPSTREAM_RESET),
+        (f"{H1_TRUNCATED} (received 189 bytes, expected 630)", True, False, False,
+         EndReason.UPSTREAM_CLOSED),
+        (f"{H1_TRUNCATED} (received 189 bytes, expected 630)", True, False, True,
+         EndReason.UPSTREAM_RESET),
+        ("peer closed connection", False, True, False, EndReason.CLIENT_GONE),
+        ("peer closed connection", True, False, False, EndReason.UPSTREAM_CLOSED),
+        ("peer closed connection", True, False, True, EndReason.UPSTREAM_RESET),
+        ("peer closed connection", True, True, False, EndReason.PROXY_ERROR),
+        ("stream reset by client (CANCEL)", True, True, False, EndReason.CLIENT_GONE),
+        ("stream reset by client (INTERNAL_ERROR)", True, True, False,
+         EndReason.UPSTREAM_RESET),
+        (Error.KILLED_MESSAGE, True, True, False, EndReason.PROXY_ERROR),
+        ("Connection killed.", True, False, True, EndReason.PROXY_ERROR),
+        ("TLS handshake failed", True, True, False, EndReason.PROXY_ERROR),
+        ("Server disconnected.", True, False, False, EndReason.PROXY_ERROR),
+        ("", True, True, False, EndReason.PROXY_ERROR),
+    ],
+)
+def test_classify_error(
+    message: str, client_open: bool, server_open: bool, server_reset: bool, expected: EndReason
+) -> None:
+    assert (
+        classify_error(
+            message, client_open=client_open, server_open=server_open, server_reset=server_reset
+        )
+        is expected
+    )
+
+
+def test_killed_message_is_the_one_in_the_notes() -> None:
+    assert Error.KILLED_MESSAGE == "Connection killed."
+
+
+# --------------------------------------------------------------------------------------------
+# driving the addon with taddons and tflow
+
+
+@dataclass
+class Harness:
+    recorder: Recorder
+    tctx: taddons.context
+    path: Path
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    recorder = Recorder()
+    path = tmp_path / "rec.cassette"
+    with taddons.context(recorder) as tctx:
+        tctx.configure(recorder, sse_cassette=str(path))
+        await recorder.running()
+        assert recorder.session is not None
+        try:
+            yield Harness(recorder, tctx, path)
+        finally:
+            if recorder.session is not None:
+                await recorder.done()
+
+
+async def stored(path: Path) -> tuple[list[Interaction], dict[int, list[Chunk]],
+                                      dict[int, list[RecordedEvent]]]:
+    async with await Cassette.open(path) as cassette:
+        interactions = await cassette.interactions()
+        chunks = {i.id: [c async for c in cassette.chunks(i.id)] for i in interactions}
+        events = {i.id: await cassette.events(i.id) for i in interactions}
+    return interactions, chunks, events
+
+
+def request(
+    path: str = "/v1/stream", method: str = "POST", host: str = "api.example.com"
+) -> http.Request:
+    return tutils.treq(
+        host=host,
+        port=443,
+        scheme=b"https",
+        method=method.encode(),
+        path=path.encode(),
+        headers=http.Headers(
+            [(b"Authorization", b"Bearer HDR-SECRET"), (b"Content-Type", b"application/json")]
+        ),
+        content=b'{"stream": true, "api_key": "BODY-SECRET"}',
+    )
+
+
+def sse_response(framing: tuple[bytes, bytes] | None = (b"transfer-encoding", b"chunked")
+                 ) -> http.Response:
+    headers = [(b"content-type", b"text/event-stream"), (b"set-cookie", b"sid=COOKIE-SECRET")]
+    if framing is not None:
+        headers.append(framing)
+    return tutils.tresp(headers=http.Headers(headers), content=b"")
+
+
+async def test_sse_flow_is_streamed_and_recorded(harness: Harness) -> None:
+    recorder = harness.recorder
+    flow = tflow.tflow(req=request("/v1/stream?api_key=QUERY-SECRET&model=m"))
+    recorder.request(flow)
+    flow.response = sse_response()
+    recorder.responseheaders(flow)
+    stream = flow.response.stream
+    assert callable(stream)
+
+    chunks = [b'data: {"access_token": "SSE-SECRET"}\n\n', b"data: tw", b"o\n\n: ping\n\n"]
+    for chunk in chunks:
+        assert stream(chunk) is chunk  # forwarded untouched (not redacted, not copied)
+    assert stream(b"") == []  # never b"": that would end a chunked body early
+    recorder.response(flow)
+    await recorder.done()
+
+    (interaction,), got_chunks, events = await stored(harness.path)
+    assert interaction.request.method == "POST"
+    assert interaction.request.url == (
+        f"https://api.example.com/v1/stream?api_key={MARKER}&model=m"
+    )
+    assert dict(interaction.request.headers)["Authorization"] == MARKER
+    assert interaction.request.body == f'{{"stream": true, "api_key": "{MARKER}"}}'.encode()
+    assert interaction.response is not None
+    assert interaction.response.status == 200
+    assert dict(interaction.response.headers)["set-cookie"] == MARKER
+    assert interaction.is_sse and interaction.complete
+    assert interaction.end_reason is EndReason.CLEAN
+    data = [c.data for c in got_chunks[interaction.id]]
+    assert data == [
+        f'data: {{"access_token": "{MARKER}"}}\n\n'.encode(), b"data: tw", b"o\n\n: ping\n\n"
+    ]
+    offsets = [c.offset_ns for c in got_chunks[interaction.id]]
+    assert offsets == sorted(offsets) and offsets[0] >= 0
+    assert [(e.kind, e.data) for e in events[interaction.id]] == [
+        ("event", f'{{"access_token": "{MARKER}"}}'),
+        ("event", "two"),
+        ("comment", "ping"),
+    ]
+    raw = harness.path.read_bytes()
+    assert b"SECRET" not in raw
+
+
+async def test_non_sse_flow_is_stored_whole(harness: Harness) -> None:
+    recorder = harness.recorder
+    flow = tflow.tflow(req=request("/v1/models", method="GET"))
+    recorder.request(flow)
+    body = b'{"data": [{"id": "m1"}], "refresh_token": "JSON-SECRET"}'
+    flow.response = tutils.tresp(
+        headers=http.Headers([(b"content-type", b"application/json")]), content=body
+    )
+    recorder.responseheaders(flow)
+    assert flow.response.stream is False  # buffered by mitmproxy as usual
+    recorder.response(flow)
+    await recorder.done()
+
+    (interaction,), got_chunks, events = await stored(harness.path)
+    assert not interaction.is_sse and interaction.complete
+    assert [c.data for c in got_chunks[interaction.id]] == [
+        f'{{"data": [{{"id": "m1"}}], "refresh_token": "{MARKER}"}}'.encode()
+    ]
+    assert events[interaction.id] == []
+
+
+async def test_close_delimited_sse_ending_mid_event_is_upstream_closed(harness: Harness) -> None:
+    recorder = harness.recorder
+    cut = tflow.tflow(req=request())
+    recorder.request(cut)
+    cut.response = sse_response(framing=None)  # no Content-Length, no Transfer-Encoding
+    recorder.responseheaders(cut)
+    assert callable(cut.response.stream)
+    cut.response.stream(b"data: 1\n\ndata: 2")
+    recorder.response(cut)  # mitmproxy reports a clean end: the framing cannot tell
+
+    whole = tflow.tflow(req=request())
+    recorder.request(whole)
+    whole.response = sse_response(framing=None)
+    recorder.responseheaders(whole)
+    assert callable(whole.response.stream)
+    whole.response.stream(b"data: 1\n\n")
+    recorder.response(whole)
+    await recorder.done()
+
+    (first, second), _, _ = await stored(harness.path)
+    assert (first.end_reason, first.complete) == (EndReason.UPSTREAM_CLOSED, False)
+    assert (second.end_reason, second.complete) == (EndReason.CLEAN, True)
+
+
+async def test_error_flow_is_stored_as_client_gone(harness: Harness) -> None:
+    recorder = harness.recorder
+    flow = tflow.tflow(req=request())
+    recorder.request(flow)
+    flow.response = sse_response()
+    recorder.responseheaders(flow)
+    assert callable(flow.response.stream)
+    flow.response.stream(b"data: 1\n\n")
+    flow.error = tflow.terr("Client disconnected.")
+    recorder.error(flow)
+    recorder.response(flow)  # a stray second finalization changes nothing
+    await recorder.done()
+
+    (interaction,), got_chunks, _ = await stored(harness.path)
+    assert interaction.end_reason is EndReason.CLIENT_GONE
+    assert interaction.complete is False
+    assert interaction.error == "Client disconnected."
+    assert [c.data for c in got_chunks[interaction.id]] == [b"data: 1\n\n"]
+
+
+async def test_errors_while_mitmproxy_stops_are_recording_stopped(harness: Harness) -> None:
+    recorder = harness.recorder
+    flow = tflow.tflow(req=request())
+    recorder.request(flow)
+    flow.response = sse_response()
+    recorder.responseheaders(flow)
+    assert callable(flow.response.stream)
+    flow.response.stream(b"data: 1\n\ndata: 2")
+    harness.tctx.master.should_exit.set()  # shutting down: mitmproxy closes the connections
+    flow.error = tflow.terr("Client disconnected.")
+    recorder.error(flow)
+    await recorder.done()
+
+    (interaction,), got_chunks, _ = await stored(harness.path)
+    assert interaction.end_reason is EndReason.RECORDING_STOPPED
+    assert interaction.complete is False
+    assert [c.data for c in got_chunks[interaction.id]] == [b"data: 1\n\ndata: 2"]
+
+
+async def test_error_before_any_response(harness: Harness) -> None:
+    recorder = harness.recorder
+    flow = tflow.tflow(req=request())
+    recorder.request(flow)
+    flow.error = tflow.terr("TLS handshake failed")
+    recorder.error(flow)
+    await recorder.done()
+
+    (interaction,), _, _ = await stored(harness.path)
+    assert interaction.response is None
+    assert interaction.end_reason is EndReason.PROXY_ERROR
+    assert interaction.error == "TLS handshake failed"
+
+
+async def test_include_and_exclude_filters(harness: Harness) -> None:
+    recorder, tctx = harness.recorder, harness.tctx
+    tctx.configure(
+        recorder,
+        sse_include=["POST api.example.com/v1/*"],
+        sse_exclude=["*/v1/private*"],
+    )
+    flows = {
+        "included": tflow.tflow(req=request("/v1/stream?x=1")),
+        "excluded": tflow.tflow(req=request("/v1/private/stream")),
+        "not-included-method": tflow.tflow(req=request("/v1/stream", method="GET")),
+        "not-included-host": tflow.tflow(req=request("/v1/stream", host="other.example.com")),
+    }
+    for flow in flows.values():
+        recorder.request(flow)
+        flow.response = sse_response()
+        recorder.responseheaders(flow)
+        if callable(flow.response.stream):
+            flow.response.stream(b"data: 1\n\n")
+        recorder.response(flow)
+    for name, flow in flows.items():
+        assert callable(flow.response.stream) == (name == "included"), name
+    await recorder.done()
+
+    interactions, got_chunks, _ = await stored(harness.path)
+    assert [i.request.url for i in interactions] == ["https://api.example.com/v1/stream?x=1"]
+    assert len(got_chunks[interactions[0].id]) == 1
+
+
+async def test_bad_route_is_an_options_error(harness: Harness) -> None:
+    recorder, tctx = harness.recorder, harness.tctx
+    with pytest.raises(exceptions.OptionsError, match="bad route"):
+        tctx.configure(recorder, sse_include=["GET api.example.com/a b"])
+    with pytest.raises(exceptions.OptionsError, match="bad route"):
+        tctx.configure(recorder, sse_exclude=[""])
+    assert recorder.filter.allows("GET", "anything", "/")  # still the previous (empty) filter
+
+
+async def test_cassette_cannot_change_while_recording(harness: Harness) -> None:
+    with pytest.raises(exceptions.OptionsError, match="cannot change"):
+        harness.tctx.configure(harness.recorder, sse_cassette=str(harness.path) + ".other")
+
+
+async def test_storage_failure_kills_flows_and_stops_the_proxy(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = harness.recorder
+    session = recorder.session
+    assert session is not None and session._cassette is not None
+
+    async def broken_write(batch: object) -> None:
+        raise CassetteError("rec.cassette: write failed: disk is full")
+
+    monkeypatch.setattr(session._cassette, "write", broken_write)
+    live = tflow.tflow(req=request())
+    recorder.request(live)
+    # the writer fails on its first batch and asks mitmproxy to shut down
+    await asyncio.wait_for(harness.tctx.master.should_exit.wait(), timeout=5)
+    assert recorder.failed
+    assert live.error is not None and live.error.msg == Error.KILLED_MESSAGE
+
+    later = tflow.tflow(req=request())
+    recorder.request(later)  # new traffic is refused instead of passing unrecorded
+    assert later.error is not None and later.error.msg == Error.KILLED_MESSAGE
+    with pytest.raises(SystemExit) as info:
+        await recorder.done()
+    assert info.value.code == 1
+
+
+async def test_without_a_cassette_option_nothing_is_recorded(tmp_path: Path) -> None:
+    recorder = Recorder()
+    with taddons.context(recorder):
+        await recorder.running()
+        assert recorder.session is None
+        flow = tflow.tflow(req=request())
+        recorder.request(flow)
+        flow.response = sse_response()
+        recorder.responseheaders(flow)
+        assert flow.response.stream is False
+        await recorder.done()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_bad_cassette_is_refused_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "not-a-cassette.db"
+    path.write_bytes(b"hello, I am a text file" * 100)
+    recorder = Recorder()
+    with taddons.context(recorder) as tctx:
+        tctx.configure(recorder, sse_cassette=str(path))
+        await recorder.running()
+        assert recorder.session is None
+        await recorder.done()
+    assert path.read_bytes() == b"hello, I am a text file" * 100

@@ -1,0 +1,457 @@
+"""Unit tests for `sse_recorder.recorder.RecordingSession` against real cassettes in `tmp_path`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sse_recorder.cassette import Cassette, WriteBatch
+from sse_recorder.errors import CassetteError
+from sse_recorder.model import (
+    Chunk,
+    EndReason,
+    Interaction,
+    RecordedEvent,
+    RecordedRequest,
+    ResponseHead,
+)
+from sse_recorder.recorder import RecorderConfig, RecordingSession, _Body
+from sse_recorder.redact import MARKER, RedactionRules
+from sse_recorder.sse import Comment, Item, parse
+
+SSE_HEAD = ResponseHead(200, "OK", (("Content-Type", "text/event-stream"),))
+JSON_HEAD = ResponseHead(200, "OK", (("Content-Type", "application/json"),))
+GET = RecordedRequest("GET", "https://api.example.com/v1/stream", (("Accept", "*/*"),))
+
+
+@dataclass
+class ReadBack:
+    interactions: list[Interaction]
+    chunks: dict[int, list[Chunk]]
+    events: dict[int, list[RecordedEvent]]
+
+
+async def read_back(path: Path) -> ReadBack:
+    """Everything in a cassette, through a fresh read-only `Cassette.open`."""
+    async with await Cassette.open(path) as cassette:
+        interactions = await cassette.interactions()
+        chunks = {i.id: [c async for c in cassette.chunks(i.id)] for i in interactions}
+        events = {i.id: await cassette.events(i.id) for i in interactions}
+    return ReadBack(interactions, chunks, events)
+
+
+@pytest.fixture
+async def session(tmp_path: Path) -> AsyncIterator[RecordingSession]:
+    recording = RecordingSession(str(tmp_path / "rec.cassette"))
+    await recording.start()
+    try:
+        yield recording
+    finally:
+        await recording.close()
+
+
+def feed(session: RecordingSession, iid: int, chunks: list[bytes], step: int = 1000) -> None:
+    for i, data in enumerate(chunks):
+        session.chunk(iid, (i + 1) * step, data)
+
+
+def ev(
+    seq: int, data: str, first: int, last: int, *, type: str = "message", id: str | None = None,
+    offset: int | None = None,
+) -> RecordedEvent:
+    """An expected event; chunk k arrives at (k + 1) * 1000 ns in these tests."""
+    ns = (last + 1) * 1000 if offset is None else offset
+    return RecordedEvent(seq, "event", type, data, id, None, ns, first, last)
+
+
+def comment(seq: int, text: str, chunk: int) -> RecordedEvent:
+    return RecordedEvent(seq, "comment", None, text, None, None, (chunk + 1) * 1000, chunk, chunk)
+
+
+# --------------------------------------------------------------------------------------------
+# the basic flow
+
+
+async def test_begin_head_chunk_end_flow(tmp_path: Path) -> None:
+    path = tmp_path / "rec.cassette"
+    session = RecordingSession(str(path))
+    await session.start()
+    iid = session.begin(GET, started_at=1700000000.5)
+    assert iid == 1
+    assert session.head(iid, SSE_HEAD, 500) is True
+    feed(session, iid, [b"data: one\n\n", b"data: two\n\n"])
+    session.end(iid, EndReason.CLEAN, 5000)
+    await session.close()
+    assert session.chunks_written == 2
+
+    got = await read_back(path)
+    (interaction,) = got.interactions
+    assert interaction == Interaction(
+        id=1,
+        started_at=1700000000.5,
+        request=GET,
+        response=SSE_HEAD,
+        head_offset_ns=500,
+        is_sse=True,
+        complete=True,
+        end_reason=EndReason.CLEAN,
+        end_offset_ns=5000,
+        error=None,
+        chunk_count=2,
+        body_size=22,
+        event_count=2,
+    )
+    assert got.chunks[1] == [Chunk(0, 1000, b"data: one\n\n"), Chunk(1, 2000, b"data: two\n\n")]
+    assert got.events[1] == [ev(0, "one", 0, 0), ev(1, "two", 1, 1)]
+
+
+async def test_head_reports_whether_the_body_is_an_event_stream(
+    session: RecordingSession,
+) -> None:
+    iid = session.begin(GET, 1.0)
+    assert session.head(iid, JSON_HEAD, 1) is False
+    other = session.begin(GET, 1.0)
+    head = ResponseHead(200, "OK", (("content-type", "Text/Event-Stream; charset=utf-8"),))
+    assert session.head(other, head, 1) is True
+
+
+async def test_events_spanning_chunks_and_several_events_per_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "rec.cassette"
+    session = RecordingSession(str(path))
+    await session.start()
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+    feed(session, iid, [
+        b"event: greet\nid: 1\ndata: he",  # 0: event starts
+        b"",  # 1: an empty chunk in the middle of an event
+        b"llo\n",  # 2
+        b"\ndata: a\n\n: ping\n\ndata: b\n\n",  # 3: ends "hello", then a, a comment, b
+        b"data: c",  # 4: starts c ...
+        b"\n\n",  # 5: ... which ends here
+        b": bye\n",  # 6: a comment alone
+    ])
+    session.end(iid, EndReason.CLEAN, 10_000)
+    await session.close()
+
+    got = await read_back(path)
+    assert got.events[iid] == [
+        ev(0, "hello", 0, 3, type="greet", id="1"),
+        ev(1, "a", 3, 3),
+        comment(2, "ping", 3),
+        ev(3, "b", 3, 3),
+        ev(4, "c", 4, 5),
+        comment(5, "bye", 6),
+    ]
+    assert got.interactions[0].event_count == 4  # comments are kept but not counted
+    assert [c.seq for c in got.chunks[iid]] == list(range(7))
+    assert got.chunks[iid][1] == Chunk(1, 2000, b"")
+
+
+async def test_non_sse_body_is_stored_as_given_without_events(tmp_path: Path) -> None:
+    path = tmp_path / "rec.cassette"
+    session = RecordingSession(str(path))
+    await session.start()
+    iid = session.begin(GET, 1.0)
+    assert session.head(iid, JSON_HEAD, 1) is False
+    body = b'{"choices": [{"text": "data: not an event\\n\\n"}]}\n\ndata: x\n\n'
+    session.chunk(iid, 2000, body)
+    session.end(iid, EndReason.CLEAN, 3000)
+    await session.close()
+
+    got = await read_back(path)
+    assert got.interactions[0].is_sse is False
+    assert got.interactions[0].complete is True
+    assert got.chunks[iid] == [Chunk(0, 2000, body)]
+    assert got.events[iid] == []
+
+
+# --------------------------------------------------------------------------------------------
+# redaction
+
+
+async def test_redaction_of_request_response_headers_chunks_and_events(tmp_path: Path) -> None:
+    path = tmp_path / "rec.cassette"
+    rules = RedactionRules.with_extra(headers=["X-Custom-Auth"], json_fields=["sessionKey"])
+    session = RecordingSession(str(path), RecorderConfig(redaction=rules))
+    await session.start()
+    request = RecordedRequest(
+        method="POST",
+        url="https://api.example.com/v1/chat?api_key=QK-SECRET-1&model=m",
+        headers=(
+            ("Authorization", "Bearer HDR-SECRET-2"),
+            ("Content-Type", "application/json"),
+            ("X-Custom-Auth", "HDR-SECRET-3"),
+        ),
+        body=b'{"model": "m", "password": "BODY-SECRET-4", "n": 1}',
+    )
+    iid = session.begin(request, 1.0)
+    head = ResponseHead(
+        200, "OK",
+        (("Content-Type", "text/event-stream"), ("Set-Cookie", "sid=COOKIE-SECRET-5; Secure")),
+    )
+    session.head(iid, head, 1)
+    feed(session, iid, [
+        b'data: {"access_token": "SSE-SEC',  # a secret cut across chunks
+        b'RET-6", "sessionKey": "SSE-SECRET-7"}\n\n',
+        b'data: {\ndata:   "refreshToken": "SSE-SECRET-8",\ndata:   "ok": true\ndata: }\n\n',
+    ])
+    session.end(iid, EndReason.CLEAN, 9)
+    form = session.begin(
+        RecordedRequest(
+            "POST", "https://auth.example.com/token",
+            (("Content-Type", "application/x-www-form-urlencoded"),),
+            b"grant_type=password&password=FORM-SECRET-9",
+        ),
+        2.0,
+    )
+    session.head(form, JSON_HEAD, 1)
+    session.chunk(form, 2, b'{"access_token": "JSON-SECRET-10", "expires_in": 60}')
+    session.end(form, EndReason.CLEAN, 3)
+    await session.close()
+
+    raw = path.read_bytes()
+    for n in range(1, 11):
+        assert f"SECRET-{n}".encode() not in raw  # nowhere in the file, in any form
+    got = await read_back(path)
+    stored = got.interactions[0]
+    assert stored.request.url == f"https://api.example.com/v1/chat?api_key={MARKER}&model=m"
+    assert stored.request.headers == (
+        ("Authorization", MARKER),
+        ("Content-Type", "application/json"),
+        ("X-Custom-Auth", MARKER),
+    )
+    assert stored.request.body == f'{{"model": "m", "password": "{MARKER}", "n": 1}}'.encode()
+    assert stored.response is not None
+    assert stored.response.headers == (
+        ("Content-Type", "text/event-stream"),
+        ("Set-Cookie", MARKER),
+    )
+    assert [c.offset_ns for c in got.chunks[iid]] == [1000, 2000, 3000]  # boundaries kept
+    events = got.events[iid]
+    assert events[0].data == f'{{"access_token": "{MARKER}", "sessionKey": "{MARKER}"}}'
+    assert events[1].data == f'{{\n  "refreshToken": "{MARKER}",\n  "ok": true\n}}'
+    assert (events[0].first_chunk, events[0].last_chunk) == (0, 1)
+    # the stored chunks still parse to the stored events
+    body = b"".join(c.data for c in got.chunks[iid])
+    assert [item.data for item in parse(body) if not isinstance(item, Comment)] == [
+        e.data for e in events
+    ]
+    form_stored = got.interactions[1]
+    assert form_stored.request.body == f"grant_type=password&password={MARKER}".encode()
+    assert got.chunks[form] == [
+        Chunk(0, 2, f'{{"access_token": "{MARKER}", "expires_in": 60}}'.encode())
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# how interactions end
+
+
+@pytest.mark.parametrize(
+    ("chunks", "check", "reason", "complete"),
+    [
+        ([b"data: a\n\n", b"data: b"], True, EndReason.UPSTREAM_CLOSED, False),  # mid-line
+        ([b"data: a\n\n", b"data: b\n"], True, EndReason.UPSTREAM_CLOSED, False),  # no blank line
+        ([b"data: a\n\n", b"data: b\n\n"], True, EndReason.CLEAN, True),
+        ([b"data: a\n\n: ping\n"], True, EndReason.CLEAN, True),  # a complete comment line
+        ([], True, EndReason.CLEAN, True),  # an empty body
+        ([b"data: a\n\n", b"data: b"], False, EndReason.CLEAN, True),  # framing is trusted
+    ],
+)
+async def test_truncation_check(
+    tmp_path: Path, chunks: list[bytes], check: bool, reason: EndReason, complete: bool
+) -> None:
+    path = tmp_path / "rec.cassette"
+    session = RecordingSession(str(path))
+    await session.start()
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+    feed(session, iid, chunks)
+    session.end(iid, EndReason.CLEAN, 99, check_truncation=check)
+    await session.close()
+
+    got = await read_back(path)
+    (interaction,) = got.interactions
+    assert (interaction.end_reason, interaction.complete) == (reason, complete)
+    assert (interaction.error is None) == complete
+    assert [c.data for c in got.chunks[iid]] == chunks  # a held partial line is still stored
+
+
+async def test_truncation_check_keeps_an_error_reason(tmp_path: Path) -> None:
+    path = tmp_path / "rec.cassette"
+    session = RecordingSession(str(path))
+    await session.start()
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+    feed(session, iid, [b"data: a"])
+    session.end(iid, EndReason.CLIENT_GONE, 5, "Client disconnected.", check_truncation=True)
+    session.end(iid, EndReason.CLEAN, 6)  # a second end is ignored
+    await session.close()
+    (interaction,) = (await read_back(path)).interactions
+    assert interaction.end_reason is EndReason.CLIENT_GONE
+    assert (interaction.error, interaction.end_offset_ns) == ("Client disconnected.", 5)
+
+
+async def test_close_marks_open_interactions_recording_stopped(tmp_path: Path) -> None:
+    path = tmp_path / "rec.cassette"
+    session = RecordingSession(str(path))
+    await session.start()
+    done = session.begin(GET, 1.0)
+    session.head(done, SSE_HEAD, 1)
+    feed(session, done, [b"data: x\n\n"])
+    session.end(done, EndReason.CLEAN, 2000)
+    still_open = session.begin(GET, 2.0)
+    session.head(still_open, SSE_HEAD, 1)
+    feed(session, still_open, [b"data: 1\n\n", b"data: 2\n\ndata: par"])  # ends mid-line
+    no_head = session.begin(GET, 3.0)
+    await session.close()
+    await session.close()  # closing twice is harmless
+
+    got = await read_back(path)
+    by_id = {i.id: i for i in got.interactions}
+    assert by_id[done].end_reason is EndReason.CLEAN
+    for iid in (still_open, no_head):
+        assert by_id[iid].end_reason is EndReason.RECORDING_STOPPED
+        assert by_id[iid].complete is False
+        assert by_id[iid].error == "recording stopped"
+    assert [c.data for c in got.chunks[still_open]] == [b"data: 1\n\n", b"data: 2\n\ndata: par"]
+    assert [e.data for e in got.events[still_open]] == ["1", "2"]
+    assert by_id[no_head].response is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.cassette"]  # WAL folded back
+
+
+# --------------------------------------------------------------------------------------------
+# storage failure and promptness
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.001)
+
+
+async def test_storage_failure_is_reported_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures: list[Exception] = []
+    session = RecordingSession(str(tmp_path / "rec.cassette"), on_failure=failures.append)
+    await session.start()
+    assert session._cassette is not None
+    calls = 0
+
+    async def broken_write(batch: WriteBatch) -> None:
+        nonlocal calls
+        calls += 1
+        raise CassetteError("rec.cassette: write failed: disk I/O error")
+
+    monkeypatch.setattr(session._cassette, "write", broken_write)
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+    session.chunk(iid, 2, b"data: 1\n\n")
+    await wait_until(lambda: session.failure is not None)
+    assert len(failures) == 1 and failures[0] is session.failure
+    assert isinstance(session.failure, CassetteError)
+
+    # later traffic is not written again and not reported again
+    session.chunk(iid, 3, b"data: 2\n\n")
+    other = session.begin(GET, 2.0)
+    session.end(other, EndReason.CLEAN, 4)
+    await session.close()
+    assert len(failures) == 1
+    assert calls == 1
+    assert session.chunks_written == 0
+
+
+async def test_chunks_are_committed_promptly(tmp_path: Path) -> None:
+    path = tmp_path / "rec.cassette"
+    session = RecordingSession(str(path))
+    await session.start()
+    try:
+        warm = await read_back(path)  # pay the reader's first-open costs outside the clock
+        assert warm.interactions == []
+        iid = session.begin(GET, 1.0)
+        session.head(iid, SSE_HEAD, 1)
+        feed(session, iid, [b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"])
+        fed_at = time.monotonic()
+        deadline = fed_at + 0.25
+        seen: ReadBack | None = None
+        while time.monotonic() < deadline:
+            got = await read_back(path)  # a second, independent connection
+            if len(got.chunks.get(iid, [])) == 3:
+                seen = got
+                break
+            await asyncio.sleep(0.005)
+        assert seen is not None, "chunks not visible to a reader within 250 ms"
+        assert [e.data for e in seen.events[iid]] == ["1", "2", "3"]
+        assert seen.interactions[0].end_reason is EndReason.RECORDING_STOPPED  # not ended yet
+    finally:
+        await session.close()
+
+
+# --------------------------------------------------------------------------------------------
+# event-to-chunk attribution for any chunking (the writer's per-body state, without I/O)
+
+HYPOTHESIS = settings(
+    max_examples=200,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+line = st.text("abc xyz:", max_size=6)
+block = st.one_of(
+    st.builds(lambda d: f"data: {d}\n\n", line),
+    st.builds(lambda d, e: f"event: {e}\ndata: {d}\r\ndata: {d}\r\r", line, line),
+    st.builds(lambda d: f": {d}\n", line),
+    st.builds(lambda d: f"id: 7\ndata:{d}\ndata\n\n", line),
+    st.just("\n"),
+    st.just("retry: 10\n\n"),
+)
+
+
+@HYPOTHESIS
+@given(
+    bom=st.booleans(),
+    blocks=st.lists(block, min_size=1, max_size=8),
+    data=st.data(),
+)
+def test_event_chunk_attribution_for_any_chunking(
+    bom: bool, blocks: list[str], data: st.DataObject
+) -> None:
+    stream = (b"\xef\xbb\xbf" if bom else b"") + "".join(blocks).encode()
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12), label="cuts"))
+    bounds = [0, *cuts, len(stream)]
+    chunks = [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+    body = _Body(1, RedactionRules(), is_sse=True)
+    batch = WriteBatch()
+    for seq, chunk in enumerate(chunks):
+        body.feed(seq * 10, chunk, batch)
+    body.finish(batch)
+
+    def chunk_holding(position: int) -> int:
+        """Index of the non-empty chunk that holds the byte at `position`."""
+        for seq, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+            if a <= position < b:
+                return seq
+        raise AssertionError(position)
+
+    expected = parse(stream)
+    got = [event for _, event in batch.events]
+    assert [(e.kind, e.data) for e in got] == [_summary(item) for item in expected]
+    for event, item in zip(got, expected, strict=True):
+        assert event.first_chunk == chunk_holding(item.start)
+        assert event.last_chunk == chunk_holding(item.end - 1)
+        assert event.offset_ns == event.last_chunk * 10
+    assert [(c[1], c[3]) for c in batch.chunks] == list(enumerate(chunks))
+
+
+def _summary(item: Item) -> tuple[str, str]:
+    return ("comment", item.text) if isinstance(item, Comment) else ("event", item.data)
