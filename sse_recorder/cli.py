@@ -103,19 +103,12 @@ def record(
         sys.stdout.flush()
 
     async def go() -> int:
-        settings = ProxySettings(
-            cassette=cassette,
-            upstream=upstream,
-            listen_host=listen_host,
-            listen_port=listen_port,
-            confdir=confdir,
-            routes=RouteFilter.parse(include, exclude),
-            config=RecorderConfig(
-                redaction=RedactionRules.with_extra(redact_header, redact_query, redact_json)
-            ),
-            ssl_insecure=ssl_insecure,
+        settings = ProxySettings(upstream, listen_host, listen_port, confdir, ssl_insecure)
+        rules = RedactionRules.with_extra(redact_header, redact_query, redact_json)
+        return await run_proxy(
+            cassette, settings, ready, RouteFilter.parse(include, exclude),
+            RecorderConfig(redaction=rules),
         )
-        return await run_proxy(settings, ready)
 
     sys.exit(_run(go()))
 
@@ -306,6 +299,11 @@ def _served_line(served: Any) -> str:
 @click.option("--when-exhausted", type=click.Choice(["repeat-last", "error"]),
               default="repeat-last", show_default=True,
               help="After every recorded response to a request was served once.")
+@click.option("--proxy", "as_proxy", is_flag=True,
+              help="Be an HTTP(S) proxy (mitmproxy) answering every request from CASSETTE.")
+@click.option("--confdir", type=click.Path(path_type=Path),
+              default=Path("~/.mitmproxy").expanduser(), show_default=True,
+              help="With --proxy: mitmproxy configuration directory (holds its CA).")
 def replay(
     cassette: Path,
     host: str,
@@ -318,11 +316,14 @@ def replay(
     ignore_query: tuple[str, ...],
     ignore_header: tuple[str, ...],
     when_exhausted: str,
+    as_proxy: bool,
+    confdir: Path,
 ) -> None:
     """Serve CASSETTE over HTTP with the recorded chunks, timing and endings.
 
-    The first line printed is the base URL; then one line per request (on stderr) says
-    what matched and how the response ended. Ctrl-C stops.
+    The first line printed is the base URL (with --proxy: the proxy URL, then the CA to
+    trust); then one line per request on stderr says what matched and how it ended.
+    Ctrl-C stops.
     """
     from .matching import MatchConfig
     from .schedule import Timing
@@ -338,6 +339,9 @@ def replay(
             str(cassette), options, lambda s: click.echo(_served_line(s), err=True)
         )
         try:
+            if as_proxy:
+                await _replay_as_proxy(server, host, port, confdir)
+                return
             try:
                 await server.start(host, port)
             except OSError as exc:
@@ -349,6 +353,24 @@ def replay(
             await server.close()
 
     _run(go())
+
+
+async def _replay_as_proxy(server: Any, host: str, port: int, confdir: Path) -> None:
+    try:
+        from .proxy import Listening, ProxySettings
+        from .proxy import replay as run_proxy
+    except ImportError as exc:
+        raise SSERecorderError(f"--proxy needs mitmproxy ({exc.name} is missing): "
+                               "install 'sse-recorder[record]'") from None
+
+    def ready(listening: Listening) -> None:
+        click.echo(listening.url)
+        click.echo(f"set HTTPS_PROXY={listening.url} HTTP_PROXY={listening.url}")
+        click.echo(f"mitmproxy CA certificate to trust: {listening.ca_cert}")
+        sys.stdout.flush()
+
+    await run_proxy(server, ProxySettings(listen_host=host, listen_port=port, confdir=confdir),
+                    ready)
 
 
 async def _until_signalled() -> None:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from ssl import SSLContext
 from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
@@ -557,13 +558,18 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
 class DemoUpstream:
     """The demo upstream on the running loop: `async with DemoUpstream() as up: up.base_url`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
+                 ssl: SSLContext | None = None) -> None:
         self._address = (host, port)
+        self._ssl = ssl
         self._server: asyncio.Server | None = None
         self._open: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> Self:
-        self._server = await asyncio.start_server(self._connected, host, port)
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *,
+                    ssl: SSLContext | None = None) -> Self:
+        """Listen; with `ssl` (a server context) every connection is HTTPS (HTTP/1.1 only)."""
+        self._ssl = ssl or self._ssl
+        self._server = await asyncio.start_server(self._connected, host, port, ssl=self._ssl)
         return self
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -587,7 +593,8 @@ class DemoUpstream:
         assert self._server is not None, "not started"
         host = self._server.sockets[0].getsockname()[0]
         host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        scheme = "http" if self._ssl is None else "https"
+        return f"{scheme}://[{host}]:{self.port}" if ":" in host else f"{scheme}://{host}:{self.port}"
 
     @property
     def open_connections(self) -> int:
@@ -613,8 +620,11 @@ class DemoUpstream:
         await self.close()
 
 
-async def serve(host: str, port: int, on_ready: Callable[[str], None]) -> None:
-    """Run the demo upstream until cancelled; `on_ready(base_url)` once it is listening."""
-    async with DemoUpstream(host, port) as upstream:
+async def serve(host: str, port: int, on_ready: Callable[[str], None], *,
+                ssl: SSLContext | None = None) -> None:
+    """Run the demo upstream until cancelled; `on_ready(base_url)` once it is listening.
+
+    With `ssl` (a server-side context holding the certificate) it serves HTTPS instead."""
+    async with DemoUpstream(host, port, ssl=ssl) as upstream:
         on_ready(upstream.base_url)
         await asyncio.Event().wait()

@@ -1,4 +1,4 @@
-"""Run mitmproxy in-process with the recording addon (`sse-recorder record`).
+"""Run mitmproxy in-process: recording (`sse-recorder record`) or replay (`replay --proxy`).
 
 The cassette is opened before mitmproxy starts, so a bad path fails with a one-line
 message and nothing listens. Start-up errors mitmproxy logs (a port in use, a bad mode)
@@ -13,6 +13,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import options
 from mitmproxy.tools.dump import DumpMaster
@@ -20,18 +21,17 @@ from mitmproxy.tools.dump import DumpMaster
 from .addon import Recorder
 from .errors import SSERecorderError
 from .recorder import RecorderConfig, RecordingSession
+from .replay_addon import ReplayRouter
 from .routes import RouteFilter
+from .server import ReplayServer
 
 
 @dataclass(frozen=True)
 class ProxySettings:
-    cassette: Path
     upstream: str | None = None  # reverse mode towards this URL; regular proxy when None
     listen_host: str = "127.0.0.1"
     listen_port: int = 0
     confdir: Path = field(default_factory=lambda: Path("~/.mitmproxy").expanduser())
-    routes: RouteFilter = field(default_factory=RouteFilter)
-    config: RecorderConfig = field(default_factory=RecorderConfig)
     ssl_insecure: bool = False
 
 
@@ -60,10 +60,10 @@ class _Ready:
         self.event.set()
 
 
-async def record(settings: ProxySettings, on_ready: Callable[[Listening], None]) -> int:
-    """Record until SIGINT/SIGTERM; returns the process exit code."""
-    session = RecordingSession(str(settings.cassette), settings.config)
-    await session.start()  # CassetteError here: nothing is listening yet
+async def _run_master(
+    settings: ProxySettings, addons: list[Any], on_ready: Callable[[Listening], None]
+) -> None:
+    """Start mitmproxy with `addons`, announce where it listens, run until a signal."""
     errors = _StartupErrors()
     logging.getLogger().addHandler(errors)
     try:
@@ -76,13 +76,13 @@ async def record(settings: ProxySettings, on_ready: Callable[[Listening], None])
         )
         master = DumpMaster(opts, with_termlog=False, with_dumper=False)
         master.addons.remove(master.addons.get("errorcheck"))
-        recorder = Recorder(session=session, routes=settings.routes)
         ready = _Ready()
-        master.addons.add(recorder, ready)
+        master.addons.add(*addons, ready)
         run = asyncio.get_running_loop().create_task(master.run())
         waiter = asyncio.ensure_future(ready.event.wait())
         await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        addrs = _listen_addrs(master)
+        proxyserver = master.addons.get("proxyserver")
+        addrs = [addr for server in proxyserver.servers for addr in server.listen_addrs]
         if run.done() or not addrs:
             waiter.cancel()
             master.shutdown()
@@ -95,12 +95,31 @@ async def record(settings: ProxySettings, on_ready: Callable[[Listening], None])
         host, port = addrs[0][:2]
         on_ready(Listening(f"http://{host}:{port}", settings.confdir / "mitmproxy-ca-cert.pem"))
         await run
-        return 1 if recorder.failed else 0
     finally:
         logging.getLogger().removeHandler(errors)
+
+
+async def record(
+    cassette: Path,
+    settings: ProxySettings,
+    on_ready: Callable[[Listening], None],
+    routes: RouteFilter | None = None,
+    config: RecorderConfig | None = None,
+) -> int:
+    """Record until SIGINT/SIGTERM; returns the process exit code."""
+    session = RecordingSession(str(cassette), config)
+    await session.start()  # CassetteError here: nothing is listening yet
+    recorder = Recorder(session=session, routes=routes)
+    try:
+        await _run_master(settings, [recorder], on_ready)
+    finally:
         await session.close()  # idempotent: the addon's `done` normally closed it already
+    return 1 if recorder.failed else 0
 
 
-def _listen_addrs(master: DumpMaster) -> list[tuple]:
-    proxyserver = master.addons.get("proxyserver")
-    return [addr for instance in proxyserver.servers for addr in instance.listen_addrs]
+async def replay(
+    server: ReplayServer, settings: ProxySettings, on_ready: Callable[[Listening], None]
+) -> None:
+    """Serve `server`'s cassette to proxy clients until SIGINT/SIGTERM."""
+    await server.start("127.0.0.1", 0)
+    await _run_master(settings, [ReplayRouter(server.host, server.port)], on_ready)

@@ -1,0 +1,459 @@
+"""Recording overhead: what the recorder costs on top of a pass-through mitmproxy.
+
+Why this shape (see the project notes on mitmproxy, section 8): the box has 2 noisy vCPUs, so
+absolute figures drift between runs; every figure is therefore compared with a baseline
+measured in the same run, configurations are interleaved in random order, and the client is
+its own process (`bench/_client.py`) so its GIL cannot stall the proxy or the server.
+
+1. latency: added delivery delay per event (client receive - server write stamp) for a 10 ms
+   spaced stream, direct vs `mitmdump -s bench/passthrough_addon.py` vs the recorder
+   (`mitmdump -s addons/record.py`). Targets: recorder - pass-through <= 0.05 ms at the
+   median and <= 0.5 ms at p99.
+2. fast: events/s of a back-to-back stream through the recorder divided by the pass-through
+   (target >= 0.95); afterwards the cassette must hold every byte the client received.
+3. cassette: chunks/s of `RecordingSession` fed directly and of raw `Cassette.write` batches
+   (target >= 100,000), with stdlib `sqlite3.executemany` of the same rows as the baseline.
+
+Usage: `python bench/record_bench.py [--quick] [--only latency,fast,cassette] [--strict]`.
+Exit status 1 if a run fails or the cassette lost bytes; with --strict, also on any MISS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from _common import (
+    BENCH_DIR,
+    ROOT,
+    BenchError,
+    Client,
+    Service,
+    deadline,
+    demo_upstream,
+    fmt_ratio,
+    median,
+    percentile,
+    ratio,
+    reverse_mitmdump,
+    table,
+    verdict,
+)
+
+from sse_recorder.cassette import Cassette, EndUpdate, HeadUpdate, InteractionStart, WriteBatch
+from sse_recorder.demo import tick_event
+from sse_recorder.model import EndReason, RecordedRequest, ResponseHead
+from sse_recorder.recorder import MAX_BATCH, RecordingSession
+
+MEDIAN_TARGET_MS = 0.05
+P99_TARGET_MS = 0.5
+FAST_TARGET = 0.95
+WRITE_TARGET = 100_000  # chunks/s
+
+CONFIGS = ("direct", "passthrough", "recorder")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of each benchmark to run; `--quick` is a CI smoke run."""
+
+    rounds: int  # latency: rounds, each visiting every configuration once
+    events: int  # latency: events per stream
+    interval_ms: int  # latency: spacing of the events
+    fast_events: int  # fast: events per back-to-back stream
+    fast_reps: int
+    chunks: int  # cassette: chunks per repetition
+    interactions: int  # cassette: interactions the chunks are spread over
+    cassette_reps: int
+    bound_s: float  # hard bound on the whole script
+
+
+FULL = Plan(8, 200, 10, 20_000, 7, 200_000, 4, 3, 420)
+QUICK = Plan(2, 100, 10, 5_000, 3, 20_000, 4, 1, 90)
+
+
+@dataclass
+class Summary:
+    """One line per figure, printed last."""
+
+    lines: list[tuple[str, str, bool]] = field(default_factory=list)
+    failed: bool = False  # a correctness failure, not a missed target
+
+    def add(self, name: str, text: str, ok: bool) -> None:
+        self.lines.append((name, text, ok))
+
+    def print(self) -> None:
+        print("\nSUMMARY")
+        width = max((len(name) for name, _, _ in self.lines), default=0)
+        text_width = max((len(text) for _, text, _ in self.lines), default=0)
+        for name, text, ok in self.lines:
+            print(f"  {name.ljust(width)}  {text.ljust(text_width)}  {verdict(ok)}")
+
+
+def ms(ns: float) -> str:
+    return "n/a" if math.isnan(ns) else f"{ns / 1e6:.3f}"
+
+
+def signed_ms(ns: float) -> str:
+    return "n/a" if math.isnan(ns) else f"{ns / 1e6:+.3f}"
+
+
+# --- the proxy benchmarks (1 and 2) ------------------------------------------------------------
+
+
+class ProxyStack:
+    """Demo upstream, a pass-through mitmdump, a recording mitmdump and the client process."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.cassette = workdir / "recorder.db"
+        self.services: list[Service] = []
+        self.client: Client | None = None
+        self.urls: dict[str, str] = {}
+        self.received: dict[str, int] = {}  # bytes the client got through the recorder, per tag
+        self.recorder: Service | None = None
+
+    def start(self) -> None:
+        upstream, base = demo_upstream(self.workdir)
+        self.services.append(upstream)
+        passthrough, passthrough_url = reverse_mitmdump(
+            "passthrough", base, self.workdir, BENCH_DIR / "passthrough_addon.py"
+        )
+        self.services.append(passthrough)
+        self.recorder, recorder_url = reverse_mitmdump(
+            "recorder", base, self.workdir, ROOT / "addons" / "record.py",
+            [f"sse_cassette={self.cassette}"],
+        )
+        self.services.append(self.recorder)
+        # The addon is silently inactive on a bad option: insist on its start-up line.
+        self.recorder.wait_for(r"sse-recorder: recording into", timeout=30)
+        self.urls = {"direct": base, "passthrough": passthrough_url, "recorder": recorder_url}
+        self.client = Client()
+
+    def fetch(self, config: str, query: str, tag: str, *, stamps: bool = False) -> dict[str, Any]:
+        """GET /ticks through one configuration; the tag finds the interaction in the cassette."""
+        assert self.client is not None
+        url = f"{self.urls[config]}/ticks?{query}&tag={tag}"
+        reply = self.client.get(url, stamps=stamps)
+        if reply["status"] != 200 or reply["ending"] != "clean":
+            raise BenchError(f"{config}: {url}: status {reply['status']}, {reply['ending']} end")
+        if config == "recorder":
+            self.received[tag] = reply["bytes"]
+        return reply
+
+    def stop_recorder(self) -> int:
+        """Stop the recording proxy first: its `done` hook flushes the cassette."""
+        assert self.recorder is not None
+        return self.recorder.stop()
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        for service in reversed(self.services):
+            try:
+                service.stop()
+            except BenchError as exc:
+                print(f"warning: {exc}", file=sys.stderr)
+
+
+def warm_up(stack: ProxyStack) -> None:
+    """One short stream per configuration, so imports and first connections are not measured."""
+    for config in CONFIGS:
+        stack.fetch(config, "n=50&interval_ms=1&stamp=1", "warmup", stamps=True)
+
+
+def bench_latency(stack: ProxyStack, plan: Plan, summary: Summary) -> None:
+    delays: dict[str, list[int]] = {c: [] for c in CONFIGS}
+    round_p50: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    query = f"n={plan.events}&interval_ms={plan.interval_ms}&stamp=1"
+    for r in range(plan.rounds):
+        for config in random.sample(CONFIGS, len(CONFIGS)):
+            reply = stack.fetch(config, query, f"latency-{r}", stamps=True)
+            got = reply["delays_ns"]
+            if len(got) != plan.events:
+                raise BenchError(f"latency {config}: {len(got)} of {plan.events} events")
+            delays[config] += got
+            round_p50[config].append(median(got))
+
+    stats = {c: (median(d), percentile(d, 99), max(d)) for c, d in delays.items()}
+    direct_p50, direct_p99, _ = stats["direct"]
+    rows = [
+        [c, len(delays[c]), ms(p50), ms(p99), ms(top), signed_ms(p50 - direct_p50),
+         signed_ms(p99 - direct_p99)]
+        for c, (p50, p99, top) in stats.items()
+    ]
+    print(f"\n1. delivery delay per event: {plan.rounds} rounds x {plan.events} events, "
+          f"{plan.interval_ms} ms apart (client receive - server write, ms)")
+    print(table(["config", "events", "p50", "p99", "max", "+p50 direct", "+p99 direct"], rows))
+    d50 = stats["recorder"][0] - stats["passthrough"][0]
+    d99 = stats["recorder"][1] - stats["passthrough"][1]
+    per_round = [a - b for a, b in zip(round_p50["recorder"], round_p50["passthrough"],
+                                       strict=True)]
+    print(f"recorder - passthrough: p50 {signed_ms(d50)} ms, p99 {signed_ms(d99)} ms; "
+          f"per-round p50 differences: median {signed_ms(median(per_round))}, "
+          f"range {signed_ms(min(per_round))} .. {signed_ms(max(per_round))} ms")
+    summary.add("latency p50, recorder - passthrough",
+                f"{signed_ms(d50)} ms (target <= {MEDIAN_TARGET_MS} ms)",
+                d50 / 1e6 <= MEDIAN_TARGET_MS)
+    summary.add("latency p99, recorder - passthrough",
+                f"{signed_ms(d99)} ms (target <= {P99_TARGET_MS} ms)",
+                d99 / 1e6 <= P99_TARGET_MS)
+
+
+def bench_fast(stack: ProxyStack, plan: Plan, summary: Summary) -> None:
+    rates: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    query = f"n={plan.fast_events}&interval_ms=0"
+    for r in range(plan.fast_reps):
+        for config in random.sample(CONFIGS, len(CONFIGS)):
+            reply = stack.fetch(config, query, f"fast-{r}")
+            if reply["events"] != plan.fast_events:
+                raise BenchError(f"fast {config}: {reply['events']} of {plan.fast_events} events")
+            # As in the notes: events / (last event received - request sent).
+            rates[config].append(reply["events"] / (reply["last_ns"] / 1e9))
+
+    medians = {c: median(r) for c, r in rates.items()}
+    rows = [
+        [c, len(r), f"{medians[c]:,.0f}", f"{min(r):,.0f}", f"{max(r):,.0f}",
+         fmt_ratio(ratio(medians[c], medians["passthrough"]))]
+        for c, r in rates.items()
+    ]
+    print(f"\n2. back-to-back stream: {plan.fast_events:,} events x {plan.fast_reps} repetitions "
+          "(events/s, request sent to last event)")
+    print(table(["config", "reps", "median", "min", "max", "/ passthrough"], rows))
+    paired = [a / b for a, b in zip(rates["recorder"], rates["passthrough"], strict=True)]
+    print(f"recorder / passthrough per repetition: median {fmt_ratio(median(paired))}, "
+          f"range {fmt_ratio(min(paired))} .. {fmt_ratio(max(paired))}")
+    value = ratio(medians["recorder"], medians["passthrough"])
+    summary.add("fast stream, recorder / passthrough ev/s",
+                f"{fmt_ratio(value)} (target >= {FAST_TARGET})", value >= FAST_TARGET)
+
+
+def check_cassette(stack: ProxyStack, summary: Summary) -> None:
+    """Every byte the client got through the recorder must be in the cassette, per interaction."""
+    code = stack.stop_recorder()
+    con = sqlite3.connect(f"file:{stack.cassette}?mode=ro", uri=True)
+    try:
+        rows = con.execute(
+            "SELECT i.url, i.complete, i.end_reason, COUNT(c.seq), COALESCE(SUM(LENGTH(c.data)), 0)"
+            " FROM interactions i LEFT JOIN chunks c ON c.interaction_id = i.id GROUP BY i.id"
+        ).fetchall()
+    finally:
+        con.close()
+    stored: dict[str, tuple[int, int, int]] = {}  # tag -> (complete, chunks, bytes)
+    for url, complete, end_reason, chunks, size in rows:
+        tag = parse_qs(urlsplit(url).query).get("tag", ["?"])[0]
+        if tag in stored:
+            raise BenchError(f"cassette: two interactions tagged {tag}")
+        stored[tag] = (int(bool(complete) and end_reason == "clean"), chunks, size)
+    received = stack.received
+    complete = sum(stored.get(tag, (0, 0, 0))[0] for tag in received)
+    got = sum(received.values())
+    kept = sum(stored.get(tag, (0, 0, 0))[2] for tag in received)
+    mismatched = sorted(t for t in received if stored.get(t, (0, 0, 0))[2] != received[t])
+    fast = [t for t in received if t.startswith("fast-")]
+    fast_got = sum(received[t] for t in fast)
+    fast_kept = sum(stored.get(t, (0, 0, 0))[2] for t in fast)
+    chunk_rows = sum(chunks for _, chunks, _ in stored.values())
+    print(f"\ncassette after stopping the recorder (exit {code}): {len(stored)} interactions, "
+          f"{chunk_rows:,} chunk rows; bytes stored / received: all {kept:,} / {got:,}, "
+          f"fast runs {fast_kept:,} / {fast_got:,}; clean and complete: {complete} of "
+          f"{len(received)}" + (f"; mismatched: {', '.join(mismatched)}" if mismatched else ""))
+    ok = code == 0 and not mismatched and complete == len(received) and len(stored) == len(received)
+    summary.add("cassette holds every byte",
+                f"{kept:,} of {got:,} B, {complete} of {len(received)} interactions complete", ok)
+    summary.failed |= not ok
+
+
+def run_proxy_benches(plan: Plan, parts: set[str], workdir: Path, summary: Summary) -> None:
+    stack = ProxyStack(workdir)
+    try:
+        t0 = time.monotonic()
+        stack.start()
+        warm_up(stack)
+        print(f"proxies up and warm in {time.monotonic() - t0:.1f} s "
+              f"(upstream {stack.urls['direct']}, passthrough {stack.urls['passthrough']}, "
+              f"recorder {stack.urls['recorder']})")
+        if "latency" in parts:
+            bench_latency(stack, plan, summary)
+        if "fast" in parts:
+            bench_fast(stack, plan, summary)
+        check_cassette(stack, summary)
+    finally:
+        stack.close()
+
+
+# --- the cassette write benchmark (3) ---------------------------------------------------------
+
+REQUEST = RecordedRequest("GET", "http://127.0.0.1/ticks", (("host", "127.0.0.1"),))
+HEAD = ResponseHead(200, "OK", (("content-type", "text/event-stream; charset=utf-8"),))
+
+
+async def time_session(path: Path, chunks: list[bytes], interactions: int) -> float:
+    """Seconds from the first `chunk()` to `close()` returning (which flushes and checkpoints).
+
+    Chunks go round-robin to the interactions, as from concurrent streams, and the loop is
+    yielded every 256 chunks, as the proxy's loop would, so the writer task runs alongside.
+    """
+    session = RecordingSession(str(path))
+    await session.start()
+    iids = [session.begin(REQUEST, time.time()) for _ in range(interactions)]
+    for iid in iids:
+        session.head(iid, HEAD, 0)
+    record = session.chunk
+    start = time.perf_counter()
+    for i, data in enumerate(chunks):
+        record(iids[i % interactions], i * 1000, data)
+        if i % 256 == 255:
+            await asyncio.sleep(0)
+    for iid in iids:
+        session.end(iid, EndReason.CLEAN, len(chunks) * 1000)
+    await session.close()
+    return time.perf_counter() - start
+
+
+def chunk_rows(chunks: list[bytes], interactions: int) -> list[tuple[int, int, int, bytes]]:
+    """The rows the recorder stores for `chunks`: (interaction id, seq, offset ns, data)."""
+    return [(1 + i % interactions, i // interactions, i * 1000, data)
+            for i, data in enumerate(chunks)]
+
+
+async def time_cassette_write(path: Path, rows: list[tuple[int, int, int, bytes]],
+                              interactions: int) -> float:
+    """Seconds for the rows in `MAX_BATCH` batches through `Cassette.write`, then close."""
+    cassette = await Cassette.open_for_recording(path)
+    iids = [cassette.allocate_id() for _ in range(interactions)]
+    await cassette.write(WriteBatch(
+        starts=[InteractionStart(iid, time.time(), REQUEST) for iid in iids],
+        heads=[HeadUpdate(iid, HEAD, 0, True) for iid in iids],
+    ))
+    start = time.perf_counter()
+    for offset in range(0, len(rows), MAX_BATCH):
+        await cassette.write(WriteBatch(chunks=rows[offset:offset + MAX_BATCH]))
+    await cassette.write(WriteBatch(
+        ends=[EndUpdate(iid, True, EndReason.CLEAN, 0, None) for iid in iids]
+    ))
+    await cassette.finish_recording()
+    await cassette.close()
+    return time.perf_counter() - start
+
+
+def time_sqlite(path: Path, rows: list[tuple[int, int, int, bytes]]) -> float:
+    """Baseline: stdlib sqlite3, same table shape, pragmas and batch size; no ORM, no thread."""
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    con.execute("CREATE TABLE chunks (interaction_id INTEGER, seq INTEGER, offset_ns INTEGER,"
+                " data BLOB, PRIMARY KEY (interaction_id, seq))")
+    con.commit()
+    start = time.perf_counter()
+    for offset in range(0, len(rows), MAX_BATCH):
+        with con:
+            con.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?)",
+                            rows[offset:offset + MAX_BATCH])
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    return time.perf_counter() - start
+
+
+def stored_bytes(path: Path) -> tuple[int, int]:
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        count, size = con.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM chunks"
+                                  ).fetchone()
+    finally:
+        con.close()
+    return int(count), int(size)
+
+
+def bench_cassette(plan: Plan, workdir: Path, summary: Summary) -> None:
+    chunks = [tick_event(i) for i in range(plan.chunks)]
+    rows = chunk_rows(chunks, plan.interactions)
+    total = sum(len(c) for c in chunks)
+    methods: dict[str, Callable[[Path], float]] = {
+        "RecordingSession": lambda p: _run(time_session(p, chunks, plan.interactions)),
+        "Cassette.write": lambda p: _run(time_cassette_write(p, rows, plan.interactions)),
+        "sqlite3 executemany": lambda p: time_sqlite(p, rows),
+    }
+    rates: dict[str, list[float]] = {m: [] for m in methods}
+    for r in range(plan.cassette_reps):
+        for name in random.sample(list(methods), len(methods)):
+            path = workdir / f"write-{r}-{name.split()[0].replace('.', '-')}.db"
+            elapsed = methods[name](path)
+            count, size = stored_bytes(path)
+            if size != total:
+                raise BenchError(f"{name}: stored {size:,} of {total:,} bytes ({count} rows)")
+            rates[name].append(len(chunks) / elapsed)
+            path.unlink()
+
+    base = median(rates["sqlite3 executemany"])
+    rows_out = [
+        [name, len(r), f"{median(r):,.0f}", f"{min(r):,.0f}", f"{max(r):,.0f}",
+         fmt_ratio(ratio(median(r), base))]
+        for name, r in rates.items()
+    ]
+    print(f"\n3. cassette writes, no proxy: {plan.chunks:,} chunks ({total / len(chunks):.0f} B "
+          f"each, SSE) over {plan.interactions} interactions x {plan.cassette_reps} repetitions "
+          f"(chunks/s, first chunk to close; batches of {MAX_BATCH})")
+    print(table(["path", "reps", "median", "min", "max", "/ sqlite3"], rows_out))
+    for name in ("RecordingSession", "Cassette.write"):
+        value = median(rates[name])
+        summary.add(f"{name} chunks/s", f"{value:,.0f} (target >= {WRITE_TARGET:,}; "
+                    f"{fmt_ratio(ratio(value, base))} of sqlite3)", value >= WRITE_TARGET)
+
+
+def _run(coro: Coroutine[Any, Any, float]) -> float:
+    return asyncio.run(coro)
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run (< 30 s)")
+    parser.add_argument("--only", default="latency,fast,cassette",
+                        help="comma-separated parts: latency, fast, cassette")
+    parser.add_argument("--strict", action="store_true", help="exit 1 on any missed target")
+    parser.add_argument("--seed", type=int, default=None, help="seed the interleaving order")
+    args = parser.parse_args(argv)
+    parts = {p.strip() for p in args.only.split(",") if p.strip()}
+    unknown = parts - {"latency", "fast", "cassette"}
+    if unknown:
+        parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
+    plan = QUICK if args.quick else FULL
+    random.seed(args.seed)
+
+    summary = Summary()
+    started = time.monotonic()
+    print(f"record_bench ({'quick' if args.quick else 'full'}), Python {sys.version.split()[0]}, "
+          f"{sys.executable}")
+    try:
+        with deadline(plan.bound_s), tempfile.TemporaryDirectory(prefix="sse-bench-") as tmp:
+            workdir = Path(tmp)
+            if parts & {"latency", "fast"}:
+                run_proxy_benches(plan, parts, workdir, summary)
+            if "cassette" in parts:
+                bench_cassette(plan, workdir, summary)
+    except BenchError as exc:
+        print(f"\nrecord_bench failed: {exc}", file=sys.stderr)
+        summary.print()
+        return 1
+    summary.print()
+    print(f"({time.monotonic() - started:.0f} s)")
+    missed = any(not ok for _, _, ok in summary.lines)
+    return 1 if summary.failed or (args.strict and missed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

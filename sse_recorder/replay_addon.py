@@ -1,0 +1,166 @@
+"""Proxy-mode replay: mitmproxy answers every request from a cassette, streaming live.
+
+mitmproxy cannot stream a response an addon makes up, so each request is rerouted to an
+in-process `ReplayServer` (which owns matching, timing and endings) with the original
+Host header kept. This needs `connection_strategy=lazy`, or mitmproxy would first try to
+reach the real host. A recorded reset reaches mitmproxy as a truncated body, which it
+would pass on as a plain close: the addon turns it back into a TCP reset for the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import weakref
+from typing import Any
+
+from mitmproxy import ctx, http
+from mitmproxy.connection import Client, Server
+from mitmproxy.proxy import server_hooks
+
+log = logging.getLogger("sse_recorder")
+
+
+class Transports:
+    """Finds mitmproxy's asyncio transports for a connection (internal API, used with care).
+
+    Both addons need what mitmproxy does not expose: whether the upstream *reset* (a
+    StreamReader remembers the ConnectionResetError) and the client's socket (to reset it).
+    """
+
+    def __init__(self) -> None:
+        self._readers: weakref.WeakKeyDictionary[Server, Any] = weakref.WeakKeyDictionary()
+
+    def _io(self, connection: Client | Server) -> Any:
+        proxyserver = ctx.master.addons.get("proxyserver")
+        for handler in list(getattr(proxyserver, "connections", {}).values()):
+            transport = getattr(handler, "transports", {}).get(connection)
+            if transport is not None:
+                return transport
+        return None
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        io = self._io(data.server)
+        if io is not None:
+            self._readers[data.server] = io.reader
+
+    def upstream_was_reset(self, server: Server) -> bool:
+        reader = self._readers.get(server)
+        exception = reader.exception() if reader is not None else None
+        return isinstance(exception, ConnectionResetError)
+
+    def reset_client(self, client: Client) -> bool:
+        """Abort the client's TCP connection with an RST (SO_LINGER 0)."""
+        io = self._io(client)
+        writer = getattr(io, "writer", None)
+        if writer is None:
+            return False
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+        return True
+
+
+class ReplayRouter:
+    """Reroutes every request to the replay server at `host:port`, streaming the answer."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.transports = Transports()
+
+    def running(self) -> None:
+        ctx.options.connection_strategy = "lazy"  # never contact the recorded hosts
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self.transports.server_connected(data)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        original_host = flow.request.host_header
+        flow.request.scheme = "http"
+        flow.request.host = self.host
+        flow.request.port = self.port
+        flow.request.host_header = original_host  # what the client asked for, for matching
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            flow.response.stream = True
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        # HTTP/2 clients already get RST_STREAM from mitmproxy; an HTTP/1 client would see
+        # a plain close, so its TCP connection is reset instead.
+        if (
+            flow.request.http_version.startswith("HTTP/1")
+            and self.transports.upstream_was_reset(flow.server_conn)
+        ):
+            self.transports.reset_client(flow.client_conn)
+
+
+class CassetteReplay:
+    """The `mitmdump -s addons/replay.py` addon: starts its own replay server in `running`.
+
+    Options are strings parsed here, so a bad value fails at start-up with a clear message
+    instead of mitmproxy silently disabling the addon.
+    """
+
+    def __init__(self) -> None:
+        self.server: Any = None
+        self.router: ReplayRouter | None = None
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("sse_replay", str, "", "Cassette to answer every request from.")
+        loader.add_option(
+            "sse_replay_speed", str, "1", "Replay speed factor, or 'instant' for no waiting."
+        )
+        loader.add_option(
+            "sse_replay_match", str, "",
+            "Match criteria, comma-separated (default method,path,query,body).",
+        )
+
+    async def running(self) -> None:
+        from .errors import SSERecorderError
+        from .matching import MatchConfig
+        from .schedule import Timing
+        from .server import ReplayOptions, ReplayServer
+
+        try:
+            if not ctx.options.sse_replay:
+                raise SSERecorderError("set the cassette with --set sse_replay=PATH")
+            speed_text = ctx.options.sse_replay_speed.strip().lower()
+            try:
+                timing = (
+                    Timing(instant=True) if speed_text == "instant"
+                    else Timing(speed=float(speed_text))
+                )
+            except ValueError:
+                raise SSERecorderError(f"bad sse_replay_speed {speed_text!r}") from None
+            options = ReplayOptions(timing, MatchConfig.parse(ctx.options.sse_replay_match or None))
+            self.server = await ReplayServer.open(ctx.options.sse_replay, options)
+            await self.server.start("127.0.0.1", 0)
+        except SSERecorderError as exc:
+            log.error(f"sse-recorder: {exc}")
+            return
+        self.router = ReplayRouter(self.server.host, self.server.port)
+        self.router.running()
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        if self.router is not None:
+            self.router.server_connected(data)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if self.router is not None:
+            self.router.request(flow)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if self.router is not None:
+            self.router.responseheaders(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if self.router is not None:
+            self.router.error(flow)
+
+    async def done(self) -> None:
+        if self.server is not None:
+            await self.server.close()
