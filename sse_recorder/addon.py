@@ -13,11 +13,12 @@ on mitmproxy 11/12):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
@@ -94,6 +95,8 @@ class Recorder:
         self._live: dict[str, http.HTTPFlow] = {}
         self._readers: weakref.WeakKeyDictionary[Server, Any] = weakref.WeakKeyDictionary()
         self.failed = False
+        # mitmproxy listens before `running` has opened the cassette: early requests wait.
+        self._started = asyncio.Event()
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -131,6 +134,12 @@ class Recorder:
             raise exceptions.OptionsError("sse_cassette cannot change while recording")
 
     async def running(self) -> None:
+        try:
+            await self._start()
+        finally:
+            self._started.set()
+
+    async def _start(self) -> None:
         if self._preconfigured:
             return
         unknown = sorted(k for k in ctx.options.deferred if k.startswith("sse_"))
@@ -185,7 +194,17 @@ class Recorder:
                 self._readers[data.server] = transport.reader
                 return
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if not (self._preconfigured or self._started.is_set()):
+            return self._request_once_started(flow)  # mitmproxy awaits it for this flow only
+        self._record_request(flow)
+        return None
+
+    async def _request_once_started(self, flow: http.HTTPFlow) -> None:
+        await self._started.wait()
+        self._record_request(flow)
+
+    def _record_request(self, flow: http.HTTPFlow) -> None:
         session = self.session
         if session is None or self.failed:
             if self.failed and flow.killable:

@@ -384,6 +384,19 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
+# -- demo --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("demo-out"),
+              show_default=True, help="Where the demo cassette and mitmproxy CA go.")
+def demo(workdir: Path) -> None:
+    """The main job end to end: record demo streams through mitmproxy, replay at 1x and 10x."""
+    from .showcase import run_demo
+
+    sys.exit(_run(run_demo(workdir, click.echo)))
+
+
 # -- demo upstream -------------------------------------------------------------------------
 
 

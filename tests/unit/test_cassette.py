@@ -261,12 +261,29 @@ async def _version_2(path: Path) -> None:
     conn.close()
 
 
-async def _foreign_format(path: Path) -> None:
+async def _edit(path: Path, sql: str) -> None:
+    """A valid cassette, then one SQL statement run on it with the sqlite3 module."""
     await record_sample(path)
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE cassette_meta SET value = 'something-else' WHERE key = 'format'")
+    conn.execute(sql)
     conn.commit()
     conn.close()
+
+
+async def _foreign_format(path: Path) -> None:
+    await _edit(path, "UPDATE cassette_meta SET value = 'something-else' WHERE key = 'format'")
+
+
+async def _version_0(path: Path) -> None:
+    await _edit(path, "UPDATE cassette_meta SET value = '0' WHERE key = 'version'")
+
+
+async def _version_text(path: Path) -> None:
+    await _edit(path, "UPDATE cassette_meta SET value = 'one' WHERE key = 'version'")
+
+
+async def _missing_table(path: Path) -> None:
+    await _edit(path, "DROP TABLE events")
 
 
 BAD_FILES: dict[str, tuple[Callable[[Path], Awaitable[None]], str]] = {
@@ -276,6 +293,9 @@ BAD_FILES: dict[str, tuple[Callable[[Path], Awaitable[None]], str]] = {
     "truncated": (_truncated, "not a readable cassette"),
     "version-2": (_version_2, "cassette format version 2 is newer"),
     "foreign-format": (_foreign_format, "not an sse-recorder cassette"),
+    "version-0": (_version_0, "unknown cassette format version 0"),
+    "version-text": (_version_text, "unreadable format version"),
+    "missing-table": (_missing_table, "damaged cassette, missing events"),
 }
 
 

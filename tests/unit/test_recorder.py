@@ -453,5 +453,16 @@ def test_event_chunk_attribution_for_any_chunking(
     assert [(c[1], c[3]) for c in batch.chunks] == list(enumerate(chunks))
 
 
+def test_writer_state_stays_bounded_on_a_long_stream() -> None:
+    body = _Body(1, RedactionRules(), is_sse=True)
+    batch = WriteBatch()
+    for seq in range(2000):
+        body.feed(seq, b"data: %d\n\n" % seq if seq % 2 else b"data: half", batch)
+        body.feed(seq, b" done\n\n" if seq % 2 == 0 else b"", batch)
+    assert len(batch.events) == 2000
+    assert len(body.chunk_starts) <= 2  # only the chunks of the event still being parsed
+    assert batch.events[-2][1].first_chunk == 3996 and batch.events[-2][1].last_chunk == 3997
+
+
 def _summary(item: Item) -> tuple[str, str]:
     return ("comment", item.text) if isinstance(item, Comment) else ("event", item.data)
