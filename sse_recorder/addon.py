@@ -211,6 +211,8 @@ class Recorder:
                 flow.kill()
             return
         request = flow.request
+        if flow.metadata.get("sse_recorder_replayed"):
+            return  # answered from the cassette (record mode new_episodes)
         if not self.filter.allows(request.method, request.pretty_host, request.path):
             return
         started_at = time.time()

@@ -62,6 +62,10 @@ def main() -> None:
 @click.option("--redact-json", multiple=True, metavar="FIELD",
               help="Extra JSON field to redact in bodies and SSE data.")
 @click.option("--ssl-insecure", is_flag=True, help="Do not verify upstream TLS certificates.")
+@click.option("--replay-matched", is_flag=True,
+              help="Answer requests the cassette already holds from it; record only new ones.")
+@click.option("--match", "match", metavar="LIST",
+              help="With --replay-matched: matching criteria, as for `replay --match`.")
 def record(
     cassette: Path,
     upstream: str | None,
@@ -74,6 +78,8 @@ def record(
     redact_query: tuple[str, ...],
     redact_json: tuple[str, ...],
     ssl_insecure: bool,
+    replay_matched: bool,
+    match: str | None,
 ) -> None:
     """Run mitmproxy and record every interaction into CASSETTE until Ctrl-C.
 
@@ -88,6 +94,7 @@ def record(
             f"recording needs mitmproxy ({exc.name} is missing): "
             "install 'sse-recorder[record]', e.g. pipx install 'sse-recorder[record]'"
         ) from None
+    from .matching import MatchConfig
     from .recorder import RecorderConfig
     from .redact import RedactionRules
     from .routes import RouteFilter
@@ -108,6 +115,7 @@ def record(
         return await run_proxy(
             cassette, settings, ready, RouteFilter.parse(include, exclude),
             RecorderConfig(redaction=rules),
+            MatchConfig.parse(match) if replay_matched else None,
         )
 
     sys.exit(_run(go()))

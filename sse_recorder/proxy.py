@@ -20,10 +20,11 @@ from mitmproxy.tools.dump import DumpMaster
 
 from .addon import Recorder
 from .errors import SSERecorderError
+from .matching import IncomingRequest, MatchConfig, differences
 from .recorder import RecorderConfig, RecordingSession
-from .replay_addon import ReplayRouter
+from .replay_addon import MatchedReplayRouter, ReplayRouter
 from .routes import RouteFilter
-from .server import ReplayServer
+from .server import ReplayOptions, ReplayServer
 
 
 @dataclass(frozen=True)
@@ -105,15 +106,36 @@ async def record(
     on_ready: Callable[[Listening], None],
     routes: RouteFilter | None = None,
     config: RecorderConfig | None = None,
+    replay_matched: MatchConfig | None = None,
 ) -> int:
-    """Record until SIGINT/SIGTERM; returns the process exit code."""
+    """Record until SIGINT/SIGTERM; returns the process exit code.
+
+    With `replay_matched`, requests the cassette already answers (under that matching) are
+    replayed from it and not recorded again: VCR's "new episodes" mode."""
+    replayer = None
+    if replay_matched is not None and cassette.exists():
+        replayer = await ReplayServer.open(str(cassette), ReplayOptions(match=replay_matched))
     session = RecordingSession(str(cassette), config)
-    await session.start()  # CassetteError here: nothing is listening yet
-    recorder = Recorder(session=session, routes=routes)
     try:
-        await _run_master(settings, [recorder], on_ready)
+        await session.start()  # CassetteError here: nothing is listening yet
+        recorder = Recorder(session=session, routes=routes)
+        addons: list[Any] = [recorder]
+        if replayer is not None:
+            await replayer.start("127.0.0.1", 0)
+            known = replayer.matcher.interactions
+
+            def answers(request: IncomingRequest) -> bool:
+                return any(
+                    i.response is not None and not differences(i.request, request, replay_matched)
+                    for i in known
+                )
+
+            addons.insert(0, MatchedReplayRouter(replayer.host, replayer.port, answers))
+        await _run_master(settings, addons, on_ready)
     finally:
         await session.close()  # idempotent: the addon's `done` normally closed it already
+        if replayer is not None:
+            await replayer.close()
     return 1 if recorder.failed else 0
 
 

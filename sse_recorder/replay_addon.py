@@ -164,3 +164,42 @@ class CassetteReplay:
     async def done(self) -> None:
         if self.server is not None:
             await self.server.close()
+
+
+class MatchedReplayRouter(ReplayRouter):
+    """Record mode `new_episodes`: requests the cassette already answers are rerouted to the
+    replay server (and marked, so the recorder skips them); the rest go upstream."""
+
+    MARK = "sse_recorder_replayed"
+
+    def __init__(self, host: str, port: int, answers: Any) -> None:
+        super().__init__(host, port)
+        self.answers = answers  # callable(IncomingRequest) -> bool
+
+    def running(self) -> None:
+        pass  # unmatched requests must still reach the upstream
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        from .matching import IncomingRequest
+
+        request = flow.request
+        incoming = IncomingRequest(
+            method=request.method,
+            target=request.path,
+            headers=tuple((k.decode("latin-1"), v.decode("latin-1"))
+                          for k, v in request.headers.fields),
+            body=request.raw_content or b"",
+            scheme=request.scheme,
+            host=request.pretty_host,
+        )
+        if self.answers(incoming):
+            flow.metadata[self.MARK] = True
+            super().request(flow)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(self.MARK):
+            super().responseheaders(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(self.MARK):
+            super().error(flow)
