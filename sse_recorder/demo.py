@@ -539,7 +539,10 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
     conn = h11.Connection(h11.SERVER)
     try:
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        writer.transport.set_write_buffer_limits(high=0)  # drain() waits until the kernel has it
+        # drain() waits until the kernel has it all. Over TLS, until it is encrypted and handed
+        # to the socket's transport: asyncio's SSL layer never resumes writing with high=0.
+        tls = writer.get_extra_info("ssl_object") is not None
+        writer.transport.set_write_buffer_limits(high=1 if tls else 0)
         while (req := await _read_request(conn, reader)) is not None:
             await _dispatch(req, _Out(conn, reader, writer, no_body=req.method == "HEAD"))
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
