@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 import sys
 import time
 import weakref
@@ -22,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.connection import ConnectionState, Server
+from mitmproxy.connection import Client, ConnectionState, Server
 from mitmproxy.proxy import server_hooks
 
 from .errors import ConfigError
@@ -58,7 +60,7 @@ def classify_error(
     return EndReason.PROXY_ERROR
 
 
-def _headers(fields: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+def headers_of(fields: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
     return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in fields)
 
 
@@ -66,6 +68,47 @@ def _is_close_delimited(response: http.Response) -> bool:
     return response.http_version.startswith("HTTP/1") and not (
         "content-length" in response.headers or "transfer-encoding" in response.headers
     )
+
+
+class Transports:
+    """Finds mitmproxy's asyncio transports for a connection (internal API, used with care).
+
+    Both addons need what mitmproxy does not expose: whether the upstream *reset* (a
+    StreamReader remembers the ConnectionResetError) and the client's socket (to reset it).
+    """
+
+    def __init__(self) -> None:
+        self._readers: weakref.WeakKeyDictionary[Server, Any] = weakref.WeakKeyDictionary()
+
+    def _io(self, connection: Client | Server) -> Any:
+        proxyserver = ctx.master.addons.get("proxyserver")
+        for handler in list(getattr(proxyserver, "connections", {}).values()):
+            transport = getattr(handler, "transports", {}).get(connection)
+            if transport is not None:
+                return transport
+        return None
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        io = self._io(data.server)
+        if io is not None:
+            self._readers[data.server] = io.reader
+
+    def upstream_was_reset(self, server: Server) -> bool:
+        reader = self._readers.get(server)
+        exception = reader.exception() if reader is not None else None
+        return isinstance(exception, ConnectionResetError)
+
+    def reset_client(self, client: Client) -> bool:
+        """Abort the client's TCP connection with an RST (SO_LINGER 0)."""
+        io = self._io(client)
+        writer = getattr(io, "writer", None)
+        if writer is None:
+            return False
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+        return True
 
 
 class _Flow:
@@ -93,7 +136,7 @@ class Recorder:
         self._preconfigured = session is not None
         self._flows: dict[str, _Flow] = {}
         self._live: dict[str, http.HTTPFlow] = {}
-        self._readers: weakref.WeakKeyDictionary[Server, Any] = weakref.WeakKeyDictionary()
+        self.transports = Transports()
         self.failed = False
         # mitmproxy listens before `running` has opened the cassette: early requests wait.
         self._started = asyncio.Event()
@@ -186,13 +229,7 @@ class Recorder:
     # -- hooks ---------------------------------------------------------------------------
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        """Keep the upstream's stream reader: its exception tells a reset from a FIN."""
-        proxyserver = ctx.master.addons.get("proxyserver")
-        for handler in getattr(proxyserver, "connections", {}).values():
-            transport = getattr(handler, "transports", {}).get(data.server)
-            if transport is not None:
-                self._readers[data.server] = transport.reader
-                return
+        self.transports.server_connected(data)
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if not (self._preconfigured or self._started.is_set()):
@@ -221,7 +258,7 @@ class Recorder:
             RecordedRequest(
                 method=request.method,
                 url=request.pretty_url,
-                headers=_headers(request.headers.fields),
+                headers=headers_of(request.headers.fields),
                 body=request.raw_content or b"",
                 http_version=request.http_version,
             ),
@@ -239,7 +276,7 @@ class Recorder:
         head = ResponseHead(
             status=response.status_code,
             reason=response.reason,
-            headers=_headers(response.headers.fields),
+            headers=headers_of(response.headers.fields),
             http_version=response.http_version,
         )
         if session.head(state.iid, head, time.monotonic_ns() - state.anchor_ns):
@@ -267,8 +304,7 @@ class Recorder:
         if state is None or session is None:
             return
         message = flow.error.msg if flow.error else "unknown error"
-        reader = self._readers.get(flow.server_conn)
-        reset = isinstance(getattr(reader, "exception", lambda: None)(), ConnectionResetError)
+        reset = self.transports.upstream_was_reset(flow.server_conn)
         if ctx.master.should_exit.is_set():  # mitmproxy closes connections as it stops
             reason = EndReason.RECORDING_STOPPED
         else:

@@ -19,8 +19,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import (
+    URL,
     Boolean,
     Float,
     ForeignKey,
@@ -166,11 +168,14 @@ def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _engine(path: Path, *, read_only: bool) -> AsyncEngine:
-    uri = f"file:{path}?mode={'ro' if read_only else 'rw'}"
-    engine = create_async_engine(
-        "sqlite+aiosqlite:///" + uri + "&uri=true",
-        connect_args={"uri": True, "check_same_thread": False},
+    # URL.create keeps the database verbatim (a URL string would be split at '?' and
+    # unquoted); quoting keeps '#', '?' and '%' in the path out of SQLite's URI syntax.
+    url = URL.create(
+        "sqlite+aiosqlite",
+        database="file:" + quote(str(path)),
+        query={"mode": "ro" if read_only else "rw", "uri": "true"},
     )
+    engine = create_async_engine(url, connect_args={"uri": True, "check_same_thread": False})
     event.listen(engine.sync_engine, "connect", _set_pragmas)
     return engine
 

@@ -124,7 +124,7 @@ class RedactionRules:
 
     def redact_body(self, body: bytes, content_type: str | None = None) -> bytes:
         """Redact JSON fields anywhere in a body; form bodies also lose secret parameters."""
-        if content_type and content_type.startswith("application/x-www-form-urlencoded"):
+        if content_type and content_type.lower().startswith("application/x-www-form-urlencoded"):
             try:
                 return self._redact_query(body.decode("ascii")).encode("ascii")
             except UnicodeDecodeError:

@@ -10,57 +10,14 @@ would pass on as a plain close: the addon turns it back into a TCP reset for the
 from __future__ import annotations
 
 import logging
-import socket
-import struct
-import weakref
 from typing import Any
 
 from mitmproxy import ctx, http
-from mitmproxy.connection import Client, Server
 from mitmproxy.proxy import server_hooks
 
+from .addon import Transports, headers_of
+
 log = logging.getLogger("sse_recorder")
-
-
-class Transports:
-    """Finds mitmproxy's asyncio transports for a connection (internal API, used with care).
-
-    Both addons need what mitmproxy does not expose: whether the upstream *reset* (a
-    StreamReader remembers the ConnectionResetError) and the client's socket (to reset it).
-    """
-
-    def __init__(self) -> None:
-        self._readers: weakref.WeakKeyDictionary[Server, Any] = weakref.WeakKeyDictionary()
-
-    def _io(self, connection: Client | Server) -> Any:
-        proxyserver = ctx.master.addons.get("proxyserver")
-        for handler in list(getattr(proxyserver, "connections", {}).values()):
-            transport = getattr(handler, "transports", {}).get(connection)
-            if transport is not None:
-                return transport
-        return None
-
-    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        io = self._io(data.server)
-        if io is not None:
-            self._readers[data.server] = io.reader
-
-    def upstream_was_reset(self, server: Server) -> bool:
-        reader = self._readers.get(server)
-        exception = reader.exception() if reader is not None else None
-        return isinstance(exception, ConnectionResetError)
-
-    def reset_client(self, client: Client) -> bool:
-        """Abort the client's TCP connection with an RST (SO_LINGER 0)."""
-        io = self._io(client)
-        writer = getattr(io, "writer", None)
-        if writer is None:
-            return False
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()
-        return True
 
 
 class ReplayRouter:
@@ -186,8 +143,7 @@ class MatchedReplayRouter(ReplayRouter):
         incoming = IncomingRequest(
             method=request.method,
             target=request.path,
-            headers=tuple((k.decode("latin-1"), v.decode("latin-1"))
-                          for k, v in request.headers.fields),
+            headers=headers_of(request.headers.fields),
             body=request.raw_content or b"",
             scheme=request.scheme,
             host=request.pretty_host,

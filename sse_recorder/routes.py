@@ -1,7 +1,7 @@
 """Route globs shared by the recorder's filters and the replay faults: `[METHOD ]host/path`.
 
-`api.openai.com/v1/*` matches any method; `POST */v1/messages` only POSTs to that path on
-any host. Matching is fnmatch-style on `host + path` (no query string), case-insensitive
+`api.openai.com/v1/*` matches any method; `POST */v1/messages` (or `POST /v1/messages`)
+only POSTs to that path on any host. Matching is fnmatch-style on `host + path` (no query string), case-insensitive
 for the method and host.
 """
 
@@ -28,10 +28,16 @@ class Route:
         head, _, rest = text.partition(" ")
         if rest and head.upper() in _METHODS:
             method, text = head.upper(), rest.strip()
-        if not text or " " in text:
+        if not text or " " in text or (not rest and head.upper() in _METHODS - {"*"}):
             raise ConfigError(f"bad route {spec!r}: expected '[METHOD ]host/path-glob'")
+        if "://" in text:
+            raise ConfigError(f"bad route {spec!r}: routes have no scheme, use host/path")
+        if text.startswith("/"):
+            text = "*" + text  # a bare path: any host
         if "/" not in text:
             text += "/*"
+        if ":" in text.split("/", 1)[0]:
+            raise ConfigError(f"bad route {spec!r}: routes match the host name without a port")
         return cls(method, text)
 
     def matches(self, method: str, host: str, path: str) -> bool:

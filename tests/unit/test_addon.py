@@ -344,6 +344,28 @@ async def test_storage_failure_kills_flows_and_stops_the_proxy(
     assert info.value.code == 1
 
 
+async def test_a_request_before_running_waits_for_the_cassette(tmp_path: Path) -> None:
+    recorder = Recorder()
+    path = tmp_path / "rec.cassette"
+    with taddons.context(recorder) as tctx:
+        tctx.configure(recorder, sse_cassette=str(path))
+        early = tflow.tflow(req=request("/v1/early"))
+        pending = recorder.request(early)  # mitmproxy is listening, the cassette not open yet
+        assert pending is not None
+        waiting = asyncio.ensure_future(pending)
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        await recorder.running()
+        await asyncio.wait_for(waiting, timeout=5)
+        assert recorder.request(tflow.tflow(req=request("/v1/later"))) is None  # no wait now
+        await recorder.done()
+    interactions, _, _ = await stored(path)
+    assert [i.request.url for i in interactions] == [
+        "https://api.example.com/v1/early", "https://api.example.com/v1/later"
+    ]
+    assert all(i.end_reason is EndReason.RECORDING_STOPPED for i in interactions)
+
+
 async def test_without_a_cassette_option_nothing_is_recorded(tmp_path: Path) -> None:
     recorder = Recorder()
     with taddons.context(recorder):

@@ -225,6 +225,35 @@ async def test_new_cassette_is_created_with_parent_directories(tmp_path: Path) -
         assert await reader.interactions() == []
 
 
+@pytest.mark.parametrize(
+    "name", ["run#2", "what?x=1", "pct%41", "a&mode=ro", "sp ace", "colon:x", "uni-é"]
+)
+async def test_paths_with_uri_characters_open_exactly_that_file(tmp_path: Path, name: str) -> None:
+    # SQLite URIs give '#', '?', '%' and '&' a meaning; the cassette must still be this file.
+    path = tmp_path / name / f"{name}.cassette"
+    expected = await record_sample(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    assert path.read_bytes().startswith(b"SQLite format 3\x00")
+    async with await Cassette.open(path) as cassette:
+        assert await cassette.interactions() == expected
+    reopened = await Cassette.open_for_recording(path)
+    try:
+        assert reopened.allocate_id() == 3
+    finally:
+        await reopened.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("opener", [o for _, o in OPENERS], ids=[n for n, _ in OPENERS])
+async def test_bad_file_with_uri_characters_creates_nothing(tmp_path: Path, opener: Opener) -> None:
+    path = tmp_path / "notes#1?x"
+    path.write_bytes(b"plain text, not SQLite\n" * 50)
+    with pytest.raises(CassetteError, match="not a readable cassette"):
+        await opener(path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
 # --------------------------------------------------------------------------------------------
 # files that are not (usable) cassettes
 

@@ -194,6 +194,15 @@ def test_form_encoded_body_loses_secret_parameters() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "Application/X-WWW-Form-URLEncoded; charset=UTF-8"],
+)
+def test_form_content_type_matches_case_insensitively(content_type: str) -> None:
+    out = RULES.redact_body(b"token=t0k&x=1", content_type)  # media types ignore case
+    assert out == f"token={MARKER}&x=1".encode()
+
+
 def test_form_body_without_secrets_is_unchanged() -> None:
     body = b"a=1&b=two+words&c=%2F"
     assert RULES.redact_body(body, "application/x-www-form-urlencoded") == body

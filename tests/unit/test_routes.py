@@ -124,3 +124,16 @@ def test_filter_parse_rejects_a_bad_spec_in_either_list() -> None:
         RouteFilter.parse(include=["api.example.com/v1/*", "GET a b"])
     with pytest.raises(ConfigError):
         RouteFilter.parse(exclude=[""])
+
+
+@pytest.mark.parametrize("spec", ["GET", "https://api.example.com/v1/*", "api.example.com:443/v1"])
+def test_routes_that_could_never_match_are_rejected(spec: str) -> None:
+    with pytest.raises(ConfigError):
+        Route.parse(spec)
+
+
+def test_a_bare_path_matches_any_host() -> None:
+    route = Route.parse("POST /v1/messages")
+    assert route.matches("POST", "api.anthropic.com", "/v1/messages")
+    assert route.matches("POST", "127.0.0.1", "/v1/messages?beta=1")
+    assert not route.matches("POST", "127.0.0.1", "/v1/messages/count")
