@@ -278,9 +278,9 @@ async def _print_timeline(cassette: Any, i: Any) -> None:
 
 def _served_line(served: Any) -> str:
     if served.interaction_id is None:
-        first = served.explanation.splitlines()[1:2]
+        why = "; ".join(line.strip() for line in served.explanation.splitlines()[1:])
         return f"{served.method} {served.target} -> {served.status} {served.ending}" + (
-            f" ({first[0]})" if first else ""
+            f" ({why})" if why else ""
         )
     return (f"{served.method} {served.target} -> #{served.interaction_id} "
             f"{served.status}, ended {served.ending}")
@@ -307,6 +307,14 @@ def _served_line(served: Any) -> str:
 @click.option("--when-exhausted", type=click.Choice(["repeat-last", "error"]),
               default="repeat-last", show_default=True,
               help="After every recorded response to a request was served once.")
+@click.option("--fault", "fault_specs", multiple=True, metavar="SPEC",
+              help="Inject a fault, e.g. drop:after_events=3,how=rst (repeatable; "
+                   "see `sse-recorder faults`).")
+@click.option("--faults", "fault_file", type=click.Path(path_type=Path), metavar="FILE",
+              help="A TOML fault plan ([[fault]] tables, optional seed).")
+@click.option("--seed", type=int, help="Seed for probabilistic faults (default: the plan's, or 0).")
+@click.option("--fault-log", type=click.Path(path_type=Path), metavar="FILE",
+              help="Append one JSON line per connection: what matched and which faults fired.")
 @click.option("--proxy", "as_proxy", is_flag=True,
               help="Be an HTTP(S) proxy (mitmproxy) answering every request from CASSETTE.")
 @click.option("--confdir", type=click.Path(path_type=Path),
@@ -324,6 +332,10 @@ def replay(
     ignore_query: tuple[str, ...],
     ignore_header: tuple[str, ...],
     when_exhausted: str,
+    fault_specs: tuple[str, ...],
+    fault_file: Path | None,
+    seed: int | None,
+    fault_log: Path | None,
     as_proxy: bool,
     confdir: Path,
 ) -> None:
@@ -333,6 +345,7 @@ def replay(
     trust); then one line per request on stderr says what matched and how it ended.
     Ctrl-C stops.
     """
+    from .faults import FaultPlan
     from .matching import MatchConfig
     from .schedule import Timing
     from .server import ReplayOptions, ReplayServer
@@ -342,6 +355,8 @@ def replay(
             timing=Timing(speed=speed, instant=instant, max_gap=max_gap),
             match=MatchConfig.parse(match, ignore_json, ignore_query, ignore_header,
                                     when_exhausted),
+            faults=FaultPlan.load(fault_specs, fault_file, seed),
+            fault_log=fault_log,
         )
         server = await ReplayServer.open(
             str(cassette), options, lambda s: click.echo(_served_line(s), err=True)
@@ -390,6 +405,14 @@ async def _until_signalled() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+@main.command("faults")
+def list_faults() -> None:
+    """List the fault types with an example of each."""
+    from .faults import describe_types
+
+    click.echo(describe_types())
 
 
 # -- demo --------------------------------------------------------------------------------

@@ -22,6 +22,12 @@ from .redact import MARKER
 
 CRITERIA = ("method", "scheme", "host", "path", "query", "body", "headers")
 DEFAULT_CRITERIA = frozenset({"method", "path", "query", "body"})
+# Never compared by a bare "headers" criterion: they describe the connection, not the
+# request (Last-Event-ID is served by resuming the recorded stream).
+UNCOMPARED_HEADERS = frozenset({
+    "host", "content-length", "connection", "keep-alive", "proxy-connection",
+    "transfer-encoding", "te", "trailer", "upgrade", "last-event-id",
+})
 
 
 class WhenExhausted(StrEnum):
@@ -35,7 +41,9 @@ class MatchConfig:
     ignore_json: frozenset[str] = frozenset()
     ignore_query: frozenset[str] = frozenset()
     ignore_headers: frozenset[str] = frozenset()
-    match_headers: frozenset[str] = frozenset()  # with "headers": only these names compared
+    # with "headers": only these names compared (none listed: every header but the
+    # ignored ones and UNCOMPARED_HEADERS)
+    match_headers: frozenset[str] = frozenset()
     when_exhausted: WhenExhausted = WhenExhausted.REPEAT_LAST
 
     @classmethod
@@ -211,11 +219,15 @@ def _fmt_query(pairs: Sequence[tuple[str, str]]) -> str:
 def _header_differences(
     recorded: Headers, incoming: Headers, config: MatchConfig
 ) -> list[str]:
+    def wanted(name: str) -> bool:
+        if name in config.ignore_headers:
+            return False
+        if config.match_headers:
+            return name in config.match_headers
+        return name not in UNCOMPARED_HEADERS
+
     def pick(headers: Headers) -> dict[str, str]:
-        return {
-            k.lower(): v for k, v in headers
-            if k.lower() in config.match_headers and k.lower() not in config.ignore_headers
-        }
+        return {k.lower(): v for k, v in headers if wanted(k.lower())}
 
     a, b = pick(recorded), pick(incoming)
     return [

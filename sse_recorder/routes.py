@@ -1,8 +1,8 @@
 """Route globs shared by the recorder's filters and the replay faults: `[METHOD ]host/path`.
 
 `api.openai.com/v1/*` matches any method; `POST */v1/messages` (or `POST /v1/messages`)
-only POSTs to that path on any host. Matching is fnmatch-style on `host + path` (no query string), case-insensitive
-for the method and host.
+only POSTs to that path on any host. Matching is fnmatch-style on `host + path` (no query
+string), case-insensitive for the method and host.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ class Timing:
     def __post_init__(self) -> None:
         if not self.speed > 0:
             raise ConfigError(f"speed must be positive, got {self.speed}")
-        if self.max_gap is not None and self.max_gap < 0:
+        if self.max_gap is not None and not self.max_gap >= 0:  # NaN too
             raise ConfigError(f"max gap must be >= 0 seconds, got {self.max_gap}")
 
 

@@ -11,15 +11,20 @@ stream from SQLite a page at a time, so the first byte never waits for the whole
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
 
 import h11
 
 from .cassette import Cassette
+from .faults import Ending, FaultPlan, FaultRun, HttpError, Piece, split_at_events
 from .matching import IncomingRequest, MatchConfig, Matcher, Miss
 from .model import Chunk, EndReason, Interaction, header_value
 from .schedule import Schedule, Timing
@@ -40,6 +45,8 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"
 class ReplayOptions:
     timing: Timing = field(default_factory=Timing)
     match: MatchConfig = field(default_factory=MatchConfig)
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    fault_log: Path | None = None  # JSON lines: one per response, with the faults that fired
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +102,8 @@ class ReplayServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.active_streams = 0
+        self._responses = 0  # numbers responses for fault seeding: same order, same faults
+        self._fault_log: IO[str] | None = None
 
     @classmethod
     async def open(
@@ -112,6 +121,8 @@ class ReplayServer:
         return cls(cassette, interactions, options, on_served)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> ReplayServer:
+        if self.options.fault_log is not None and self._fault_log is None:
+            self._fault_log = open(self.options.fault_log, "a", encoding="utf-8")  # noqa: SIM115
         self._server = await asyncio.start_server(self._connection, host, port, backlog=4096)
         return self
 
@@ -138,6 +149,9 @@ class ReplayServer:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
+        if self._fault_log is not None:
+            self._fault_log.close()
+            self._fault_log = None
         await self.cassette.close()
 
     async def __aenter__(self) -> ReplayServer:
@@ -162,12 +176,15 @@ class ReplayServer:
                 request = await self._read_request(conn, reader, writer)
                 if request is None:
                     break
-                keep_alive = await self._respond(request, writer)
+                keep_alive = await self._respond(request, reader, writer)
                 if not keep_alive or conn.our_state is h11.MUST_CLOSE:
                     break
-                leftover, _closed = conn.trailing_data
+                leftover, closed = conn.trailing_data
                 conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
-                conn.receive_data(bytes(leftover))
+                if leftover:  # a pipelined request already read
+                    conn.receive_data(bytes(leftover))
+                if closed:  # receive_data(b"") means end of stream: only when it was
+                    conn.receive_data(b"")
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -224,7 +241,12 @@ class ReplayServer:
 
     # -- responses -------------------------------------------------------------------------
 
-    async def _respond(self, request: IncomingRequest, writer: asyncio.StreamWriter) -> bool:
+    async def _respond(
+        self, request: IncomingRequest, reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        number = self._responses
+        self._responses += 1
         found = self.matcher.match(request)
         if isinstance(found, Miss):
             explanation = found.explain(request)
@@ -236,22 +258,59 @@ class ReplayServer:
                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body
             )
             await writer.drain()
-            self._record(Served(request.method, request.target, None, status, "unmatched",
-                                explanation))
+            self._served(Served(request.method, request.target, None, status, "unmatched",
+                                explanation), number)
             return True
+        resumed = header_value(request.headers, "last-event-id") is not None
+        path = request.target.split("?", 1)[0]
+        run = self.options.faults.for_connection(number, request.method, request.host, path,
+                                                 resumed)
         self.active_streams += 1
         try:
-            ending = await self._play(found, request, writer)
+            status, ending = await self._answer(found, request, reader, writer, run)
         finally:
             self.active_streams -= 1
-        assert found.response is not None
-        self._record(Served(request.method, request.target, found.id, found.response.status,
-                            ending))
+        self._served(Served(request.method, request.target, found.id, status, ending), number,
+                     run)
         wants_close = (header_value(request.headers, "connection") or "").lower() == "close"
         return ending == "clean" and _framing(found) != "close" and not wants_close
 
+    def _served(self, served: Served, number: int, run: FaultRun | None = None) -> None:
+        self._record(served)
+        if self._fault_log is not None:
+            entry = {
+                "connection": number, "time": round(time.time(), 6), "method": served.method,
+                "target": served.target, "interaction": served.interaction_id,
+                "status": served.status, "ending": served.ending,
+                "faults": run.log if run is not None else [],
+            }
+            self._fault_log.write(json.dumps(entry) + "\n")
+            self._fault_log.flush()
+
+    async def _answer(
+        self, interaction: Interaction, request: IncomingRequest, reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter, run: FaultRun,
+    ) -> tuple[int, str]:
+        """Faults that replace the response, else the recorded response (maybe faulted)."""
+        assert interaction.response is not None
+        if run.refuse():
+            _reset(writer)
+            return 0, "reset"
+        if run.no_head():
+            await _until_closed(reader)
+            return 0, "no-head"
+        error = run.http_error()
+        if error is not None:
+            writer.write(_error_response(error))
+            await writer.drain()
+            return error.status, "clean"
+        return interaction.response.status, await self._play(
+            interaction, request, reader, writer, run
+        )
+
     async def _play(
-        self, interaction: Interaction, request: IncomingRequest, writer: asyncio.StreamWriter
+        self, interaction: Interaction, request: IncomingRequest, reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter, run: FaultRun,
     ) -> str:
         assert interaction.response is not None
         loop = asyncio.get_running_loop()
@@ -260,13 +319,23 @@ class ReplayServer:
         framing = _framing(interaction)
         chunks = self._chunks(interaction)
         schedule = Schedule(timing)
+        skipped = 0
+        resumed = None
         resume_from = header_value(request.headers, "last-event-id")
         if resume_from is not None and interaction.is_sse:
-            chunks, origin_ns = await self._resume(interaction, chunks, resume_from)
+            resumed = await self._resume(interaction, chunks, resume_from)
+        if resumed is not None:
+            chunks, origin_ns, skipped = resumed
             schedule = Schedule(timing, origin_ns)
-        head_due = 0.0 if resume_from is not None else schedule.due(interaction.head_offset_ns or 0)
+            start = loop.time()  # the recorded gaps count from here, however long that took
+            head_due = 0.0
+        else:
+            head_due = schedule.due(interaction.head_offset_ns or 0)
+        if run.chosen:
+            return await self._play_faulted(interaction, framing, chunks, schedule, start,
+                                            head_due, skipped, reader, writer, run)
         await self._wait_until(loop, start + head_due)
-        writer.write(self._head(interaction, framing))
+        writer.write(self._head(interaction, framing, skipped))
         sent = 0
         try:
             async for chunk in chunks:
@@ -279,6 +348,8 @@ class ReplayServer:
                     writer.write(b"%x\r\n%b\r\n" % (len(chunk.data), chunk.data))
                 else:
                     writer.write(chunk.data)
+                if writer.transport.is_closing():
+                    return "client-gone"  # a send failed: the client went away
                 sent += 1
                 if timing.instant and sent % INSTANT_YIELD_EVERY == 0:
                     await writer.drain()
@@ -289,6 +360,45 @@ class ReplayServer:
                 EndReason.CLEAN
             ):
                 await self._wait_until(loop, start + schedule.due(interaction.end_offset_ns))
+            return await self._end(interaction, framing, writer)
+        except ConnectionError:
+            return "client-gone"
+
+    async def _play_faulted(
+        self, interaction: Interaction, framing: str, chunks: AsyncIterator[Chunk],
+        schedule: Schedule, start: float, head_due: float, skipped: int,
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, run: FaultRun,
+    ) -> str:
+        """The recorded stream through the connection's faults. The transform is pure, so
+        the whole plan is computed first (the body is read whole; fine for fault runs)."""
+        loop = asyncio.get_running_loop()
+        timed = [(schedule.due(c.offset_ns), c.data) async for c in chunks if c.data]
+        pieces: Iterable[Piece] = (
+            split_at_events(timed) if run.needs_events() else (Piece(d, b) for d, b in timed)
+        )
+        actions = list(run.transform(pieces))
+        cut = any(isinstance(a, Ending) for a in actions)
+        length = None
+        if framing == "length" and not cut:
+            length = sum(len(a.data) for a in actions if isinstance(a, Piece))
+        head_due += run.head_delay()
+        await self._wait_until(loop, start + head_due)
+        writer.write(self._head(interaction, framing, skipped, length))
+        try:
+            for action in actions:
+                await self._wait_until(loop, start + head_due + action.due)
+                if isinstance(action, Ending):
+                    return await _fault_ending(action.how, reader, writer)
+                if not action.data:
+                    continue
+                if framing == "chunked":
+                    writer.write(b"%x\r\n%b\r\n" % (len(action.data), action.data))
+                else:
+                    writer.write(action.data)
+                if writer.transport.is_closing():
+                    return "client-gone"
+                if writer.transport.get_write_buffer_size() > 64 * 1024:
+                    await writer.drain()
             return await self._end(interaction, framing, writer)
         except ConnectionError:
             return "client-gone"
@@ -306,13 +416,17 @@ class ReplayServer:
                 return "closed"
             return "clean"
         if reason is EndReason.UPSTREAM_RESET:
+            writer.transport.set_write_buffer_limits(high=0)
+            await writer.drain()  # what was sent before the reset reaches the client first
             _reset(writer)
             return "reset"
         await writer.drain()
         writer.close()  # FIN before the body's end: the client sees a truncated body
         return "closed"
 
-    def _head(self, interaction: Interaction, framing: str) -> bytes:
+    def _head(
+        self, interaction: Interaction, framing: str, skipped: int = 0, length: int | None = None
+    ) -> bytes:
         response = interaction.response
         assert response is not None
         lines = [f"HTTP/1.1 {response.status} {response.reason or 'OK'}"]
@@ -322,9 +436,12 @@ class ReplayServer:
             lines.append("Transfer-Encoding: chunked")
         elif framing == "length":
             recorded = header_value(response.headers, "content-length")
-            length = recorded if interaction.end_reason is not EndReason.CLEAN else str(
-                interaction.body_size
+            declared = (
+                int(recorded) if recorded is not None and recorded.strip().isdigit()
+                and interaction.end_reason is not EndReason.CLEAN else interaction.body_size
             )
+            if length is None:
+                length = declared - skipped  # resumed: what is left
             lines.append(f"Content-Length: {length}")
         else:
             lines.append("Connection: close")
@@ -364,15 +481,17 @@ class ReplayServer:
 
     async def _resume(
         self, interaction: Interaction, chunks: AsyncIterator[Chunk], last_id: str
-    ) -> tuple[AsyncIterator[Chunk], int]:
+    ) -> tuple[AsyncIterator[Chunk], int, int] | None:
         """Skip to just after the event whose id is `last_id`, keeping the gaps from there.
 
         The stream is re-parsed up to that event, so a chunk holding its end and the start
-        of the next event is cut there. An unknown id replays from the start."""
+        of the next event is cut there. Returns the chunks left, the offset the schedule
+        counts from and how many body bytes were skipped; None for an unknown id (the
+        caller replays from the start)."""
         if not any(e.id == last_id for e in await self.cassette.events(interaction.id)):
             log.info("Last-Event-ID %r is not in #%d: replaying from the start", last_id,
                      interaction.id)
-            return chunks, 0
+            return None
         parser = SSEParser()
         position = 0
         iterator = chunks.__aiter__()
@@ -380,18 +499,30 @@ class ReplayServer:
             items = parser.feed(chunk.data)
             end = next((i.end for i in items if isinstance(i, Event) and i.id == last_id), None)
             position += len(chunk.data)
-            if end is not None:
-                rest = chunk.data[len(chunk.data) - (position - end):]
-                if rest.startswith(b"\n") and chunk.data[: len(chunk.data) - len(rest)].endswith(
-                    b"\r"
-                ):
-                    rest = rest[1:]  # the LF of the CRLF that ended the event
-                return _prepend(Chunk(chunk.seq, chunk.offset_ns, rest), iterator), chunk.offset_ns
-        return _empty(), 0
+            if end is None:
+                continue
+            cut = len(chunk.data) - (position - end)
+            skipped = end
+            left = [Chunk(chunk.seq, chunk.offset_ns, chunk.data[cut:])]
+            if chunk.data[:cut].endswith(b"\r"):
+                # The event ended with a CR: the LF of that CRLF (in this chunk or, when the
+                # CRLF was split, in the next one) belongs to what was skipped.
+                if not left[0].data:
+                    following = await anext(iterator, None)
+                    if following is not None:
+                        left.append(following)
+                first = next((c for c in left if c.data), None)
+                if first is not None and first.data.startswith(b"\n"):
+                    index = left.index(first)
+                    left[index] = Chunk(first.seq, first.offset_ns, first.data[1:])
+                    skipped += 1
+            return _prepend(left, iterator), chunk.offset_ns, skipped
+        return _empty(), 0, interaction.body_size
 
 
-async def _prepend(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    yield first
+async def _prepend(first: list[Chunk], rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    for chunk in first:
+        yield chunk
     async for chunk in rest:
         yield chunk
 
@@ -399,3 +530,35 @@ async def _prepend(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[Ch
 async def _empty() -> AsyncIterator[Chunk]:
     return
     yield  # pragma: no cover - makes this an async generator
+
+
+async def _until_closed(reader: asyncio.StreamReader) -> None:
+    """Hold a connection open, sending nothing, until the client goes away."""
+    try:
+        while await reader.read(65536):
+            pass
+    except ConnectionError:
+        pass
+
+
+async def _fault_ending(how: str, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> str:
+    if how == "stall":
+        await writer.drain()
+        await _until_closed(reader)
+        return "stalled"
+    if how == "rst":
+        writer.transport.set_write_buffer_limits(high=0)
+        await writer.drain()
+        _reset(writer)
+        return "reset"
+    await writer.drain()
+    writer.close()
+    return "closed"
+
+
+def _error_response(error: HttpError) -> bytes:
+    lines = [f"HTTP/1.1 {error.status} {error.reason}"]
+    lines += [f"{k}: {v}" for k, v in error.headers]
+    lines.append(f"Content-Length: {len(error.body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + error.body

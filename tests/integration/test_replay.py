@@ -1,0 +1,825 @@
+"""Replaying cassettes recorded from the demo upstream through the real recorder.
+
+One recording per module (a real `sse-recorder record` process in front of the demo
+upstream), replayed by separate `sse-recorder replay` processes, so the test's own event
+loop never disturbs the replay's timing. What must be exact is exact (bytes, chunk
+boundaries, endings); timing carries tolerances meant for a loaded 2-core machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import anthropic
+import h11
+import httpx
+import httpx_sse
+import openai
+import pytest
+
+from sse_recorder.cassette import (
+    Cassette,
+    EndUpdate,
+    HeadUpdate,
+    InteractionStart,
+    WriteBatch,
+)
+from sse_recorder.demo import (
+    TEXT,
+    Ticks,
+    ci_log_writes,
+    crlf_writes,
+    reset_writes,
+    tick_event,
+    ticks_writes,
+)
+from sse_recorder.model import (
+    Chunk,
+    EndReason,
+    Interaction,
+    RecordedEvent,
+    RecordedRequest,
+    ResponseHead,
+    header_value,
+)
+from sse_recorder.probe import ProbeResult, probe
+from tests.conftest import SSE_RECORDER, Process, start
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+
+TICKS = "/ticks?n=50&interval_ms=20"  # 50 chunks, 20 ms apart
+BATCHED = "/ticks?n=12&batch=3&interval_ms=15"  # three events per chunk
+PAUSED = "/ticks?n=20&interval_ms=10&first_ms=1500"  # 1.5 s before the head
+EARLY_CLOSE = "/ticks?n=8&interval_ms=10&end=close"
+LENGTH = "/ticks?n=8&interval_ms=10&framing=length"
+LENGTH_EARLY = "/ticks?n=8&interval_ms=10&framing=length&end=close"
+CLOSE_DELIMITED = "/ticks?n=8&interval_ms=10&framing=close"
+CLOSE_DELIMITED_EARLY = "/ticks?n=8&interval_ms=10&framing=close&end=close"
+CI = "/ci/logs"
+CRLF = "/crlf"
+RESET = "/reset"
+MODELS = "/v1/models"
+GETS = [BATCHED, EARLY_CLOSE, LENGTH, LENGTH_EARLY, CLOSE_DELIMITED, CLOSE_DELIMITED_EARLY,
+        CRLF, RESET, MODELS]
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
+MESSAGES = {"model": "claude-demo", "max_tokens": 64,
+            "messages": [{"role": "user", "content": "Say hello"}]}
+
+
+def order_payload(model: str, api_key: str) -> dict[str, Any]:
+    """Non-streaming chat requests that differ in `model` (echoed in the response)."""
+    return {"model": model, "api_key": api_key,
+            "messages": [{"role": "user", "content": "which one?"}]}
+
+
+# -- the recording ---------------------------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    interaction: Interaction
+    chunks: list[Chunk]
+    events: list[RecordedEvent]
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(c.data for c in self.chunks)
+
+    def gaps_ms(self, chunks: list[Chunk] | None = None) -> list[float]:
+        chunks = self.chunks if chunks is None else chunks
+        return [(b.offset_ns - a.offset_ns) / 1e6 for a, b in zip(chunks, chunks[1:],
+                                                                   strict=False)]
+
+
+@dataclass
+class Recording:
+    path: Path
+    items: list[Recorded]
+
+    def get(self, target: str, method: str = "GET", **fields: Any) -> Recorded:
+        """The one recording of `method target` whose JSON body has these fields."""
+        found = [
+            r for r in self.items
+            if r.interaction.request.method == method and _target(r.interaction) == target
+            and all(json.loads(r.interaction.request.body or b"{}").get(k) == v
+                    for k, v in fields.items())
+        ]
+        assert len(found) == 1, (method, target, fields, len(found))
+        return found[0]
+
+
+def _target(interaction: Interaction) -> str:
+    parts = urlsplit(interaction.request.url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def in_thread(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on a loop of its own (module fixtures are synchronous)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def openai_chat_stream(base_url: str) -> list[Any]:
+    client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="test", max_retries=0)
+    async with client:
+        stream = await client.chat.completions.create(**CHAT, stream=True)
+        return [chunk async for chunk in stream]
+
+
+async def anthropic_stream(base_url: str) -> tuple[list[str], Any]:
+    client = anthropic.AsyncAnthropic(base_url=base_url, api_key="test", max_retries=0)
+    async with client, client.messages.stream(**MESSAGES) as stream:
+        texts = [text async for text in stream.text_stream]
+        return texts, await stream.get_final_message()
+
+
+async def _traffic(url: str) -> None:
+    async def slow(target: str) -> None:
+        assert (await probe(url + target)).status == 200
+
+    async def quick() -> None:
+        for target in GETS:
+            assert (await probe(url + target)).status == 200
+        await openai_chat_stream(url)
+        await anthropic_stream(url)
+        async with httpx.AsyncClient(base_url=url) as client:
+            for model in ("order-1", "order-2"):  # in this order
+                response = await client.post("/v1/chat/completions",
+                                             json=order_payload(model, "sk-FAKE-SECRET-1"))
+                assert response.status_code == 200
+
+    await asyncio.gather(slow(PAUSED), slow(TICKS), slow(CI), quick())
+
+
+async def _load(path: Path) -> list[Recorded]:
+    async with await Cassette.open(path) as cassette:
+        return [Recorded(i, [c async for c in cassette.chunks(i.id)], await cassette.events(i.id))
+                for i in await cassette.interactions()]
+
+
+@pytest.fixture(scope="module")
+def recording(
+    demo_upstream: str, mitm_confdir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Recording:
+    """Everything the tests replay, recorded once through `sse-recorder record`."""
+    workdir = tmp_path_factory.mktemp("recording")
+    path = workdir / "cassette.sqlite"
+    proxy = start([SSE_RECORDER, "record", "--cassette", str(path), "--listen-port", "0",
+                   "--confdir", str(mitm_confdir), "--upstream", demo_upstream],
+                  workdir / "recorder.txt")
+    try:
+        in_thread(_traffic(proxy.url))
+    finally:
+        assert proxy.stop() == 0, proxy.stderr()
+    items = in_thread(_load(path))
+    assert len(items) == len(GETS) + 7
+    return Recording(path, items)
+
+
+@pytest.fixture(scope="module")
+def replays(
+    recording: Recording, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Process]]:
+    """`replays(*options)`: a replay process of the recording, one per set of options."""
+    logs = tmp_path_factory.mktemp("replays")
+    started: dict[tuple[str, ...], Process] = {}
+
+    def get(*options: str) -> Process:
+        if options not in started:
+            started[options] = replay_process(recording.path, logs / f"{len(started)}.txt",
+                                              *options)
+        return started[options]
+
+    yield get
+    for process in started.values():
+        process.stop()
+
+
+def replay_process(cassette: Path, log: Path, *options: str) -> Process:
+    return start([SSE_RECORDER, "replay", str(cassette), "--port", "0", *options], log)
+
+
+async def wait_for_lines(
+    process: Process, *parts: str, count: int = 1, timeout: float = 10
+) -> list[str]:
+    """The replay's stderr lines holding every part (one is written as a response ends)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in process.stderr().splitlines()
+                 if all(part in line for part in parts)]
+        if len(lines) >= count:
+            return lines
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {count} lines with {parts} in:\n{process.stderr()}")
+        await asyncio.sleep(0.02)
+
+
+async def wait_for_line(process: Process, *parts: str, timeout: float = 10) -> str:
+    return (await wait_for_lines(process, *parts, timeout=timeout))[0]
+
+
+def data_of(result: ProbeResult) -> list[bytes]:
+    return [data for _, data in result.chunks]
+
+
+# -- real clients get exactly what was recorded ----------------------------------------------
+
+
+async def test_openai_sdk_streams_the_recorded_completion(
+    recording: Recording, replays: Callable[..., Process]
+) -> None:
+    chunks = await openai_chat_stream(replays().url)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "".join(TEXT)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert {c.id for c in chunks} == {"chatcmpl-demo"}
+    recorded = recording.get("/v1/chat/completions", "POST", stream=True)
+    assert len(chunks) == recorded.interaction.event_count - 1  # all but [DONE]
+
+
+async def test_anthropic_sdk_streams_the_recorded_message(
+    replays: Callable[..., Process],
+) -> None:
+    texts, final = await anthropic_stream(replays().url)
+    assert texts == TEXT
+    assert final.id == "msg_demo" and final.stop_reason == "end_turn"
+    assert [block.text for block in final.content] == ["".join(TEXT)]
+    assert final.usage.output_tokens == len(TEXT)
+
+
+async def test_httpx_sse_sees_the_recorded_events(
+    recording: Recording, replays: Callable[..., Process], demo_upstream: str
+) -> None:
+    async def events(url: str) -> list[tuple[str, str, str, int | None]]:
+        async with httpx.AsyncClient() as client:
+            async with httpx_sse.aconnect_sse(client, "GET", url) as source:
+                return [(e.event, e.data, e.id, e.retry) async for e in source.aiter_sse()]
+
+    replayed = await events(replays().url + CI)
+    assert replayed == await events(demo_upstream + CI)  # as the live upstream gave them
+    recorded = recording.get(CI).events
+    assert [(name, data, id) for name, data, id, _ in replayed if data] == [
+        (e.type, e.data, e.id) for e in recorded if e.kind == "event"]
+    assert len(recorded) == 14 and replayed[0][3] == 1000  # and the `retry: 1000`
+
+
+async def test_curl_gets_the_recorded_bytes(
+    recording: Recording, replays: Callable[..., Process]
+) -> None:
+    curl = "/usr/bin/curl"
+    if not os.access(curl, os.X_OK):
+        pytest.skip("curl is not installed")
+    for target in (CI, MODELS):
+        process = await asyncio.create_subprocess_exec(
+            curl, "-sSN", "--max-time", "20", replays().url + target,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        out, err = await process.communicate()
+        assert process.returncode == 0, err
+        assert out == recording.get(target).body
+
+
+async def test_plain_json_response_is_replayed_with_its_length(
+    recording: Recording, replays: Callable[..., Process]
+) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(replays().url + MODELS)
+    assert response.status_code == 200
+    assert response.content == recording.get(MODELS).body
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-length"] == str(len(response.content))
+    assert [m["id"] for m in response.json()["data"]] == ["gpt-4o-mini", "claude-sonnet-4-5"]
+
+
+# -- chunk boundaries and timing -------------------------------------------------------------
+
+
+async def timed(check: Callable[[], Awaitable[None]], attempts: int = 3) -> None:
+    """Run a timing check, again if a timing assertion fails (at most `attempts` runs).
+
+    A stall of a shared machine is not the replay's fault, and a stream of 100 ms is
+    bunched by a single one; exact assertions inside `check` fail on every run anyway."""
+    for attempt in range(attempts):
+        try:
+            await check()
+            return
+        except AssertionError:
+            if attempt == attempts - 1:
+                raise
+
+
+def gap_errors_ms(result: ProbeResult, recorded: list[float]) -> list[float]:
+    return [abs(a - b) for a, b in zip(result.gaps_ms(), recorded, strict=True)]
+
+
+async def test_1x_keeps_chunk_boundaries_and_gaps(
+    recording: Recording, replays: Callable[..., Process]
+) -> None:
+    recorded = recording.get(TICKS)
+    url = replays().url + TICKS
+
+    async def check() -> None:
+        result = await probe(url)
+        assert result.status == 200 and result.ending == "clean"
+        assert data_of(result) == [c.data for c in recorded.chunks] == ticks_writes(50)
+        errors = gap_errors_ms(result, recorded.gaps_ms())
+        assert statistics.median(errors) < 2.0, errors
+        assert sorted(errors)[-3] < 15, errors  # two scheduler hiccups allowed
+        # An absolute schedule: the first and the last chunk come when they did, no drift.
+        first_ms, last_ms = result.chunks[0][0] / 1e6, result.chunks[-1][0] / 1e6
+        assert abs(first_ms - recorded.chunks[0].offset_ns / 1e6) < 15
+        assert abs(last_ms - recorded.chunks[-1].offset_ns / 1e6) < 25
+
+    await timed(check)
+
+
+async def test_speed_10_divides_the_gaps(
+    recording: Recording, replays: Callable[..., Process]
+) -> None:
+    recorded = recording.get(TICKS)
+    url = replays("--speed", "10").url + TICKS
+    recorded_ms = (recorded.chunks[-1].offset_ns - recorded.chunks[0].offset_ns) / 1e6
+
+    async def check() -> None:
+        result = await probe(url)
+        assert result.ending == "clean" and data_of(result) == [c.data for c in recorded.chunks]
+        ratios = [a / b for a, b in zip(result.gaps_ms(), recorded.gaps_ms(), strict=True)]
+        assert abs(statistics.median(ratios) - 0.1) < 0.03, ratios
+        duration_ms = (result.chunks[-1][0] - result.chunks[0][0]) / 1e6
+        assert recorded_ms / 10 - 10 < duration_ms < recorded_ms / 10 + 30
+
+    await timed(check)
+
+
+async def test_instant_sends_everything_at_once_with_the_same_chunks(
+    recording: Recording, replays: Callable[..., Process]
+) -> None:
+    url = replays("--instant").url
+    recorded = recording.get(TICKS)
+    assert recorded.chunks[-1].offset_ns / 1e9 > 0.95
+    result = await probe(url + TICKS)
+    assert result.ending == "clean"
+    # HTTP chunks keep their boundaries whatever the transport coalesces.
+    assert data_of(result) == [c.data for c in recorded.chunks]
+    assert result.chunks[-1][0] / 1e9 < 0.4
+    # A close-delimited body has no framing: pieces may merge, bytes may not change.
+    closed = recording.get(CLOSE_DELIMITED)
+    result = await probe(url + CLOSE_DELIMITED)
+    assert result.body == closed.body and len(result.chunks) <= len(closed.chunks)
+    assert result.chunks[-1][0] / 1e9 < 0.4
+
+
+async def test_max_gap_clamps_a_long_pause(
+    recording: Recording, replays: Callable[..., Process]
+) -> None:
+    recorded = recording.get(PAUSED)
+    head_ms = (recorded.interaction.head_offset_ns or 0) / 1e6
+    assert head_ms > 1400
+    clamped_url, faithful_url = replays("--max-gap", "0.1").url, replays().url
+
+    async def check() -> None:
+        clamped, faithful = await asyncio.gather(
+            probe(clamped_url + PAUSED), probe(faithful_url + PAUSED)
+        )
+        for result in (clamped, faithful):
+            assert result.ending == "clean"
+            assert data_of(result) == [c.data for c in recorded.chunks]
+        assert 80 < clamped.head_ns / 1e6 < 400  # 1.5 s clamped to 100 ms
+        errors = gap_errors_ms(clamped, recorded.gaps_ms())
+        assert statistics.median(errors) < 3, errors  # the short gaps stay as recorded
+        assert abs(faithful.head_ns / 1e6 - head_ms) < 50  # without the clamp: the whole pause
+
+    await timed(check)
+
+
+# -- endings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "reason", "ending", "body", "framing"),
+    [
+        (TICKS, EndReason.CLEAN, "clean", b"".join(ticks_writes(50)), "chunked"),
+        (RESET, EndReason.UPSTREAM_RESET, "reset", b"".join(reset_writes()), "chunked"),
+        (EARLY_CLOSE, EndReason.UPSTREAM_CLOSED, "closed",
+         b"".join(ticks_writes(8, end="close")), "chunked"),
+        (LENGTH, EndReason.CLEAN, "clean", b"".join(ticks_writes(8)), "length"),
+        (LENGTH_EARLY, EndReason.UPSTREAM_CLOSED, "closed",
+         b"".join(ticks_writes(8, end="close")), "length"),
+        # Close-delimited: the close is the end of the body, so h11 sees a clean end.
+        (CLOSE_DELIMITED, EndReason.CLEAN, "clean", b"".join(ticks_writes(8)), "close"),
+        (CLOSE_DELIMITED_EARLY, EndReason.UPSTREAM_CLOSED, "clean",
+         b"".join(ticks_writes(8, end="close")), "close"),
+    ],
+    ids=["clean", "reset", "early-close", "length", "length-early", "close-delimited",
+         "close-delimited-early"],
+)
+async def test_recorded_ending_is_reproduced_on_the_wire(
+    target: str, reason: EndReason, ending: str, body: bytes, framing: str,
+    recording: Recording, replays: Callable[..., Process],
+) -> None:
+    recorded = recording.get(target)
+    assert recorded.interaction.end_reason is reason and recorded.body == body
+    process = replays()
+    result = await probe(process.url + target)
+    assert result.ending == ending
+    assert result.body == body
+    if framing == "chunked":
+        assert data_of(result) == [c.data for c in recorded.chunks]
+    headers = {k.lower(): v for k, v in result.headers}
+    if framing == "length":
+        declared = header_value(recorded.interaction.response.headers,  # type: ignore[union-attr]
+                                "content-length")
+        assert headers["content-length"] == declared
+        end = "clean" if ending == "clean" else "close"
+        assert int(declared or 0) == Ticks(8, end=end).declared_length()
+    if framing == "close":
+        assert "content-length" not in headers and "transfer-encoding" not in headers
+        assert headers["connection"] == "close"
+        line = await wait_for_line(process, f"GET {target} ->")
+        assert line.endswith("ended closed")  # the server closed it (a FIN, not an RST)
+
+
+async def test_reset_and_early_close_reach_httpx_as_errors(
+    replays: Callable[..., Process],
+) -> None:
+    url = replays().url
+    expectations = [
+        (RESET, (httpx.ReadError, httpx.RemoteProtocolError), b"".join(reset_writes())),
+        (EARLY_CLOSE, httpx.RemoteProtocolError, b"".join(ticks_writes(8, end="close"))),
+        (LENGTH_EARLY, httpx.RemoteProtocolError, b"".join(ticks_writes(8, end="close"))),
+    ]
+    async with httpx.AsyncClient() as client:
+        for target, error, body in expectations:
+            received = bytearray()
+            with pytest.raises(error):
+                async with client.stream("GET", url + target) as response:
+                    assert response.status_code == 200
+                    async for piece in response.aiter_bytes():
+                        received += piece
+            assert bytes(received) == body, target
+        response = await client.get(url + TICKS)  # and a clean one is simply complete
+        assert response.content == b"".join(ticks_writes(50))
+
+
+async def test_keep_alive_and_pipelined_requests(
+    recording: Recording, replays: Callable[..., Process]
+) -> None:
+    """Requests in turn on one connection, and two sent at once, are all answered."""
+    host, port = urlsplit(replays().url).hostname, urlsplit(replays().url).port
+    reader, writer = await asyncio.open_connection(host, port)
+    conn = h11.Connection(h11.CLIENT)
+    expected = recording.get(MODELS).body
+
+    async def response() -> bytes:
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(65536))
+            elif isinstance(event, h11.Response):
+                assert event.status_code == 200
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                conn.start_next_cycle()
+                return bytes(body)
+            else:
+                raise AssertionError(f"unexpected {event!r}")
+
+    def request(target: str) -> bytes:
+        return conn.send(h11.Request(method="GET", target=target, headers=[("Host", "x")])) \
+            + (conn.send(h11.EndOfMessage()) or b"")
+
+    try:
+        for _ in range(3):  # in turn
+            writer.write(request(MODELS))
+            assert await asyncio.wait_for(response(), 10) == expected
+        # Two at once. h11 lets a client send the second only after the first response,
+        # so its bytes are written by hand, and h11 is told of it afterwards.
+        second = b"GET " + LENGTH.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        writer.write(request(MODELS) + second)
+        assert await asyncio.wait_for(response(), 10) == expected
+        request(LENGTH)
+        assert await asyncio.wait_for(response(), 10) == b"".join(ticks_writes(8))
+    finally:
+        writer.close()
+
+
+# -- Last-Event-ID ---------------------------------------------------------------------------
+
+
+async def test_last_event_id_resumes_after_that_event_with_the_recorded_gaps(
+    recording: Recording, replays: Callable[..., Process]
+) -> None:
+    recorded = recording.get(CI)
+    # chunk 0 is `retry: 1000`, chunk k the event with id k
+    assert [c.data for c in recorded.chunks] == ci_log_writes()
+    url = replays().url + CI
+    # the first event after id 5 comes one recorded gap after the request, not at once
+    gap_ms = (recorded.chunks[6].offset_ns - recorded.chunks[5].offset_ns) / 1e6
+
+    async def check() -> None:
+        result = await probe(url, headers=[("Last-Event-ID", "5")])
+        assert result.ending == "clean"
+        assert data_of(result) == ci_log_writes("5")[1:] == [c.data for c in recorded.chunks[6:]]
+        errors = gap_errors_ms(result, recorded.gaps_ms(recorded.chunks[6:]))
+        assert statistics.median(errors) < 3, errors
+        assert gap_ms - 3 < result.chunks[0][0] / 1e6 < gap_ms + 20
+
+    await timed(check)
+
+
+async def test_last_event_id_inside_a_chunk_cuts_it(
+    recording: Recording, replays: Callable[..., Process]
+) -> None:
+    recorded = recording.get(BATCHED)  # chunk k holds events 3k, 3k+1, 3k+2
+    url = replays().url + BATCHED
+
+    async def check() -> None:
+        result = await probe(url, headers=[("Last-Event-ID", "4")])
+        assert result.ending == "clean"
+        assert data_of(result) == [tick_event(5)] + [c.data for c in recorded.chunks[2:]]
+        assert result.chunks[0][0] / 1e6 < 20  # the rest of the cut chunk goes out at once
+        errors = gap_errors_ms(result, recorded.gaps_ms(recorded.chunks[1:]))
+        assert max(errors) < 5, errors
+
+    await timed(check)
+    result = await probe(url, headers=[("Last-Event-ID", "11")])  # the last event
+    assert result.ending == "clean" and result.body == b""
+
+
+async def test_last_event_id_with_crlf_split_across_chunks(
+    recording: Recording, replays: Callable[..., Process]
+) -> None:
+    recorded = recording.get(CRLF)
+    assert [c.data for c in recorded.chunks] == crlf_writes()
+    url = replays().url + CRLF
+    for last_id, rest in (("1", 2), ("2", 4), ("3", 5), ("4", 7)):
+        result = await probe(url, headers=[("Last-Event-ID", last_id)])
+        assert result.ending == "clean"
+        # exactly the events after it: not even the LF of the CRLF that ended it
+        assert data_of(result) == [c.data for c in recorded.chunks[rest:]], last_id
+
+
+async def test_last_event_id_with_a_content_length(
+    replays: Callable[..., Process],
+) -> None:
+    result = await probe(replays().url + LENGTH, headers=[("Last-Event-ID", "5")])
+    assert result.ending == "clean"
+    assert result.body == b"".join(ticks_writes(8)[6:])
+    assert ("content-length", str(len(result.body))) in [(k.lower(), v) for k, v in
+                                                         result.headers]
+
+
+async def test_last_event_id_resume_with_httpx_sse(
+    replays: Callable[..., Process],
+) -> None:
+    async with httpx.AsyncClient() as client:
+        async with httpx_sse.aconnect_sse(client, "GET", replays().url + TICKS,
+                                          headers={"Last-Event-ID": "45"}) as source:
+            ids = [e.id async for e in source.aiter_sse()]
+    assert ids == ["46", "47", "48", "49"]
+
+
+async def test_unknown_last_event_id_replays_from_the_start(
+    recording: Recording, replays: Callable[..., Process]
+) -> None:
+    result = await probe(replays().url + CI, headers=[("Last-Event-ID", "no-such-id")])
+    assert result.ending == "clean"
+    assert data_of(result) == [c.data for c in recording.get(CI).chunks]
+
+
+# -- matching --------------------------------------------------------------------------------
+
+
+async def test_unmatched_path_gets_an_explanation(
+    recording: Recording, replays: Callable[..., Process]
+) -> None:
+    process = replays()
+    nearest = recording.get(TICKS).interaction
+    async with httpx.AsyncClient() as client:
+        response = await client.get(process.url + "/tickz?n=50&interval_ms=20")
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.headers["x-sse-recorder"] == "unmatched"
+    text = response.text
+    assert text.startswith("sse-recorder: no recorded interaction matches GET /tickz?")
+    assert f"nearest recording: #{nearest.id} GET {nearest.request.url}\n" in text
+    assert "differs in path: recorded /ticks, got /tickz" in text
+    line = await wait_for_line(process, "GET /tickz?n=50&interval_ms=20 ->")
+    assert "404 unmatched" in line and f"nearest recording: #{nearest.id} GET" in line
+
+
+async def test_unmatched_json_field_gets_an_explanation(
+    recording: Recording, replays: Callable[..., Process]
+) -> None:
+    process = replays()
+    nearest = recording.get("/v1/chat/completions", "POST", stream=True).interaction
+    body = json.loads(nearest.request.body)
+    body["messages"][0]["content"] = "Say goodbye"
+    async with httpx.AsyncClient() as client:
+        response = await client.post(process.url + "/v1/chat/completions", json=body)
+    assert response.status_code == 404
+    assert f"nearest recording: #{nearest.id} POST" in response.text
+    assert ('differs in body field messages[0].content: recorded "Say hello", '
+            'got "Say goodbye"') in response.text
+    line = await wait_for_line(process, "POST /v1/chat/completions -> 404")
+    assert f"nearest recording: #{nearest.id} POST" in line
+
+
+async def test_json_key_order_and_redacted_values(
+    recording: Recording, replays: Callable[..., Process]
+) -> None:
+    first = recording.get("/v1/chat/completions", "POST", model="order-1")
+    assert json.loads(first.interaction.request.body)["api_key"] == "[REDACTED]"
+    payload = order_payload("order-1", "sk-a-different-key")
+    reordered = json.dumps(dict(reversed(list(payload.items()))), indent=1).encode()
+    url = replays().url + "/v1/chat/completions"
+    async with httpx.AsyncClient() as client:
+        response = await client.post(url, content=reordered,
+                                     headers={"content-type": "application/json"})
+        assert response.status_code == 200
+        assert response.content == first.body and response.json()["model"] == "order-1"
+        # the model is not ignored here: another one is a miss naming that field
+        other = await client.post(url, json=order_payload("order-3", "sk-x"))
+        assert other.status_code == 404
+        assert 'differs in body field model: recorded "order-1", got "order-3"' in other.text
+
+
+async def test_repeated_requests_follow_recorded_order_then_repeat_the_last(
+    recording: Recording, tmp_path: Path
+) -> None:
+    ids = [recording.get("/v1/chat/completions", "POST", model=m).interaction.id
+           for m in ("order-1", "order-2")]
+    process = replay_process(recording.path, tmp_path / "replay.txt", "--ignore-json", "model")
+    try:
+        async with httpx.AsyncClient() as client:
+            models = []
+            for _ in range(4):
+                response = await client.post(process.url + "/v1/chat/completions",
+                                             json=order_payload("any", "sk-any"))
+                assert response.status_code == 200
+                models.append(response.json()["model"])
+        assert models == ["order-1", "order-2", "order-2", "order-2"]
+        lines = await wait_for_lines(process, "POST /v1/chat/completions ->", count=4)
+        served = [line.split(" -> #")[1].split()[0] for line in lines]
+        assert served == [str(ids[0]), str(ids[1]), str(ids[1]), str(ids[1])]
+    finally:
+        process.stop()
+
+
+async def test_when_exhausted_error_gives_a_409(recording: Recording, tmp_path: Path) -> None:
+    process = replay_process(recording.path, tmp_path / "replay.txt", "--ignore-json", "model",
+                             "--when-exhausted", "error")
+    try:
+        async with httpx.AsyncClient() as client:
+            responses = [
+                await client.post(process.url + "/v1/chat/completions",
+                                  json=order_payload(f"model-{n}", "sk-any"))
+                for n in range(3)
+            ]
+        assert [r.status_code for r in responses] == [200, 200, 409]
+        assert [r.json()["model"] for r in responses[:2]] == ["order-1", "order-2"]
+        assert "was already served (policy: error)" in responses[2].text
+        await wait_for_line(process, "POST /v1/chat/completions -> 409 unmatched")
+    finally:
+        process.stop()
+
+
+async def test_replay_matches_in_process_too(recording: Recording) -> None:
+    """The library API: `ReplayServer.served` records what each request got."""
+    from sse_recorder.matching import MatchConfig
+    from sse_recorder.schedule import Timing
+    from sse_recorder.server import ReplayOptions, ReplayServer
+
+    options = ReplayOptions(Timing(instant=True), MatchConfig.parse(ignore_json=["model"]))
+    async with await ReplayServer.open(str(recording.path), options) as server:
+        await server.start("127.0.0.1", 0)
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            for model in ("x", "y", "z"):
+                await client.post("/v1/chat/completions", json=order_payload(model, "k"))
+            assert (await client.get("/nowhere")).status_code == 404
+            result = await probe(server.base_url + RESET)
+        assert result.ending == "reset"
+    ids = [recording.get("/v1/chat/completions", "POST", model=m).interaction.id
+           for m in ("order-1", "order-2")]
+    assert [(s.interaction_id, s.ending) for s in server.served] == [
+        (ids[0], "clean"), (ids[1], "clean"), (ids[1], "clean"), (None, "unmatched"),
+        (recording.get(RESET).interaction.id, "reset")]
+    assert "nearest recording" in server.served[3].explanation
+
+
+# -- cassettes -------------------------------------------------------------------------------
+
+
+def test_missing_or_corrupt_cassette_exits_2_in_one_line(
+    recording: Recording, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    foreign = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE todo (item TEXT)")
+    db.close()
+    notes = tmp_path / "notes.sqlite"
+    notes.write_bytes(b"these are my notes, not a database\n" * 100)
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    for path in (tmp_path / "missing.sqlite", notes, empty, foreign):
+        done = subprocess.run([SSE_RECORDER, "replay", str(path), "--port", "0"],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2, (path, done.stdout, done.stderr)
+        assert done.stdout == ""
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "Traceback" not in done.stderr and str(path) in done.stderr
+
+
+BIG_CHUNKS = 25_000
+BIG_CHUNK = b"data: " + b"x" * 4088 + b"\n\n"  # 4 KiB, so 100 MB in all
+
+
+async def write_big_cassette(path: Path) -> None:
+    """One SSE interaction of 25,000 chunks of 4 KiB, a millisecond apart at most."""
+    cassette = await Cassette.open_for_recording(path)
+    try:
+        iid = cassette.allocate_id()
+        request = RecordedRequest("GET", "http://upstream.test/big", ())
+        head = ResponseHead(200, "OK", (("Content-Type", "text/event-stream"),
+                                        ("Transfer-Encoding", "chunked")))
+        await cassette.write(WriteBatch(starts=[InteractionStart(iid, time.time(), request)],
+                                        heads=[HeadUpdate(iid, head, 1000, True)]))
+        for first in range(0, BIG_CHUNKS, 1000):  # one transaction per 1,000 chunks
+            await cassette.write(WriteBatch(chunks=[
+                (iid, seq, seq * 40, BIG_CHUNK) for seq in range(first, first + 1000)]))
+        await cassette.write(WriteBatch(ends=[EndUpdate(iid, True, EndReason.CLEAN,
+                                                        BIG_CHUNKS * 40, None)]))
+        await cassette.finish_recording()
+    finally:
+        await cassette.close()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_100mb_cassette_streams_without_loading_it(tmp_path: Path) -> None:
+    path = tmp_path / "big.sqlite"
+    await write_big_cassette(path)
+    assert path.stat().st_size > 100_000_000
+    process = replay_process(path, tmp_path / "replay.txt")
+    try:
+        host, port = urlsplit(process.url).hostname, urlsplit(process.url).port
+        reader, writer = await asyncio.open_connection(host, port)
+        conn = h11.Connection(h11.CLIENT)
+        writer.write(conn.send(h11.Request(method="GET", target="/big",
+                                           headers=[("Host", "upstream.test")])))
+        writer.write(conn.send(h11.EndOfMessage()))
+        sent = time.monotonic()
+        first_chunk_s: float | None = None
+        first = bytearray()
+        received, peak_mb = 0, 0.0
+        while received < 16 << 20:  # the first 16 MB
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(65536))
+            elif isinstance(event, h11.Response):
+                assert event.status_code == 200
+            elif isinstance(event, h11.Data):
+                received += len(event.data)
+                if first_chunk_s is None:
+                    first += event.data
+                    if event.chunk_end:
+                        first_chunk_s = time.monotonic() - sent
+                        peak_mb = rss_mb(process.popen.pid)
+                elif received % (1 << 20) < len(event.data):
+                    peak_mb = max(peak_mb, rss_mb(process.popen.pid))
+            else:
+                raise AssertionError(f"unexpected {event!r}")
+        peak_mb = max(peak_mb, rss_mb(process.popen.pid))
+        writer.close()
+        assert first_chunk_s is not None and first_chunk_s < 2.0
+        assert bytes(first) == BIG_CHUNK
+        assert peak_mb < 80, peak_mb
+        # the client went away: the server stops there instead of sending the rest
+        line = await wait_for_line(process, "GET /big ->", timeout=20)
+        assert line.endswith("ended client-gone")
+        assert "raised exception" not in process.stderr()  # no writes into a dead socket
+    finally:
+        process.stop()

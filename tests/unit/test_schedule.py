@@ -1,0 +1,124 @@
+"""The replay schedule: recorded offsets in, due times (seconds from the start) out."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sse_recorder.errors import ConfigError
+from sse_recorder.schedule import Schedule, Timing
+
+MS = 1_000_000  # ns
+
+
+def dues(timing: Timing, offsets_ms: list[float], origin_ms: float = 0) -> list[float]:
+    schedule = Schedule(timing, int(origin_ms * MS))
+    return [round(schedule.due(int(o * MS)) * 1000, 6) for o in offsets_ms]
+
+
+def test_absolute_schedule_is_the_recorded_offsets() -> None:
+    offsets = [0, 3, 20, 40, 40, 1000, 61_000]
+    assert dues(Timing(), offsets) == offsets  # from the start, never accumulated sleeps
+
+
+def test_due_times_do_not_depend_on_what_came_before() -> None:
+    first = Schedule(Timing())
+    for offset in range(0, 50 * 20, 20):
+        first.due(offset * MS)
+    assert first.due(5000 * MS) == Schedule(Timing()).due(5000 * MS) == 5.0
+
+
+@pytest.mark.parametrize(("speed", "expected"), [(10, [0, 2, 4, 100]), (0.5, [0, 40, 80, 2000]),
+                                                 (2.5, [0, 8, 16, 400])])
+def test_speed_divides_every_offset(speed: float, expected: list[float]) -> None:
+    assert dues(Timing(speed=speed), [0, 20, 40, 1000]) == pytest.approx(expected)
+
+
+def test_instant_makes_everything_due_at_once() -> None:
+    assert dues(Timing(instant=True), [0, 20, 5000, 60_000]) == [0, 0, 0, 0]
+    assert dues(Timing(instant=True, speed=0.1, max_gap=1), [7, 9_000]) == [0, 0]
+    assert dues(Timing(instant=True), [10_000], origin_ms=2) == [0]
+
+
+def test_max_gap_clamps_a_long_pause_and_shifts_what_follows() -> None:
+    # 10 ms, then a 5 s pause, then 10 ms steps: the pause becomes 100 ms, the steps stay.
+    offsets = [0, 10, 5010, 5020, 5030]
+    assert dues(Timing(max_gap=0.1), offsets) == pytest.approx([0, 10, 110, 120, 130])
+
+
+def test_max_gap_cuts_accumulate_and_short_gaps_stay() -> None:
+    offsets = [0, 50, 3050, 3100, 9100, 9150]
+    assert dues(Timing(max_gap=0.2), offsets) == pytest.approx([0, 50, 250, 300, 500, 550])
+    assert dues(Timing(max_gap=10), offsets) == offsets  # nothing longer than 10 s
+
+
+def test_max_gap_clamps_the_wait_before_the_first_piece() -> None:
+    # A 1.5 s time to first byte is a gap from the start too.
+    assert dues(Timing(max_gap=0.1), [1500, 1510, 1520]) == pytest.approx([100, 110, 120])
+
+
+def test_max_gap_applies_after_the_speed_up() -> None:
+    assert dues(Timing(speed=10, max_gap=0.1), [0, 500, 2500, 2520]) == pytest.approx(
+        [0, 50, 150, 152]
+    )
+
+
+def test_max_gap_zero_removes_every_pause() -> None:
+    assert dues(Timing(max_gap=0), [0, 20, 40, 5000]) == [0, 0, 0, 0]
+
+
+def test_origin_counts_from_the_resume_point() -> None:
+    assert dues(Timing(), [3000, 3030, 3090], origin_ms=3000) == pytest.approx([0, 30, 90])
+    assert dues(Timing(speed=10), [3000, 3030, 3090], origin_ms=3000) == pytest.approx(
+        [0, 3, 9]
+    )
+    # Anything at or before the origin is due at once.
+    assert dues(Timing(), [1000, 2999, 3010], origin_ms=3000) == pytest.approx([0, 0, 10])
+    assert dues(Timing(max_gap=0.05), [3000, 3030, 4030], origin_ms=3000) == pytest.approx(
+        [0, 30, 80]
+    )
+
+
+@pytest.mark.parametrize("speed", [0, -1, -0.5, math.nan])
+def test_bad_speed_is_a_config_error(speed: float) -> None:
+    with pytest.raises(ConfigError, match="speed"):
+        Timing(speed=speed)
+
+
+@pytest.mark.parametrize("max_gap", [-0.001, -5, math.nan])
+def test_bad_max_gap_is_a_config_error(max_gap: float) -> None:
+    with pytest.raises(ConfigError, match="max gap"):
+        Timing(max_gap=max_gap)
+
+
+def test_defaults() -> None:
+    timing = Timing()
+    assert (timing.speed, timing.instant, timing.max_gap) == (1.0, False, None)
+
+
+offsets_ns = st.lists(st.integers(0, 10**12), min_size=1, max_size=60).map(sorted)
+
+
+@given(
+    offsets=offsets_ns,
+    speed=st.floats(0.01, 1000),
+    max_gap=st.none() | st.floats(0, 100),
+)
+def test_schedule_properties(offsets: list[int], speed: float, max_gap: float | None) -> None:
+    schedule = Schedule(Timing(speed=speed, max_gap=max_gap))
+    got = [schedule.due(o) for o in offsets]
+    unclamped = [o / 1e9 / speed for o in offsets]
+    tolerance = 1e-6 * (1 + max(unclamped))
+    assert all(b >= a - tolerance for a, b in zip(got, got[1:], strict=False))  # never earlier
+    assert all(0 - tolerance <= g <= u + tolerance for g, u in zip(got, unclamped, strict=True))
+    previous_got, previous_raw = 0.0, 0.0
+    for g, u in zip(got, unclamped, strict=True):
+        gap, raw_gap = g - previous_got, u - previous_raw
+        if max_gap is None:
+            assert g == pytest.approx(u, abs=tolerance)
+        else:  # each gap is the recorded one, or max_gap when that was longer
+            assert gap == pytest.approx(min(raw_gap, max_gap), abs=tolerance)
+        previous_got, previous_raw = g, u
