@@ -1,0 +1,737 @@
+"""pytest plugin: `@pytest.mark.sse_cassette` and the `sse_cassette` fixture.
+
+Each test gets a replay server for its cassette (or, in a recording mode, the real
+`sse-recorder record` process in front of the upstream), so any client works unpatched:
+point its base URL at `sse_cassette.base_url`, or its proxy at `sse_cassette.proxy_url`.
+Replay servers run on one background thread and event loop per process (per xdist worker),
+started on first use, so sync and async tests both work and a test costs one cassette open.
+A request the cassette cannot answer fails the test with the nearest recording and what
+differed; a damaged cassette fails it with the one-line cassette error and is never
+re-recorded or read as empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import importlib.util
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Coroutine, Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pytest
+
+if TYPE_CHECKING:
+    from .schedule import Timing
+    from .server import ReplayServer, Served
+
+T = TypeVar("T")
+
+RECORD_MODES = ("none", "once", "new_episodes", "all")
+MARKER_KWARGS = (
+    "record_mode", "upstream", "path", "speed", "max_gap", "match", "ignore_json",
+    "ignore_query", "ignore_headers", "when_exhausted", "faults", "seed",
+)
+START_TIMEOUT = 60.0  # seconds for a recorder or proxy to print its URL
+STOP_TIMEOUT = 30.0  # seconds for a recorder to flush its cassette after SIGTERM
+_SERVED_LINE = re.compile(
+    r"^(?P<method>\S+) (?P<target>\S+) -> (?:#(?P<id>\d+) (?P<status>\d+), ended (?P<ending>\S+)"
+    r"|(?P<status2>\d+) (?P<ending2>\S+)(?: \((?P<why>.*)\))?)$"
+)
+
+
+# -- options -------------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("sse-recorder", "SSE cassettes (sse-recorder)")
+    group.addoption(
+        "--sse-record-mode", choices=RECORD_MODES, default=None,
+        help="none (default: replay only), once (record missing cassettes), new_episodes "
+             "(record requests the cassette lacks), all (re-record). Wins over markers.",
+    )
+    group.addoption("--sse-upstream", metavar="URL", default=None,
+                    help="Upstream to record from. Wins over markers.")
+    group.addoption("--sse-speed", metavar="SPEED", default=None,
+                    help="Replay speed factor, or 'instant' (the default). Wins over markers.")
+    parser.addini("sse_record_mode", "Default record mode for SSE cassettes (none).")
+    parser.addini("sse_upstream", "Default upstream URL to record SSE cassettes from.")
+    parser.addini("sse_speed", "Default replay speed: a factor, or 'instant' (the default).")
+    parser.addini("sse_confdir", "mitmproxy confdir (CA) for recording and proxy mode "
+                                 "(default: a fresh one per test session).")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "sse_cassette(name=None, *, record_mode, upstream, path, speed, max_gap, match, "
+        "ignore_json, ignore_query, ignore_headers, when_exhausted, faults, seed): "
+        "the SSE cassette the sse_cassette fixture serves (sse-recorder)",
+    )
+    speed = config.getoption("sse_speed")
+    if speed is not None:
+        try:
+            _timing(speed, None)
+        except ValueError as exc:
+            raise pytest.UsageError(f"--sse-speed: {exc}") from None
+    config.stash[_STATE] = _State()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is not None:
+        state.loop.stop()
+
+
+# -- the background loop -------------------------------------------------------------------
+
+
+class _LoopThread:
+    """One asyncio loop on a daemon thread, shared by every test of this process.
+
+    Replay servers live here so a sync test's blocking client and an async test's own loop
+    both reach them over TCP; starting it once keeps per-test overhead to a cassette open."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = START_TIMEOUT) -> T:
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(
+                    target=self._loop.run_forever, name="sse-recorder-replay", daemon=True
+                )
+                self._thread.start()
+            loop = self._loop
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def barrier(self) -> None:
+        """Return once the loop has finished what it was doing: a response a client already
+        has was recorded in `served` in the same loop step that wrote it."""
+        if self._loop is not None:
+            self.run(asyncio.sleep(0), timeout=10)
+
+    def stop(self) -> None:
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        if not thread.is_alive():
+            loop.close()
+
+
+@dataclass
+class _State:
+    loop: _LoopThread = dataclasses.field(default_factory=_LoopThread)
+    confdir: Path | None = None
+
+
+_STATE = pytest.StashKey[_State]()
+
+
+# -- settings ------------------------------------------------------------------------------
+
+
+def _timing(speed: object, max_gap: object) -> Timing:
+    """`instant`, or a positive speed factor; raises ValueError with a readable reason."""
+    from .errors import ConfigError
+    from .schedule import Timing
+
+    try:
+        gap = None if max_gap is None else float(str(max_gap))
+    except ValueError:
+        raise ValueError(f"bad max_gap {max_gap!r}: use seconds, such as 0.5") from None
+    text = "instant" if speed is None else str(speed).strip().lower()
+    try:
+        if text == "instant":
+            return Timing(instant=True, max_gap=gap)
+        return Timing(speed=float(text), max_gap=gap)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    except ValueError:
+        reason = f"bad speed {speed!r}: use a factor such as 1 or 10, or 'instant'"
+        raise ValueError(reason) from None
+
+
+def _strings(value: object, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list | tuple | set | frozenset):
+        return tuple(str(v) for v in value)
+    raise ValueError(f"{what} must be a string or a list of strings, got {value!r}")
+
+
+def _default_name(item: pytest.Item) -> str:
+    """Test name below its module (class and parameters included), safe as a file name."""
+    names: list[str] = []
+    for node in item.listchain():
+        if isinstance(node, pytest.Module):
+            names = []
+        elif node is not item.session and not isinstance(node, pytest.Package | pytest.Dir):
+            names.append(node.name)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(names)).strip("-.") or "cassette"
+
+
+@dataclass(frozen=True)
+class CassetteSettings:
+    """What one test's marker, the command line and the ini file decided, merged."""
+
+    name: str
+    path: Path
+    record_mode: str
+    upstream: str | None
+    kwargs: dict[str, Any]
+
+    @classmethod
+    def for_item(cls, item: pytest.Item) -> CassetteSettings:
+        """Merge markers (closest wins), then the command line over them, then ini values."""
+        config = item.config
+        kwargs: dict[str, Any] = {}
+        name: str | None = None
+        for marker in reversed(list(item.iter_markers("sse_cassette"))):
+            kwargs.update(marker.kwargs)
+            if marker.args:
+                if len(marker.args) > 1:
+                    raise ValueError("sse_cassette takes one positional argument, the name")
+                name = str(marker.args[0])
+        unknown = sorted(set(kwargs) - set(MARKER_KWARGS))
+        if unknown:
+            raise ValueError(f"unknown sse_cassette argument(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(MARKER_KWARGS)}")
+        mode = str(config.getoption("sse_record_mode") or kwargs.get("record_mode")
+                   or config.getini("sse_record_mode") or "none").replace("-", "_")
+        if mode not in RECORD_MODES:
+            raise ValueError(f"bad record mode {mode!r}: use {', '.join(RECORD_MODES)}")
+        upstream = (config.getoption("sse_upstream") or kwargs.get("upstream")
+                    or config.getini("sse_upstream") or None)
+        speed = config.getoption("sse_speed") or kwargs.get("speed") or config.getini("sse_speed")
+        kwargs["speed"] = speed or "instant"
+        name = name or _default_name(item)
+        module_dir = item.path.parent
+        if kwargs.get("path"):
+            path = module_dir / Path(str(kwargs["path"])).expanduser()
+        else:
+            path = module_dir / "cassettes" / item.path.stem / f"{name}.sqlite"
+        return cls(name, path, mode, upstream, kwargs)
+
+    def replay_options(self) -> Any:
+        """`ReplayOptions` from the marker; raises ValueError (with why) if they are bad."""
+        from .errors import ConfigError
+        from .matching import MatchConfig
+        from .server import ReplayOptions
+
+        k = self.kwargs
+        try:
+            options: dict[str, Any] = {
+                "timing": _timing(k.get("speed"), k.get("max_gap")),
+                "match": MatchConfig.parse(
+                    k.get("match"), _strings(k.get("ignore_json"), "ignore_json"),
+                    _strings(k.get("ignore_query"), "ignore_query"),
+                    _strings(k.get("ignore_headers"), "ignore_headers"),
+                    str(k.get("when_exhausted", "repeat-last")),
+                ),
+            }
+            specs = _strings(k.get("faults"), "faults")
+            if specs or k.get("seed") is not None:
+                if "faults" not in {f.name for f in dataclasses.fields(ReplayOptions)}:
+                    raise ValueError("faults= needs a replay server with fault injection; "
+                                     "this sse-recorder's has none yet")
+                from .faults import FaultPlan
+
+                seed = k.get("seed")
+                options["faults"] = FaultPlan.load(specs, seed=None if seed is None else int(seed))
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return ReplayOptions(**options)
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+def _executable(needs_mitmproxy: bool) -> str:
+    """`sse-recorder` beside this Python, else on PATH. Recording needs mitmproxy, which is
+    usually an isolated tool (pipx): without it here, a PATH copy is preferred."""
+    local = Path(sys.executable).parent / "sse-recorder"
+    on_path = shutil.which("sse-recorder")
+    if needs_mitmproxy and importlib.util.find_spec("mitmproxy") is None and on_path:
+        if Path(on_path).resolve() != local.resolve():
+            return on_path
+    if local.exists():
+        return str(local)
+    if on_path:
+        return on_path
+    raise RuntimeError("cannot find the sse-recorder command beside "
+                       f"{sys.executable} or on PATH")
+
+
+class _Process:
+    """A started `sse-recorder` command and the URL it printed first."""
+
+    def __init__(self, args: list[str], stderr_path: Path) -> None:
+        self.args = args
+        self.stderr_path = stderr_path
+        with open(stderr_path, "wb") as err:
+            self.popen = subprocess.Popen(
+                args, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL
+            )
+        try:
+            self.url = self._first_line(START_TIMEOUT)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}{self._stderr_tail()}") from None
+
+    def _first_line(self, timeout: float) -> str:
+        assert self.popen.stdout is not None
+        fd = self.popen.stdout.fileno()
+        buffer = b""
+        deadline = time.monotonic() + timeout
+        while not buffer.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"`{' '.join(self.args[1:3])}` printed no URL in {timeout}s")
+            if select.select([fd], [], [], remaining)[0]:
+                byte = os.read(fd, 1)
+                if not byte:
+                    code = self.popen.wait()
+                    raise RuntimeError(f"`{' '.join(self.args[1:3])}` exited with {code}")
+                buffer += byte
+        return buffer.decode().strip()
+
+    def stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _stderr_tail(self) -> str:
+        lines = self.stderr().strip().splitlines()
+        return ":\n" + "\n".join(lines[-15:]) if lines else ""
+
+    def stop(self) -> int:
+        """SIGTERM (the recorder flushes and closes its cassette), then wait."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+            raise RuntimeError(f"`{' '.join(self.args[1:3])}` did not stop in {STOP_TIMEOUT}s"
+                               f"{self._stderr_tail()}") from None
+        finally:
+            if self.popen.stdout is not None:
+                self.popen.stdout.close()
+
+
+def _parse_served(text: str) -> list[Served]:
+    """`replay --proxy` subprocess stderr lines back into `Served` records."""
+    from .server import Served
+
+    out = []
+    for line in text.splitlines():
+        m = _SERVED_LINE.match(line.strip())
+        if m is None:
+            continue
+        if m["id"] is not None:
+            out.append(Served(m["method"], m["target"], int(m["id"]), int(m["status"]),
+                              m["ending"]))
+        else:
+            why = f"{m['why']}\n" if m["why"] else ""
+            out.append(Served(m["method"], m["target"], None, int(m["status2"]), m["ending2"],
+                              f"sse-recorder: no recorded interaction matches {m['method']} "
+                              f"{m['target']}\n{why}"))
+    return out
+
+
+def _import_mitmproxy() -> bool:
+    """Import mitmproxy here, on the test's thread, with its dependencies' deprecation
+    warnings silenced: a suite running with -W error must not fail on them."""
+    if importlib.util.find_spec("mitmproxy") is None:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import mitmproxy.tools.dump  # noqa: F401
+
+        from . import replay_addon  # noqa: F401
+    return True
+
+
+class _InProcessProxy:
+    """mitmproxy on its own thread and loop, rerouting every request to a replay server.
+
+    `proxy.replay` installs signal handlers, which only the main thread may do, and
+    mitmproxy swaps its loop's task factory while it runs: hence a loop of its own."""
+
+    def __init__(self, host: str, port: int, confdir: Path) -> None:
+        self._ready: concurrent.futures.Future[str] = concurrent.futures.Future()
+        self._master: Any = None
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._run(host, port, confdir),),
+            name="sse-recorder-proxy", daemon=True,
+        )
+        self._thread.start()
+        try:
+            self.url = self._ready.result(START_TIMEOUT)
+        except BaseException:
+            self.stop()
+            raise
+
+    async def _run(self, host: str, port: int, confdir: Path) -> None:
+        ready = self._ready
+        try:
+            from mitmproxy import options
+            from mitmproxy.tools.dump import DumpMaster
+
+            from .replay_addon import ReplayRouter
+
+            class Announce:
+                """Reports where mitmproxy listens once every addon is running."""
+
+                def running(self) -> None:
+                    proxyserver = master.addons.get("proxyserver")
+                    addrs = [a for s in proxyserver.servers for a in s.listen_addrs]
+                    if not addrs:
+                        ready.set_exception(RuntimeError("mitmproxy is not listening"))
+                        master.shutdown()
+                    else:
+                        ready.set_result(f"http://{addrs[0][0]}:{addrs[0][1]}")
+
+            opts = options.Options(listen_host="127.0.0.1", listen_port=0,
+                                   confdir=str(confdir), mode=["regular"])
+            master: Any = DumpMaster(opts, with_termlog=False, with_dumper=False)
+            master.addons.remove(master.addons.get("errorcheck"))  # it would sys.exit
+            master.addons.add(ReplayRouter(host, port), Announce())
+            self._master = master
+            try:
+                await master.run()
+            finally:  # mitmproxy leaves its listening sockets open after shutdown
+                await master.addons.get("proxyserver").servers.update([])
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            return
+        if not ready.done():
+            ready.set_exception(RuntimeError("mitmproxy stopped before listening"))
+
+    def stop(self) -> None:
+        if self._master is not None:
+            self._master.shutdown()
+        self._thread.join(STOP_TIMEOUT)
+
+
+# -- the fixture ---------------------------------------------------------------------------
+
+
+class SSECassette:
+    """The `sse_cassette` fixture: where the test's client should send its requests.
+
+    `base_url` replaces the upstream's base URL; `proxy_url` (with `ca_cert` for HTTPS) is
+    for clients that keep their real URLs, and starts mitmproxy on first use. `served` is
+    what the replay server answered, in order; `unmatched` the requests it could not."""
+
+    def __init__(self, settings: CassetteSettings, state: _State, workdir: Path) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.path = settings.path
+        self.record_mode = settings.record_mode
+        self.upstream = settings.upstream
+        self.recording = False
+        self._state = state
+        self._workdir = workdir
+        self._options: Any = None
+        self._server: ReplayServer | None = None
+        self._recorder: _Process | None = None
+        self._proxy: _InProcessProxy | _Process | None = None
+        self._proxy_url: str | None = None
+        self._recording_as = ""  # base_url or proxy_url: what the recorder was started for
+        self._reported = 0
+
+    def __repr__(self) -> str:
+        mode = "recording" if self.recording else "replaying"
+        return f"<sse_cassette {self.path} ({mode}, record mode {self.record_mode})>"
+
+    # -- what tests use --
+
+    @property
+    def base_url(self) -> str:
+        """The replay server's base URL; recording, the reverse-proxy recorder's (started
+        on first use, so a test that records through `proxy_url` leaves no empty cassette)."""
+        if self._server is not None:
+            return self._server.base_url
+        if self._recorder is None:
+            if self.upstream is None:
+                pytest.fail(f"sse-recorder: recording {self._shown()} through base_url needs "
+                            "an upstream: @pytest.mark.sse_cassette(upstream=URL), "
+                            "--sse-upstream=URL or ini sse_upstream (or record through "
+                            "proxy_url)", pytrace=False)
+            self._recorder = self._record("--upstream", self.upstream)
+            self._recording_as = "base_url"
+        if self._recording_as != "base_url":
+            pytest.fail(f"sse-recorder: this test records {self._shown()} through proxy_url; "
+                        "one test records through one of base_url and proxy_url", pytrace=False)
+        return self._recorder.url
+
+    @property
+    def proxy_url(self) -> str:
+        """An HTTP(S) proxy answering from the cassette (recording: recording through it)."""
+        if self._proxy_url is None:
+            self._proxy_url = self._start_proxy()
+        return self._proxy_url
+
+    @property
+    def ca_cert(self) -> Path:
+        """The mitmproxy CA that clients of `proxy_url` must trust for HTTPS."""
+        _ = self.proxy_url
+        return self._confdir() / "mitmproxy-ca-cert.pem"
+
+    @property
+    def served(self) -> list[Served]:
+        """Every request answered from the cassette so far, in order."""
+        served: list[Served] = []
+        if self._server is not None:
+            self._state.loop.barrier()
+            served += self._server.served
+        if isinstance(self._proxy, _Process):
+            served += _parse_served(self._proxy.stderr())
+        return served
+
+    @property
+    def unmatched(self) -> list[Served]:
+        """Requests the cassette had no answer for (each fails the test)."""
+        return [s for s in self.served if s.ending == "unmatched"]
+
+    # -- life cycle --
+
+    def _shown(self) -> str:
+        try:
+            return str(self.path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(self.path)
+
+    def _confdir(self) -> Path:
+        assert self._state.confdir is not None, "set by the fixture"
+        return self._state.confdir
+
+    def _start(self) -> None:
+        from .errors import CassetteError
+
+        mode = self.record_mode
+        exists = self.path.exists()
+        try:
+            self._options = self.settings.replay_options()
+        except ValueError as exc:
+            pytest.fail(f"sse-recorder: {exc}", pytrace=False)
+        if mode == "none" and not exists:
+            pytest.fail(f"sse-recorder: {self._shown()}: no such cassette (record mode none "
+                        "never records); record it with --sse-record-mode=once "
+                        "--sse-upstream=URL", pytrace=False)
+        if mode in ("none", "once") and exists:
+            try:
+                self._server = self._state.loop.run(self._open_server())
+            except CassetteError as exc:
+                pytest.fail(f"sse-recorder: {exc}", pytrace=False)
+            return
+        if exists:  # new_episodes appends, all replaces: only ever a cassette
+            try:
+                self._state.loop.run(self._check_cassette())
+            except CassetteError as exc:
+                pytest.fail(f"sse-recorder: {exc} (record mode {mode} never records over "
+                            "anything but a cassette; move this file away to record afresh)",
+                            pytrace=False)
+        if mode == "all":
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        self.recording = True  # the recorder starts when the test asks for a URL
+
+    async def _open_server(self) -> ReplayServer:
+        from .server import ReplayServer
+
+        server = await ReplayServer.open(str(self.path), self._options)
+        try:
+            return await server.start("127.0.0.1", 0)
+        except BaseException:
+            await server.close()
+            raise
+
+    async def _check_cassette(self) -> None:
+        from .cassette import Cassette
+
+        await (await Cassette.open(self.path)).close()
+
+    def _record(self, *where: str) -> _Process:
+        self._workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            args = [_executable(needs_mitmproxy=True), "record", "--cassette", str(self.path),
+                    *where, "--listen-port", "0", "--confdir", str(self._confdir())]
+            if self.record_mode == "new_episodes":
+                args.append("--replay-matched")
+                if self.settings.kwargs.get("match"):
+                    args += ["--match", str(self.settings.kwargs["match"])]
+            return _Process(args, self._workdir / f"recorder-{time.monotonic_ns()}.log")
+        except RuntimeError as exc:
+            pytest.fail(f"sse-recorder: cannot record {self._shown()}: {exc}", pytrace=False)
+
+    def _start_proxy(self) -> str:
+        self._workdir.mkdir(parents=True, exist_ok=True)
+        if self.recording:
+            if self._recorder is not None:
+                pytest.fail(f"sse-recorder: this test records {self._shown()} through "
+                            "base_url; one test records through one of base_url and "
+                            "proxy_url", pytrace=False)
+            self._recorder = self._record()
+            self._recording_as = "proxy_url"
+            return self._recorder.url
+        assert self._server is not None
+        try:
+            if _import_mitmproxy():
+                self._proxy = _InProcessProxy(self._server.host, self._server.port,
+                                              self._confdir())
+                return self._proxy.url
+            self._proxy = _Process(self._replay_proxy_args(),
+                                   self._workdir / f"proxy-{time.monotonic_ns()}.log")
+            return self._proxy.url
+        except RuntimeError as exc:
+            pytest.fail(f"sse-recorder: cannot start proxy mode: {exc}", pytrace=False)
+
+    def _replay_proxy_args(self) -> list[str]:
+        """`replay --proxy` in a subprocess: its own replay server, requests on stderr."""
+        k = self.settings.kwargs
+        timing = self._options.timing
+        args = [_executable(needs_mitmproxy=True), "replay", str(self.path), "--proxy",
+                "--port", "0", "--confdir", str(self._confdir())]
+        args += ["--instant"] if timing.instant else ["--speed", str(timing.speed)]
+        if timing.max_gap is not None:
+            args += ["--max-gap", str(timing.max_gap)]
+        if k.get("match"):
+            args += ["--match", str(k["match"])]
+        for option, key in (("--ignore-json", "ignore_json"), ("--ignore-query", "ignore_query"),
+                            ("--ignore-header", "ignore_headers")):
+            for value in _strings(k.get(key), key):
+                args += [option, value]
+        args += ["--when-exhausted", str(k.get("when_exhausted", "repeat-last"))]
+        for spec in _strings(k.get("faults"), "faults"):
+            args += ["--fault", spec]
+        if k.get("seed") is not None:
+            args += ["--seed", str(k["seed"])]
+        return args
+
+    def _stop(self) -> list[str]:
+        """Stop everything this test started; returns what went wrong, if anything."""
+        problems: list[str] = []
+        if isinstance(self._proxy, _InProcessProxy):
+            self._proxy.stop()
+        elif isinstance(self._proxy, _Process):
+            self._proxy.stop()
+        if self._recorder is not None:
+            try:
+                code = self._recorder.stop()
+            except RuntimeError as exc:
+                problems.append(f"sse-recorder: {exc}")
+            else:
+                if code != 0:
+                    problems.append(f"sse-recorder: recording {self._shown()} failed (exit "
+                                    f"{code}){self._recorder._stderr_tail()}")
+        if self._server is not None:
+            self._state.loop.run(self._server.close())
+        return problems
+
+    def take_unmatched_report(self) -> str:
+        """A report of unmatched requests not reported yet: the nearest recording of each
+        and what differed (the server's own explanation), plus how to record them."""
+        unmatched = self.unmatched
+        new, self._reported = unmatched[self._reported:], len(unmatched)
+        if not new:
+            return ""
+        count = f"{len(new)} request{'s' if len(new) > 1 else ''}"
+        lines = [f"sse-recorder: {count} not in cassette {self._shown()} "
+                 f"(record mode {self.record_mode}):", ""]
+        for served in new:
+            lines.append(served.explanation.rstrip("\n") or
+                         f"{served.method} {served.target} -> {served.status}")
+            lines.append("")
+        lines.append("to record what is missing: --sse-record-mode=new_episodes "
+                     "--sse-upstream=URL (or upstream= on the marker)")
+        return "\n".join(lines)
+
+
+_CASSETTE = pytest.StashKey[SSECassette]()
+
+
+@pytest.fixture
+def sse_cassette(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SSECassette]:
+    """A replay server (or recorder) for this test's cassette; see `SSECassette`."""
+    item = request.node
+    try:
+        settings = CassetteSettings.for_item(item)
+    except ValueError as exc:
+        pytest.fail(f"sse-recorder: {exc}", pytrace=False)
+    state = request.config.stash[_STATE]
+    if state.confdir is None:
+        configured = request.config.getini("sse_confdir")
+        state.confdir = (Path(str(configured)).expanduser() if configured
+                         else tmp_path_factory.mktemp("sse-mitmproxy"))
+    cassette = SSECassette(settings, state, tmp_path_factory.getbasetemp() / "sse-recorder")
+    try:
+        cassette._start()
+    except BaseException:
+        cassette._stop()
+        raise
+    item.stash[_CASSETTE] = cassette
+    try:
+        yield cassette
+    finally:
+        del item.stash[_CASSETTE]
+        problems = cassette._stop()
+        late = cassette.take_unmatched_report()
+        if late or problems:
+            pytest.fail("\n\n".join([*problems, late] if late else problems), pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Turn a test that passed despite unmatched requests into a failure, and add the
+    explanation to one that failed (usually on the 404 those requests got)."""
+    report = yield
+    cassette = item.stash.get(_CASSETTE, None)
+    if cassette is None or report.when != "call" or report.skipped:
+        return report
+    text = cassette.take_unmatched_report()
+    if not text:
+        return report
+    if report.passed:
+        report.outcome = "failed"
+        report.longrepr = text
+    elif callable(add := getattr(report.longrepr, "addsection", None)):
+        add("sse-recorder: unmatched requests", text)  # shown right after the traceback
+    else:
+        report.sections.append(("sse-recorder: unmatched requests", text))
+    return report
