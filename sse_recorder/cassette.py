@@ -26,7 +26,6 @@ from sqlalchemy import (
     Boolean,
     Float,
     ForeignKey,
-    Index,
     Integer,
     LargeBinary,
     String,
@@ -107,9 +106,6 @@ class EventRow(Base):
     offset_ns: Mapped[int] = mapped_column(Integer)
     first_chunk: Mapped[int] = mapped_column(Integer)
     last_chunk: Mapped[int] = mapped_column(Integer)
-
-
-Index("events_by_id", EventRow.interaction_id, EventRow.event_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,13 +354,7 @@ class Cassette:
                 await conn.exec_driver_sql(
                     "INSERT INTO events (interaction_id, seq, kind, type, data, event_id, retry,"
                     " offset_ns, first_chunk, last_chunk) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            iid, e.seq, e.kind, e.type, e.data, e.id, e.retry, e.offset_ns,
-                            e.first_chunk, e.last_chunk,
-                        )
-                        for iid, e in batch.events
-                    ],
+                    [(iid, *event) for iid, event in batch.events],
                 )
             for end in batch.ends:
                 await conn.execute(

@@ -392,6 +392,7 @@ async def _replay_as_proxy(server: Any, host: str, port: int, confdir: Path) -> 
         click.echo(f"mitmproxy CA certificate to trust: {listening.ca_cert}")
         sys.stdout.flush()
 
+    await server.start("127.0.0.1", 0)
     await run_proxy(server, ProxySettings(listen_host=host, listen_port=port, confdir=confdir),
                     ready)
 

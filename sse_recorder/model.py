@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -56,18 +56,17 @@ class ResponseHead:
     http_version: str = "HTTP/1.1"
 
 
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """One body piece exactly as it came off the wire."""
+class Chunk(NamedTuple):
+    """One body piece exactly as it came off the wire (a tuple: cheap to make by the 100k)."""
 
     seq: int
     offset_ns: int
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedEvent:
-    """A parsed SSE event or comment with where and when it completed."""
+class RecordedEvent(NamedTuple):
+    """A parsed SSE event or comment with where and when it completed (a tuple, and so
+    also the row the cassette stores after the interaction id)."""
 
     seq: int
     kind: Literal["event", "comment"]

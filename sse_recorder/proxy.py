@@ -61,10 +61,18 @@ class _Ready:
         self.event.set()
 
 
-async def _run_master(
-    settings: ProxySettings, addons: list[Any], on_ready: Callable[[Listening], None]
+async def run_mitmproxy(
+    settings: ProxySettings,
+    addons: list[Any],
+    on_ready: Callable[[Listening], None],
+    *,
+    handle_signals: bool = True,
+    on_master: Callable[[DumpMaster], None] | None = None,
 ) -> None:
-    """Start mitmproxy with `addons`, announce where it listens, run until a signal."""
+    """Start mitmproxy with `addons`, announce where it listens, run until shut down.
+
+    With `handle_signals`, SIGINT/SIGTERM shut it down (main thread only); otherwise the
+    caller stops it with `master.shutdown()` on the master handed to `on_master`."""
     errors = _StartupErrors()
     logging.getLogger().addHandler(errors)
     try:
@@ -76,26 +84,34 @@ async def _run_master(
             ssl_insecure=settings.ssl_insecure,
         )
         master = DumpMaster(opts, with_termlog=False, with_dumper=False)
-        master.addons.remove(master.addons.get("errorcheck"))
+        master.addons.remove(master.addons.get("errorcheck"))  # it would sys.exit
+        if on_master is not None:
+            on_master(master)
         ready = _Ready()
         master.addons.add(*addons, ready)
         run = asyncio.get_running_loop().create_task(master.run())
         waiter = asyncio.ensure_future(ready.event.wait())
         await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
         proxyserver = master.addons.get("proxyserver")
-        addrs = [addr for server in proxyserver.servers for addr in server.listen_addrs]
-        if run.done() or not addrs:
-            waiter.cancel()
-            master.shutdown()
+        try:
+            addrs = [addr for server in proxyserver.servers for addr in server.listen_addrs]
+            if run.done() or not addrs:
+                waiter.cancel()
+                master.shutdown()
+                await run
+                reason = errors.messages[0] if errors.messages else "proxy did not start"
+                raise SSERecorderError(f"cannot start the proxy: {reason}")
+            if handle_signals:
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, master.shutdown)
+            host, port = addrs[0][:2]
+            on_ready(
+                Listening(f"http://{host}:{port}", settings.confdir / "mitmproxy-ca-cert.pem")
+            )
             await run
-            reason = errors.messages[0] if errors.messages else "proxy did not start"
-            raise SSERecorderError(f"cannot start the proxy: {reason}")
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, master.shutdown)
-        host, port = addrs[0][:2]
-        on_ready(Listening(f"http://{host}:{port}", settings.confdir / "mitmproxy-ca-cert.pem"))
-        await run
+        finally:
+            await proxyserver.servers.update([])  # mitmproxy leaves its sockets open otherwise
     finally:
         logging.getLogger().removeHandler(errors)
 
@@ -131,7 +147,7 @@ async def record(
                 )
 
             addons.insert(0, MatchedReplayRouter(replayer.host, replayer.port, answers))
-        await _run_master(settings, addons, on_ready)
+        await run_mitmproxy(settings, addons, on_ready)
     finally:
         await session.close()  # idempotent: the addon's `done` normally closed it already
         if replayer is not None:
@@ -142,6 +158,5 @@ async def record(
 async def replay(
     server: ReplayServer, settings: ProxySettings, on_ready: Callable[[Listening], None]
 ) -> None:
-    """Serve `server`'s cassette to proxy clients until SIGINT/SIGTERM."""
-    await server.start("127.0.0.1", 0)
-    await _run_master(settings, [ReplayRouter(server.host, server.port)], on_ready)
+    """Serve a started `server`'s cassette to proxy clients until SIGINT/SIGTERM."""
+    await run_mitmproxy(settings, [ReplayRouter(server.host, server.port)], on_ready)

@@ -384,8 +384,8 @@ def _import_mitmproxy() -> bool:
 class _InProcessProxy:
     """mitmproxy on its own thread and loop, rerouting every request to a replay server.
 
-    `proxy.replay` installs signal handlers, which only the main thread may do, and
-    mitmproxy swaps its loop's task factory while it runs: hence a loop of its own."""
+    mitmproxy swaps its loop's task factory while it runs: hence a loop of its own, and
+    no signal handlers (only the main thread may install them)."""
 
     def __init__(self, host: str, port: int, confdir: Path) -> None:
         self._ready: concurrent.futures.Future[str] = concurrent.futures.Future()
@@ -404,33 +404,17 @@ class _InProcessProxy:
     async def _run(self, host: str, port: int, confdir: Path) -> None:
         ready = self._ready
         try:
-            from mitmproxy import options
-            from mitmproxy.tools.dump import DumpMaster
-
+            from .proxy import ProxySettings, run_mitmproxy
             from .replay_addon import ReplayRouter
 
-            class Announce:
-                """Reports where mitmproxy listens once every addon is running."""
+            def on_master(master: Any) -> None:
+                self._master = master
 
-                def running(self) -> None:
-                    proxyserver = master.addons.get("proxyserver")
-                    addrs = [a for s in proxyserver.servers for a in s.listen_addrs]
-                    if not addrs:
-                        ready.set_exception(RuntimeError("mitmproxy is not listening"))
-                        master.shutdown()
-                    else:
-                        ready.set_result(f"http://{addrs[0][0]}:{addrs[0][1]}")
-
-            opts = options.Options(listen_host="127.0.0.1", listen_port=0,
-                                   confdir=str(confdir), mode=["regular"])
-            master: Any = DumpMaster(opts, with_termlog=False, with_dumper=False)
-            master.addons.remove(master.addons.get("errorcheck"))  # it would sys.exit
-            master.addons.add(ReplayRouter(host, port), Announce())
-            self._master = master
-            try:
-                await master.run()
-            finally:  # mitmproxy leaves its listening sockets open after shutdown
-                await master.addons.get("proxyserver").servers.update([])
+            await run_mitmproxy(
+                ProxySettings(confdir=confdir), [ReplayRouter(host, port)],
+                lambda listening: ready.set_result(listening.url),
+                handle_signals=False, on_master=on_master,
+            )
         except BaseException as exc:
             if not ready.done():
                 ready.set_exception(exc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -46,18 +47,34 @@ class _Body:
         self.chunk_starts: list[int] = []  # raw stream position of recent chunks' first byte
         self.first_seq = 0  # seq of chunk_starts[0]
 
-    def feed(self, offset_ns: int, data: bytes, batch: WriteBatch) -> None:
-        seq = self.next_chunk
-        self.next_chunk += 1
+    def feed(self, chunks: list[tuple[int, bytes]], batch: WriteBatch) -> None:
+        """Consecutive chunks of this body, in arrival order: parse once, store redacted."""
+        first_new = self.next_chunk
+        self.next_chunk += len(chunks)
+        events: list[Item] = []
         if self.parser is not None:
-            self.chunk_starts.append(self.position)
-            self.position += len(data)
-            for item in self.parser.feed(data):
-                self._event(item, seq, offset_ns, batch)
+            starts = self.chunk_starts
+            position = self.position
+            for _, data in chunks:
+                starts.append(position)
+                position += len(data)
+            self.position = position
+            joined = chunks[0][1] if len(chunks) == 1 else b"".join(d for _, d in chunks)
+            events = self.parser.feed(joined)
+        released = self.redactor.feed_many(chunks)
+        if events:
+            # Event data can only hold a secret if the raw lines it came from did.
+            redact = self.rules.redact_json_text if self.redactor.redacted else None
+            self._events(events, first_new, chunks, batch, redact)
+        if self.parser is not None:
             self._forget_chunks_before(self.parser)
-        for stored_ns, stored in self.redactor.feed(offset_ns, data):
-            batch.chunks.append((self.iid, self.next_stored, stored_ns, stored))
-            self.next_stored += 1
+        seq = self.next_stored
+        iid = self.iid
+        append = batch.chunks.append
+        for stored_ns, stored in released:
+            append((iid, seq, stored_ns, stored))
+            seq += 1
+        self.next_stored = seq
 
     def finish(self, batch: WriteBatch) -> bool:
         """Store what is held back; returns whether the body ended in the middle of an event."""
@@ -66,21 +83,40 @@ class _Body:
             self.next_stored += 1
         return self.parser is not None and not self.parser.at_event_boundary
 
-    def _event(self, item: Item, seq: int, offset_ns: int, batch: WriteBatch) -> None:
-        first = self.first_seq + max(bisect.bisect_right(self.chunk_starts, item.start) - 1, 0)
-        redact = self.rules.redact_json_text
-        if isinstance(item, Comment):
-            stored = RecordedEvent(
-                self.next_event, "comment", None, redact(item.text.encode()).decode(),
-                None, None, offset_ns, first, seq,
+    def _events(
+        self,
+        items: list[Item],
+        first_new: int,
+        chunks: list[tuple[int, bytes]],
+        batch: WriteBatch,
+        redact: Callable[[bytes], bytes] | None,
+    ) -> None:
+        """Store parsed items with the chunks they span. Items come in stream order, so the
+        chunk holding each one's line ending is found by walking forward (this is per
+        event, on the recorder's hot path)."""
+        starts, base, iid = self.chunk_starts, self.first_seq, self.iid
+        append = batch.events.append
+        last = first_new - base  # index into starts of the chunk being looked at
+        count = len(starts)
+        seq = self.next_event
+        for item in items:
+            end = item.end - 1  # the byte holding its line ending
+            while last + 1 < count and starts[last + 1] <= end:
+                last += 1
+            first = last if starts[last] <= item.start else max(
+                bisect.bisect_right(starts, item.start) - 1, 0
             )
-        else:
-            stored = RecordedEvent(
-                self.next_event, "event", item.type, redact(item.data.encode()).decode(),
-                item.id, item.retry, offset_ns, first, seq,
-            )
-        self.next_event += 1
-        batch.events.append((self.iid, stored))
+            offset_ns = chunks[last - (first_new - base)][0]
+            if isinstance(item, Comment):
+                text = redact(item.text.encode()).decode() if redact else item.text
+                append((iid, RecordedEvent(seq, "comment", None, text, None, None, offset_ns,
+                                           base + first, base + last)))
+            else:
+                data = redact(item.data.encode()).decode() if redact else item.data
+                append((iid, RecordedEvent(seq, "event", item.type, data, item.id, item.retry,
+                                           offset_ns, base + first, base + last)))
+            seq += 1
+        self.next_event = seq
 
     def _forget_chunks_before(self, parser: SSEParser) -> None:
         # Only the chunks of the event being parsed can still be some event's first chunk.
@@ -107,7 +143,11 @@ class RecordingSession:
         self.config = config or RecorderConfig()
         self.on_failure = on_failure
         self.failure: Exception | None = None
-        self._queue: asyncio.Queue[tuple] = asyncio.Queue()
+        # A deque and an Event rather than asyncio.Queue: appending is the hot path, and
+        # Queue.put_nowait costs ~2 us against ~0.1 us.
+        self._queue: deque[tuple] = deque()
+        self._wakeup = asyncio.Event()
+        self._writer_idle = False
         self._cassette: Cassette | None = None
         self._writer: asyncio.Task[None] | None = None
         self._open: set[int] = set()  # interactions begun and not ended (hot-path view)
@@ -125,17 +165,26 @@ class RecordingSession:
         assert self._cassette is not None, "start() first"
         iid = self._cassette.allocate_id()
         self._open.add(iid)
-        self._queue.put_nowait((_BEGIN, iid, started_at, request))
+        self._put((_BEGIN, iid, started_at, request))
         return iid
 
     def head(self, iid: int, head: ResponseHead, offset_ns: int) -> bool:
         """Record the response head; returns whether the body is an event stream."""
         is_sse = _is_event_stream(head.headers)
-        self._queue.put_nowait((_HEAD, iid, offset_ns, head, is_sse))
+        self._put((_HEAD, iid, offset_ns, head, is_sse))
         return is_sse
 
     def chunk(self, iid: int, offset_ns: int, data: bytes) -> None:
-        self._queue.put_nowait((_CHUNK, iid, offset_ns, data))
+        self._queue.append((_CHUNK, iid, offset_ns, data))
+        if self._writer_idle:
+            self._writer_idle = False
+            self._wakeup.set()
+
+    def _put(self, item: tuple) -> None:
+        self._queue.append(item)
+        if self._writer_idle:
+            self._writer_idle = False
+            self._wakeup.set()
 
     def end(
         self,
@@ -150,7 +199,7 @@ class RecordingSession:
         framing cannot show truncation) a stream ending mid-event counts as closed early."""
         if iid in self._open:
             self._open.discard(iid)
-            self._queue.put_nowait((_END, iid, offset_ns, reason, error, check_truncation))
+            self._put((_END, iid, offset_ns, reason, error, check_truncation))
 
     # -- shutdown ------------------------------------------------------------------------
 
@@ -160,7 +209,7 @@ class RecordingSession:
             return
         for iid in list(self._open):
             self.end(iid, EndReason.RECORDING_STOPPED, None, "recording stopped")
-        self._queue.put_nowait((_STOP,))
+        self._put((_STOP,))
         if self._writer is not None:
             await self._writer
         cassette, self._cassette = self._cassette, None
@@ -173,58 +222,89 @@ class RecordingSession:
     # -- the writer ----------------------------------------------------------------------
 
     async def _run(self) -> None:
-        assert self._cassette is not None
+        """Drain the queue in batches, one transaction each. Writing is not overlapped with
+        preparing the next batch on purpose: sqlite3 takes the GIL back for every row, so
+        overlapping makes both sides wait on the GIL (measured: 20% slower)."""
         queue = self._queue
         stopping = False
         while not stopping:
-            item = await queue.get()
+            while not queue:
+                self._wakeup.clear()
+                self._writer_idle = True
+                await self._wakeup.wait()
+            take = min(len(queue), MAX_BATCH)
+            items = [queue.popleft() for _ in range(take)]
             batch = WriteBatch()
-            stopping = self._apply(item, batch)
-            while not stopping and len(batch) < MAX_BATCH and not queue.empty():
-                stopping = self._apply(queue.get_nowait(), batch)
-            if self.failure is not None or not len(batch):
-                continue
-            try:
-                await self._cassette.write(batch)
-                self.chunks_written += len(batch.chunks)
-            except Exception as exc:  # noqa: BLE001 - any storage failure must stop recording
-                self.failure = exc
-                log.error("sse-recorder: cannot write %s: %s", self.cassette_path, exc)
-                if self.on_failure is not None:
-                    self.on_failure(exc)
+            stopping = self._apply(items, batch)
+            if self.failure is None and len(batch):
+                await self._write(batch)
 
-    def _apply(self, item: tuple, batch: WriteBatch) -> bool:
-        kind = item[0]
-        if kind == _CHUNK:
-            _, iid, offset_ns, data = item
-            body = self._bodies.get(iid)
-            if body is None:  # a body with no recorded head: treat as opaque
-                body = self._bodies[iid] = _Body(iid, self.config.redaction, False)
-            body.feed(offset_ns, data, batch)
-        elif kind == _BEGIN:
-            _, iid, started_at, request = item
-            batch.starts.append(InteractionStart(iid, started_at, self._redact_request(request)))
-        elif kind == _HEAD:
-            _, iid, offset_ns, head, is_sse = item
-            rules = self.config.redaction
-            head = ResponseHead(
-                head.status, head.reason, rules.redact_headers(head.headers), head.http_version
-            )
-            self._bodies[iid] = _Body(iid, rules, is_sse)
-            batch.heads.append(HeadUpdate(iid, head, offset_ns, is_sse))
-        elif kind == _END:
-            _, iid, offset_ns, reason, error, check_truncation = item
-            body = self._bodies.pop(iid, None)
-            if body is not None:
-                mid_event = body.finish(batch)
-                if check_truncation and mid_event and reason is EndReason.CLEAN:
-                    reason = EndReason.UPSTREAM_CLOSED
-                    error = "connection closed in the middle of an event"
-            complete = reason is EndReason.CLEAN
-            batch.ends.append(EndUpdate(iid, complete, reason, offset_ns, error))
-        else:
-            return True
+    async def _write(self, batch: WriteBatch) -> None:
+        assert self._cassette is not None
+        try:
+            await self._cassette.write(batch)
+            self.chunks_written += len(batch.chunks)
+        except Exception as exc:  # noqa: BLE001 - any storage failure must stop recording
+            self.failure = exc
+            log.error("sse-recorder: cannot write %s: %s", self.cassette_path, exc)
+            if self.on_failure is not None:
+                self.on_failure(exc)
+
+    def _apply(self, items: list[tuple], batch: WriteBatch) -> bool:
+        """Turn queued items into rows; consecutive chunks of one body are fed together."""
+        run: list[tuple[int, bytes]] = []
+        run_iid = -1
+        for item in items:
+            kind = item[0]
+            if kind == _CHUNK and item[1] == run_iid:
+                run.append((item[2], item[3]))
+                continue
+            if run:
+                self._body(run_iid).feed(run, batch)
+                run = []
+            if kind == _CHUNK:
+                run_iid = item[1]
+                run.append((item[2], item[3]))
+                continue
+            run_iid = -1
+            if kind == _BEGIN:
+                _, iid, started_at, request = item
+                batch.starts.append(
+                    InteractionStart(iid, started_at, self._redact_request(request))
+                )
+            elif kind == _HEAD:
+                _, iid, offset_ns, head, is_sse = item
+                rules = self.config.redaction
+                head = ResponseHead(
+                    head.status, head.reason, rules.redact_headers(head.headers),
+                    head.http_version,
+                )
+                self._bodies[iid] = _Body(iid, rules, is_sse)
+                batch.heads.append(HeadUpdate(iid, head, offset_ns, is_sse))
+            elif kind == _END:
+                self._end(item, batch)
+            else:
+                return True
+        if run:
+            self._body(run_iid).feed(run, batch)
         return False
+
+    def _body(self, iid: int) -> _Body:
+        body = self._bodies.get(iid)
+        if body is None:  # a body with no recorded head: treat as opaque
+            body = self._bodies[iid] = _Body(iid, self.config.redaction, False)
+        return body
+
+    def _end(self, item: tuple, batch: WriteBatch) -> None:
+        _, iid, offset_ns, reason, error, check_truncation = item
+        body = self._bodies.pop(iid, None)
+        if body is not None:
+            mid_event = body.finish(batch)
+            if check_truncation and mid_event and reason is EndReason.CLEAN:
+                reason = EndReason.UPSTREAM_CLOSED
+                error = "connection closed in the middle of an event"
+        complete = reason is EndReason.CLEAN
+        batch.ends.append(EndUpdate(iid, complete, reason, offset_ns, error))
 
     def _redact_request(self, request: RecordedRequest) -> RecordedRequest:
         rules = self.config.redaction

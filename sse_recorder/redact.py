@@ -157,21 +157,35 @@ class StreamRedactor:
         self._rules = rules
         self._held: list[tuple[int, bytes]] = []  # (offset_ns, data) not yet released
         self._held_size = 0
+        self.redacted = False  # whether the last release had anything to redact
 
     def feed(self, offset_ns: int, data: bytes) -> list[tuple[int, bytes]]:
-        self._held.append((offset_ns, data))
-        self._held_size += len(data)
-        if data.endswith((b"\n", b"\r")) or self._held_size > MAX_HELD:
-            return self.flush()
-        return []
+        return self.feed_many([(offset_ns, data)])
+
+    def feed_many(self, chunks: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+        """Take several chunks at once; release all up to the last one ending a line."""
+        held = self._held
+        held.extend(chunks)
+        self._held_size += sum(len(data) for _, data in chunks)
+        last = len(held) - 1
+        while last >= 0 and not held[last][1].endswith((b"\n", b"\r")):
+            last -= 1
+        if self._held_size > MAX_HELD:
+            last = len(held) - 1
+        if last < 0:
+            return []
+        ready, self._held = held[: last + 1], held[last + 1 :]
+        self._held_size = sum(len(data) for _, data in self._held)
+        return self._redact(ready)
 
     def flush(self) -> list[tuple[int, bytes]]:
         ready, self._held, self._held_size = self._held, [], 0
         return self._redact(ready) if ready else []
 
     def _redact(self, chunks: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-        region = b"".join(data for _, data in chunks)
+        region = chunks[0][1] if len(chunks) == 1 else b"".join(data for _, data in chunks)
         spans = self._rules.json_spans(region)
+        self.redacted = bool(spans)
         if not spans:
             return chunks
         out = bytearray()

@@ -84,45 +84,40 @@ class SSEParser:
         items: list[Item] = []
         base = self._position
         self._position += len(chunk)
-        i = 0
         if self._after_cr and chunk:
             self._after_cr = False
-            if chunk[0] == 0x0A:
-                i = 1
-                self._pending_start = base + 1
-        n = len(chunk)
-        cr = lf = -2  # next CR / LF at or after i; -1 when there is none left
-        while i < n:
-            if -1 < cr < i or cr == -2:
-                cr = chunk.find(b"\r", i)
-            if -1 < lf < i or lf == -2:
-                lf = chunk.find(b"\n", i)
-            if cr < 0 and lf < 0:
+            if chunk[0] == 0x0A:  # the LF of a CRLF split across chunks
+                chunk = chunk[1:]
+                base += 1
+                self._pending_start = base
+        position = base
+        pending = self._pending
+        # bytes.splitlines breaks on exactly CR, LF and CRLF: the spec's line endings.
+        for piece in chunk.splitlines(True):
+            size = len(piece)
+            last = piece[-1]
+            if last == 0x0A:
+                cut = 2 if size > 1 and piece[-2] == 0x0D else 1
+            elif last == 0x0D:
+                cut = 1
+                if position + size == base + len(chunk):
+                    self._after_cr = True  # an LF may still follow in the next chunk
+            else:  # the unterminated tail of the chunk
+                if not pending:
+                    self._pending_start = position
+                pending += piece
                 break
-            end = lf if cr < 0 or (0 <= lf < cr) else cr
-            if self._pending:
-                self._pending += chunk[i:end]
-                line = bytes(self._pending)
-                self._pending.clear()
+            if pending:
+                pending += piece[:-cut]
+                line = bytes(pending)
+                pending.clear()
             else:
-                line = chunk[i:end]
-            line_start = self._pending_start
-            next_i = end + 1
-            if chunk[end] == 0x0D:
-                if end + 1 < n:
-                    if chunk[end + 1] == 0x0A:
-                        next_i = end + 2
-                else:
-                    self._after_cr = True
-            item = self._process_line(line, line_start, base + end + 1)
+                line = piece[:-cut]
+            item = self._process_line(line, self._pending_start, position + size - cut + 1)
             if item is not None:
                 items.append(item)
-            i = next_i
-            self._pending_start = base + i
-        if i < n:
-            if not self._pending:
-                self._pending_start = base + i
-            self._pending += chunk[i:]
+            position += size
+            self._pending_start = position
         return items
 
     def close(self) -> list[Item]:
@@ -144,12 +139,17 @@ class SSEParser:
     def _process_line(self, raw: bytes, start: int, end: int) -> Item | None:
         if not raw:
             return self._dispatch(end)
+        if self._block_start is None and raw[0] != 0x3A:
+            self._block_start = start
+        if raw.startswith(b"data") and (len(raw) == 4 or raw[4] == 0x3A):  # the common case
+            value = raw[6:] if raw[5:6] == b" " else raw[5:]
+            self._data.append(value.decode("utf-8", errors="replace"))
+            self._has_data = True
+            return None
         line = raw.decode("utf-8", errors="replace")
         if line[0] == ":":
             text = line[1:]
             return Comment(text[1:] if text.startswith(" ") else text, start, end)
-        if self._block_start is None:
-            self._block_start = start
         name, colon, value = line.partition(":")
         if colon and value.startswith(" "):
             value = value[1:]

@@ -432,8 +432,10 @@ def test_event_chunk_attribution_for_any_chunking(
 
     body = _Body(1, RedactionRules(), is_sse=True)
     batch = WriteBatch()
-    for seq, chunk in enumerate(chunks):
-        body.feed(seq * 10, chunk, batch)
+    group = data.draw(st.integers(1, 4), label="chunks fed per call (the writer batches)")
+    timed = [(seq * 10, chunk) for seq, chunk in enumerate(chunks)]
+    for start in range(0, len(timed), group):
+        body.feed(timed[start : start + group], batch)
     body.finish(batch)
 
     def chunk_holding(position: int) -> int:
@@ -457,8 +459,8 @@ def test_writer_state_stays_bounded_on_a_long_stream() -> None:
     body = _Body(1, RedactionRules(), is_sse=True)
     batch = WriteBatch()
     for seq in range(2000):
-        body.feed(seq, b"data: %d\n\n" % seq if seq % 2 else b"data: half", batch)
-        body.feed(seq, b" done\n\n" if seq % 2 == 0 else b"", batch)
+        body.feed([(seq, b"data: %d\n\n" % seq if seq % 2 else b"data: half")], batch)
+        body.feed([(seq, b" done\n\n" if seq % 2 == 0 else b"")], batch)
     assert len(batch.events) == 2000
     assert len(body.chunk_starts) <= 2  # only the chunks of the event still being parsed
     assert batch.events[-2][1].first_chunk == 3996 and batch.events[-2][1].last_chunk == 3997
