@@ -3,11 +3,11 @@
 It stays up for the whole benchmark (no interpreter start-up next to a measured stream) and
 takes one JSON request per stdin line, answering with one JSON line:
   request: {"url": str, "timeout": float, "stamps": bool}
-  reply:   {"status", "ending", "events", "bytes", "chunks", "head_ns", "first_ns", "last_ns",
-            "delays_ns": [...] (with "stamps"), or "error": str}
-Times are ns from the request being sent. A delay is the client's receive `monotonic_ns`
-minus the server's `monotonic_ns` embedded in the event (`/ticks?stamp=1`); CLOCK_MONOTONIC
-is system-wide on Linux, so the two clocks are the same clock.
+  reply:   {"status", "ending", "events", "bytes", "chunks", "sent_at_ns", "head_ns",
+            "first_ns", "last_ns", "delays_ns": [...] (with "stamps"), or "error": str}
+`sent_at_ns` is `monotonic_ns()` when the request was sent; the other times are ns from it.
+A delay is the client's receive `monotonic_ns` minus the server's `monotonic_ns` embedded in
+the event (`/ticks?stamp=1`); CLOCK_MONOTONIC is system-wide on Linux, so it is one clock.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def summarize(result: ProbeResult, stamps: bool) -> dict[str, Any]:
         "events": events,
         "bytes": size,
         "chunks": len(result.chunks),
+        "sent_at_ns": result.sent_at_ns,
         "head_ns": result.head_ns,
         "first_ns": result.chunks[0][0] if result.chunks else None,
         "last_ns": result.chunks[-1][0] if result.chunks else None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -125,6 +126,60 @@ class Service:
             self.popen.kill()
             self.popen.wait()
             raise BenchError(f"{self.name} did not stop within {timeout} s") from None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a process, all threads (Linux /proc), or None elsewhere.
+
+    Wall-clock rates hide work a process defers; its CPU time does not.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU time all CPUs spent busy, hypervisor steal included (Linux /proc/stat), or None."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class ForeignLoad:
+    """How busy the box was with *other* work while a section ran, in CPUs.
+
+    The box is shared (other sessions run tests in parallel): a reader of the results needs
+    to know whether a figure was taken on a quiet machine.
+    """
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self.pids = [*pids, os.getpid()]
+        self._start = self._sample()
+
+    def _sample(self) -> tuple[float, float | None, float | None]:
+        own = [cpu_seconds(pid) for pid in self.pids]
+        own_total = None if any(v is None for v in own) else sum(v for v in own if v is not None)
+        return time.monotonic(), busy_cpu_seconds(), own_total
+
+    def cpus(self) -> float:
+        """Average CPUs used by other processes since construction (NaN if unknown)."""
+        t0, busy0, own0 = self._start
+        t1, busy1, own1 = self._sample()
+        if None in (busy0, busy1, own0, own1) or t1 <= t0:
+            return math.nan
+        assert busy0 is not None and busy1 is not None and own0 is not None and own1 is not None
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+
+    def describe(self) -> str:
+        value = self.cpus()
+        if math.isnan(value):
+            return "other processes' CPU use during this section: unknown"
+        return f"other processes used {value:.2f} of {os.cpu_count()} CPUs during this section"
 
 
 def demo_upstream(log_dir: Path) -> tuple[Service, str]:
