@@ -24,7 +24,7 @@ from .sse import Comment, Item, SSEParser
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 1024  # queue items per transaction: ~6 ms of work, so the proxy loop is never held long
+MAX_BATCH = 1024  # items per transaction: ~6 ms of work, so the proxy loop is never held long
 
 
 @dataclass(frozen=True)
