@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .routes import Route
-from .sse import Event, SSEParser
+from .sse import Comment, Event, Item, SSEParser
 
 # -- value parsing ---------------------------------------------------------------------------
 
@@ -174,7 +174,11 @@ def _fault(type_: str, raw: dict[str, Any], spec: str) -> Fault:
         raise ConfigError(f"{spec}: on_resume must be fresh or none")
     route = Route.parse(str(raw["route"])) if "route" in raw else None
     fault = Fault(type_, params, route, probability, per == "event", on_resume, spec)
-    _validate(fault)
+    try:
+        _validate(fault)
+    except ConfigError as exc:  # a bad duration or size names its key: name the spec too
+        message = str(exc)
+        raise ConfigError(message if message.startswith(spec) else f"{spec}: {message}") from None
     return fault
 
 
@@ -355,7 +359,10 @@ def split_at_events(chunks: Iterable[tuple[float, bytes]]) -> Iterator[Piece]:
         start = position
         position += len(data)
         cursor = 0
-        for item in parser.feed(data):
+        items = parser.feed(data)
+        for index, item in enumerate(items):
+            if isinstance(item, Comment) and _inside_block(item, items[index + 1 :], parser):
+                continue  # a comment line inside an event: cutting there would split it
             cut = item.end - start
             if data[cut : cut + 1] == b"\n" and data[cut - 1 : cut] == b"\r":
                 cut += 1  # the LF of the CRLF that ended the block
@@ -366,6 +373,15 @@ def split_at_events(chunks: Iterable[tuple[float, bytes]]) -> Iterator[Piece]:
                 cursor = cut
         if cursor < len(data):
             yield Piece(due, data[cursor:], events, parser.at_event_boundary)
+
+
+def _inside_block(comment: Comment, later: Sequence[Item], parser: SSEParser) -> bool:
+    """Whether a comment came between the field lines of an event (its block began before
+    the comment): the next event says so, or, when none ended yet, the block still open."""
+    following = next((item for item in later if isinstance(item, Event)), None)
+    if following is not None:
+        return following.start < comment.start
+    return parser.earliest_open_position < comment.start
 
 
 def _event_bytes(shape: str | None, event: str | None, data: str | None) -> bytes:
@@ -484,6 +500,7 @@ class FaultRun:
         stream = self._timing(stream)
         stream = self._rechunk(stream)
         stream = self._throttle(stream)
+        stream = self._deadline(stream)
         yield from stream
 
     def _content(self, stream: Iterable[Piece | Ending]) -> Iterator[Piece | Ending]:
@@ -587,12 +604,6 @@ class FaultRun:
                         self._fired(fault, piece.due, bytes=limit, how=how)
                         yield Ending(how, piece.due)
                         return
-                elif "after" in p:
-                    limit_s = fault.get_duration("after") or 0.0
-                    if piece.due >= limit_s:
-                        self._fired(fault, limit_s, how=how)
-                        yield Ending(how, limit_s)
-                        return
                 elif "mid_event" in p and piece.boundary and piece.events == fault.get_int(
                     "mid_event"
                 ):
@@ -680,6 +691,22 @@ class FaultRun:
                     shift += duration
                     self._fired(fault, due, event=piece.events,
                                 duration_ms=round(duration * 1000, 3))
+
+    def _deadline(self, stream: Iterable[Piece | Ending]) -> Iterator[Piece | Ending]:
+        """`drop:after=T`: last, so T counts the time pauses, latency and throttling add."""
+        drops = [f for f, _ in self._of("drop") if "after" in f.params]
+        if not drops:
+            yield from stream
+            return
+        fault = min(drops, key=lambda f: f.get_duration("after") or 0.0)
+        limit = fault.get_duration("after") or 0.0
+        for action in stream:
+            if action.due >= limit:
+                how = fault.params.get("how", "fin")
+                self._fired(fault, limit, how=how)
+                yield Ending(how, limit)
+                return
+            yield action
 
     def _rechunk(self, stream: Iterable[Piece | Ending]) -> Iterator[Piece | Ending]:
         rechunks = self._of("rechunk")

@@ -87,7 +87,8 @@ async def test_live_delivery_and_exact_recording(
     # Live: each event reaches the client a few ms after the upstream wrote it, as direct.
     direct_delays, proxied_delays = delays_ms(direct), delays_ms(proxied)
     assert statistics.median(proxied_delays) < statistics.median(direct_delays) + 3
-    assert sorted(proxied_delays)[-3] < 20  # allow two scheduler hiccups on a busy box
+    # p90, not the max: a busy 2-core box stalls a few events now and then
+    assert statistics.quantiles(proxied_delays, n=10)[-1] < 20, proxied_delays
     assert proxy.stop() == 0
 
     [recording] = await load(tmp_path / "cassette.sqlite")
@@ -100,7 +101,8 @@ async def test_live_delivery_and_exact_recording(
     upstream_gaps = [stamp_ns(b.data) - stamp_ns(a.data) for a, b in zip(chunks, chunks[1:],
                                                                           strict=False)]
     errors_ms = [abs(r - u) / 1e6 for r, u in zip(recorded_gaps, upstream_gaps, strict=True)]
-    assert statistics.median(errors_ms) < 1.0 and sorted(errors_ms)[-3] < 10
+    assert statistics.median(errors_ms) < 1.0, errors_ms
+    assert statistics.quantiles(errors_ms, n=10)[-1] < 10, errors_ms
 
 
 @pytest.mark.parametrize(

@@ -230,7 +230,8 @@ def assert_live(delays: list[float], reference: list[float] | None = None) -> No
     would show delays of hundreds of ms). Generous: the box has 2 vCPUs and may be busy."""
     limit = (statistics.median(reference) if reference else 0) + 5
     assert statistics.median(delays) < limit, delays
-    assert sorted(delays)[-3] < 50, delays  # allow two scheduler hiccups
+    # p90, not the max: a busy 2-core box stalls a few events now and then
+    assert statistics.quantiles(delays, n=10)[-1] < 25, delays
 
 
 def assert_gaps_follow_stamps(chunks: list[Chunk]) -> None:
@@ -238,7 +239,8 @@ def assert_gaps_follow_stamps(chunks: list[Chunk]) -> None:
     pairs = list(zip(chunks, chunks[1:], strict=False))
     errors_ms = [abs((b.offset_ns - a.offset_ns) - (stamp_ns(b.data) - stamp_ns(a.data))) / 1e6
                  for a, b in pairs]
-    assert statistics.median(errors_ms) < 1.0 and sorted(errors_ms)[-3] < 25, errors_ms
+    assert statistics.median(errors_ms) < 1.0, errors_ms
+    assert statistics.quantiles(errors_ms, n=10)[-1] < 10, errors_ms
 
 
 def report(label: str, delays: list[float]) -> None:

@@ -1,0 +1,773 @@
+"""Unit tests for the fault spec language and the pure stream transformer (`faults.py`).
+
+Everything here is in-process and synchronous: specs are parsed, plans are loaded from TOML
+written to a temporary directory, and `FaultRun.transform` is applied to small synthetic
+streams whose bytes and timings are known exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sse_recorder.errors import ConfigError
+from sse_recorder.faults import (
+    FAULT_TYPES,
+    HTTP_BODIES,
+    SHAPES,
+    Ending,
+    FaultPlan,
+    FaultRun,
+    Piece,
+    describe_types,
+    parse_duration,
+    parse_size,
+    parse_spec,
+    split_at_events,
+)
+from sse_recorder.sse import Comment, Event, SSEParser, encode_event, parse
+
+HYPOTHESIS = settings(
+    max_examples=200,
+    deadline=None,
+    database=None,  # keep the working tree clean
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+Action = Piece | Ending
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def tick(i: int) -> bytes:
+    return encode_event(json.dumps({"i": i}), id=str(i))
+
+
+def ticks(n: int = 5, gap: float = 0.1) -> list[tuple[float, bytes]]:
+    """n one-event chunks, `gap` seconds apart from 0."""
+    return [(round(i * gap, 6), tick(i)) for i in range(n)]
+
+
+def run_of(*specs: str, seed: int = 0, number: int = 0, method: str = "GET",
+           path: str = "/stream", resumed: bool = False) -> FaultRun:
+    return FaultPlan.load(specs, seed=seed).for_connection(number, method, "example.com", path,
+                                                           resumed)
+
+
+def apply(run: FaultRun, chunks: Iterable[tuple[float, bytes]]) -> list[Action]:
+    """What the server does: cut at events only when a fault needs it, then transform."""
+    chunks = list(chunks)
+    pieces: Iterable[Piece] = (
+        split_at_events(chunks) if run.needs_events() else (Piece(d, b) for d, b in chunks)
+    )
+    return list(run.transform(pieces))
+
+
+def transformed(*specs: str, chunks: Iterable[tuple[float, bytes]] | None = None,
+                **kw: object) -> tuple[list[Action], FaultRun]:
+    run = run_of(*specs, **kw)  # type: ignore[arg-type]
+    return apply(run, ticks() if chunks is None else chunks), run
+
+
+def pieces_of(actions: Sequence[Action]) -> list[Piece]:
+    return [a for a in actions if isinstance(a, Piece)]
+
+
+def body(actions: Sequence[Action]) -> bytes:
+    return b"".join(p.data for p in pieces_of(actions))
+
+
+def ending(actions: Sequence[Action]) -> Ending | None:
+    endings = [a for a in actions if isinstance(a, Ending)]
+    assert len(endings) <= 1 and (not endings or actions[-1] is endings[0])
+    return endings[0] if endings else None
+
+
+def events(data: bytes) -> list[Event]:
+    return [item for item in parse(data) if isinstance(item, Event)]
+
+
+def ids(data: bytes) -> list[str | None]:
+    return [e.id for e in events(data)]
+
+
+def dues(actions: Sequence[Action]) -> list[float]:
+    return [a.due for a in actions]
+
+
+STREAM = b"".join(data for _, data in ticks())
+
+
+# -- value parsing ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("250ms", 0.25), ("2s", 2.0), ("1.5", 1.5), ("1m", 60.0), (" 10 ms ", 0.01), ("0", 0.0),
+    (3, 3.0), (0.5, 0.5),
+])
+def test_durations(text: str | float, seconds: float) -> None:
+    assert parse_duration(text, "x") == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-1s", "1h", "2 s s", "1e3"])
+def test_bad_durations_name_the_key(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"^pause\.duration: bad duration"):
+        parse_duration(text, "pause.duration")
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("512", 512), ("10K", 10240), ("10k", 10240), ("1M", 1 << 20), ("1.5K", 1536),
+    ("2KB", 2048), ("1KiB", 1024), ("20K/s", 20480), ("1G", 1 << 30), (64, 64),
+])
+def test_sizes(text: str | int, size: int) -> None:
+    assert parse_size(text, "x") == size
+
+
+@pytest.mark.parametrize("text", ["", "fast", "-5", "1T", "10 K B"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(ConfigError, match="bad size"):
+        parse_size(text, "throttle.rate")
+
+
+# -- specs and their validation --------------------------------------------------------------
+
+GOOD = [
+    "throttle:rate=1K", "throttle:rate=20480",
+    "latency:head=500ms", "latency:chunk=20ms,jitter=10ms,dist=normal",
+    "latency:chunk=20ms,jitter=5ms,dist=lognormal", "latency:chunk=1ms,dist=uniform",
+    "pause:after_event=5,duration=30s", "pause:at=2s,duration=1s", "pause:duration=1s,per=event",
+    "stall:after_event=12", "stall:at=1s",
+    "rechunk:mode=bytes,size=3", "rechunk:mode=random,min=1,max=8", "rechunk:mode=byte",
+    "rechunk:mode=event", "rechunk:mode=coalesce", "rechunk:mode=adversarial",
+    "drop:after_events=12,how=rst", "drop:after_bytes=1K", "drop:after=2s,how=fin",
+    "drop:mid_event=3", "drop:per=event,p=0.1",
+    "http:status=429,retry_after=2,shape=openai", "http:status=529,shape=anthropic",
+    "http:status=503", "http:status=500,body=oops,header=X-Why: testing",
+    "refuse", "no-head", "refuse:p=0.5",
+    "inject:at_event=3,shape=anthropic-overloaded", "inject:event=note,data=hello",
+    "inject:shape=warning,per=event,p=0.2",
+    "heartbeat:every=5s", "heartbeat:every=250ms,style=ping",
+    "retry:value=1000",
+    "corrupt:mode=json,at_event=2", "corrupt:mode=omit", "corrupt:mode=utf8,per=event,p=0.5",
+    "drop:after_events=4,on_resume=none,route=/ci/*",
+    "http:status=503,route=POST /v1/chat/*",
+]
+
+
+@pytest.mark.parametrize("spec", GOOD)
+def test_good_specs_parse(spec: str) -> None:
+    fault = parse_spec(spec)
+    assert fault.type == spec.partition(":")[0]
+    assert fault.spec == spec
+
+
+def test_spec_fields() -> None:
+    fault = parse_spec("drop:after_events=4,how=rst,p=0.25,per=event,on_resume=none,"
+                       "route=POST */v1/chat/*")
+    assert fault.params == {"after_events": "4", "how": "rst"}
+    assert fault.probability == 0.25 and fault.per_event and fault.on_resume == "none"
+    assert fault.applies_to("POST", "api.openai.com", "/v1/chat/completions")
+    assert not fault.applies_to("GET", "api.openai.com", "/v1/chat/completions")
+    assert not fault.applies_to("POST", "api.openai.com", "/v1/messages")
+    assert parse_spec("refuse").applies_to("GET", "any", "/thing")
+
+
+BAD = [
+    ("bogus", "unknown fault type 'bogus'"),
+    ("", "unknown fault type ''"),
+    ("drop:after_events=3,color=red", "drop does not take color"),
+    ("refuse:after_events=1", "refuse does not take after_events"),
+    ("drop:after_events", "expected key=value, got 'after_events'"),
+    ("drop:=3", "expected key=value"),
+    ("drop:after_events=3,p=1.5", "p must be between 0 and 1"),
+    ("drop:after_events=3,p=-0.1", "p must be between 0 and 1"),
+    ("drop:after_events=3,p=often", "p must be a number"),
+    ("drop:after_events=3,per=request", "per must be connection or event"),
+    ("drop:after_events=3,on_resume=later", "on_resume must be fresh or none"),
+    ("drop:after_events=3,route=http://x/y", "routes have no scheme"),
+    ("throttle", "throttle needs rate"),
+    ("throttle:rate=0", "throttle needs rate"),
+    ("throttle:rate=fast", "throttle:rate=fast: throttle.rate: bad size 'fast'"),
+    ("latency:head=soon", "latency:head=soon: latency.head: bad duration 'soon'"),
+    ("latency:chunk=1ms,dist=pareto", "dist must be fixed, uniform, normal or lognormal"),
+    ("pause:after_event=2", "pause needs duration="),
+    ("pause:duration=1s", "pause needs duration= and after_event= or at="),
+    ("pause:after_event=-1,duration=1s", "after_event must be >= 0"),
+    ("pause:after_event=x,duration=1s", "after_event must be a whole number"),
+    ("stall:after_event=1.5", "after_event must be a whole number"),
+    ("rechunk:mode=zigzag", "mode must be one of bytes, random, byte"),
+    ("rechunk:mode=bytes", "rechunk mode=bytes needs size >= 1"),
+    ("rechunk:mode=bytes,size=0", "rechunk mode=bytes needs size >= 1"),
+    ("rechunk:mode=random,min=8,max=2", "rechunk random needs 1 <= min <= max"),
+    ("drop:how=rst", "drop needs exactly one of after_events"),
+    ("drop:after_events=1,after_bytes=10", "drop needs exactly one of"),
+    ("drop:after_events=2,how=maybe", "how must be fin or rst"),
+    ("drop:after_bytes=lots", "bad size 'lots'"),
+    ("drop:after=later", "bad duration 'later'"),
+    ("http", "http needs status=100..599"),
+    ("http:status=700", "http needs status=100..599"),
+    ("http:status=abc", "status must be a whole number"),
+    ("http:status=429,shape=google", "shape must be text, openai or anthropic"),
+    ("inject:at_event=1", "inject needs shape="),
+    ("inject:at_event=1,shape=nope", "shape must be one of error, warning"),
+    ("heartbeat", "heartbeat needs every=DURATION > 0"),
+    ("heartbeat:every=0s", "heartbeat needs every=DURATION > 0"),
+    ("heartbeat:every=1s,style=loud", "style must be comment or ping"),
+    ("retry", "retry needs value=MILLISECONDS"),
+    ("retry:value=soon", "value must be a whole number"),
+    ("corrupt:at_event=2", "mode must be one of field, utf8, json, duplicate, omit"),
+    ("corrupt:mode=scramble", "mode must be one of"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), BAD)
+def test_bad_specs_name_the_bad_part(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_spec(spec)
+    text = str(info.value)
+    assert message in text and "\n" not in text
+
+
+def test_every_type_is_described_and_has_a_valid_example() -> None:
+    text = describe_types()
+    for name, (_, example) in FAULT_TYPES.items():
+        assert f"  {name} " in text
+        parse_spec(example.split("  ")[0].split(" (")[0])  # the example, without notes
+    assert "route=" in text and "on_resume=" in text
+
+
+# -- plans -----------------------------------------------------------------------------------
+
+PLAN = """
+seed = 42
+
+[[fault]]
+type = "drop"
+after_events = 4
+how = "rst"
+route = "/ci/*"
+p = 0.5
+on_resume = "none"
+
+[[fault]]
+type = "http"
+status = 429
+retry_after = 2
+shape = "openai"
+route = "POST /v1/chat/completions"
+
+[[fault]]
+type = "throttle"
+rate = 2048
+"""
+
+
+def test_toml_plan(tmp_path: Path) -> None:
+    path = tmp_path / "plan.toml"
+    path.write_text(PLAN)
+    plan = FaultPlan.load(["stall:after_event=1"], path)
+    assert plan.seed == 42
+    assert [f.type for f in plan.faults] == ["drop", "http", "throttle", "stall"]
+    drop = plan.faults[0]
+    assert drop.probability == 0.5 and drop.on_resume == "none"
+    assert drop.spec == f"{path} fault #1"
+    assert plan.faults[1].get_int("retry_after") == 2
+    assert FaultPlan.load([], path, seed=7).seed == 7  # --seed wins
+    assert FaultPlan.load(["refuse"]).seed == 0
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("seed = [\n", "not valid TOML"),
+    ("colour = 1\n", "unknown top-level key(s) colour"),
+    ('seed = "x"\n', "seed must be an integer"),
+    ("fault = 3\n", "faults are [[fault]] tables"),
+    ("[[fault]]\nafter_events = 1\n", "fault #1 needs a type"),
+    ('[[fault]]\ntype = "refuse"\n[[fault]]\ntype = "drop"\nafter_events = 2\nhow = "maybe"\n',
+     "fault #2: how must be fin or rst"),
+    ('[[fault]]\ntype = "latency"\nhead = "soon"\n', "fault #1: latency.head: bad duration"),
+    ('[[fault]]\ntype = "warp"\n', "unknown fault type 'warp'"),
+])
+def test_bad_plans(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "plan.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        FaultPlan.load([], path)
+    assert message in str(info.value) and str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_plan(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the fault plan: No such file"):
+        FaultPlan.load([], tmp_path / "absent.toml")
+
+
+# -- choosing faults per connection ----------------------------------------------------------
+
+
+def chosen(plan: FaultPlan, number: int, method: str = "GET", path: str = "/s",
+           resumed: bool = False) -> list[str]:
+    return [f.spec for f, _ in plan.for_connection(number, method, "h", path, resumed).chosen]
+
+
+def test_for_connection_is_a_function_of_seed_and_number() -> None:
+    specs = ["drop:after_events=3,p=0.5", "refuse:p=0.3", "inject:shape=error,per=event,p=0.5"]
+    first = [chosen(FaultPlan.load(specs, seed=11), n) for n in range(50)]
+    again = [chosen(FaultPlan.load(specs, seed=11), n) for n in range(50)]
+    other = [chosen(FaultPlan.load(specs, seed=12), n) for n in range(50)]
+    assert first == again and first != other
+    drops = sum("drop:after_events=3,p=0.5" in c for c in first)
+    assert 10 < drops < 40  # p=0.5 over 50 connections
+    assert all(specs[2] in c for c in first)  # per=event faults are always in play
+    # The draws for one connection do not depend on the order connections are asked for.
+    plan = FaultPlan.load(specs, seed=11)
+    assert [chosen(plan, n) for n in reversed(range(50))] == first[::-1]
+
+
+def test_per_event_draws_are_reproducible() -> None:
+    spec = "inject:shape=warning,per=event,p=0.5"
+    chunks = ticks(20, 0.0)
+    first, second, third = (run_of(spec, seed=s, number=3) for s in (5, 5, 6))
+    a, b, c = (apply(r, chunks) for r in (first, second, third))
+    assert body(a) == body(b) and first.log == second.log
+    assert first.log != third.log
+    fired = [e["event"] for e in first.log]
+    assert 2 <= len(fired) <= 19 and fired == sorted(fired)
+
+
+def test_route_and_resume_filters() -> None:
+    plan = FaultPlan.load(["drop:after_events=1,route=/ci/*,on_resume=none",
+                           "http:status=503,route=POST /v1/chat/*", "throttle:rate=1K"])
+    assert chosen(plan, 0, "GET", "/ci/logs") == [plan.faults[0].spec, plan.faults[2].spec]
+    assert chosen(plan, 0, "GET", "/ci/logs", resumed=True) == [plan.faults[2].spec]
+    assert chosen(plan, 0, "POST", "/v1/chat/completions") == [plan.faults[1].spec,
+                                                               plan.faults[2].spec]
+    assert chosen(plan, 0, "GET", "/v1/chat/completions") == [plan.faults[2].spec]
+
+
+def test_probability_zero_and_one() -> None:
+    plan = FaultPlan.load(["refuse:p=0", "no-head:p=1"], seed=3)
+    assert all(chosen(plan, n) == ["no-head:p=1"] for n in range(20))
+
+
+# -- split_at_events -------------------------------------------------------------------------
+
+
+@st.composite
+def sse_streams(draw: st.DrawFn) -> bytes:
+    """Events (multi-line, multi-byte data, names, ids) and comments, with LF, CRLF or CR
+    line endings, sometimes a comment between an event's fields."""
+    newline = draw(st.sampled_from(["\n", "\r\n", "\r"]))
+    text = st.text(st.sampled_from("ab xé데ü€😀{}\":\n"), max_size=12)
+    blocks: list[bytes] = []
+    for _ in range(draw(st.integers(0, 8))):
+        kind = draw(st.sampled_from(["event", "event", "comment", "inner-comment", "retry"]))
+        if kind == "comment":
+            blocks.append(encode_event(comment=draw(st.sampled_from(["hb", "", "x y"])),
+                                       newline=newline))
+        elif kind == "retry":
+            blocks.append(encode_event(retry=draw(st.integers(0, 5000)), newline=newline))
+        else:
+            block = encode_event(draw(text), event=draw(st.sampled_from([None, "update"])),
+                                 id=draw(st.sampled_from([None, "7"])), newline=newline)
+            if kind == "inner-comment":  # `: note` after the first line of the block
+                first = block.index(newline.encode()) + len(newline)
+                block = block[:first] + f": note{newline}".encode() + block[first:]
+            blocks.append(block)
+    return b"".join(blocks)
+
+
+@st.composite
+def chunked(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
+    stream = draw(sse_streams())
+    points = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    bounds = [0, *points, len(stream)]
+    return stream, [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def ends(pieces: Sequence[Piece]) -> list[int]:
+    out, total = [], 0
+    for piece in pieces:
+        total += len(piece.data)
+        out.append(total)
+    return out
+
+
+@HYPOTHESIS
+@given(chunked())
+def test_split_at_events_keeps_bytes_and_cuts_at_every_event(
+    case: tuple[bytes, list[bytes]],
+) -> None:
+    stream, chunks = case
+    pieces = list(split_at_events((float(i), c) for i, c in enumerate(chunks)))
+    assert b"".join(p.data for p in pieces) == stream
+    assert all(p.data for p in pieces)
+    positions = ends(pieces)
+    cuts = {0, *positions}
+    found = events(stream)
+    for number, event in enumerate(found, start=1):
+        # The event's end (its CRLF's LF included when it came in the same chunk) is a cut,
+        # and the piece ending there is a boundary that counts this event.
+        end = event.end
+        if end not in cuts:
+            assert stream[end - 1 : end + 1] == b"\r\n" and end + 1 in cuts
+            end += 1
+        piece = pieces[positions.index(end)]
+        assert piece.boundary and piece.events == number
+    for piece, end in zip(pieces, positions, strict=True):
+        assert piece.events == sum(e.end <= end for e in found)
+        if piece.boundary:  # never inside an event (a comment between its fields included)
+            assert not any(e.start < end < e.end for e in found), (piece, found)
+    # Each piece keeps the due time of the chunk it came from, in order.
+    assert [p.due for p in pieces] == sorted(p.due for p in pieces)
+
+
+def test_split_at_events_on_a_known_stream() -> None:
+    chunks = [(0.0, b"data: a\n\ndata: b\n"), (0.5, b"\n: hb\n"), (0.7, b"\ndata: c\r"),
+              (0.9, b"\n\r\n")]
+    pieces = list(split_at_events(chunks))
+    assert pieces == [
+        Piece(0.0, b"data: a\n\n", 1, True), Piece(0.0, b"data: b\n", 1, False),
+        Piece(0.5, b"\n", 2, True), Piece(0.5, b": hb\n", 2, True),
+        Piece(0.7, b"\ndata: c\r", 2, False), Piece(0.9, b"\n\r\n", 3, True),
+    ]
+
+
+def test_split_at_events_does_not_cut_at_a_comment_inside_an_event() -> None:
+    pieces = list(split_at_events([(0.0, b"data: a\n: c\ndata: b\n\n: hb\n\n")]))
+    assert [p.data for p in pieces] == [b"data: a\n: c\ndata: b\n\n", b": hb\n", b"\n"]
+    across = list(split_at_events([(0.0, b"data: a\n: c\n"), (1.0, b"data: b\n\n")]))
+    assert [(p.data, p.boundary) for p in across] == [(b"data: a\n: c\n", False),
+                                                      (b"data: b\n\n", True)]
+
+
+# -- the transform, stage by stage -----------------------------------------------------------
+
+
+def test_no_faults_is_the_identity() -> None:
+    actions, run = transformed()
+    assert body(actions) == STREAM and ending(actions) is None and run.log == []
+    assert dues(actions) == [d for d, _ in ticks()]
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+def test_drop_after_events(how: str) -> None:
+    actions, run = transformed(f"drop:after_events=2,how={how}")
+    assert ids(body(actions)) == ["0", "1"]
+    assert ending(actions) == Ending(how, 0.1)
+    assert run.log == [{"fault": f"drop:after_events=2,how={how}", "type": "drop",
+                        "at_ms": 100.0, "event": 2, "how": how}]
+
+
+def test_drop_after_bytes_cuts_inside_a_chunk() -> None:
+    actions, run = transformed("drop:after_bytes=30")
+    assert body(actions) == STREAM[:30]
+    assert ending(actions) == Ending("fin", 0.1)
+    assert not run.needs_events()
+    assert run.log[0]["bytes"] == 30
+
+
+def test_drop_after_a_time() -> None:
+    actions, _ = transformed("drop:after=250ms,how=rst")
+    assert ids(body(actions)) == ["0", "1", "2"]  # due at 0, 0.1, 0.2
+    assert ending(actions) == Ending("rst", 0.25)
+
+
+def test_drop_after_a_time_counts_pauses_and_throttling() -> None:
+    actions, run = transformed("pause:after_event=1,duration=1s", "drop:after=500ms")
+    assert ids(body(actions)) == ["0"] and ending(actions) == Ending("fin", 0.5)
+    assert [e["type"] for e in run.log] == ["pause", "drop"]
+    chunks = [(0.0, b"x" * 1000)]
+    actions, _ = transformed("throttle:rate=100", "drop:after=1s,how=rst", chunks=chunks)
+    assert body(actions) == b"x" * 100  # 1 s at 100 B/s, in writes of 2 bytes
+    assert ending(actions) == Ending("rst", 1.0)
+    actions, _ = transformed("drop:after=1s", "drop:after_events=2")  # whichever comes first
+    assert ids(body(actions)) == ["0", "1"] and ending(actions) == Ending("fin", 0.1)
+
+
+def test_drop_mid_event() -> None:
+    actions, _ = transformed("drop:mid_event=3")
+    data = body(actions)
+    assert ids(data) == ["0", "1"]
+    third = tick(2)
+    assert data == tick(0) + tick(1) + third[: len(third) // 2]
+    assert ending(actions) == Ending("fin", 0.2)
+
+
+def test_drop_per_event() -> None:
+    actions, run = transformed("drop:per=event,p=1")
+    assert ids(body(actions)) == ["0"] and ending(actions) == Ending("fin", 0.0)
+    actions, _ = transformed("drop:per=event,p=0")
+    assert body(actions) == STREAM and ending(actions) is None
+
+
+def test_stall() -> None:
+    actions, run = transformed("stall:after_event=3")
+    assert ids(body(actions)) == ["0", "1", "2"]
+    assert ending(actions) == Ending("stall", 0.2)
+    actions, _ = transformed("stall:at=150ms")
+    assert ids(body(actions)) == ["0", "1", "2"] and ending(actions) == Ending("stall", 0.2)
+
+
+def test_pause_shifts_everything_after_event_k() -> None:
+    actions, run = transformed("pause:after_event=2,duration=1s")
+    assert body(actions) == STREAM
+    assert dues(actions) == pytest.approx([0.0, 0.1, 1.2, 1.3, 1.4])
+    assert run.log[0]["event"] == 2 and run.log[0]["duration_ms"] == 1000.0
+    actions, _ = transformed("pause:at=150ms,duration=500ms")
+    assert dues(actions) == pytest.approx([0.0, 0.1, 0.2, 0.8, 0.9])  # after the 0.2 event
+    actions, _ = transformed("pause:duration=100ms,per=event,p=1")
+    assert dues(actions) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
+
+
+def test_pause_then_drop_ending_is_shifted() -> None:
+    actions, _ = transformed("pause:after_event=1,duration=2s", "drop:after_events=3,how=rst")
+    assert ending(actions) == Ending("rst", pytest.approx(2.2))
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_inject_a_shape(shape: str) -> None:
+    actions, run = transformed(f"inject:at_event=2,shape={shape}")
+    found = events(body(actions))
+    name, payload = SHAPES[shape]
+    assert [e.id for e in found] == ["0", "1", None, "2", "3", "4"]
+    assert found[2].type == (name or "message") and json.loads(found[2].data) == payload
+    assert run.log == [{"fault": f"inject:at_event=2,shape={shape}", "type": "inject",
+                        "at_ms": 100.0, "event": 2}]
+
+
+def test_inject_before_the_first_event_and_custom_events() -> None:
+    actions, _ = transformed("inject:at_event=0,event=note,data=line one\nline two")
+    found = events(body(actions))
+    assert (found[0].type, found[0].data) == ("note", "line one\nline two")
+    assert [e.id for e in found[1:]] == ["0", "1", "2", "3", "4"]
+    actions, _ = transformed("inject:shape=backoff,per=event,p=1")
+    names = [e.type for e in events(body(actions))]
+    assert names == ["backoff"] + ["message", "backoff"] * 5
+
+
+@pytest.mark.parametrize(("mode", "expected_ids"), [
+    ("field", ["0", "2", "3", "4"]),  # `data {...}`: no colon, a field name, no data
+    ("utf8", ["0", "1", "2", "3", "4"]),
+    ("json", ["0", "1", "2", "3", "4"]),
+    ("duplicate", ["0", "1", "1", "2", "3", "4"]),
+    ("omit", ["0", "2", "3", "4"]),
+])
+def test_corrupt(mode: str, expected_ids: list[str]) -> None:
+    actions, run = transformed(f"corrupt:mode={mode},at_event=2")
+    data = body(actions)
+    found = events(data)
+    assert [e.id for e in found] == expected_ids
+    assert run.log[0]["event"] == 2 and run.log[0]["mode"] == mode
+    second = next(e for e in found if e.id == "1") if "1" in expected_ids else None
+    if mode == "field":
+        assert b"id: 1\ndata " in data and b"id: 1\ndata:" not in data
+    elif mode == "utf8":
+        assert second is not None and second.data.startswith("\ufffd\ufffd")
+        assert b"\xff\xfe" in data
+    elif mode == "json":
+        assert second is not None
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(second.data)
+    others = [e for e in found if e.id != "1"]
+    assert all(json.loads(e.data) == {"i": int(e.id or -1)} for e in others)
+
+
+def test_heartbeats_between_events() -> None:
+    actions, run = transformed("heartbeat:every=250ms")
+    items = parse(body(actions))
+    assert [type(i).__name__ for i in items] == ["Event", "Event", "Event", "Comment", "Event",
+                                                 "Event"]
+    assert items[3] == Comment("heartbeat")
+    assert dues(actions) == pytest.approx([0.0, 0.1, 0.2, 0.25, 0.3, 0.4])
+    pauses, _ = transformed("heartbeat:every=100ms,style=ping",
+                            "pause:after_event=5,duration=950ms",
+                            chunks=ticks(5, 0.0) + [(0.0, tick(5))])
+    pings = [a for a in pieces_of(pauses) if b"ping" in a.data]
+    assert [p.due for p in pings] == pytest.approx([0.1 * k for k in range(1, 10)])
+    assert all(p.data == b"event: ping\ndata: {}\n\n" for p in pings)
+
+
+def test_heartbeats_never_split_an_event() -> None:
+    chunks = [(0.0, b"data: a\n"), (1.0, b"data: b\n\n"), (2.0, b"data: c\n\n")]
+    actions, _ = transformed("heartbeat:every=300ms", chunks=chunks)
+    items = parse(body(actions))
+    assert [i.data for i in items if isinstance(i, Event)] == ["a\nb", "c"]
+    assert sum(isinstance(i, Comment) for i in items) == 6  # 0.3 .. 1.8, before "c"
+
+
+def test_retry_field_first() -> None:
+    actions, run = transformed("retry:value=1500")
+    assert pieces_of(actions)[0].data == b"retry: 1500\n\n"
+    parser = SSEParser()
+    assert events(body(actions)) == events(STREAM)
+    parser.feed(body(actions))
+    assert parser.reconnection_time == 1500
+    assert run.log[0]["value"] == 1500
+
+
+# -- re-chunking -----------------------------------------------------------------------------
+
+TRICKY = [
+    (0.0, encode_event("첫째 줄\n둘째 줄", event="crlf", id="1", newline="\r\n")),
+    (0.1, encode_event("line one\nline two", event="crlf", id="2", newline="\r\n")),
+    (0.2, encode_event("😀 é", id="3")),
+]
+TRICKY_STREAM = b"".join(d for _, d in TRICKY)
+
+
+@pytest.mark.parametrize("mode", ["bytes,size=5", "random,min=1,max=7", "byte", "event",
+                                  "coalesce", "adversarial"])
+def test_rechunk_keeps_the_events(mode: str) -> None:
+    actions, run = transformed(f"rechunk:mode={mode}", chunks=TRICKY)
+    pieces = pieces_of(actions)
+    assert body(actions) == TRICKY_STREAM
+    assert events(body(actions)) == events(TRICKY_STREAM)
+    sizes = [len(p.data) for p in pieces]
+    if mode.startswith("bytes"):
+        assert max(sizes) <= 5 and len(pieces) > len(TRICKY)
+    elif mode.startswith("random"):
+        assert 1 <= min(sizes) and max(sizes) <= 7
+    elif mode == "byte":
+        assert sizes == [1] * len(TRICKY_STREAM)
+    elif mode == "event":
+        assert [p.data for p in pieces] == [d for _, d in TRICKY]
+    elif mode == "coalesce":
+        assert [p.data for p in pieces] == [TRICKY_STREAM] and pieces[0].due == 0.2
+    assert run.log[0]["mode"] == mode.split(",")[0]
+    # Each piece keeps its chunk's due time, and the last piece of a chunk its boundary.
+    if mode != "coalesce":
+        assert sorted({p.due for p in pieces}) == [0.0, 0.1, 0.2]
+
+
+def test_adversarial_cuts() -> None:
+    actions, _ = transformed("rechunk:mode=adversarial", chunks=TRICKY)
+    datas = [p.data for p in pieces_of(actions)]
+    pairs = list(zip(datas, datas[1:], strict=False))
+    assert any(a.endswith(b"\r") and b.startswith(b"\n") for a, b in pairs)  # CR | LF
+    assert any(a[-1] >= 0xC0 for a in datas)  # right after a multi-byte lead byte
+    for data in datas:  # never a whole multi-byte character at the end... of a cut piece
+        if data[-1] >= 0xC0:
+            with pytest.raises(UnicodeDecodeError):
+                data.decode()
+    assert any(a.endswith(b"e") and b.startswith(b"vent:") for a, b in pairs)  # field name
+    assert any(a.endswith(b"\n") and b == b"\n" or b.startswith(b"\n") and not
+               a.endswith(b"\r") for a, b in pairs)  # an event | its blank line
+
+
+@HYPOTHESIS
+@given(chunked(), st.sampled_from(["bytes,size=3", "random,min=1,max=9", "byte", "event",
+                                   "coalesce", "adversarial"]),
+       st.integers(0, 1000))
+def test_rechunk_any_stream(case: tuple[bytes, list[bytes]], mode: str, seed: int) -> None:
+    stream, chunks = case
+    actions, _ = transformed(f"rechunk:mode={mode}", seed=seed,
+                             chunks=[(i * 0.01, c) for i, c in enumerate(chunks)])
+    assert body(actions) == stream
+    assert parse(body(actions)) == parse(stream)
+    parser = SSEParser()  # fed piece by piece, the parser sees the same items
+    assert [i for p in pieces_of(actions) for i in parser.feed(p.data)] == parse(stream)
+
+
+# -- timing ----------------------------------------------------------------------------------
+
+
+def test_throttle_timing_math() -> None:
+    chunks = [(0.0, b"x" * 1000) for _ in range(5)]  # everything due at once (instant)
+    actions, run = transformed("throttle:rate=1000", chunks=chunks)
+    pieces = pieces_of(actions)
+    burst = 1000 // 50  # 20 ms worth at most per write
+    assert all(len(p.data) <= burst for p in pieces)
+    sent = 0
+    for piece in pieces:  # each write is due when the bytes before it have had their time
+        assert piece.due == pytest.approx(sent / 1000)
+        sent += len(piece.data)
+    assert sent == 5000 and pieces[-1].due == pytest.approx(4.98)
+    assert run.log == [{"fault": "throttle:rate=1000", "type": "throttle", "at_ms": 0.0,
+                        "rate": 1000.0}]
+
+
+def test_throttle_never_sends_early_and_ends_after_the_last_write() -> None:
+    chunks = [(0.0, b"a" * 100), (1.0, b"b" * 100)]
+    actions, _ = transformed("throttle:rate=1K", "drop:after_events=0,per=event,p=0",
+                             chunks=chunks)
+    pieces = pieces_of(actions)
+    assert pieces[0].due == 0.0
+    later = [p for p in pieces if p.data.startswith(b"b")]
+    assert later[0].due == 1.0  # a recorded gap longer than the transfer time is kept
+    assert later[-1].due == pytest.approx(1.0 + 80 / 1024)
+    cut, _ = transformed("throttle:rate=100", "drop:after_bytes=150", chunks=chunks)
+    assert ending(cut) == Ending("fin", pytest.approx(1.5))
+
+
+def test_latency() -> None:
+    run = run_of("latency:head=500ms")
+    assert run.head_delay() == 0.5 and run.log[0]["head_delay_ms"] == 500.0
+    actions, _ = transformed("latency:chunk=20ms")
+    assert dues(actions) == pytest.approx([0.02, 0.12, 0.22, 0.32, 0.42])
+    chunks = ticks(50, 0.001)
+    actions, _ = transformed("latency:chunk=20ms,jitter=15ms,dist=uniform", chunks=chunks)
+    times = dues(actions)
+    assert times == sorted(times)  # order kept
+    extra = [t - d for t, (d, _) in zip(times, chunks, strict=True)]
+    assert all(0.005 - 1e-9 <= e for e in extra) and len(set(extra)) > 10
+    for dist in ("normal", "lognormal"):
+        actions, _ = transformed(f"latency:chunk=20ms,jitter=5ms,dist={dist}", chunks=chunks)
+        assert dues(actions) == sorted(dues(actions)) and min(dues(actions)) >= 0
+
+
+# -- before the body -------------------------------------------------------------------------
+
+
+def test_http_errors() -> None:
+    run = run_of("http:status=429,retry_after=1,shape=openai")
+    error = run.http_error()
+    assert error is not None and (error.status, error.reason) == (429, "Too Many Requests")
+    assert dict(error.headers) == {"Retry-After": "1", "Content-Type": "application/json"}
+    assert json.loads(error.body) == HTTP_BODIES["openai"][429]
+    assert run.log == [{"fault": "http:status=429,retry_after=1,shape=openai", "type": "http",
+                        "at_ms": 0.0, "status": 429}]
+    error = run_of("http:status=529,shape=anthropic").http_error()
+    assert error is not None and json.loads(error.body)["error"]["type"] == "overloaded_error"
+    error = run_of("http:status=502,shape=anthropic").http_error()
+    assert error is not None and json.loads(error.body)["error"]["type"] == "api_error"
+    error = run_of("http:status=503").http_error()
+    assert error is not None and error.body.startswith(b"503 Service Unavailable")
+    error = run_of("http:status=500,body=oops,header=X-Why: testing").http_error()
+    assert error is not None and error.body == b"oops" and ("X-Why", "testing") in error.headers
+    assert run_of("throttle:rate=1K").http_error() is None
+
+
+def test_refuse_and_no_head() -> None:
+    assert run_of("refuse").refuse() and not run_of("no-head").refuse()
+    assert run_of("no-head").no_head() and not run_of("refuse").no_head()
+
+
+@pytest.mark.parametrize(("spec", "needs"), [
+    ("throttle:rate=1K", False), ("rechunk:mode=byte", False), ("rechunk:mode=event", True),
+    ("rechunk:mode=coalesce", True), ("drop:after_bytes=10", False), ("drop:after=1s", False),
+    ("drop:after_events=1", True), ("drop:mid_event=1", True), ("stall:after_event=1", True),
+    ("inject:shape=error", True), ("heartbeat:every=1s", True), ("retry:value=1", True),
+    ("corrupt:mode=omit", True), ("pause:at=1s,duration=1s", True),
+    ("latency:chunk=1ms", False),
+])
+def test_needs_events(spec: str, needs: bool) -> None:
+    assert run_of(spec).needs_events() is needs
+
+
+def test_faults_compose() -> None:
+    actions, run = transformed("inject:at_event=1,shape=error", "corrupt:mode=duplicate,at_event=3",
+                               "pause:after_event=2,duration=1s", "rechunk:mode=byte",
+                               "throttle:rate=100K", "drop:after_events=4,how=rst")
+    found = events(body(actions))
+    assert [e.id for e in found] == ["0", None, "1", "2", "2", "3"]
+    assert all(len(p.data) == 1 for p in pieces_of(actions))
+    assert ending(actions) is not None and ending(actions).how == "rst"  # type: ignore[union-attr]
+    assert max(dues(actions)) >= 1.0
+    assert {e["type"] for e in run.log} == {"inject", "corrupt", "pause", "rechunk", "throttle",
+                                            "drop"}
