@@ -23,7 +23,8 @@ from typing import IO
 
 import h11
 
-from .cassette import Cassette
+from .cassette import CHUNK_PAGE, Cassette
+from .errors import ConfigError
 from .faults import Ending, FaultPlan, FaultRun, HttpError, Piece, split_at_events
 from .matching import IncomingRequest, MatchConfig, Matcher, Miss
 from .model import Chunk, EndReason, Interaction, header_value
@@ -36,6 +37,7 @@ CACHE_LIMIT = 8 << 20  # interactions with bodies up to this size are kept in me
 MAX_REQUEST_BODY = 64 << 20
 PRECISE_WINDOW = 0.0015  # wake this early and finish the wait by polling the loop
 PRECISE_MAX_STREAMS = 32  # above this many active streams, plain timers (CPU matters more)
+WRITE_BUFFER_HIGH = 64 * 1024  # drain above this many bytes queued in the transport
 INSTANT_YIELD_EVERY = 32  # instant mode: let other streams run every this many chunks
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length",
                "proxy-connection", "upgrade", "te", "trailer"}
@@ -314,7 +316,7 @@ class ReplayServer:
     ) -> str:
         assert interaction.response is not None
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        start = time.monotonic()  # the schedule's clock: loop.time() is whole ms on uvloop
         timing = self.options.timing
         framing = _framing(interaction)
         chunks = self._chunks(interaction)
@@ -327,7 +329,7 @@ class ReplayServer:
         if resumed is not None:
             chunks, origin_ns, skipped = resumed
             schedule = Schedule(timing, origin_ns)
-            start = loop.time()  # the recorded gaps count from here, however long that took
+            start = time.monotonic()  # the recorded gaps count from here, however long it took
             head_due = 0.0
         else:
             head_due = schedule.due(interaction.head_offset_ns or 0)
@@ -335,27 +337,33 @@ class ReplayServer:
             return await self._play_faulted(interaction, framing, chunks, schedule, start,
                                             head_due, skipped, reader, writer, run)
         await self._wait_until(loop, start + head_due)
-        writer.write(self._head(interaction, framing, skipped))
+        # The hot loop (one pass per chunk per stream): names are bound once, and instant
+        # mode skips the schedule, whose answer is always "now".
+        transport = writer.transport
+        transport.write(self._head(interaction, framing, skipped))
+        chunked = framing == "chunked"
+        instant = timing.instant
+        due_at = schedule.due
         sent = 0
         try:
-            async for chunk in chunks:
-                if not chunk.data:
-                    continue
-                due = start + schedule.due(chunk.offset_ns)
-                if due > loop.time():
-                    await self._wait_until(loop, due)
-                if framing == "chunked":
-                    writer.write(b"%x\r\n%b\r\n" % (len(chunk.data), chunk.data))
-                else:
-                    writer.write(chunk.data)
-                if writer.transport.is_closing():
-                    return "client-gone"  # a send failed: the client went away
-                sent += 1
-                if timing.instant and sent % INSTANT_YIELD_EVERY == 0:
-                    await writer.drain()
-                    await asyncio.sleep(0)  # fairness: every stream makes progress
-                elif writer.transport.get_write_buffer_size() > 64 * 1024:
-                    await writer.drain()
+            async for page in self._pages(interaction, chunks, resumed is None):
+                for chunk in page:
+                    data = chunk.data
+                    if not data:
+                        continue
+                    if not instant:
+                        due = start + due_at(chunk.offset_ns)
+                        if due > time.monotonic():
+                            await self._wait_until(loop, due)
+                    transport.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+                    if transport.is_closing():
+                        return "client-gone"  # a send failed: the client went away
+                    sent += 1
+                    if instant and sent % INSTANT_YIELD_EVERY == 0:
+                        await writer.drain()
+                        await asyncio.sleep(0)  # fairness: every stream makes progress
+                    elif transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+                        await writer.drain()
             if interaction.end_offset_ns is not None and interaction.end_reason is not (
                 EndReason.CLEAN
             ):
@@ -381,12 +389,17 @@ class ReplayServer:
         length = None
         if framing == "length" and not cut:
             length = sum(len(a.data) for a in actions if isinstance(a, Piece))
-        head_due += run.head_delay()
-        await self._wait_until(loop, start + head_due)
+        # Pieces are due from the request's start, like the head (not from the head): a head
+        # delay shifts both. When reading and transforming the body took longer than the
+        # recorded head offset, the schedule starts late rather than bursting to catch up
+        # (which would break a throttle's cap and shorten every planned gap).
+        start = max(start, time.monotonic() - head_due)
+        delay = run.head_delay()
+        await self._wait_until(loop, start + head_due + delay)
         writer.write(self._head(interaction, framing, skipped, length))
         try:
             for action in actions:
-                await self._wait_until(loop, start + head_due + action.due)
+                await self._wait_until(loop, start + delay + action.due)
                 if isinstance(action, Ending):
                     return await _fault_ending(action.how, reader, writer)
                 if not action.data:
@@ -448,17 +461,21 @@ class ReplayServer:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     async def _wait_until(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
-        """Sleep until `due`. asyncio wakes up to 1 ms late (epoll's millisecond timeout),
-        so while few streams are active, wake early and poll the loop for the rest."""
-        delay = due - loop.time()
+        """Sleep until `due`, a `time.monotonic()` time. asyncio wakes up to 1 ms late (epoll's
+        millisecond timeout), so while few streams are active, wake early and poll the loop for
+        the rest. uvloop's timers and its `loop.time()` have millisecond steps: a timer can
+        fire up to 1 ms early, hence the clock read here and the sleep again if early."""
+        delay = due - time.monotonic()
         if delay <= 0:
             return
         if self.active_streams > PRECISE_MAX_STREAMS:
-            await asyncio.sleep(delay)
+            while delay > 0:
+                await asyncio.sleep(delay)
+                delay = due - time.monotonic()
             return
         if delay > PRECISE_WINDOW:
             await asyncio.sleep(delay - PRECISE_WINDOW)
-        while loop.time() < due:
+        while time.monotonic() < due:
             await asyncio.sleep(0)
 
     # -- chunk sources ---------------------------------------------------------------------
@@ -468,6 +485,11 @@ class ReplayServer:
             async for chunk in self.cassette.chunks(interaction.id):
                 yield chunk
             return
+        for chunk in await self._cached(interaction):
+            yield chunk
+
+    async def _cached(self, interaction: Interaction) -> list[Chunk]:
+        """A small interaction's chunks, read from the cassette once and shared."""
         cached = self._cache.get(interaction.id)
         if cached is None:
             lock = self._cache_locks.setdefault(interaction.id, asyncio.Lock())
@@ -476,8 +498,24 @@ class ReplayServer:
                 if cached is None:
                     cached = [c async for c in self.cassette.chunks(interaction.id)]
                     self._cache[interaction.id] = cached
-        for chunk in cached:
-            yield chunk
+        return cached
+
+    async def _pages(
+        self, interaction: Interaction, chunks: AsyncIterator[Chunk], whole: bool
+    ) -> AsyncIterator[list[Chunk]]:
+        """The body in lists, so that the per-chunk loop is a plain `for`: a cached body at
+        once (`whole`, not resumed; no copy), else `chunks` a cassette page at a time."""
+        if whole and interaction.body_size <= CACHE_LIMIT:
+            yield await self._cached(interaction)
+            return
+        page: list[Chunk] = []
+        async for chunk in chunks:
+            page.append(chunk)
+            if len(page) == CHUNK_PAGE:
+                yield page
+                page = []
+        if page:
+            yield page
 
     async def _resume(
         self, interaction: Interaction, chunks: AsyncIterator[Chunk], last_id: str
@@ -562,3 +600,22 @@ def _error_response(error: HttpError) -> bytes:
     lines += [f"{k}: {v}" for k, v in error.headers]
     lines.append(f"Content-Length: {len(error.body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + error.body
+
+
+LOOPS = ("asyncio", "uvloop")
+
+
+def loop_factory(name: str = "asyncio") -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop to replay on, for `asyncio.Runner(loop_factory=...)`.
+
+    uvloop is optional (not a dependency): it is imported only when asked for. None means
+    asyncio's own loop."""
+    if name == "asyncio":
+        return None
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise ConfigError("the uvloop event loop needs uvloop: pip install uvloop") from None
+        return uvloop.new_event_loop  # type: ignore[no-any-return]
+    raise ConfigError(f"unknown event loop {name!r}: choose one of {', '.join(LOOPS)}")
