@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-mitmproxy11 lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,17 @@ test: $(STAMP)
 	$(BIN)/ruff check sse_recorder addons tests bench
 	$(BIN)/python -m pytest
 
+# The recorder on Python 3.11 with mitmproxy 11.0.2 (and the older httpx/openai/anthropic
+# that its pins allow), beside the main suite's Python 3.12+ and mitmproxy 12.
+PYTHON311 ?= python3.11
+test-mitmproxy11:
+	$(PYTHON311) -m venv .venv311
+	.venv311/bin/python -m pip install --quiet --upgrade pip
+	.venv311/bin/python -m pip install --quiet -e '.[record,dev]'
+	.venv311/bin/python -m pytest tests/unit tests/integration/test_record.py \
+		tests/integration/test_mitmdump_addon.py tests/integration/test_record_tls.py \
+		tests/integration/test_replay.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check sse_recorder addons tests bench
 
@@ -30,4 +41,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv311 build *.egg-info .pytest_cache .ruff_cache
