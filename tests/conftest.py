@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,12 @@ def mitm_confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("mitmproxy")
 
 
+def record_args(cassette: Path, confdir: Path, *args: str) -> list[str]:
+    """`sse-recorder record` into `cassette` on a free port, with the run's mitmproxy CA."""
+    return [SSE_RECORDER, "record", "--cassette", str(cassette), "--listen-port", "0",
+            "--confdir", str(confdir), *args]
+
+
 @dataclass
 class RecorderFactory:
     tmp_path: Path
@@ -107,11 +113,8 @@ class RecorderFactory:
 
     def __call__(self, *args: str, cassette: Path | None = None) -> Process:
         cassette = cassette or self.tmp_path / "cassette.sqlite"
-        process = start(
-            [SSE_RECORDER, "record", "--cassette", str(cassette), "--listen-port", "0",
-             "--confdir", str(self.confdir), *args],
-            self.tmp_path / f"recorder-{len(self.started)}.txt",
-        )
+        process = start(record_args(cassette, self.confdir, *args),
+                        self.tmp_path / f"recorder-{len(self.started)}.txt")
         self.started.append(process)
         return process
 
@@ -123,3 +126,28 @@ def recorder(tmp_path: Path, mitm_confdir: Path) -> Iterator[RecorderFactory]:
     yield factory
     for process in factory.started:
         process.stop()
+
+
+RecordDemo = Callable[[str, Callable[[str], object]], Path]
+
+
+@pytest.fixture(scope="session")
+def record_demo(
+    demo_upstream: str, mitm_confdir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> RecordDemo:
+    """`record_demo(name, traffic)`: a new cassette holding what `traffic(url)` sent once
+    through a real `sse-recorder record` in front of the demo upstream (reverse mode, so
+    `url` is the recorder's); the recorder must then stop cleanly."""
+
+    def record(name: str, traffic: Callable[[str], object]) -> Path:
+        workdir = tmp_path_factory.mktemp(name)
+        path = workdir / "cassette.sqlite"
+        proxy = start(record_args(path, mitm_confdir, "--upstream", demo_upstream),
+                      workdir / "recorder.txt")
+        try:
+            traffic(proxy.url)
+        finally:
+            assert proxy.stop() == 0, proxy.stderr()
+        return path
+
+    return record

@@ -16,12 +16,9 @@ import ssl
 import statistics
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any
 
 import anthropic
 import httpx
@@ -29,17 +26,25 @@ import httpx_sse
 import openai
 import pytest
 
-from sse_recorder.cassette import Cassette
 from sse_recorder.demo import TEXT, patterns_writes
 from sse_recorder.faults import SHAPES, FaultPlan
-from sse_recorder.model import Chunk, Interaction
 from sse_recorder.probe import ProbeResult, probe
 from sse_recorder.sse import Comment, Event, parse
-from tests.conftest import SSE_RECORDER, Process, start
+from tests.conftest import SSE_RECORDER, Process, RecordDemo
+from tests.integration.support import (
+    CHAT,
+    Recording,
+    anthropic_stream,
+    chunk_data,
+    events_of,
+    in_thread,
+    openai_chunks,
+    replay_process,
+    retrying,
+    wait_for_line,
+)
 
 pytestmark = pytest.mark.integration
-
-T = TypeVar("T")
 
 THROTTLED = "/ticks?n=60&size=1000&interval_ms=1"  # 60 events of 1000 bytes, recorded fast
 MEDIUM = "/ticks?n=20&size=200&interval_ms=1"  # 4000 bytes
@@ -49,75 +54,20 @@ CRLF = "/crlf"  # CRLF, a CRLF split between chunks, multi-byte UTF-8 split betw
 DEPLOY = "/deploy"  # multi-line JSON data, Korean text
 LATE_HEAD = "/ticks?n=5&interval_ms=10&first_ms=500"  # the head 500 ms after the request
 GETS = [THROTTLED, MEDIUM, TICKS, CI, CRLF, DEPLOY, LATE_HEAD]
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
-MESSAGES = {"model": "claude-demo", "max_tokens": 64,
-            "messages": [{"role": "user", "content": "Say hello"}]}
 TOLERANCE = 0.10  # throttle: achieved rate within 10 % of the cap
 
 
 # -- the recording ---------------------------------------------------------------------------
 
 
-@dataclass
-class Recorded:
-    interaction: Interaction
-    chunks: list[Chunk]
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(c.data for c in self.chunks)
-
-    def events(self) -> list[Event]:
-        return events_of(self.body)
-
-    def offset_s(self, index: int) -> float:
-        return self.chunks[index].offset_ns / 1e9
-
-    def gaps_ms(self) -> list[float]:
-        return [(b.offset_ns - a.offset_ns) / 1e6
-                for a, b in zip(self.chunks, self.chunks[1:], strict=False)]
-
-
-@dataclass
-class Recording:
-    path: Path
-    items: list[Recorded]
-
-    def get(self, target: str, method: str = "GET") -> Recorded:
-        found = [r for r in self.items if r.interaction.request.method == method
-                 and _target(r.interaction) == target]
-        assert len(found) == 1, (method, target, len(found))
-        return found[0]
-
-
-def _target(interaction: Interaction) -> str:
-    parts = urlsplit(interaction.request.url)
-    return parts.path + (f"?{parts.query}" if parts.query else "")
-
-
-def in_thread(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine on a loop of its own (module fixtures are synchronous)."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
 async def openai_text(base_url: str, max_retries: int = 0) -> str:
-    client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="test",
-                                max_retries=max_retries)
-    async with client:
-        stream = await client.chat.completions.create(**CHAT, stream=True)
-        chunks = [chunk async for chunk in stream]
+    chunks = await openai_chunks(base_url, max_retries)
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
 async def anthropic_texts(base_url: str, texts: list[str] | None = None) -> list[str]:
     """The text deltas of a streamed message; `texts` collects them as they come."""
-    texts = [] if texts is None else texts
-    client = anthropic.AsyncAnthropic(base_url=base_url, api_key="test", max_retries=0)
-    async with client, client.messages.stream(**MESSAGES) as stream:
-        async for text in stream.text_stream:
-            texts.append(text)
-    return texts
+    return (await anthropic_stream(base_url, texts))[0]
 
 
 async def _traffic(url: str) -> None:
@@ -127,29 +77,13 @@ async def _traffic(url: str) -> None:
     await asyncio.gather(*(get(t) for t in GETS), openai_text(url), anthropic_texts(url))
 
 
-async def _load(path: Path) -> list[Recorded]:
-    async with await Cassette.open(path) as cassette:
-        return [Recorded(i, [c async for c in cassette.chunks(i.id)])
-                for i in await cassette.interactions()]
-
-
 @pytest.fixture(scope="module")
-def recording(
-    demo_upstream: str, mitm_confdir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Recording:
+def recording(record_demo: RecordDemo) -> Recording:
     """Everything the tests replay, recorded once through `sse-recorder record`."""
-    workdir = tmp_path_factory.mktemp("fault-recording")
-    path = workdir / "cassette.sqlite"
-    proxy = start([SSE_RECORDER, "record", "--cassette", str(path), "--listen-port", "0",
-                   "--confdir", str(mitm_confdir), "--upstream", demo_upstream],
-                  workdir / "recorder.txt")
-    try:
-        in_thread(_traffic(proxy.url))
-    finally:
-        assert proxy.stop() == 0, proxy.stderr()
-    items = in_thread(_load(path))
-    assert len(items) == len(GETS) + 2
-    return Recording(path, items)
+    recording = Recording.read(
+        record_demo("fault-recording", lambda url: in_thread(_traffic(url))))
+    assert len(recording.items) == len(GETS) + 2
+    return recording
 
 
 @pytest.fixture
@@ -158,8 +92,8 @@ def replay(recording: Recording, tmp_path: Path) -> Iterator[Callable[..., Proce
     started: list[Process] = []
 
     def make(*options: str) -> Process:
-        process = start([SSE_RECORDER, "replay", str(recording.path), "--port", "0", *options],
-                        tmp_path / f"replay-{len(started)}.txt")
+        process = replay_process(recording.path, tmp_path / f"replay-{len(started)}.txt",
+                                 *options)
         started.append(process)
         return process
 
@@ -171,30 +105,10 @@ def replay(recording: Recording, tmp_path: Path) -> Iterator[Callable[..., Proce
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def events_of(data: bytes) -> list[Event]:
-    return [item for item in parse(data) if isinstance(item, Event)]
-
-
-def chunk_data(result: ProbeResult) -> list[bytes]:
-    return [data for _, data in result.chunks]
-
-
 async def sse_events(url: str, **client_options: Any) -> list[httpx_sse.ServerSentEvent]:
     async with httpx.AsyncClient(**client_options) as client:
         async with httpx_sse.aconnect_sse(client, "GET", url) as source:
             return [event async for event in source.aiter_sse()]
-
-
-async def retrying(check: Callable[[], Awaitable[None]], attempts: int = 3) -> None:
-    """Run a timing check again when a timing assertion fails (a stall of a shared box is not
-    the replay's fault); exact assertions fail on every run anyway."""
-    for attempt in range(attempts):
-        try:
-            await check()
-            return
-        except AssertionError:
-            if attempt == attempts - 1:
-                raise
 
 
 async def log_lines(path: Path, count: int, timeout: float = 10) -> list[dict[str, Any]]:
@@ -207,18 +121,6 @@ async def log_lines(path: Path, count: int, timeout: float = 10) -> list[dict[st
             return lines
         if time.monotonic() > deadline:
             raise AssertionError(f"{len(lines)} of {count} fault log lines:\n{text}")
-        await asyncio.sleep(0.02)
-
-
-async def stderr_line(process: Process, *parts: str, timeout: float = 10) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [line for line in process.stderr().splitlines()
-                 if all(part in line for part in parts)]
-        if found:
-            return found[0]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no line with {parts} in:\n{process.stderr()}")
         await asyncio.sleep(0.02)
 
 
@@ -298,7 +200,7 @@ async def test_heartbeat_comments_every_n_ms(
     async def check() -> None:
         result = await probe(url)
         items = parse(result.body)
-        assert [i for i in items if isinstance(i, Event)] == recorded.events()
+        assert [i for i in items if isinstance(i, Event)] == recorded.parsed_events()
         beats = [i for i in items if isinstance(i, Comment)]
         assert beats and all(b.text == "heartbeat" for b in beats)
         assert abs(len(beats) - expected) <= 1 and len(beats) >= 5, (len(beats), expected)
@@ -344,7 +246,7 @@ async def test_drop_rst_and_fin_are_told_apart(
                 async for event in source.aiter_sse():
                     received.append(event.data)
     assert type(info.value) is error  # ReadError is not a RemoteProtocolError and back
-    assert received == [e.data for e in recorded.events()[:3]]
+    assert received == [e.data for e in recorded.parsed_events()[:3]]
 
 
 async def test_drop_after_bytes_after_a_time_and_mid_event(
@@ -367,7 +269,7 @@ async def test_drop_after_bytes_after_a_time_and_mid_event(
     mid = await probe(url + DEPLOY)
     third = deploy.chunks[2].data  # one event per recorded write
     assert mid.body == deploy.chunks[0].data + deploy.chunks[1].data + third[: len(third) // 2]
-    assert events_of(mid.body) == deploy.events()[:2] and mid.ending == "reset"
+    assert events_of(mid.body) == deploy.parsed_events()[:2] and mid.ending == "reset"
 
 
 async def test_refuse_resets_before_any_response(
@@ -391,7 +293,7 @@ async def test_no_head_times_out_waiting_for_the_head(
             await client.get(process.url + TICKS)
     assert time.monotonic() - started >= 0.45
     # The request was read and matched; the server let go once the client closed.
-    await stderr_line(process, f"GET {TICKS} -> #", "ended no-head")
+    await wait_for_line(process, f"GET {TICKS} -> #", "ended no-head")
 
 
 async def test_openai_sdk_raises_rate_limit_error(
@@ -534,7 +436,7 @@ async def test_reconnecting_client_gets_every_event_once(
             except httpx.RemoteProtocolError:
                 continue  # dropped: reconnect with Last-Event-ID
     assert connections == 2
-    assert seen == [(e.id, e.type, e.data) for e in recording.get(CI).events()]
+    assert seen == [(e.id, e.type, e.data) for e in recording.get(CI).parsed_events()]
     first, second = await log_lines(log, 2)
     assert first["ending"] == "closed" and first["faults"][0]["event"] == 4
     assert second["ending"] == "clean" and second["faults"] == []
@@ -555,11 +457,11 @@ async def test_rechunking_keeps_the_events(
         result = await probe(url + target)
         chunks = chunk_data(result)
         assert result.body == recorded.body and result.ending == "clean"
-        assert events_of(result.body) == recorded.events()  # the project's parser
+        assert events_of(result.body) == recorded.parsed_events()  # the project's parser
         received = [e for e in await sse_events(url + target) if e.data]  # httpx-sse
         assert [(e.event, e.data) for e in received] == [
-            (e.type, e.data) for e in recorded.events()]
-        assert [e.id for e in received] == [e.id or "" for e in recorded.events()]
+            (e.type, e.data) for e in recorded.parsed_events()]
+        assert [e.id for e in received] == [e.id or "" for e in recorded.parsed_events()]
         sizes = [len(c) for c in chunks]
         if mode.startswith("bytes"):
             assert max(sizes) <= 7
@@ -570,9 +472,10 @@ async def test_rechunking_keeps_the_events(
         elif mode == "coalesce":
             assert chunks == [recorded.body]
         elif mode == "event":  # each chunk ends where an event (or its CRLF's LF) ends
-            ends = {e.end for e in recorded.events()} | {e.end + 1 for e in recorded.events()}
+            ends = {e.end for e in recorded.parsed_events()} | {
+                e.end + 1 for e in recorded.parsed_events()}
             positions = [sum(sizes[: i + 1]) for i in range(len(sizes))]
-            assert set(positions) <= ends and len(chunks) >= len(recorded.events())
+            assert set(positions) <= ends and len(chunks) >= len(recorded.parsed_events())
         if mode == "adversarial" and target == CRLF:
             pairs = list(zip(chunks, chunks[1:], strict=False))
             assert any(a.endswith(b"\r") and b.startswith(b"\n") for a, b in pairs)

@@ -30,7 +30,7 @@ from sse_recorder.demo import ticks_writes
 from sse_recorder.model import EndReason
 from sse_recorder.probe import probe
 from tests.conftest import MITMDUMP, REPO, read_line
-from tests.integration.test_record import assert_faithful, load
+from tests.integration.support import assert_faithful, load
 
 with warnings.catch_warnings():  # as in tests/unit/test_addon.py: ldap3 vs pyasn1 >= 0.6.2
     warnings.filterwarnings("ignore", r"(tagMap|typeMap) is deprecated", DeprecationWarning)

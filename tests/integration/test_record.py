@@ -15,27 +15,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sse_recorder.cassette import Cassette
 from sse_recorder.demo import ticks_writes
-from sse_recorder.model import Chunk, EndReason, Interaction, RecordedEvent
+from sse_recorder.model import EndReason
 from sse_recorder.probe import ProbeResult, probe
-from sse_recorder.sse import Event, parse
 from tests.conftest import RecorderFactory
+from tests.integration.support import Recorded, assert_faithful, load, stamp_ns
 
 pytestmark = pytest.mark.integration
 
-Recording = tuple[Interaction, list[Chunk], list[RecordedEvent]]
 
-
-async def load(path: Path) -> list[Recording]:
-    async with await Cassette.open(path) as cassette:
-        return [
-            (i, [c async for c in cassette.chunks(i.id)], await cassette.events(i.id))
-            for i in await cassette.interactions()
-        ]
-
-
-async def wait_for_interactions(path: Path, count: int, timeout: float = 10) -> list[Recording]:
+async def wait_for_interactions(path: Path, count: int, timeout: float = 10) -> list[Recorded]:
     """Poll the live cassette (read-only) until `count` interactions have ended."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -51,24 +40,8 @@ async def wait_for_interactions(path: Path, count: int, timeout: float = 10) -> 
         await asyncio.sleep(0.05)
 
 
-def stamp_ns(chunk: bytes) -> int:
-    return int(json.loads(chunk.split(b"data: ", 1)[1])["t"])
-
-
 def delays_ms(result: ProbeResult) -> list[float]:
     return [(result.sent_at_ns + t - stamp_ns(data)) / 1e6 for t, data in result.chunks]
-
-
-def assert_faithful(recording: Recording, received: list[bytes]) -> None:
-    """The cassette holds exactly the chunks the client received, and their events."""
-    interaction, chunks, events = recording
-    assert [c.seq for c in chunks] == list(range(len(chunks)))
-    assert [c.data for c in chunks] == received
-    offsets = [c.offset_ns for c in chunks]
-    assert offsets == sorted(offsets) and offsets[0] >= (interaction.head_offset_ns or 0)
-    expected = [item for item in parse(b"".join(received)) if isinstance(item, Event)]
-    stored = [e for e in events if e.kind == "event"]
-    assert [(e.type, e.data, e.id) for e in stored] == [(e.type, e.data, e.id) for e in expected]
 
 
 @pytest.mark.parametrize("mode", ["regular", "reverse"])

@@ -33,7 +33,7 @@ from cryptography.x509.oid import NameOID
 from sse_recorder.demo import tick_event, ticks_writes
 from sse_recorder.model import Chunk, EndReason
 from tests.conftest import REPO, RecorderFactory, start
-from tests.integration.test_record import assert_faithful, load, stamp_ns
+from tests.integration.support import assert_faithful, load, stamp_ns
 
 pytestmark = pytest.mark.integration
 

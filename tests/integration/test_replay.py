@@ -14,18 +14,14 @@ import os
 import statistics
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
-import anthropic
 import h11
 import httpx
 import httpx_sse
-import openai
 import pytest
 
 from sse_recorder.cassette import (
@@ -44,21 +40,22 @@ from sse_recorder.demo import (
     tick_event,
     ticks_writes,
 )
-from sse_recorder.model import (
-    Chunk,
-    EndReason,
-    Interaction,
-    RecordedEvent,
-    RecordedRequest,
-    ResponseHead,
-    header_value,
-)
+from sse_recorder.model import EndReason, RecordedRequest, ResponseHead, header_value
 from sse_recorder.probe import ProbeResult, probe
-from tests.conftest import SSE_RECORDER, Process, start
+from tests.conftest import SSE_RECORDER, Process, RecordDemo
+from tests.integration.support import (
+    Recording,
+    anthropic_stream,
+    chunk_data,
+    in_thread,
+    openai_chunks,
+    replay_process,
+    retrying,
+    wait_for_line,
+    wait_for_lines,
+)
 
 pytestmark = pytest.mark.integration
-
-T = TypeVar("T")
 
 TICKS = "/ticks?n=50&interval_ms=20"  # 50 chunks, 20 ms apart
 BATCHED = "/ticks?n=12&batch=3&interval_ms=15"  # three events per chunk
@@ -75,10 +72,6 @@ MODELS = "/v1/models"
 GETS = [BATCHED, EARLY_CLOSE, LENGTH, LENGTH_EARLY, CLOSE_DELIMITED, CLOSE_DELIMITED_EARLY,
         CRLF, RESET, MODELS]
 
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
-MESSAGES = {"model": "claude-demo", "max_tokens": 64,
-            "messages": [{"role": "user", "content": "Say hello"}]}
-
 
 def order_payload(model: str, api_key: str) -> dict[str, Any]:
     """Non-streaming chat requests that differ in `model` (echoed in the response)."""
@@ -89,64 +82,6 @@ def order_payload(model: str, api_key: str) -> dict[str, Any]:
 # -- the recording ---------------------------------------------------------------------------
 
 
-@dataclass
-class Recorded:
-    interaction: Interaction
-    chunks: list[Chunk]
-    events: list[RecordedEvent]
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(c.data for c in self.chunks)
-
-    def gaps_ms(self, chunks: list[Chunk] | None = None) -> list[float]:
-        chunks = self.chunks if chunks is None else chunks
-        return [(b.offset_ns - a.offset_ns) / 1e6 for a, b in zip(chunks, chunks[1:],
-                                                                   strict=False)]
-
-
-@dataclass
-class Recording:
-    path: Path
-    items: list[Recorded]
-
-    def get(self, target: str, method: str = "GET", **fields: Any) -> Recorded:
-        """The one recording of `method target` whose JSON body has these fields."""
-        found = [
-            r for r in self.items
-            if r.interaction.request.method == method and _target(r.interaction) == target
-            and all(json.loads(r.interaction.request.body or b"{}").get(k) == v
-                    for k, v in fields.items())
-        ]
-        assert len(found) == 1, (method, target, fields, len(found))
-        return found[0]
-
-
-def _target(interaction: Interaction) -> str:
-    parts = urlsplit(interaction.request.url)
-    return parts.path + (f"?{parts.query}" if parts.query else "")
-
-
-def in_thread(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine on a loop of its own (module fixtures are synchronous)."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-async def openai_chat_stream(base_url: str) -> list[Any]:
-    client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="test", max_retries=0)
-    async with client:
-        stream = await client.chat.completions.create(**CHAT, stream=True)
-        return [chunk async for chunk in stream]
-
-
-async def anthropic_stream(base_url: str) -> tuple[list[str], Any]:
-    client = anthropic.AsyncAnthropic(base_url=base_url, api_key="test", max_retries=0)
-    async with client, client.messages.stream(**MESSAGES) as stream:
-        texts = [text async for text in stream.text_stream]
-        return texts, await stream.get_final_message()
-
-
 async def _traffic(url: str) -> None:
     async def slow(target: str) -> None:
         assert (await probe(url + target)).status == 200
@@ -154,7 +89,7 @@ async def _traffic(url: str) -> None:
     async def quick() -> None:
         for target in GETS:
             assert (await probe(url + target)).status == 200
-        await openai_chat_stream(url)
+        await openai_chunks(url)
         await anthropic_stream(url)
         async with httpx.AsyncClient(base_url=url) as client:
             for model in ("order-1", "order-2"):  # in this order
@@ -165,29 +100,12 @@ async def _traffic(url: str) -> None:
     await asyncio.gather(slow(PAUSED), slow(TICKS), slow(CI), quick())
 
 
-async def _load(path: Path) -> list[Recorded]:
-    async with await Cassette.open(path) as cassette:
-        return [Recorded(i, [c async for c in cassette.chunks(i.id)], await cassette.events(i.id))
-                for i in await cassette.interactions()]
-
-
 @pytest.fixture(scope="module")
-def recording(
-    demo_upstream: str, mitm_confdir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Recording:
+def recording(record_demo: RecordDemo) -> Recording:
     """Everything the tests replay, recorded once through `sse-recorder record`."""
-    workdir = tmp_path_factory.mktemp("recording")
-    path = workdir / "cassette.sqlite"
-    proxy = start([SSE_RECORDER, "record", "--cassette", str(path), "--listen-port", "0",
-                   "--confdir", str(mitm_confdir), "--upstream", demo_upstream],
-                  workdir / "recorder.txt")
-    try:
-        in_thread(_traffic(proxy.url))
-    finally:
-        assert proxy.stop() == 0, proxy.stderr()
-    items = in_thread(_load(path))
-    assert len(items) == len(GETS) + 7
-    return Recording(path, items)
+    recording = Recording.read(record_demo("recording", lambda url: in_thread(_traffic(url))))
+    assert len(recording.items) == len(GETS) + 7
+    return recording
 
 
 @pytest.fixture(scope="module")
@@ -209,40 +127,13 @@ def replays(
         process.stop()
 
 
-def replay_process(cassette: Path, log: Path, *options: str) -> Process:
-    return start([SSE_RECORDER, "replay", str(cassette), "--port", "0", *options], log)
-
-
-async def wait_for_lines(
-    process: Process, *parts: str, count: int = 1, timeout: float = 10
-) -> list[str]:
-    """The replay's stderr lines holding every part (one is written as a response ends)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = [line for line in process.stderr().splitlines()
-                 if all(part in line for part in parts)]
-        if len(lines) >= count:
-            return lines
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {count} lines with {parts} in:\n{process.stderr()}")
-        await asyncio.sleep(0.02)
-
-
-async def wait_for_line(process: Process, *parts: str, timeout: float = 10) -> str:
-    return (await wait_for_lines(process, *parts, timeout=timeout))[0]
-
-
-def data_of(result: ProbeResult) -> list[bytes]:
-    return [data for _, data in result.chunks]
-
-
 # -- real clients get exactly what was recorded ----------------------------------------------
 
 
 async def test_openai_sdk_streams_the_recorded_completion(
     recording: Recording, replays: Callable[..., Process]
 ) -> None:
-    chunks = await openai_chat_stream(replays().url)
+    chunks = await openai_chunks(replays().url)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "".join(TEXT)
     assert chunks[-1].choices[0].finish_reason == "stop"
@@ -308,20 +199,6 @@ async def test_plain_json_response_is_replayed_with_its_length(
 # -- chunk boundaries and timing -------------------------------------------------------------
 
 
-async def timed(check: Callable[[], Awaitable[None]], attempts: int = 3) -> None:
-    """Run a timing check, again if a timing assertion fails (at most `attempts` runs).
-
-    A stall of a shared machine is not the replay's fault, and a stream of 100 ms is
-    bunched by a single one; exact assertions inside `check` fail on every run anyway."""
-    for attempt in range(attempts):
-        try:
-            await check()
-            return
-        except AssertionError:
-            if attempt == attempts - 1:
-                raise
-
-
 def gap_errors_ms(result: ProbeResult, recorded: list[float]) -> list[float]:
     return [abs(a - b) for a, b in zip(result.gaps_ms(), recorded, strict=True)]
 
@@ -335,7 +212,7 @@ async def test_1x_keeps_chunk_boundaries_and_gaps(
     async def check() -> None:
         result = await probe(url)
         assert result.status == 200 and result.ending == "clean"
-        assert data_of(result) == [c.data for c in recorded.chunks] == ticks_writes(50)
+        assert chunk_data(result) == [c.data for c in recorded.chunks] == ticks_writes(50)
         errors = gap_errors_ms(result, recorded.gaps_ms())
         assert statistics.median(errors) < 2.0, errors
         assert sorted(errors)[-3] < 15, errors  # two scheduler hiccups allowed
@@ -344,7 +221,7 @@ async def test_1x_keeps_chunk_boundaries_and_gaps(
         assert abs(first_ms - recorded.chunks[0].offset_ns / 1e6) < 15
         assert abs(last_ms - recorded.chunks[-1].offset_ns / 1e6) < 25
 
-    await timed(check)
+    await retrying(check)
 
 
 async def test_speed_10_divides_the_gaps(
@@ -356,13 +233,13 @@ async def test_speed_10_divides_the_gaps(
 
     async def check() -> None:
         result = await probe(url)
-        assert result.ending == "clean" and data_of(result) == [c.data for c in recorded.chunks]
+        assert result.ending == "clean" and chunk_data(result) == [c.data for c in recorded.chunks]
         ratios = [a / b for a, b in zip(result.gaps_ms(), recorded.gaps_ms(), strict=True)]
         assert abs(statistics.median(ratios) - 0.1) < 0.03, ratios
         duration_ms = (result.chunks[-1][0] - result.chunks[0][0]) / 1e6
         assert recorded_ms / 10 - 10 < duration_ms < recorded_ms / 10 + 30
 
-    await timed(check)
+    await retrying(check)
 
 
 async def test_instant_sends_everything_at_once_with_the_same_chunks(
@@ -374,7 +251,7 @@ async def test_instant_sends_everything_at_once_with_the_same_chunks(
     result = await probe(url + TICKS)
     assert result.ending == "clean"
     # HTTP chunks keep their boundaries whatever the transport coalesces.
-    assert data_of(result) == [c.data for c in recorded.chunks]
+    assert chunk_data(result) == [c.data for c in recorded.chunks]
     assert result.chunks[-1][0] / 1e9 < 0.4
     # A close-delimited body has no framing: pieces may merge, bytes may not change.
     closed = recording.get(CLOSE_DELIMITED)
@@ -397,13 +274,13 @@ async def test_max_gap_clamps_a_long_pause(
         )
         for result in (clamped, faithful):
             assert result.ending == "clean"
-            assert data_of(result) == [c.data for c in recorded.chunks]
+            assert chunk_data(result) == [c.data for c in recorded.chunks]
         assert 80 < clamped.head_ns / 1e6 < 400  # 1.5 s clamped to 100 ms
         errors = gap_errors_ms(clamped, recorded.gaps_ms())
         assert statistics.median(errors) < 3, errors  # the short gaps stay as recorded
         assert abs(faithful.head_ns / 1e6 - head_ms) < 50  # without the clamp: the whole pause
 
-    await timed(check)
+    await retrying(check)
 
 
 # -- endings ---------------------------------------------------------------------------------
@@ -438,7 +315,7 @@ async def test_recorded_ending_is_reproduced_on_the_wire(
     assert result.ending == ending
     assert result.body == body
     if framing == "chunked":
-        assert data_of(result) == [c.data for c in recorded.chunks]
+        assert chunk_data(result) == [c.data for c in recorded.chunks]
     headers = {k.lower(): v for k, v in result.headers}
     if framing == "length":
         declared = header_value(recorded.interaction.response.headers,  # type: ignore[union-attr]
@@ -535,12 +412,12 @@ async def test_last_event_id_resumes_after_that_event_with_the_recorded_gaps(
     async def check() -> None:
         result = await probe(url, headers=[("Last-Event-ID", "5")])
         assert result.ending == "clean"
-        assert data_of(result) == ci_log_writes("5")[1:] == [c.data for c in recorded.chunks[6:]]
+        assert chunk_data(result) == ci_log_writes("5")[1:] == [c.data for c in recorded.chunks[6:]]
         errors = gap_errors_ms(result, recorded.gaps_ms(recorded.chunks[6:]))
         assert statistics.median(errors) < 3, errors
         assert gap_ms - 3 < result.chunks[0][0] / 1e6 < gap_ms + 20
 
-    await timed(check)
+    await retrying(check)
 
 
 async def test_last_event_id_inside_a_chunk_cuts_it(
@@ -552,12 +429,12 @@ async def test_last_event_id_inside_a_chunk_cuts_it(
     async def check() -> None:
         result = await probe(url, headers=[("Last-Event-ID", "4")])
         assert result.ending == "clean"
-        assert data_of(result) == [tick_event(5)] + [c.data for c in recorded.chunks[2:]]
+        assert chunk_data(result) == [tick_event(5)] + [c.data for c in recorded.chunks[2:]]
         assert result.chunks[0][0] / 1e6 < 20  # the rest of the cut chunk goes out at once
         errors = gap_errors_ms(result, recorded.gaps_ms(recorded.chunks[1:]))
         assert max(errors) < 5, errors
 
-    await timed(check)
+    await retrying(check)
     result = await probe(url, headers=[("Last-Event-ID", "11")])  # the last event
     assert result.ending == "clean" and result.body == b""
 
@@ -572,7 +449,7 @@ async def test_last_event_id_with_crlf_split_across_chunks(
         result = await probe(url, headers=[("Last-Event-ID", last_id)])
         assert result.ending == "clean"
         # exactly the events after it: not even the LF of the CRLF that ended it
-        assert data_of(result) == [c.data for c in recorded.chunks[rest:]], last_id
+        assert chunk_data(result) == [c.data for c in recorded.chunks[rest:]], last_id
 
 
 async def test_last_event_id_with_a_content_length(
@@ -600,7 +477,7 @@ async def test_unknown_last_event_id_replays_from_the_start(
 ) -> None:
     result = await probe(replays().url + CI, headers=[("Last-Event-ID", "no-such-id")])
     assert result.ending == "clean"
-    assert data_of(result) == [c.data for c in recording.get(CI).chunks]
+    assert chunk_data(result) == [c.data for c in recording.get(CI).chunks]
 
 
 # -- matching --------------------------------------------------------------------------------

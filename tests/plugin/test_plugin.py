@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sse_recorder.cassette import Cassette
 from sse_recorder.server import ReplayOptions
 from sse_recorder.sse import Event, parse
-from tests.conftest import REPO, SSE_RECORDER, start
+from tests.conftest import REPO, SSE_RECORDER, RecordDemo, start
+from tests.integration.support import load
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.integration
@@ -41,21 +41,15 @@ CHAT = {"model": "gpt-4o-mini", "stream": True, "messages": PROMPT}
 
 
 @pytest.fixture(scope="module")
-def recorded(demo_upstream: str, mitm_confdir: Path, tmp_path_factory: pytest.TempPathFactory
-             ) -> Path:
+def recorded(record_demo: RecordDemo) -> Path:
     """A cassette recorded from the demo upstream: #1 GET /ci/logs, #2 a streamed chat."""
-    workdir = tmp_path_factory.mktemp("recorded")
-    path = workdir / "base.sqlite"
-    recorder = start([SSE_RECORDER, "record", "--cassette", str(path), "--upstream",
-                      demo_upstream, "--listen-port", "0", "--confdir", str(mitm_confdir)],
-                     workdir / "recorder.txt")
-    try:
-        with httpx.Client(base_url=recorder.url, timeout=10) as client:
+
+    def traffic(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=10) as client:
             assert client.get("/ci/logs").status_code == 200
             assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
-    finally:
-        assert recorder.stop() == 0, recorder.stderr()
-    return path
+
+    return record_demo("recorded", traffic)
 
 
 @pytest.fixture
@@ -78,11 +72,7 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 
 def urls(path: Path) -> list[str]:
-    async def read() -> list[str]:
-        async with await Cassette.open(path) as cassette:
-            return [i.request.url.split("/", 3)[3] for i in await cassette.interactions()]
-
-    return asyncio.run(read())
+    return [r.interaction.request.url.split("/", 3)[3] for r in asyncio.run(load(path))]
 
 
 def snapshot(path: Path) -> tuple[bytes, int]:
@@ -377,14 +367,9 @@ def test_replaying_twice_gives_the_same_events_in_the_same_chunks(
     run(suite, "--sse-speed=1").assert_outcomes(passed=1)  # at the recorded pace
     instant, paced = (json.loads(line) for line in out.read_text().splitlines())
 
-    async def recording() -> tuple[list[str], float]:
-        async with await Cassette.open(recorded) as cassette:
-            interaction = (await cassette.interactions())[0]
-            chunks = [c.data.decode() async for c in cassette.chunks(interaction.id)]
-            assert interaction.end_offset_ns is not None
-            return chunks, interaction.end_offset_ns / 1e9
-
-    chunks, duration = asyncio.run(recording())
+    interaction, stored, _ = asyncio.run(load(recorded))[0]
+    assert interaction.end_offset_ns is not None
+    chunks, duration = [c.data.decode() for c in stored], interaction.end_offset_ns / 1e9
     assert instant["chunks"] == paced["chunks"] == chunks
     events = [i for i in parse("".join(chunks).encode()) if isinstance(i, Event)]
     assert len(events) >= 10

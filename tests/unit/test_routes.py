@@ -48,43 +48,70 @@ def test_bad_specs_raise_config_error(spec: str) -> None:
 # Route.matches
 
 
-def test_matching_ignores_the_query_string() -> None:
-    route = Route.parse("api.example.com/v1/chat")
-    assert route.matches("GET", "api.example.com", "/v1/chat?stream=true&x=/y")
-    assert route.matches("GET", "api.example.com", "/v1/chat")
-    assert not route.matches("GET", "api.example.com", "/v1/chat/more?x=1")
+Request = tuple[str, str, str]  # method, host, path with its query
 
 
-def test_glob_over_host_and_path() -> None:
-    route = Route.parse("*.example.com/v1/*")
-    assert route.matches("POST", "api.example.com", "/v1/messages")
-    assert route.matches("GET", "a.b.example.com", "/v1/")
-    assert not route.matches("GET", "example.com", "/v1/messages")  # "*." needs a subdomain
-    assert not route.matches("GET", "api.example.org", "/v1/messages")
-    assert not route.matches("GET", "api.example.com", "/v2/messages")
-
-
-def test_host_only_route_matches_any_path_on_that_host() -> None:
-    route = Route.parse("api.example.com")
-    assert route.matches("GET", "api.example.com", "/")
-    assert route.matches("PATCH", "api.example.com", "/deep/path?q=1")
-    assert not route.matches("GET", "other.example.com", "/")
-
-
-def test_method_and_host_are_case_insensitive_but_path_is_not() -> None:
-    route = Route.parse("post API.Example.com/V1/Chat")
-    assert route.matches("POST", "api.example.com", "/V1/Chat")
-    assert route.matches("post", "API.EXAMPLE.COM", "/V1/Chat")
-    assert not route.matches("POST", "api.example.com", "/v1/chat")
-
-
-def test_method_restriction() -> None:
-    route = Route.parse("POST */v1/messages")
-    assert route.matches("POST", "anything.example", "/v1/messages")
-    assert not route.matches("GET", "anything.example", "/v1/messages")
-    any_method = Route.parse("*/v1/messages")
-    assert any_method.matches("GET", "h", "/v1/messages")
-    assert any_method.matches("OPTIONS", "h", "/v1/messages")
+@pytest.mark.parametrize(
+    ("spec", "matching", "not_matching"),
+    [
+        pytest.param(
+            "api.example.com/v1/chat",
+            [("GET", "api.example.com", "/v1/chat?stream=true&x=/y"),
+             ("GET", "api.example.com", "/v1/chat")],
+            [("GET", "api.example.com", "/v1/chat/more?x=1")],
+            id="ignores-the-query-string",
+        ),
+        pytest.param(
+            "*.example.com/v1/*",
+            [("POST", "api.example.com", "/v1/messages"),
+             ("GET", "a.b.example.com", "/v1/")],
+            [("GET", "example.com", "/v1/messages"),  # "*." needs a subdomain
+             ("GET", "api.example.org", "/v1/messages"),
+             ("GET", "api.example.com", "/v2/messages")],
+            id="glob-over-host-and-path",
+        ),
+        pytest.param(
+            "api.example.com",
+            [("GET", "api.example.com", "/"),
+             ("PATCH", "api.example.com", "/deep/path?q=1")],
+            [("GET", "other.example.com", "/")],
+            id="host-only-matches-any-path-on-that-host",
+        ),
+        pytest.param(
+            "post API.Example.com/V1/Chat",
+            [("POST", "api.example.com", "/V1/Chat"),
+             ("post", "API.EXAMPLE.COM", "/V1/Chat")],
+            [("POST", "api.example.com", "/v1/chat")],
+            id="method-and-host-case-insensitive-path-not",
+        ),
+        pytest.param(
+            "POST */v1/messages",
+            [("POST", "anything.example", "/v1/messages")],
+            [("GET", "anything.example", "/v1/messages")],
+            id="method-restriction",
+        ),
+        pytest.param(
+            "*/v1/messages",
+            [("GET", "h", "/v1/messages"),
+             ("OPTIONS", "h", "/v1/messages")],
+            [],
+            id="any-method",
+        ),
+        pytest.param(
+            "POST /v1/messages",
+            [("POST", "api.anthropic.com", "/v1/messages"),
+             ("POST", "127.0.0.1", "/v1/messages?beta=1")],
+            [("POST", "127.0.0.1", "/v1/messages/count")],
+            id="bare-path-matches-any-host",
+        ),
+    ],
+)
+def test_route_matches(spec: str, matching: list[Request], not_matching: list[Request]) -> None:
+    route = Route.parse(spec)
+    for request in matching:
+        assert route.matches(*request), request
+    for request in not_matching:
+        assert not route.matches(*request), request
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,10 +157,3 @@ def test_filter_parse_rejects_a_bad_spec_in_either_list() -> None:
 def test_routes_that_could_never_match_are_rejected(spec: str) -> None:
     with pytest.raises(ConfigError):
         Route.parse(spec)
-
-
-def test_a_bare_path_matches_any_host() -> None:
-    route = Route.parse("POST /v1/messages")
-    assert route.matches("POST", "api.anthropic.com", "/v1/messages")
-    assert route.matches("POST", "127.0.0.1", "/v1/messages?beta=1")
-    assert not route.matches("POST", "127.0.0.1", "/v1/messages/count")
