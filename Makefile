@@ -38,6 +38,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check sse_recorder addons tests bench
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[record,dev,bench]'
 	$(BIN)/python bench/run_all.py
 
 clean:

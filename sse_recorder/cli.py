@@ -11,7 +11,7 @@ import asyncio
 import base64
 import json
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,10 +23,14 @@ from .errors import SSERecorderError
 T = TypeVar("T")
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
+def _run(
+    coro: Coroutine[Any, Any, T],
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> T:
     """Run a coroutine, turning expected failures into a one-line error and exit status 2."""
     try:
-        return asyncio.run(coro)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(coro)
     except SSERecorderError as exc:
         click.echo(f"sse-recorder: {exc}", err=True)
         sys.exit(2)
@@ -315,6 +319,9 @@ def _served_line(served: Any) -> str:
 @click.option("--seed", type=int, help="Seed for probabilistic faults (default: the plan's, or 0).")
 @click.option("--fault-log", type=click.Path(path_type=Path), metavar="FILE",
               help="Append one JSON line per connection: what matched and which faults fired.")
+@click.option("--loop", "loop_name", type=click.Choice(["asyncio", "uvloop"]),
+              default="asyncio", show_default=True,
+              help="Event loop to serve on (uvloop must be installed; not with --proxy).")
 @click.option("--proxy", "as_proxy", is_flag=True,
               help="Be an HTTP(S) proxy (mitmproxy) answering every request from CASSETTE.")
 @click.option("--confdir", type=click.Path(path_type=Path),
@@ -336,6 +343,7 @@ def replay(
     fault_file: Path | None,
     seed: int | None,
     fault_log: Path | None,
+    loop_name: str,
     as_proxy: bool,
     confdir: Path,
 ) -> None:
@@ -348,7 +356,7 @@ def replay(
     from .faults import FaultPlan
     from .matching import MatchConfig
     from .schedule import Timing
-    from .server import ReplayOptions, ReplayServer
+    from .server import ReplayOptions, ReplayServer, loop_factory
 
     async def go() -> None:
         options = ReplayOptions(
@@ -375,7 +383,12 @@ def replay(
         finally:
             await server.close()
 
-    _run(go())
+    try:
+        factory = None if as_proxy else loop_factory(loop_name)
+    except SSERecorderError as exc:
+        click.echo(f"sse-recorder: {exc}", err=True)
+        sys.exit(2)
+    _run(go(), factory)
 
 
 async def _replay_as_proxy(server: Any, host: str, port: int, confdir: Path) -> None:

@@ -4,7 +4,9 @@ Requests are parsed with h11; responses are written by hand so the wire shows ex
 what was recorded: one HTTP chunk per recorded chunk (or raw bytes for Content-Length
 and close-delimited bodies), each its own write with TCP_NODELAY, due at
 `start + offset / speed` on an absolute schedule, and the recorded ending: terminating
-chunk, FIN without it, or RST. Small interactions are cached after first use; large ones
+chunk, FIN without it, or RST. With --instant nothing waits, so chunks go out a batch per
+write (HTTP chunks keep their boundaries; the transport merges raw bytes anyway) and
+concurrent streams take turns. Small interactions are cached after first use; large ones
 stream from SQLite a page at a time, so the first byte never waits for the whole file.
 """
 
@@ -38,7 +40,7 @@ MAX_REQUEST_BODY = 64 << 20
 PRECISE_WINDOW = 0.0015  # wake this early and finish the wait by polling the loop
 PRECISE_MAX_STREAMS = 32  # above this many active streams, plain timers (CPU matters more)
 WRITE_BUFFER_HIGH = 64 * 1024  # drain above this many bytes queued in the transport
-INSTANT_YIELD_EVERY = 32  # instant mode: let other streams run every this many chunks
+INSTANT_BATCH = 4 * 1024  # instant mode: bytes per write, then other streams take a turn
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length",
                "proxy-connection", "upgrade", "te", "trailer"}
 
@@ -100,6 +102,7 @@ class ReplayServer:
         self.on_served = on_served
         self.served: list[Served] = []
         self._cache: dict[int, list[Chunk]] = {}
+        self._batch_cache: dict[int, list[bytes]] = {}  # instant mode's writes, see `_batches`
         self._cache_locks: dict[int, asyncio.Lock] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -178,10 +181,15 @@ class ReplayServer:
                 request = await self._read_request(conn, reader, writer)
                 if request is None:
                     break
-                keep_alive = await self._respond(request, reader, writer)
-                if not keep_alive or conn.our_state is h11.MUST_CLOSE:
-                    break
+                # The parser has nothing more to say until the next request (responses never
+                # go through it): keep what the loop needs and let it go while a long stream
+                # plays, which saves memory per open stream.
+                must_close = conn.our_state is h11.MUST_CLOSE
                 leftover, closed = conn.trailing_data
+                del conn
+                keep_alive = await self._respond(request, reader, writer)
+                if not keep_alive or must_close:
+                    break
                 conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
                 if leftover:  # a pipelined request already read
                     conn.receive_data(bytes(leftover))
@@ -319,13 +327,13 @@ class ReplayServer:
         start = time.monotonic()  # the schedule's clock: loop.time() is whole ms on uvloop
         timing = self.options.timing
         framing = _framing(interaction)
-        chunks = self._chunks(interaction)
+        chunks: AsyncIterator[Chunk] | None = None  # None: the whole body (see `_pages`)
         schedule = Schedule(timing)
         skipped = 0
         resumed = None
         resume_from = header_value(request.headers, "last-event-id")
         if resume_from is not None and interaction.is_sse:
-            resumed = await self._resume(interaction, chunks, resume_from)
+            resumed = await self._resume(interaction, self._chunks(interaction), resume_from)
         if resumed is not None:
             chunks, origin_ns, skipped = resumed
             schedule = Schedule(timing, origin_ns)
@@ -334,36 +342,46 @@ class ReplayServer:
         else:
             head_due = schedule.due(interaction.head_offset_ns or 0)
         if run.chosen:
+            if chunks is None:
+                chunks = self._chunks(interaction)
             return await self._play_faulted(interaction, framing, chunks, schedule, start,
                                             head_due, skipped, reader, writer, run)
+        if chunks is None and interaction.body_size <= CACHE_LIMIT:
+            await self._cached(interaction)  # a first use reads the body while the head waits
         await self._wait_until(loop, start + head_due)
-        # The hot loop (one pass per chunk per stream): names are bound once, and instant
-        # mode skips the schedule, whose answer is always "now".
+        # The hot loops run once per chunk per stream: a cached body is a plain list.
         transport = writer.transport
         transport.write(self._head(interaction, framing, skipped))
         chunked = framing == "chunked"
-        instant = timing.instant
-        due_at = schedule.due
-        sent = 0
         try:
-            async for page in self._pages(interaction, chunks, resumed is None):
-                for chunk in page:
-                    data = chunk.data
-                    if not data:
-                        continue
-                    if not instant:
-                        due = start + due_at(chunk.offset_ns)
+            if timing.instant:
+                since_turn = 0  # bytes written since other connections last had a turn
+                async for batches in self._batches(interaction, chunks, chunked):
+                    for batch in batches:
+                        transport.write(batch)
+                        if transport.is_closing():
+                            return "client-gone"  # a send failed: the client went away
+                        if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+                            await writer.drain()
+                        since_turn += len(batch)
+                        # Fairness: other connections run after every batch; a stream alone
+                        # still lets the loop accept new ones now and then.
+                        if len(self._tasks) > 1 or since_turn >= WRITE_BUFFER_HIGH:
+                            since_turn = 0
+                            await asyncio.sleep(0)
+            else:
+                async for page in self._pages(interaction, chunks):
+                    for chunk in page:
+                        if not chunk.data:
+                            continue
+                        due = start + schedule.due(chunk.offset_ns)
                         if due > time.monotonic():
                             await self._wait_until(loop, due)
-                    transport.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
-                    if transport.is_closing():
-                        return "client-gone"  # a send failed: the client went away
-                    sent += 1
-                    if instant and sent % INSTANT_YIELD_EVERY == 0:
-                        await writer.drain()
-                        await asyncio.sleep(0)  # fairness: every stream makes progress
-                    elif transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
-                        await writer.drain()
+                        transport.write(_frame(chunk.data) if chunked else chunk.data)
+                        if transport.is_closing():
+                            return "client-gone"
+                        if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+                            await writer.drain()
             if interaction.end_offset_ns is not None and interaction.end_reason is not (
                 EndReason.CLEAN
             ):
@@ -501,13 +519,15 @@ class ReplayServer:
         return cached
 
     async def _pages(
-        self, interaction: Interaction, chunks: AsyncIterator[Chunk], whole: bool
+        self, interaction: Interaction, chunks: AsyncIterator[Chunk] | None
     ) -> AsyncIterator[list[Chunk]]:
-        """The body in lists, so that the per-chunk loop is a plain `for`: a cached body at
-        once (`whole`, not resumed; no copy), else `chunks` a cassette page at a time."""
-        if whole and interaction.body_size <= CACHE_LIMIT:
-            yield await self._cached(interaction)
-            return
+        """`chunks` (None: the whole body) in lists, so that the per-chunk loop is a plain
+        `for`: a cached body at once, without a copy; otherwise a cassette page at a time."""
+        if chunks is None:
+            if interaction.body_size <= CACHE_LIMIT:
+                yield await self._cached(interaction)
+                return
+            chunks = self._chunks(interaction)
         page: list[Chunk] = []
         async for chunk in chunks:
             page.append(chunk)
@@ -516,6 +536,22 @@ class ReplayServer:
                 page = []
         if page:
             yield page
+
+    async def _batches(
+        self, interaction: Interaction, chunks: AsyncIterator[Chunk] | None, chunked: bool
+    ) -> AsyncIterator[list[bytes]]:
+        """Instant mode's writes for `chunks` (None: the whole body), in lists like `_pages`.
+        A cached body's are made once and shared by every stream (about the body's size
+        again in memory)."""
+        if chunks is None and interaction.body_size <= CACHE_LIMIT:
+            batches = self._batch_cache.get(interaction.id)
+            if batches is None:
+                batches = _batched(await self._cached(interaction), chunked)
+                self._batch_cache[interaction.id] = batches
+            yield batches
+            return
+        async for page in self._pages(interaction, chunks):
+            yield _batched(page, chunked)
 
     async def _resume(
         self, interaction: Interaction, chunks: AsyncIterator[Chunk], last_id: str
@@ -556,6 +592,30 @@ class ReplayServer:
                     skipped += 1
             return _prepend(left, iterator), chunk.offset_ns, skipped
         return _empty(), 0, interaction.body_size
+
+
+def _frame(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def _batched(chunks: list[Chunk], chunked: bool) -> list[bytes]:
+    """Instant mode's writes: chunks framed and joined up to INSTANT_BATCH bytes, so that a
+    stream costs one send per batch rather than one per chunk."""
+    batches: list[bytes] = []
+    batch: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        if chunk.data:
+            batch.append(_frame(chunk.data) if chunked else chunk.data)
+            size += len(batch[-1])
+            if size >= INSTANT_BATCH:
+                batches.append(b"".join(batch))
+                batch.clear()
+                size = 0
+    if batch:
+        batches.append(b"".join(batch))
+    return batches
 
 
 async def _prepend(first: list[Chunk], rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:

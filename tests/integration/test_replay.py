@@ -203,11 +203,12 @@ def gap_errors_ms(result: ProbeResult, recorded: list[float]) -> list[float]:
     return [abs(a - b) for a, b in zip(result.gaps_ms(), recorded, strict=True)]
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 async def test_1x_keeps_chunk_boundaries_and_gaps(
-    recording: Recording, replays: Callable[..., Process]
+    loop: str, recording: Recording, replays: Callable[..., Process]
 ) -> None:
     recorded = recording.get(TICKS)
-    url = replays().url + TICKS
+    url = replays("--loop", loop).url + TICKS
 
     async def check() -> None:
         result = await probe(url)
