@@ -244,11 +244,27 @@ class Matcher:
     interactions: Sequence[Interaction]
     config: MatchConfig = field(default_factory=MatchConfig)
     _served: dict[int, int] = field(default_factory=dict)  # interaction id -> times served
+    # Recordings by (method, path) as far as the criteria compare them, so a request is
+    # checked in full only against the few that can match (the rest are a miss anyway).
+    _index: dict[tuple[str, str], list[Interaction]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for interaction in self.interactions:
+            if interaction.response is not None:
+                key = self._key(interaction.request.method, _split(interaction.request.url)[2])
+                self._index.setdefault(key, []).append(interaction)
+
+    def _key(self, method: str, path: str) -> tuple[str, str]:
+        criteria = self.config.criteria
+        return (method.upper() if "method" in criteria else "",
+                path if "path" in criteria else "")
 
     def match(self, request: IncomingRequest) -> Interaction | Miss:
+        bucket = self._index.get(
+            self._key(request.method, _split(request.target)[2]), []
+        )
         candidates = [
-            i for i in self.interactions
-            if i.response is not None and not differences(i.request, request, self.config)
+            i for i in bucket if not differences(i.request, request, self.config)
         ]
         if not candidates:
             return self._nearest(request)
