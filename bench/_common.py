@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -290,3 +291,25 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), rule, *(line(row) for row in cells[1:])])
+
+
+@dataclass
+class Summary:
+    """One PASS/MISS line per target, printed last."""
+
+    lines: list[tuple[str, str, bool]] = field(default_factory=list)
+    failed: bool = False  # a correctness failure, not a missed target
+
+    def add(self, name: str, text: str, ok: bool) -> None:
+        self.lines.append((name, text, ok))
+
+    def print(self) -> None:
+        print("\nSUMMARY")
+        width = max((len(name) for name, _, _ in self.lines), default=0)
+        text_width = max((len(text) for _, text, _ in self.lines), default=0)
+        for name, text, ok in self.lines:
+            print(f"  {verdict(ok)}  {name.ljust(width)}  {text.ljust(text_width)}")
+
+
+def ms(ns: float) -> str:
+    return "n/a" if math.isnan(ns) else f"{ns / 1e6:.3f}"

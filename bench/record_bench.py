@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -47,16 +47,17 @@ from _common import (
     Client,
     ForeignLoad,
     Service,
+    Summary,
     cpu_seconds,
     deadline,
     demo_upstream,
     fmt_ratio,
     median,
+    ms,
     percentile,
     ratio,
     reverse_mitmdump,
     table,
-    verdict,
 )
 
 from sse_recorder.cassette import Cassette, EndUpdate, HeadUpdate, InteractionStart, WriteBatch
@@ -91,28 +92,6 @@ class Plan:
 
 FULL = Plan(12, 200, 10, 20_000, 9, 200_000, 4, 3, 420)
 QUICK = Plan(2, 100, 10, 5_000, 3, 20_000, 4, 1, 90)
-
-
-@dataclass
-class Summary:
-    """One line per figure, printed last."""
-
-    lines: list[tuple[str, str, bool]] = field(default_factory=list)
-    failed: bool = False  # a correctness failure, not a missed target
-
-    def add(self, name: str, text: str, ok: bool) -> None:
-        self.lines.append((name, text, ok))
-
-    def print(self) -> None:
-        print("\nSUMMARY")
-        width = max((len(name) for name, _, _ in self.lines), default=0)
-        text_width = max((len(text) for _, text, _ in self.lines), default=0)
-        for name, text, ok in self.lines:
-            print(f"  {name.ljust(width)}  {text.ljust(text_width)}  {verdict(ok)}")
-
-
-def ms(ns: float) -> str:
-    return "n/a" if math.isnan(ns) else f"{ns / 1e6:.3f}"
 
 
 def signed_ms(ns: float) -> str:

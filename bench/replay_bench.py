@@ -61,16 +61,17 @@ from _common import (
     BenchError,
     ForeignLoad,
     Service,
+    Summary,
     _die_with_parent,
     cpu_seconds,
     deadline,
     demo_upstream,
     fmt_ratio,
     median,
+    ms,
     percentile,
     ratio,
     table,
-    verdict,
 )
 
 from sse_recorder.cassette import Cassette, EndUpdate, HeadUpdate, InteractionStart, WriteBatch
@@ -117,27 +118,6 @@ class Plan:
 
 FULL = Plan(4, ("asyncio", "uvloop"), (250, 1000), 4, 2, 100_000, 9, 100, 5_000, 3, 1, 10_000, 330)
 QUICK = Plan(1, ("asyncio", "uvloop"), (200,), 2, 1, 20_000, 2, 20, 5_000, 1, 1, 1_000, 90)
-
-
-@dataclass
-class Summary:
-    """One PASS/MISS line per target, printed last."""
-
-    lines: list[tuple[str, str, bool]] = field(default_factory=list)
-
-    def add(self, name: str, text: str, ok: bool) -> None:
-        self.lines.append((name, text, ok))
-
-    def print(self) -> None:
-        print("\nSUMMARY")
-        width = max((len(name) for name, _, _ in self.lines), default=0)
-        text_width = max((len(text) for _, text, _ in self.lines), default=0)
-        for name, text, ok in self.lines:
-            print(f"  {verdict(ok)}  {name.ljust(width)}  {text.ljust(text_width)}")
-
-
-def ms(ns: float) -> str:
-    return "n/a" if math.isnan(ns) else f"{ns / 1e6:.3f}"
 
 
 # --- processes ---------------------------------------------------------------------------------

@@ -251,23 +251,19 @@ class RecordingSession:
                 self.on_failure(exc)
 
     def _apply(self, items: list[tuple], batch: WriteBatch) -> bool:
-        """Turn queued items into rows; consecutive chunks of one body are fed together."""
-        run: list[tuple[int, bytes]] = []
-        run_iid = -1
+        """Turn queued items into rows. Each body's chunks in the batch are fed together
+        (interleaved streams too): only the order within one interaction matters, so its
+        chunks are fed before its end, and a head always precedes its chunks."""
+        pending: dict[int, list[tuple[int, bytes]]] = {}
+        stopping = False
         for item in items:
             kind = item[0]
-            if kind == _CHUNK and item[1] == run_iid:
-                run.append((item[2], item[3]))
-                continue
-            if run:
-                self._body(run_iid).feed(run, batch)
-                run = []
             if kind == _CHUNK:
-                run_iid = item[1]
-                run.append((item[2], item[3]))
-                continue
-            run_iid = -1
-            if kind == _BEGIN:
+                chunks = pending.get(item[1])
+                if chunks is None:
+                    chunks = pending[item[1]] = []
+                chunks.append((item[2], item[3]))
+            elif kind == _BEGIN:
                 _, iid, started_at, request = item
                 batch.starts.append(
                     InteractionStart(iid, started_at, self._redact_request(request))
@@ -282,18 +278,23 @@ class RecordingSession:
                 self._bodies[iid] = _Body(iid, rules, is_sse)
                 batch.heads.append(HeadUpdate(iid, head, offset_ns, is_sse))
             elif kind == _END:
+                chunks = pending.pop(item[1], None)
+                if chunks:
+                    self._feed(item[1], chunks, batch)
                 self._end(item, batch)
             else:
-                return True
-        if run:
-            self._body(run_iid).feed(run, batch)
-        return False
+                stopping = True
+                break
+        for iid, chunks in pending.items():
+            self._feed(iid, chunks, batch)
+        return stopping
 
-    def _body(self, iid: int) -> _Body:
+    def _feed(self, iid: int, chunks: list[tuple[int, bytes]], batch: WriteBatch) -> None:
         body = self._bodies.get(iid)
-        if body is None:  # a body with no recorded head: treat as opaque
-            body = self._bodies[iid] = _Body(iid, self.config.redaction, False)
-        return body
+        if body is None:  # the interaction already ended: nothing may follow its end
+            log.debug("sse-recorder: %d chunks after the end of #%d dropped", len(chunks), iid)
+            return
+        body.feed(chunks, batch)
 
     def _end(self, item: tuple, batch: WriteBatch) -> None:
         _, iid, offset_ns, reason, error, check_truncation = item

@@ -112,6 +112,32 @@ async def test_begin_head_chunk_end_flow(tmp_path: Path) -> None:
     assert got.events[1] == [ev(0, "one", 0, 0), ev(1, "two", 1, 1)]
 
 
+async def test_interleaved_streams_in_one_batch_stay_apart(tmp_path: Path) -> None:
+    """The writer feeds each body's chunks of a batch together; interleaving (and an end
+    arriving while the other stream goes on) must not mix or reorder anything."""
+    path = tmp_path / "rec.cassette"
+    session = RecordingSession(str(path))
+    await session.start()
+    a, b = session.begin(GET, 1.0), session.begin(GET, 2.0)
+    session.head(a, SSE_HEAD, 10)
+    session.head(b, SSE_HEAD, 20)
+    for i in range(6):  # queued back to back: they reach the writer as one batch
+        if i < 4:
+            session.chunk(a, 100 + i, b"data: a%d\n\n" % i)
+        session.chunk(b, 200 + i, b"data: b" if i % 2 == 0 else b"%d\n\n" % i)
+        if i == 3:
+            session.end(a, EndReason.CLEAN, 150)
+    session.end(b, EndReason.CLEAN, 300)
+    await session.close()
+    got = await read_back(path)
+    assert [c.data for c in got.chunks[a]] == [b"data: a%d\n\n" % i for i in range(4)]
+    assert [c.offset_ns for c in got.chunks[b]] == [200 + i for i in range(6)]
+    assert [(e.data, e.first_chunk, e.last_chunk) for e in got.events[b]] == [
+        ("b1", 0, 1), ("b3", 2, 3), ("b5", 4, 5)
+    ]
+    assert [e.data for e in got.events[a]] == ["a0", "a1", "a2", "a3"]
+
+
 async def test_head_reports_whether_the_body_is_an_event_stream(
     session: RecordingSession,
 ) -> None:
