@@ -135,6 +135,8 @@ class Recorder:
         # In-process use (`sse-recorder record`) passes a started session and routes; as a
         # `mitmdump -s` script, both come from the sse_* options in `running`.
         self.session = session
+        if session is not None:
+            session.on_failure = self._storage_failed
         self.filter = routes or RouteFilter()
         self._preconfigured = session is not None
         self._flows: dict[str, _Flow] = {}

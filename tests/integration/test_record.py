@@ -303,3 +303,37 @@ async def test_bad_cassettes_fail_in_one_line_and_stay_untouched(
             code, _, err = run_cli("record", "--cassette", str(path), "--listen-port", "0")
             assert code == 2 and len(err.strip().splitlines()) == 1, (name, err)
             assert path.read_bytes() == before, name
+
+
+def _limit_file_size() -> None:
+    """In the child: writes past 256 KiB fail with EFBIG instead of killing it (SIGXFSZ)."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+
+async def test_storage_failure_stops_the_in_process_recorder(
+    demo_upstream: str, tmp_path: Path
+) -> None:
+    """`sse-recorder record` (not only `mitmdump -s`) stops loudly when it cannot write."""
+    from tests.conftest import record_args, start
+
+    cassette = tmp_path / "cassette.sqlite"
+    proxy = start(record_args(cassette, tmp_path / "confdir", "--upstream", demo_upstream),
+                  tmp_path / "recorder.txt", preexec_fn=_limit_file_size)
+    received = b""
+    n = 3000  # ~3 MB over ~6 s: the cassette outgrows the limit early
+    try:
+        with pytest.raises(httpx.RemoteProtocolError):  # cut, not passed through unrecorded
+            async with httpx.AsyncClient(timeout=10) as client:
+                url = f"{proxy.url}/ticks?n={n}&interval_ms=2&size=1000"
+                async with client.stream("GET", url) as response:
+                    async for piece in response.aiter_raw():
+                        received += piece
+        code = await asyncio.to_thread(proxy.popen.wait, 20)  # it stops by itself
+    finally:
+        proxy.stop()
+    assert code == 1
+    assert "cannot write the cassette" in proxy.stderr() and str(cassette) in proxy.stderr()
+    assert len(received) < len(b"".join(ticks_writes(n, size=1000))) // 2
