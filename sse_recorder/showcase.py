@@ -91,14 +91,10 @@ async def _run_requests(base_url: str) -> list[ProbeResult]:
     ]
 
 
-def _gaps(result: ProbeResult) -> list[float]:
-    return result.gaps_ms()
-
-
 def _summary(label: str, recorded: ProbeResult, one: ProbeResult, ten: ProbeResult) -> str:
     same = "same bytes" if recorded.body == one.body == ten.body else "BYTES DIFFER"
     chunks = f"{len(recorded.chunks)}/{len(one.chunks)}/{len(ten.chunks)} chunks"
-    errors = [abs(a - b) for a, b in zip(_gaps(recorded), _gaps(one), strict=False)]
+    errors = [abs(a - b) for a, b in zip(recorded.gaps_ms(), one.gaps_ms(), strict=False)]
     err = f"1x gap error median {sorted(errors)[len(errors) // 2]:.2f} ms" if errors else ""
     span_rec = (recorded.chunks[-1][0] / 1e6) if recorded.chunks else 0.0
     span_ten = (ten.chunks[-1][0] / 1e6) if ten.chunks else 0.0
@@ -108,7 +104,7 @@ def _summary(label: str, recorded: ProbeResult, one: ProbeResult, ten: ProbeResu
 
 def _side_by_side(recorded: ProbeResult, one: ProbeResult, ten: ProbeResult, echo: Echo) -> None:
     echo("    chunk  recorded gap  replay 1x gap  replay 10x gap (x10)  first bytes")
-    rec, a, b = _gaps(recorded), _gaps(one), _gaps(ten)
+    rec, a, b = recorded.gaps_ms(), one.gaps_ms(), ten.gaps_ms()
     for i, (_, data) in enumerate(recorded.chunks[1:12], start=1):
         preview = data[:38].decode("utf-8", "replace").encode("unicode_escape").decode()
         echo(f"    {i:>5}  {rec[i - 1]:>9.2f} ms  {a[i - 1] if i - 1 < len(a) else 0:>10.2f} ms  "
