@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check sse_recorder addons tests bench
+	$(BIN)/mypy sse_recorder addons
 	$(BIN)/python -m pytest
 
 # The recorder on Python 3.11 with mitmproxy 11.0.2 (and the older httpx/openai/anthropic
@@ -36,6 +37,7 @@ test-mitmproxy11:
 
 lint: $(STAMP)
 	$(BIN)/ruff check sse_recorder addons tests bench
+	$(BIN)/mypy sse_recorder addons
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[record,dev,bench]'

@@ -32,7 +32,9 @@ from sqlalchemy import (
     Text,
     event,
     func,
+    insert,
     select,
+    update,
 )
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -240,7 +242,7 @@ class Cassette:
                     "created_by": f"sse-recorder {__version__}",
                 }
                 await conn.execute(
-                    MetaRow.__table__.insert(), [{"key": k, "value": v} for k, v in meta.items()]
+                    insert(MetaRow), [{"key": k, "value": v} for k, v in meta.items()]
                 )
                 await conn.commit()
             version = await cls._check_format(conn, path)
@@ -316,7 +318,7 @@ class Cassette:
         try:
             if batch.starts:
                 await conn.execute(
-                    InteractionRow.__table__.insert(),
+                    insert(InteractionRow),
                     [
                         {
                             "id": s.id,
@@ -334,7 +336,7 @@ class Cassette:
                 )
             for head in batch.heads:
                 await conn.execute(
-                    InteractionRow.__table__.update()
+                    update(InteractionRow)
                     .where(InteractionRow.id == head.id)
                     .values(
                         status=head.head.status,
@@ -358,7 +360,7 @@ class Cassette:
                 )
             for end in batch.ends:
                 await conn.execute(
-                    InteractionRow.__table__.update()
+                    update(InteractionRow)
                     .where(InteractionRow.id == end.id)
                     .values(
                         complete=end.complete,

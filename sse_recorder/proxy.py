@@ -138,11 +138,11 @@ async def record(
         addons: list[Any] = [recorder]
         if replayer is not None:
             await replayer.start("127.0.0.1", 0)
-            known = replayer.matcher.interactions
+            known, matching = replayer.matcher.interactions, replayer.options.match
 
             def answers(request: IncomingRequest) -> bool:
                 return any(
-                    i.response is not None and not differences(i.request, request, replay_matched)
+                    i.response is not None and not differences(i.request, request, matching)
                     for i in known
                 )
 

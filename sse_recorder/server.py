@@ -677,5 +677,5 @@ def loop_factory(name: str = "asyncio") -> Callable[[], asyncio.AbstractEventLoo
             import uvloop
         except ImportError:
             raise ConfigError("the uvloop event loop needs uvloop: pip install uvloop") from None
-        return uvloop.new_event_loop  # type: ignore[no-any-return]
+        return uvloop.new_event_loop
     raise ConfigError(f"unknown event loop {name!r}: choose one of {', '.join(LOOPS)}")

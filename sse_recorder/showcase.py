@@ -69,7 +69,7 @@ class _Process:
             byte = os.read(fd, 1) if ready else b""
             if not byte:
                 self.stop()
-                raise RuntimeError(f"{' '.join(self.popen.args[:3])} did not start")  # type: ignore[index]
+                raise RuntimeError(f"{self.popen.args!r} did not start")
             line += byte
         return line.decode().strip()
 

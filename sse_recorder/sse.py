@@ -142,8 +142,8 @@ class SSEParser:
         if self._block_start is None and raw[0] != 0x3A:
             self._block_start = start
         if raw.startswith(b"data") and (len(raw) == 4 or raw[4] == 0x3A):  # the common case
-            value = raw[6:] if raw[5:6] == b" " else raw[5:]
-            self._data.append(value.decode("utf-8", errors="replace"))
+            data = raw[6:] if raw[5:6] == b" " else raw[5:]
+            self._data.append(data.decode("utf-8", errors="replace"))
             self._has_data = True
             return None
         line = raw.decode("utf-8", errors="replace")
