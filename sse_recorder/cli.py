@@ -94,10 +94,10 @@ def record(
         from .proxy import Listening, ProxySettings
         from .proxy import record as run_proxy
     except ImportError as exc:
-        raise click.ClickException(
-            f"recording needs mitmproxy ({exc.name} is missing): "
-            "install 'sse-recorder[record]', e.g. pipx install 'sse-recorder[record]'"
-        ) from None
+        click.echo(f"sse-recorder: recording needs mitmproxy ({exc.name} is missing): "
+                   "install 'sse-recorder[record]', e.g. pipx install 'sse-recorder[record]'",
+                   err=True)
+        sys.exit(2)
     from .matching import MatchConfig
     from .recorder import RecorderConfig
     from .redact import RedactionRules

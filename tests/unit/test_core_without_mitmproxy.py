@@ -43,8 +43,9 @@ def test_record_without_mitmproxy_says_how_to_install_it(tmp_path: Path) -> None
         sys.argv = ["sse-recorder", "record", "--cassette", "x.sqlite"]
         main()
     """, tmp_path)
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert "sse-recorder[record]" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.sqlite").exists()
 
 
