@@ -28,7 +28,7 @@ from mitmproxy.connection import Client, ConnectionState, Server
 from mitmproxy.proxy import server_hooks
 
 from .errors import ConfigError
-from .model import EndReason, RecordedRequest, ResponseHead
+from .model import EndReason, RecordedRequest, ResponseHead, body_framing
 from .recorder import RecorderConfig, RecordingSession
 from .redact import RedactionRules
 from .routes import RouteFilter
@@ -65,12 +65,6 @@ def classify_error(
 
 def headers_of(fields: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
     return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in fields)
-
-
-def _is_close_delimited(response: http.Response) -> bool:
-    return response.http_version.startswith("HTTP/1") and not (
-        "content-length" in response.headers or "transfer-encoding" in response.headers
-    )
 
 
 class Transports:
@@ -286,7 +280,7 @@ class Recorder:
         )
         if session.head(state.iid, head, time.monotonic_ns() - state.anchor_ns):
             state.streamed = True
-            state.close_delimited = _is_close_delimited(response)
+            state.close_delimited = body_framing(head) == "close"
             response.stream = _stream_callable(session.chunk, state.iid, state.anchor_ns)
 
     def response(self, flow: http.HTTPFlow) -> None:

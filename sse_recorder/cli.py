@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -32,8 +32,13 @@ def _run(
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             return runner.run(coro)
     except SSERecorderError as exc:
-        click.echo(f"sse-recorder: {exc}", err=True)
-        sys.exit(2)
+        _fail(str(exc))
+
+
+def _fail(message: str) -> NoReturn:
+    """An expected failure: one line on stderr, exit status 2."""
+    click.echo(f"sse-recorder: {message}", err=True)
+    sys.exit(2)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,10 +99,8 @@ def record(
         from .proxy import Listening, ProxySettings
         from .proxy import record as run_proxy
     except ImportError as exc:
-        click.echo(f"sse-recorder: recording needs mitmproxy ({exc.name} is missing): "
-                   "install 'sse-recorder[record]', e.g. pipx install 'sse-recorder[record]'",
-                   err=True)
-        sys.exit(2)
+        _fail(f"recording needs mitmproxy ({exc.name} is missing): "
+              "install 'sse-recorder[record]', e.g. pipx install 'sse-recorder[record]'")
     from .matching import MatchConfig
     from .recorder import RecorderConfig
     from .redact import RedactionRules
@@ -386,8 +389,7 @@ def replay(
     try:
         factory = None if as_proxy else loop_factory(loop_name)
     except SSERecorderError as exc:
-        click.echo(f"sse-recorder: {exc}", err=True)
-        sys.exit(2)
+        _fail(str(exc))
     _run(go(), factory)
 
 
@@ -463,5 +465,4 @@ def demo_upstream(host: str, port: int) -> None:
     except KeyboardInterrupt:
         pass
     except OSError as exc:
-        click.echo(f"sse-recorder: cannot listen on {host}:{port}: {exc.strerror}", err=True)
-        sys.exit(2)
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror}")

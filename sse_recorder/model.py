@@ -34,6 +34,18 @@ def header_value(headers: Headers, name: str) -> str | None:
     return None
 
 
+def body_framing(head: ResponseHead) -> Literal["chunked", "length", "close"]:
+    """How a response body is delimited: the recorder needs it to see truncation the
+    framing hides (close), the replay server to send the body framed as recorded."""
+    if "chunked" in (header_value(head.headers, "transfer-encoding") or "").lower():
+        return "chunked"
+    if header_value(head.headers, "content-length") is not None:
+        return "length"
+    if head.http_version.startswith("HTTP/1"):
+        return "close"
+    return "chunked"  # HTTP/2 has no framing headers; chunked keeps each DATA frame apart
+
+
 def is_event_stream(headers: Headers) -> bool:
     content_type = header_value(headers, "content-type") or ""
     return content_type.split(";", 1)[0].strip().lower() == "text/event-stream"

@@ -68,20 +68,20 @@ class _Body:
             self._events(events, first_new, chunks, batch, redact)
         if self.parser is not None:
             self._forget_chunks_before(self.parser)
-        seq = self.next_stored
-        iid = self.iid
-        append = batch.chunks.append
+        self._store(released, batch)
+
+    def finish(self, batch: WriteBatch) -> bool:
+        """Store what is held back; returns whether the body ended in the middle of an event."""
+        self._store(self.redactor.flush(), batch)
+        return self.parser is not None and not self.parser.at_event_boundary
+
+    def _store(self, released: list[tuple[int, bytes]], batch: WriteBatch) -> None:
+        """Number the redacted chunks the redactor let go and add them to the batch."""
+        seq, iid, append = self.next_stored, self.iid, batch.chunks.append
         for stored_ns, stored in released:
             append((iid, seq, stored_ns, stored))
             seq += 1
         self.next_stored = seq
-
-    def finish(self, batch: WriteBatch) -> bool:
-        """Store what is held back; returns whether the body ended in the middle of an event."""
-        for stored_ns, stored in self.redactor.flush():
-            batch.chunks.append((self.iid, self.next_stored, stored_ns, stored))
-            self.next_stored += 1
-        return self.parser is not None and not self.parser.at_event_boundary
 
     def _events(
         self,
@@ -175,10 +175,7 @@ class RecordingSession:
         return is_sse
 
     def chunk(self, iid: int, offset_ns: int, data: bytes) -> None:
-        self._queue.append((_CHUNK, iid, offset_ns, data))
-        if self._writer_idle:
-            self._writer_idle = False
-            self._wakeup.set()
+        self._put((_CHUNK, iid, offset_ns, data))
 
     def _put(self, item: tuple) -> None:
         self._queue.append(item)

@@ -29,7 +29,7 @@ from .cassette import CHUNK_PAGE, Cassette
 from .errors import ConfigError
 from .faults import Ending, FaultPlan, FaultRun, HttpError, Piece, split_at_events
 from .matching import IncomingRequest, MatchConfig, Matcher, Miss
-from .model import Chunk, EndReason, Interaction, header_value
+from .model import Chunk, EndReason, Interaction, body_framing, header_value
 from .schedule import Schedule, Timing
 from .sse import Event, SSEParser
 
@@ -68,14 +68,7 @@ class Served:
 def _framing(interaction: Interaction) -> str:
     """How the recorded body was delimited: chunked, length or close."""
     assert interaction.response is not None
-    headers = interaction.response.headers
-    if "chunked" in (header_value(headers, "transfer-encoding") or "").lower():
-        return "chunked"
-    if header_value(headers, "content-length") is not None:
-        return "length"
-    if interaction.response.http_version.startswith("HTTP/1"):
-        return "close"
-    return "chunked"  # HTTP/2 has no framing headers; chunked keeps each DATA frame apart
+    return body_framing(interaction.response)
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
@@ -419,7 +412,7 @@ class ReplayServer:
             for action in actions:
                 await self._wait_until(loop, start + delay + action.due)
                 if isinstance(action, Ending):
-                    return await _fault_ending(action.how, reader, writer)
+                    return await _cut_short(action.how, writer, reader)
                 if not action.data:
                     continue
                 if framing == "chunked":
@@ -441,19 +434,12 @@ class ReplayServer:
         if reason is EndReason.CLEAN:
             if framing == "chunked":
                 writer.write(b"0\r\n\r\n")
-            await writer.drain()
-            if framing == "close":
-                writer.close()
-                return "closed"
-            return "clean"
-        if reason is EndReason.UPSTREAM_RESET:
-            writer.transport.set_write_buffer_limits(high=0)
-            await writer.drain()  # what was sent before the reset reaches the client first
-            _reset(writer)
-            return "reset"
-        await writer.drain()
-        writer.close()  # FIN before the body's end: the client sees a truncated body
-        return "closed"
+            if framing != "close":
+                await writer.drain()
+                return "clean"
+            # close-delimited: the close is the body's end
+        # Otherwise a FIN before the body's end (the client sees it truncated), or an RST.
+        return await _cut_short("rst" if reason is EndReason.UPSTREAM_RESET else "fin", writer)
 
     def _head(
         self, interaction: Interaction, framing: str, skipped: int = 0, length: int | None = None
@@ -639,9 +625,13 @@ async def _until_closed(reader: asyncio.StreamReader) -> None:
         pass
 
 
-async def _fault_ending(how: str, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter) -> str:
+async def _cut_short(
+    how: str, writer: asyncio.StreamWriter, reader: asyncio.StreamReader | None = None
+) -> str:
+    """End a response now: "fin" (close), "rst" (reset) or "stall" (hold it open, silent,
+    until the client leaves; needs `reader`). What was written goes out first."""
     if how == "stall":
+        assert reader is not None
         await writer.drain()
         await _until_closed(reader)
         return "stalled"
