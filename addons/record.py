@@ -2,9 +2,9 @@
 
 Options (all `--set name=value`, lists by repeating): sse_cassette, sse_include,
 sse_exclude, sse_redact_headers, sse_redact_query, sse_redact_json. The logic lives in
-`sse_recorder.addon`; this file only hands it to mitmproxy.
+`sse_recorder.mitm.record_addon`; this file only hands it to mitmproxy.
 """
 
-from sse_recorder.addon import Recorder
+from sse_recorder.mitm.record_addon import Recorder
 
 addons = [Recorder()]

@@ -19,7 +19,7 @@ import re
 import sys
 from typing import Any
 
-from sse_recorder.probe import ProbeResult, probe
+from sse_recorder.wire.probe import ProbeResult, probe
 
 STAMP = re.compile(rb'"t":\s*(\d+)')
 

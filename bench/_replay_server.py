@@ -13,8 +13,8 @@ import asyncio
 import resource
 import signal
 
-from sse_recorder.schedule import Timing
-from sse_recorder.server import LOOPS, ReplayOptions, ReplayServer, loop_factory
+from sse_recorder.replay.schedule import Timing
+from sse_recorder.replay.server import LOOPS, ReplayOptions, ReplayServer, loop_factory
 
 
 async def serve(cassette: str, instant: bool) -> None:

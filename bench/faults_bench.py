@@ -45,7 +45,7 @@ from _common import (
     venv_bin,
 )
 
-from sse_recorder.demo import ticks_writes
+from sse_recorder.demo.upstream import ticks_writes
 
 TOLERANCE = 0.10  # throttle: achieved rate within 10 % of the cap
 URL_LINE = r"^(http://\S+)$"  # the first stdout line of `record` and `replay`

@@ -60,10 +60,16 @@ from _common import (
     table,
 )
 
-from sse_recorder.cassette import Cassette, EndUpdate, HeadUpdate, InteractionStart, WriteBatch
-from sse_recorder.demo import tick_event
+from sse_recorder.demo.upstream import tick_event
 from sse_recorder.model import EndReason, RecordedRequest, ResponseHead
-from sse_recorder.recorder import MAX_BATCH, RecordingSession
+from sse_recorder.record.session import MAX_BATCH, RecordingSession
+from sse_recorder.store.cassette import (
+    Cassette,
+    EndUpdate,
+    HeadUpdate,
+    InteractionStart,
+    WriteBatch,
+)
 
 MEDIAN_TARGET_MS = 0.05
 P99_TARGET_MS = 0.5

@@ -74,10 +74,16 @@ from _common import (
     table,
 )
 
-from sse_recorder.cassette import Cassette, EndUpdate, HeadUpdate, InteractionStart, WriteBatch
-from sse_recorder.demo import tick_event
+from sse_recorder.demo.upstream import tick_event
 from sse_recorder.model import EndReason, RecordedRequest, ResponseHead
-from sse_recorder.server import INSTANT_BATCH
+from sse_recorder.replay.server import INSTANT_BATCH
+from sse_recorder.store.cassette import (
+    Cassette,
+    EndUpdate,
+    HeadUpdate,
+    InteractionStart,
+    WriteBatch,
+)
 
 EVENTS = 200
 INTERVAL_MS = 10

@@ -15,7 +15,7 @@ import anthropic
 import openai
 import pytest
 
-from sse_recorder.pytest_plugin import SSECassette
+from sse_recorder.testing.plugin import SSECassette
 
 EXPECTED = "안녕하세요! SSE 데모 업스트림입니다."
 PROMPT = [{"role": "user", "content": "Say hello"}]

@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 import anthropic
 import openai
 
-from sse_recorder.cassette import Cassette
 from sse_recorder.model import Chunk, Interaction, RecordedEvent
-from sse_recorder.probe import ProbeResult
 from sse_recorder.sse import Event, parse
+from sse_recorder.store.cassette import Cassette
+from sse_recorder.wire.probe import ProbeResult
 from tests.conftest import SSE_RECORDER, Process, start
 
 T = TypeVar("T")

@@ -18,7 +18,7 @@ import openai
 import pytest
 from httpx_sse import aconnect_sse
 
-from sse_recorder import demo
+from sse_recorder.demo import upstream as demo
 from sse_recorder.sse import Comment, Event, parse
 
 pytestmark = pytest.mark.integration

@@ -26,10 +26,10 @@ import httpx_sse
 import openai
 import pytest
 
-from sse_recorder.demo import TEXT, patterns_writes
-from sse_recorder.faults import SHAPES, FaultPlan
-from sse_recorder.probe import ProbeResult, probe
+from sse_recorder.demo.upstream import TEXT, patterns_writes
+from sse_recorder.faults.run import SHAPES, FaultPlan
 from sse_recorder.sse import Comment, Event, parse
+from sse_recorder.wire.probe import ProbeResult, probe
 from tests.conftest import SSE_RECORDER, Process, RecordDemo
 from tests.integration.support import (
     CHAT,

@@ -25,10 +25,10 @@ import httpx
 import pytest
 from mitmproxy import http
 
-from sse_recorder.addon import Recorder
-from sse_recorder.demo import ticks_writes
+from sse_recorder.demo.upstream import ticks_writes
+from sse_recorder.mitm.record_addon import Recorder
 from sse_recorder.model import EndReason
-from sse_recorder.probe import probe
+from sse_recorder.wire.probe import probe
 from tests.conftest import MITMDUMP, REPO, read_line
 from tests.integration.support import assert_faithful, load
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sse_recorder.demo import ticks_writes
+from sse_recorder.demo.upstream import ticks_writes
 from sse_recorder.model import EndReason
-from sse_recorder.probe import ProbeResult, probe
+from sse_recorder.wire.probe import ProbeResult, probe
 from tests.conftest import RecorderFactory
 from tests.integration.support import Recorded, assert_faithful, load, stamp_ns
 

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sse_recorder.demo import tick_event, ticks_writes
+from sse_recorder.demo.upstream import tick_event, ticks_writes
 from sse_recorder.model import Chunk, EndReason
 from tests.conftest import REPO, RecorderFactory, start
 from tests.integration.support import assert_faithful, load, stamp_ns
@@ -86,7 +86,7 @@ def server_context(cert: Path, key: Path, alpn: list[str]) -> ssl.SSLContext:
 
 TLS_DEMO = """
 import asyncio, sys
-from sse_recorder.demo import serve
+from sse_recorder.demo.upstream import serve
 from tests.integration.test_record_tls import server_context
 context = server_context(sys.argv[1], sys.argv[2], ["http/1.1"])
 asyncio.run(serve("127.0.0.1", 0, lambda url: print(url, flush=True), ssl=context))

@@ -24,14 +24,7 @@ import httpx
 import httpx_sse
 import pytest
 
-from sse_recorder.cassette import (
-    Cassette,
-    EndUpdate,
-    HeadUpdate,
-    InteractionStart,
-    WriteBatch,
-)
-from sse_recorder.demo import (
+from sse_recorder.demo.upstream import (
     TEXT,
     Ticks,
     ci_log_writes,
@@ -41,7 +34,14 @@ from sse_recorder.demo import (
     ticks_writes,
 )
 from sse_recorder.model import EndReason, RecordedRequest, ResponseHead, header_value
-from sse_recorder.probe import ProbeResult, probe
+from sse_recorder.store.cassette import (
+    Cassette,
+    EndUpdate,
+    HeadUpdate,
+    InteractionStart,
+    WriteBatch,
+)
+from sse_recorder.wire.probe import ProbeResult, probe
 from tests.conftest import SSE_RECORDER, Process, RecordDemo
 from tests.integration.support import (
     Recording,
@@ -580,9 +580,9 @@ async def test_when_exhausted_error_gives_a_409(recording: Recording, tmp_path: 
 
 async def test_replay_matches_in_process_too(recording: Recording) -> None:
     """The library API: `ReplayServer.served` records what each request got."""
-    from sse_recorder.matching import MatchConfig
-    from sse_recorder.schedule import Timing
-    from sse_recorder.server import ReplayOptions, ReplayServer
+    from sse_recorder.replay.matching import MatchConfig
+    from sse_recorder.replay.schedule import Timing
+    from sse_recorder.replay.server import ReplayOptions, ReplayServer
 
     options = ReplayOptions(Timing(instant=True), MatchConfig.parse(ignore_json=["model"]))
     async with await ReplayServer.open(str(recording.path), options) as server:

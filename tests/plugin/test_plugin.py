@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sse_recorder.server import ReplayOptions
+from sse_recorder.replay.server import ReplayOptions
 from sse_recorder.sse import Event, parse
 from tests.conftest import REPO, SSE_RECORDER, RecordDemo, start
 from tests.integration.support import load
@@ -382,7 +382,7 @@ import ssl
 
 import httpx, openai, pytest
 
-import sse_recorder.pytest_plugin as plugin
+import sse_recorder.testing.plugin as plugin
 
 TEXT = "안녕하세요! SSE 데모 업스트림입니다."
 

@@ -1,4 +1,4 @@
-"""Unit tests for the mitmproxy addon `sse_recorder.addon`, driven through `taddons`."""
+"""Unit tests for the mitmproxy addon `sse_recorder.mitm.record_addon`, driven through `taddons`."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.flow import Error
 
-from sse_recorder.addon import Recorder, classify_error
-from sse_recorder.cassette import Cassette
 from sse_recorder.errors import CassetteError
+from sse_recorder.mitm.record_addon import Recorder, classify_error
 from sse_recorder.model import Chunk, EndReason, Interaction, RecordedEvent
-from sse_recorder.redact import MARKER
+from sse_recorder.record.redact import MARKER
+from sse_recorder.store.cassette import Cassette
 
 with warnings.catch_warnings():
     # taddons imports mitmproxy.master -> addons.proxyauth -> ldap3, which uses names that

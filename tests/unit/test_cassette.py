@@ -1,4 +1,4 @@
-"""Unit tests for `sse_recorder.cassette` against real SQLite files in `tmp_path`."""
+"""Unit tests for `sse_recorder.store.cassette` against real SQLite files in `tmp_path`."""
 
 from __future__ import annotations
 
@@ -9,14 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from sse_recorder.cassette import (
-    CHUNK_PAGE,
-    Cassette,
-    EndUpdate,
-    HeadUpdate,
-    InteractionStart,
-    WriteBatch,
-)
 from sse_recorder.errors import CassetteError
 from sse_recorder.model import (
     Chunk,
@@ -25,6 +17,14 @@ from sse_recorder.model import (
     RecordedEvent,
     RecordedRequest,
     ResponseHead,
+)
+from sse_recorder.store.cassette import (
+    CHUNK_PAGE,
+    Cassette,
+    EndUpdate,
+    HeadUpdate,
+    InteractionStart,
+    WriteBatch,
 )
 
 Opener = Callable[[Path], Awaitable[Cassette]]

@@ -27,8 +27,8 @@ def run_python(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 
 def test_core_modules_import_without_mitmproxy(tmp_path: Path) -> None:
     done = run_python("""
-        import sse_recorder.cli, sse_recorder.server, sse_recorder.pytest_plugin
-        import sse_recorder.faults, sse_recorder.cassette, sse_recorder.recorder
+        import sse_recorder.cli.app, sse_recorder.replay.server, sse_recorder.testing.plugin
+        import sse_recorder.faults.run, sse_recorder.store.cassette, sse_recorder.record.session
         assert not any(m == "mitmproxy" or m.startswith("mitmproxy.") for m in sys.modules)
         print("ok")
     """, tmp_path)
@@ -39,7 +39,7 @@ def test_core_modules_import_without_mitmproxy(tmp_path: Path) -> None:
 def test_record_without_mitmproxy_says_how_to_install_it(tmp_path: Path) -> None:
     done = run_python("""
         import sys
-        from sse_recorder.cli import main
+        from sse_recorder.cli.app import main
         sys.argv = ["sse-recorder", "record", "--cassette", "x.sqlite"]
         main()
     """, tmp_path)
@@ -52,11 +52,11 @@ def test_record_without_mitmproxy_says_how_to_install_it(tmp_path: Path) -> None
 def test_replay_and_ls_work_without_mitmproxy(tmp_path: Path) -> None:
     done = run_python("""
         import asyncio, time
-        from sse_recorder.cassette import Cassette, InteractionStart, HeadUpdate, WriteBatch
-        from sse_recorder.cassette import EndUpdate
+        from sse_recorder.store.cassette import Cassette, InteractionStart, HeadUpdate, WriteBatch
+        from sse_recorder.store.cassette import EndUpdate
         from sse_recorder.model import EndReason, RecordedRequest, ResponseHead
-        from sse_recorder.probe import probe
-        from sse_recorder.server import ReplayServer
+        from sse_recorder.wire.probe import probe
+        from sse_recorder.replay.server import ReplayServer
 
         async def main():
             cassette = await Cassette.open_for_recording("c.sqlite")
@@ -78,7 +78,7 @@ def test_replay_and_ls_work_without_mitmproxy(tmp_path: Path) -> None:
             print("replayed")
 
         asyncio.run(main())
-        from sse_recorder.cli import main as cli
+        from sse_recorder.cli.app import main as cli
         sys.argv = ["sse-recorder", "ls", "c.sqlite"]
         cli()
     """, tmp_path)

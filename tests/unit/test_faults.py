@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sse_recorder.errors import ConfigError
-from sse_recorder.faults import (
+from sse_recorder.faults.run import (
     FAULT_TYPES,
     HTTP_BODIES,
     SHAPES,

@@ -7,7 +7,9 @@ import json
 import pytest
 
 from sse_recorder.errors import ConfigError
-from sse_recorder.matching import (
+from sse_recorder.model import EndReason, Headers, Interaction, RecordedRequest, ResponseHead
+from sse_recorder.record.redact import MARKER
+from sse_recorder.replay.matching import (
     DEFAULT_CRITERIA,
     IncomingRequest,
     MatchConfig,
@@ -16,8 +18,6 @@ from sse_recorder.matching import (
     WhenExhausted,
     differences,
 )
-from sse_recorder.model import EndReason, Headers, Interaction, RecordedRequest, ResponseHead
-from sse_recorder.redact import MARKER
 
 UP = "http://upstream.test:8080"
 CHAT = {"model": "gpt-4o-mini", "stream": True,

@@ -1,4 +1,4 @@
-"""Unit tests for `sse_recorder.recorder.RecordingSession` against real cassettes in `tmp_path`."""
+"""Unit tests for `RecordingSession` (sse_recorder.record.session) against real cassettes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sse_recorder.cassette import Cassette, WriteBatch
 from sse_recorder.errors import CassetteError
 from sse_recorder.model import (
     Chunk,
@@ -22,9 +21,10 @@ from sse_recorder.model import (
     RecordedRequest,
     ResponseHead,
 )
-from sse_recorder.recorder import RecorderConfig, RecordingSession, _Body
-from sse_recorder.redact import MARKER, RedactionRules
+from sse_recorder.record.redact import MARKER, RedactionRules
+from sse_recorder.record.session import RecorderConfig, RecordingSession, _Body
 from sse_recorder.sse import Comment, Item, parse
+from sse_recorder.store.cassette import Cassette, WriteBatch
 
 SSE_HEAD = ResponseHead(200, "OK", (("Content-Type", "text/event-stream"),))
 JSON_HEAD = ResponseHead(200, "OK", (("Content-Type", "application/json"),))

@@ -1,4 +1,4 @@
-"""Unit tests for `sse_recorder.redact`: headers, URLs, bodies and chunked SSE streams."""
+"""Unit tests for `sse_recorder.record.redact`: headers, URLs, bodies and chunked SSE streams."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sse_recorder.model import Headers
-from sse_recorder.redact import MARKER, RedactionRules, StreamRedactor
+from sse_recorder.record.redact import MARKER, RedactionRules, StreamRedactor
 from sse_recorder.sse import Comment, Event, encode_event, parse
 
 HYPOTHESIS = settings(

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sse_recorder.errors import ConfigError
-from sse_recorder.schedule import Schedule, Timing
+from sse_recorder.replay.schedule import Schedule, Timing
 
 MS = 1_000_000  # ns
 

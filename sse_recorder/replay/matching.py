@@ -16,9 +16,9 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .errors import ConfigError
-from .model import Headers, Interaction, RecordedRequest
-from .redact import MARKER
+from sse_recorder.errors import ConfigError
+from sse_recorder.model import Headers, Interaction, RecordedRequest
+from sse_recorder.record.redact import MARKER
 
 CRITERIA = ("method", "scheme", "host", "path", "query", "body", "headers")
 DEFAULT_CRITERIA = frozenset({"method", "path", "query", "body"})

@@ -27,11 +27,11 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.connection import Client, ConnectionState, Server
 from mitmproxy.proxy import server_hooks
 
-from .errors import ConfigError
-from .model import EndReason, RecordedRequest, ResponseHead, body_framing
-from .recorder import RecorderConfig, RecordingSession
-from .redact import RedactionRules
-from .routes import RouteFilter
+from sse_recorder.errors import ConfigError
+from sse_recorder.model import EndReason, RecordedRequest, ResponseHead, body_framing
+from sse_recorder.record.redact import RedactionRules
+from sse_recorder.record.session import RecorderConfig, RecordingSession
+from sse_recorder.routes import RouteFilter
 
 log = logging.getLogger("sse_recorder")
 # mitmproxy sets the root logger to DEBUG; aiosqlite then formats the repr of every batch

@@ -16,11 +16,17 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .cassette import Cassette, EndUpdate, HeadUpdate, InteractionStart, WriteBatch
-from .model import EndReason, RecordedEvent, RecordedRequest, ResponseHead, header_value
-from .model import is_event_stream as _is_event_stream
-from .redact import RedactionRules, StreamRedactor
-from .sse import Comment, Item, SSEParser
+from sse_recorder.model import EndReason, RecordedEvent, RecordedRequest, ResponseHead, header_value
+from sse_recorder.model import is_event_stream as _is_event_stream
+from sse_recorder.record.redact import RedactionRules, StreamRedactor
+from sse_recorder.sse import Comment, Item, SSEParser
+from sse_recorder.store.cassette import (
+    Cassette,
+    EndUpdate,
+    HeadUpdate,
+    InteractionStart,
+    WriteBatch,
+)
 
 log = logging.getLogger(__name__)
 

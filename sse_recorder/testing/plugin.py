@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 if TYPE_CHECKING:
-    from .schedule import Timing
-    from .server import ReplayServer, Served
+    from sse_recorder.replay.schedule import Timing
+    from sse_recorder.replay.server import ReplayServer, Served
 
 T = TypeVar("T")
 
@@ -157,8 +157,8 @@ _STATE = pytest.StashKey[_State]()
 
 def _timing(speed: object, max_gap: object) -> Timing:
     """`instant`, or a positive speed factor; raises ValueError with a readable reason."""
-    from .errors import ConfigError
-    from .schedule import Timing
+    from sse_recorder.errors import ConfigError
+    from sse_recorder.replay.schedule import Timing
 
     try:
         gap = None if max_gap is None else float(str(max_gap))
@@ -241,9 +241,9 @@ class CassetteSettings:
 
     def replay_options(self) -> Any:
         """`ReplayOptions` from the marker; raises ValueError (with why) if they are bad."""
-        from .errors import ConfigError
-        from .matching import MatchConfig
-        from .server import ReplayOptions
+        from sse_recorder.errors import ConfigError
+        from sse_recorder.replay.matching import MatchConfig
+        from sse_recorder.replay.server import ReplayOptions
 
         k = self.kwargs
         try:
@@ -261,7 +261,7 @@ class CassetteSettings:
                 if "faults" not in {f.name for f in dataclasses.fields(ReplayOptions)}:
                     raise ValueError("faults= needs a replay server with fault injection; "
                                      "this sse-recorder's has none yet")
-                from .faults import FaultPlan
+                from sse_recorder.faults.run import FaultPlan
 
                 seed = k.get("seed")
                 options["faults"] = FaultPlan.load(specs, seed=None if seed is None else int(seed))
@@ -350,7 +350,7 @@ class _Process:
 
 def _parse_served(text: str) -> list[Served]:
     """`replay --proxy` subprocess stderr lines back into `Served` records."""
-    from .server import Served
+    from sse_recorder.replay.server import Served
 
     out = []
     for line in text.splitlines():
@@ -377,7 +377,7 @@ def _import_mitmproxy() -> bool:
         warnings.simplefilter("ignore", DeprecationWarning)
         import mitmproxy.tools.dump  # noqa: F401
 
-        from . import replay_addon  # noqa: F401
+        from sse_recorder.mitm import replay_addon  # noqa: F401
     return True
 
 
@@ -404,8 +404,8 @@ class _InProcessProxy:
     async def _run(self, host: str, port: int, confdir: Path) -> None:
         ready = self._ready
         try:
-            from .proxy import ProxySettings, run_mitmproxy
-            from .replay_addon import ReplayRouter
+            from sse_recorder.mitm.replay_addon import ReplayRouter
+            from sse_recorder.mitm.runner import ProxySettings, run_mitmproxy
 
             def on_master(master: Any) -> None:
                 self._master = master
@@ -522,7 +522,7 @@ class SSECassette:
         return self._state.confdir
 
     def _start(self) -> None:
-        from .errors import CassetteError
+        from sse_recorder.errors import CassetteError
 
         mode = self.record_mode
         exists = self.path.exists()
@@ -553,7 +553,7 @@ class SSECassette:
         self.recording = True  # the recorder starts when the test asks for a URL
 
     async def _open_server(self) -> ReplayServer:
-        from .server import ReplayServer
+        from sse_recorder.replay.server import ReplayServer
 
         server = await ReplayServer.open(str(self.path), self._options)
         try:
@@ -563,7 +563,7 @@ class SSECassette:
             raise
 
     async def _check_cassette(self) -> None:
-        from .cassette import Cassette
+        from sse_recorder.store.cassette import Cassette
 
         await (await Cassette.open(self.path)).close()
 

@@ -18,13 +18,13 @@ from typing import Any
 from mitmproxy import options
 from mitmproxy.tools.dump import DumpMaster
 
-from .addon import Recorder
-from .errors import SSERecorderError
-from .matching import IncomingRequest, MatchConfig, differences
-from .recorder import RecorderConfig, RecordingSession
-from .replay_addon import MatchedReplayRouter, ReplayRouter
-from .routes import RouteFilter
-from .server import ReplayOptions, ReplayServer
+from sse_recorder.errors import SSERecorderError
+from sse_recorder.mitm.record_addon import Recorder
+from sse_recorder.mitm.replay_addon import MatchedReplayRouter, ReplayRouter
+from sse_recorder.record.session import RecorderConfig, RecordingSession
+from sse_recorder.replay.matching import IncomingRequest, MatchConfig, differences
+from sse_recorder.replay.server import ReplayOptions, ReplayServer
+from sse_recorder.routes import RouteFilter
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 from mitmproxy import ctx, http
 from mitmproxy.proxy import server_hooks
 
-from .addon import Transports, headers_of
+from sse_recorder.mitm.record_addon import Transports, headers_of
 
 log = logging.getLogger("sse_recorder")
 
@@ -77,10 +77,10 @@ class CassetteReplay:
         )
 
     async def running(self) -> None:
-        from .errors import SSERecorderError
-        from .matching import MatchConfig
-        from .schedule import Timing
-        from .server import ReplayOptions, ReplayServer
+        from sse_recorder.errors import SSERecorderError
+        from sse_recorder.replay.matching import MatchConfig
+        from sse_recorder.replay.schedule import Timing
+        from sse_recorder.replay.server import ReplayOptions, ReplayServer
 
         try:
             if not ctx.options.sse_replay:
@@ -137,7 +137,7 @@ class MatchedReplayRouter(ReplayRouter):
         pass  # unmatched requests must still reach the upstream
 
     def request(self, flow: http.HTTPFlow) -> None:
-        from .matching import IncomingRequest
+        from sse_recorder.replay.matching import IncomingRequest
 
         request = flow.request
         incoming = IncomingRequest(

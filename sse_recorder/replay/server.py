@@ -25,13 +25,13 @@ from typing import IO
 
 import h11
 
-from .cassette import CHUNK_PAGE, Cassette
-from .errors import ConfigError
-from .faults import Ending, FaultPlan, FaultRun, HttpError, Piece, split_at_events
-from .matching import IncomingRequest, MatchConfig, Matcher, Miss
-from .model import Chunk, EndReason, Interaction, body_framing, header_value
-from .schedule import Schedule, Timing
-from .sse import Event, SSEParser
+from sse_recorder.errors import ConfigError
+from sse_recorder.faults.run import Ending, FaultPlan, FaultRun, HttpError, Piece, split_at_events
+from sse_recorder.model import Chunk, EndReason, Interaction, body_framing, header_value
+from sse_recorder.replay.matching import IncomingRequest, MatchConfig, Matcher, Miss
+from sse_recorder.replay.schedule import Schedule, Timing
+from sse_recorder.sse import Event, SSEParser
+from sse_recorder.store.cassette import CHUNK_PAGE, Cassette
 
 log = logging.getLogger("sse_recorder.replay")
 

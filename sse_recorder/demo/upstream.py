@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import h11
 
-from .sse import encode_event
+from sse_recorder.sse import encode_event
 
 __all__ = [
     "ROUTES", "TEXT", "DemoUpstream", "Request", "Route", "Ticks", "anthropic_message_json",

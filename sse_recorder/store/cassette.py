@@ -40,9 +40,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from . import __version__
-from .errors import CassetteError
-from .model import (
+from sse_recorder import __version__
+from sse_recorder.errors import CassetteError
+from sse_recorder.model import (
     Chunk,
     EndReason,
     Headers,

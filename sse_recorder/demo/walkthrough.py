@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .probe import ProbeResult, probe
+from sse_recorder.wire.probe import ProbeResult, probe
 
 Echo = Callable[[str], None]
 
@@ -113,8 +113,8 @@ def _side_by_side(recorded: ProbeResult, one: ProbeResult, ten: ProbeResult, ech
 
 async def _recorded_endings(cassette: Path) -> list[str]:
     """What a client of the original upstream saw, per interaction, in probe terms."""
-    from .cassette import Cassette
-    from .model import EndReason
+    from sse_recorder.model import EndReason
+    from sse_recorder.store.cassette import Cassette
 
     async with await Cassette.open(cassette) as opened:
         return [

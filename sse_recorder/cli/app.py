@@ -17,8 +17,8 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from . import __version__
-from .errors import SSERecorderError
+from sse_recorder import __version__
+from sse_recorder.errors import SSERecorderError
 
 T = TypeVar("T")
 
@@ -96,15 +96,15 @@ def record(
     the CA printed below) or, with --upstream, the base URL replacing the upstream's.
     """
     try:
-        from .proxy import Listening, ProxySettings
-        from .proxy import record as run_proxy
+        from sse_recorder.mitm.runner import Listening, ProxySettings
+        from sse_recorder.mitm.runner import record as run_proxy
     except ImportError as exc:
         _fail(f"recording needs mitmproxy ({exc.name} is missing): "
               "install 'sse-recorder[record]', e.g. pipx install 'sse-recorder[record]'")
-    from .matching import MatchConfig
-    from .recorder import RecorderConfig
-    from .redact import RedactionRules
-    from .routes import RouteFilter
+    from sse_recorder.record.redact import RedactionRules
+    from sse_recorder.record.session import RecorderConfig
+    from sse_recorder.replay.matching import MatchConfig
+    from sse_recorder.routes import RouteFilter
 
     def ready(listening: Listening) -> None:
         click.echo(listening.url)
@@ -136,7 +136,7 @@ def _ms(ns: int | None) -> str:
 
 
 def _content_type(interaction: Any) -> str:
-    from .model import header_value
+    from sse_recorder.model import header_value
 
     if interaction.response is None:
         return "-"
@@ -187,7 +187,7 @@ async def _interaction_json(cassette: Any, interaction: Any) -> dict[str, Any]:
 
 
 async def _dump_json(path: Path, only: int | None) -> None:
-    from .cassette import Cassette
+    from sse_recorder.store.cassette import Cassette
 
     async with await Cassette.open(path) as cassette:
         chosen = (
@@ -213,7 +213,7 @@ def list_interactions(cassette: Path, as_json: bool) -> None:
         return
 
     async def go() -> str:
-        from .cassette import Cassette
+        from sse_recorder.store.cassette import Cassette
 
         async with await Cassette.open(cassette) as opened:
             found = await opened.interactions()
@@ -240,7 +240,7 @@ def show(cassette: Path, interaction_id: int | None, as_json: bool) -> None:
         return
 
     async def go() -> None:
-        from .cassette import Cassette
+        from sse_recorder.store.cassette import Cassette
 
         async with await Cassette.open(cassette) as opened:
             chosen = (
@@ -356,10 +356,10 @@ def replay(
     trust); then one line per request on stderr says what matched and how it ended.
     Ctrl-C stops.
     """
-    from .faults import FaultPlan
-    from .matching import MatchConfig
-    from .schedule import Timing
-    from .server import ReplayOptions, ReplayServer, loop_factory
+    from sse_recorder.faults.run import FaultPlan
+    from sse_recorder.replay.matching import MatchConfig
+    from sse_recorder.replay.schedule import Timing
+    from sse_recorder.replay.server import ReplayOptions, ReplayServer, loop_factory
 
     async def go() -> None:
         options = ReplayOptions(
@@ -395,8 +395,8 @@ def replay(
 
 async def _replay_as_proxy(server: Any, host: str, port: int, confdir: Path) -> None:
     try:
-        from .proxy import Listening, ProxySettings
-        from .proxy import replay as run_proxy
+        from sse_recorder.mitm.runner import Listening, ProxySettings
+        from sse_recorder.mitm.runner import replay as run_proxy
     except ImportError as exc:
         raise SSERecorderError(f"--proxy needs mitmproxy ({exc.name} is missing): "
                                "install 'sse-recorder[record]'") from None
@@ -426,7 +426,7 @@ async def _until_signalled() -> None:
 @main.command("faults")
 def list_faults() -> None:
     """List the fault types with an example of each."""
-    from .faults import describe_types
+    from sse_recorder.faults.run import describe_types
 
     click.echo(describe_types())
 
@@ -439,7 +439,7 @@ def list_faults() -> None:
               show_default=True, help="Where the demo cassette and mitmproxy CA go.")
 def demo(workdir: Path) -> None:
     """The main job end to end: record demo streams through mitmproxy, replay at 1x and 10x."""
-    from .showcase import run_demo
+    from sse_recorder.demo.walkthrough import run_demo
 
     sys.exit(_run(run_demo(workdir, click.echo)))
 
@@ -452,7 +452,7 @@ def demo(workdir: Path) -> None:
 @click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535))
 def demo_upstream(host: str, port: int) -> None:
     """Serve the built-in demo SSE streams (vendor formats, CI logs, deploys, resets)."""
-    from .demo import ROUTES, serve
+    from sse_recorder.demo.upstream import ROUTES, serve
 
     def ready(base_url: str) -> None:
         click.echo(base_url)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from sse_recorder.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from .model import Headers
+from sse_recorder.model import Headers
 
 MARKER = "[REDACTED]"
 MAX_HELD = 1 << 20  # a "line" longer than this is released unterminated

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .routes import Route
-from .sse import Comment, Event, Item, SSEParser
+from sse_recorder.errors import ConfigError
+from sse_recorder.routes import Route
+from sse_recorder.sse import Comment, Event, Item, SSEParser
 
 # -- value parsing ---------------------------------------------------------------------------
 
@@ -385,7 +385,7 @@ def _inside_block(comment: Comment, later: Sequence[Item], parser: SSEParser) ->
 
 
 def _event_bytes(shape: str | None, event: str | None, data: str | None) -> bytes:
-    from .sse import encode_event
+    from sse_recorder.sse import encode_event
 
     if shape is not None:
         name, payload = SHAPES[shape]
