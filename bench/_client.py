@@ -3,7 +3,7 @@
 It stays up for the whole benchmark (no interpreter start-up next to a measured stream) and
 takes one JSON request per stdin line, answering with one JSON line:
   request: {"url": str, "timeout": float, "stamps": bool}
-  reply:   {"status", "ending", "events", "bytes", "chunks", "sent_at_ns", "head_ns",
+  reply:   {"status", "outcome", "events", "bytes", "chunks", "sent_at_ns", "head_ns",
             "first_ns", "last_ns", "delays_ns": [...] (with "stamps"), or "error": str}
 `sent_at_ns` is `monotonic_ns()` when the request was sent; the other times are ns from it.
 A delay is the client's receive `monotonic_ns` minus the server's `monotonic_ns` embedded in
@@ -45,7 +45,7 @@ def summarize(result: ProbeResult, stamps: bool) -> dict[str, Any]:
                     delays.append(arrival - int(found[1]))
     reply: dict[str, Any] = {
         "status": result.status,
-        "ending": result.ending,
+        "outcome": result.outcome,
         "events": events,
         "bytes": size,
         "chunks": len(result.chunks),

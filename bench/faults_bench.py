@@ -100,7 +100,7 @@ def start_url(service: Service) -> str:
 
 def fetch(client: Client, url: str, size: int) -> dict[str, Any]:
     reply = client.get(url, timeout=120)
-    if reply["status"] != 200 or reply["ending"] != "clean" or reply["bytes"] != size:
+    if reply["status"] != 200 or reply["outcome"] != "clean" or reply["bytes"] != size:
         raise BenchError(f"GET {url}: status {reply['status']}, {reply['ending']} end, "
                          f"{reply['bytes']} of {size} bytes")
     return reply

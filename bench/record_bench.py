@@ -61,7 +61,7 @@ from _common import (
 )
 
 from sse_recorder.demo.upstream import tick_event
-from sse_recorder.model import EndReason, RecordedRequest, ResponseHead
+from sse_recorder.model import Outcome, RecordedRequest, ResponseHead
 from sse_recorder.record.session import MAX_BATCH, RecordingSession
 from sse_recorder.store.cassette import (
     Cassette,
@@ -154,7 +154,7 @@ class ProxyStack:
         cpu_before = cpu_seconds(pid) if pid else None
         url = f"{self.urls[config]}/ticks?{query}&tag={tag}"
         reply = self.client.get(url, stamps=stamps)
-        if reply["status"] != 200 or reply["ending"] != "clean":
+        if reply["status"] != 200 or reply["outcome"] != "clean":
             raise BenchError(f"{config}: {url}: status {reply['status']}, {reply['ending']} end")
         if config == "recorder":
             self.received[tag] = reply["bytes"]
@@ -173,7 +173,7 @@ class ProxyStack:
         end = time.monotonic() + timeout
         while True:
             row = self._db.execute(
-                "SELECT i.end_reason, (SELECT COALESCE(SUM(LENGTH(c.data)), 0) FROM chunks c"
+                "SELECT i.outcome, (SELECT COALESCE(SUM(LENGTH(c.data)), 0) FROM chunks c"
                 " WHERE c.interaction_id = i.id) FROM interactions i WHERE i.url LIKE ?",
                 (f"%&tag={tag}",),
             ).fetchone()
@@ -349,7 +349,7 @@ def check_cassette(stack: ProxyStack, summary: Summary) -> None:
     con = sqlite3.connect(f"file:{stack.cassette}?mode=ro", uri=True)
     try:
         rows = con.execute(
-            "SELECT i.url, i.complete, i.end_reason, COUNT(c.seq), COALESCE(SUM(LENGTH(c.data)), 0)"
+            "SELECT i.url, i.complete, i.outcome, COUNT(c.seq), COALESCE(SUM(LENGTH(c.data)), 0)"
             " FROM interactions i LEFT JOIN chunks c ON c.interaction_id = i.id GROUP BY i.id"
         ).fetchall()
     finally:
@@ -423,7 +423,7 @@ async def time_session(path: Path, chunks: list[bytes], interactions: int) -> fl
         if i % 256 == 255:
             await asyncio.sleep(0)
     for iid in iids:
-        session.end(iid, EndReason.CLEAN, len(chunks) * 1000)
+        session.end(iid, Outcome.CLEAN, len(chunks) * 1000)
     await session.close()
     return time.perf_counter() - start
 
@@ -447,7 +447,7 @@ async def time_cassette_write(path: Path, rows: list[tuple[int, int, int, bytes]
     for offset in range(0, len(rows), MAX_BATCH):
         await cassette.write(WriteBatch(chunks=rows[offset:offset + MAX_BATCH]))
     await cassette.write(WriteBatch(
-        ends=[EndUpdate(iid, True, EndReason.CLEAN, 0, None) for iid in iids]
+        ends=[EndUpdate(iid, True, Outcome.CLEAN, 0, None) for iid in iids]
     ))
     await cassette.finish_recording()
     await cassette.close()

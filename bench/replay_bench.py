@@ -75,7 +75,7 @@ from _common import (
 )
 
 from sse_recorder.demo.upstream import tick_event
-from sse_recorder.model import EndReason, RecordedRequest, ResponseHead
+from sse_recorder.model import Outcome, RecordedRequest, ResponseHead
 from sse_recorder.replay.server import INSTANT_BATCH
 from sse_recorder.store.cassette import (
     Cassette,
@@ -304,7 +304,7 @@ async def write_cassette(path: Path, plan_streams: dict[str, tuple[int, list[int
                 heads=[HeadUpdate(iid, ResponseHead(200, "OK", HEADERS), head_ns, True)],
                 chunks=[(iid, i, ns, d) for i, (ns, d) in enumerate(zip(offsets, data,
                                                                         strict=True))],
-                ends=[EndUpdate(iid, True, EndReason.CLEAN, offsets[-1], None)],
+                ends=[EndUpdate(iid, True, Outcome.CLEAN, offsets[-1], None)],
             ))
         await cassette.finish_recording()
     finally:

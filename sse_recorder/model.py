@@ -14,15 +14,24 @@ from typing import Literal, NamedTuple
 Headers = tuple[tuple[str, str], ...]
 
 
-class EndReason(StrEnum):
-    """How a response body ended, as seen by the recording proxy."""
+class Outcome(StrEnum):
+    """How a response ended: the one vocabulary of the recorder, the cassette, the replay
+    server, the faults, the probe and every log. The cassette spells three of these its own
+    way on disk (see `sse_recorder.store.schema`), so that files stay readable both ways."""
 
     CLEAN = "clean"  # the body ended as its framing says it should
-    UPSTREAM_CLOSED = "upstream-closed"  # upstream closed before the body was complete
-    UPSTREAM_RESET = "upstream-reset"  # upstream reset the connection (TCP RST, HTTP/2 reset)
+    CLOSED = "closed"  # the connection closed (FIN) before the body was complete
+    RESET = "reset"  # the connection was reset (TCP RST, HTTP/2 stream reset)
+    STALLED = "stalled"  # held open and silent until the client left (a fault)
     CLIENT_GONE = "client-gone"  # the client went away first
     PROXY_ERROR = "proxy-error"  # the proxy failed (TLS, connect, killed flow...)
-    RECORDING_STOPPED = "recording-stopped"  # still open when recording stopped (or died)
+    STOPPED = "stopped"  # still open when recording stopped (or the recorder died)
+
+    @property
+    def as_replayed(self) -> Outcome:
+        """What a client of the replay sees: a reset stays a reset, a clean end stays clean,
+        and every other ending is a close before the body's end."""
+        return self if self in (Outcome.CLEAN, Outcome.RESET) else Outcome.CLOSED
 
 
 def header_value(headers: Headers, name: str) -> str | None:
@@ -102,7 +111,7 @@ class Interaction:
     head_offset_ns: int | None
     is_sse: bool
     complete: bool
-    end_reason: EndReason
+    outcome: Outcome
     end_offset_ns: int | None
     error: str | None
     chunk_count: int = 0

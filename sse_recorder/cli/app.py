@@ -180,7 +180,7 @@ async def _interaction_json(cassette: Any, interaction: Any) -> dict[str, Any]:
             "headers": [list(h) for h in response.headers],
         },
         "complete": interaction.complete,
-        "end_reason": interaction.end_reason.value,
+        "end_reason": interaction.outcome.value,
         "chunks": chunks,
         "events": events,
     }
@@ -222,7 +222,7 @@ def list_interactions(cassette: Path, as_json: bool) -> None:
             rows.append([
                 str(i.id), i.request.method, i.request.url,
                 str(i.response.status) if i.response else "-", _content_type(i),
-                str(i.event_count), str(i.chunk_count), _ms(i.end_offset_ns), i.end_reason.value,
+                str(i.event_count), str(i.chunk_count), _ms(i.end_offset_ns), i.outcome.value,
             ])
         return _table(rows) if found else f"{cassette}: no interactions recorded yet"
 
@@ -259,7 +259,7 @@ async def _print_timeline(cassette: Any, i: Any) -> None:
     click.echo(
         f"  started {i.started_at:.3f}  head at {_ms(i.head_offset_ns)}  "
         f"{i.chunk_count} chunks, {i.body_size} bytes, {i.event_count} events  "
-        f"end: {i.end_reason.value}{' (complete)' if i.complete else ' (incomplete)'}"
+        f"end: {i.outcome.value}{' (complete)' if i.complete else ' (incomplete)'}"
         + (f"  [{i.error}]" if i.error else "")
     )
     events = await cassette.events(i.id)
@@ -281,16 +281,6 @@ async def _print_timeline(cassette: Any, i: Any) -> None:
 
 
 # -- replay --------------------------------------------------------------------------------
-
-
-def _served_line(served: Any) -> str:
-    if served.interaction_id is None:
-        why = "; ".join(line.strip() for line in served.explanation.splitlines()[1:])
-        return f"{served.method} {served.target} -> {served.status} {served.ending}" + (
-            f" ({why})" if why else ""
-        )
-    return (f"{served.method} {served.target} -> #{served.interaction_id} "
-            f"{served.status}, ended {served.ending}")
 
 
 @main.command()
@@ -321,7 +311,11 @@ def _served_line(served: Any) -> str:
               help="A TOML fault plan ([[fault]] tables, optional seed).")
 @click.option("--seed", type=int, help="Seed for probabilistic faults (default: the plan's, or 0).")
 @click.option("--fault-log", type=click.Path(path_type=Path), metavar="FILE",
-              help="Append one JSON line per connection: what matched and which faults fired.")
+              help="Append one JSON line per response: what matched and which faults fired.")
+@click.option("--log-format", type=click.Choice(["human", "json"]), default="human",
+              show_default=True,
+              help="The per-request log on stderr: a line to read, or the JSON record that "
+                   "--fault-log writes.")
 @click.option("--loop", "loop_name", type=click.Choice(["asyncio", "uvloop"]),
               default="asyncio", show_default=True,
               help="Event loop to serve on (uvloop must be installed; not with --proxy).")
@@ -346,6 +340,7 @@ def replay(
     fault_file: Path | None,
     seed: int | None,
     fault_log: Path | None,
+    log_format: str,
     loop_name: str,
     as_proxy: bool,
     confdir: Path,
@@ -358,6 +353,7 @@ def replay(
     """
     from sse_recorder.faults.run import FaultPlan
     from sse_recorder.replay.matching import MatchConfig
+    from sse_recorder.replay.records import Served
     from sse_recorder.replay.schedule import Timing
     from sse_recorder.replay.server import ReplayOptions, ReplayServer, loop_factory
 
@@ -369,8 +365,9 @@ def replay(
             faults=FaultPlan.load(fault_specs, fault_file, seed),
             fault_log=fault_log,
         )
+        render = Served.json_line if log_format == "json" else Served.line
         server = await ReplayServer.open(
-            str(cassette), options, lambda s: click.echo(_served_line(s), err=True)
+            str(cassette), options, lambda served: click.echo(render(served), err=True)
         )
         try:
             if as_proxy:

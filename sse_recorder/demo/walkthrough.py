@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sse_recorder.model import Outcome
 from sse_recorder.wire.probe import ProbeResult, probe
 
 Echo = Callable[[str], None]
@@ -98,8 +99,8 @@ def _summary(label: str, recorded: ProbeResult, one: ProbeResult, ten: ProbeResu
     err = f"1x gap error median {sorted(errors)[len(errors) // 2]:.2f} ms" if errors else ""
     span_rec = (recorded.chunks[-1][0] / 1e6) if recorded.chunks else 0.0
     span_ten = (ten.chunks[-1][0] / 1e6) if ten.chunks else 0.0
-    return (f"  {label:<26} {chunks:<17} {same:<11} end {recorded.ending}/{one.ending}/"
-            f"{ten.ending:<6} {span_rec:7.1f} ms -> 10x {span_ten:6.1f} ms  {err}")
+    return (f"  {label:<26} {chunks:<17} {same:<11} end {recorded.outcome}/{one.outcome}/"
+            f"{ten.outcome:<6} {span_rec:7.1f} ms -> 10x {span_ten:6.1f} ms  {err}")
 
 
 def _side_by_side(recorded: ProbeResult, one: ProbeResult, ten: ProbeResult, echo: Echo) -> None:
@@ -111,18 +112,12 @@ def _side_by_side(recorded: ProbeResult, one: ProbeResult, ten: ProbeResult, ech
              f"{(b[i - 1] if i - 1 < len(b) else 0) * 10:>14.2f} ms       {preview}")
 
 
-async def _recorded_endings(cassette: Path) -> list[str]:
-    """What a client of the original upstream saw, per interaction, in probe terms."""
-    from sse_recorder.model import EndReason
+async def _recorded_outcomes(cassette: Path) -> list[Outcome]:
+    """How each recorded response ended, as a client of the replay sees it."""
     from sse_recorder.store.cassette import Cassette
 
     async with await Cassette.open(cassette) as opened:
-        return [
-            "clean" if i.end_reason is EndReason.CLEAN
-            else "reset" if i.end_reason is EndReason.UPSTREAM_RESET
-            else "closed"
-            for i in await opened.interactions()
-        ]
+        return [i.outcome.as_replayed for i in await opened.interactions()]
 
 
 async def run_demo(workdir: Path, echo: Echo) -> int:
@@ -158,11 +153,11 @@ async def run_demo(workdir: Path, echo: Echo) -> int:
             replayer.stop()
     echo("replayed from the cassette (upstream stopped): recorded / 1x / 10x")
     faithful = True
-    endings = await _recorded_endings(cassette)
+    endings = await _recorded_outcomes(cassette)
     for request, rec, one, ten, ending in zip(REQUESTS, recorded, *replays, endings,
                                               strict=True):
         echo(_summary(request.label, rec, one, ten))
-        faithful &= rec.body == one.body == ten.body and one.ending == ten.ending == ending
+        faithful &= rec.body == one.body == ten.body and one.outcome == ten.outcome == ending
     echo("  (mitmproxy passes an upstream reset on to its client as a close; the cassette"
          " keeps the reset and the replay reproduces it)")
     echo("")

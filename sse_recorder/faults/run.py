@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sse_recorder.errors import ConfigError
+from sse_recorder.model import Outcome
 from sse_recorder.routes import Route
 from sse_recorder.sse import Comment, Event, Item, SSEParser
 
@@ -121,6 +122,7 @@ FAULT_TYPES: dict[str, tuple[frozenset[str], str]] = {
 COMMON_KEYS = frozenset({"route", "p", "per", "on_resume"})
 RECHUNK_MODES = ("bytes", "random", "byte", "event", "coalesce", "adversarial")
 CORRUPT_MODES = ("field", "utf8", "json", "duplicate", "omit")
+_DROP_HOW = {"fin": Outcome.CLOSED, "rst": Outcome.RESET}  # drop:how= -> the ending it makes
 
 
 @dataclass(frozen=True)
@@ -338,7 +340,7 @@ class Piece:
 class Ending:
     """Stop the body here instead of the recorded ending."""
 
-    how: str  # "fin", "rst" or "stall" (hold the connection open, send nothing more)
+    outcome: Outcome  # CLOSED (FIN), RESET (RST) or STALLED (held open, nothing more sent)
     due: float
 
 
@@ -602,7 +604,7 @@ class FaultRun:
                         if cut:
                             yield Piece(piece.due, cut, piece.events, False)
                         self._fired(fault, piece.due, bytes=limit, how=how)
-                        yield Ending(how, piece.due)
+                        yield Ending(_DROP_HOW[how], piece.due)
                         return
                 elif "mid_event" in p and piece.boundary and piece.events == fault.get_int(
                     "mid_event"
@@ -611,7 +613,7 @@ class FaultRun:
                     if half:
                         yield Piece(piece.due, half, piece.events - 1, False)
                     self._fired(fault, piece.due, event=piece.events, how=how)
-                    yield Ending(how, piece.due)
+                    yield Ending(_DROP_HOW[how], piece.due)
                     return
             yield piece
             sent += len(piece.data)
@@ -626,7 +628,7 @@ class FaultRun:
                 if fire:
                     how = p.get("how", "fin")
                     self._fired(fault, piece.due, event=piece.events, how=how)
-                    yield Ending(how, piece.due)
+                    yield Ending(_DROP_HOW[how], piece.due)
                     return
             for fault, rng in stalls:
                 if fault.per_event:
@@ -637,7 +639,7 @@ class FaultRun:
                     fire = piece.events == fault.get_int("after_event")
                 if fire:
                     self._fired(fault, piece.due, event=piece.events)
-                    yield Ending("stall", piece.due)
+                    yield Ending(Outcome.STALLED, piece.due)
                     return
 
     def _timing(self, stream: Iterable[Piece | Ending]) -> Iterator[Piece | Ending]:
@@ -655,7 +657,7 @@ class FaultRun:
         at_boundary = True
         for piece in stream:
             if isinstance(piece, Ending):
-                yield Ending(piece.how, max(piece.due + shift, last_due))
+                yield Ending(piece.outcome, max(piece.due + shift, last_due))
                 return
             due = piece.due + shift
             for fault, rng in latencies:
@@ -704,7 +706,7 @@ class FaultRun:
             if action.due >= limit:
                 how = fault.params.get("how", "fin")
                 self._fired(fault, limit, how=how)
-                yield Ending(how, limit)
+                yield Ending(_DROP_HOW[how], limit)
                 return
             yield action
 
@@ -751,7 +753,7 @@ class FaultRun:
         self._fired(fault, 0.0, rate=rate)
         for piece in stream:
             if isinstance(piece, Ending):
-                yield Ending(piece.how, max(piece.due, clock))
+                yield Ending(piece.outcome, max(piece.due, clock))
                 return
             clock = max(clock, piece.due)
             data = piece.data

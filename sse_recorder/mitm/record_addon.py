@@ -28,7 +28,7 @@ from mitmproxy.connection import Client, ConnectionState, Server
 from mitmproxy.proxy import server_hooks
 
 from sse_recorder.errors import ConfigError
-from sse_recorder.model import EndReason, RecordedRequest, ResponseHead, body_framing
+from sse_recorder.model import Outcome, RecordedRequest, ResponseHead, body_framing
 from sse_recorder.record.redact import RedactionRules
 from sse_recorder.record.session import RecorderConfig, RecordingSession
 from sse_recorder.routes import RouteFilter
@@ -45,22 +45,22 @@ _TRUNCATED_H1 = (
 
 def classify_error(
     message: str, *, client_open: bool, server_open: bool, server_reset: bool
-) -> EndReason:
+) -> Outcome:
     """Map mitmproxy's flow error text (identical in 11.0.2 and 12.3.1) to an end reason."""
     if message == "Client disconnected.":
-        return EndReason.CLIENT_GONE
-    upstream_gone = EndReason.UPSTREAM_RESET if server_reset else EndReason.UPSTREAM_CLOSED
+        return Outcome.CLIENT_GONE
+    upstream_gone = Outcome.RESET if server_reset else Outcome.CLOSED
     if message.startswith(_TRUNCATED_H1):
         return upstream_gone
     if message == "peer closed connection":  # HTTP/2: whichever side is closed went away
         if not client_open:
-            return EndReason.CLIENT_GONE
+            return Outcome.CLIENT_GONE
         if not server_open:
             return upstream_gone
-        return EndReason.PROXY_ERROR
+        return Outcome.PROXY_ERROR
     if message.startswith("stream reset by client ("):  # the text names "client" either way
-        return EndReason.CLIENT_GONE if "(CANCEL)" in message else EndReason.UPSTREAM_RESET
-    return EndReason.PROXY_ERROR
+        return Outcome.CLIENT_GONE if "(CANCEL)" in message else Outcome.RESET
+    return Outcome.PROXY_ERROR
 
 
 def headers_of(fields: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
@@ -293,7 +293,7 @@ class Recorder:
         if not state.streamed and flow.response is not None and flow.response.raw_content:
             session.chunk(state.iid, offset, flow.response.raw_content)
         session.end(
-            state.iid, EndReason.CLEAN, offset, None, check_truncation=state.close_delimited
+            state.iid, Outcome.CLEAN, offset, None, check_truncation=state.close_delimited
         )
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -305,7 +305,7 @@ class Recorder:
         message = flow.error.msg if flow.error else "unknown error"
         reset = self.transports.upstream_was_reset(flow.server_conn)
         if ctx.master.should_exit.is_set():  # mitmproxy closes connections as it stops
-            reason = EndReason.RECORDING_STOPPED
+            reason = Outcome.STOPPED
         else:
             reason = classify_error(
                 message,

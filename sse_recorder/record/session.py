@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sse_recorder.model import EndReason, RecordedEvent, RecordedRequest, ResponseHead, header_value
+from sse_recorder.model import Outcome, RecordedEvent, RecordedRequest, ResponseHead, header_value
 from sse_recorder.model import is_event_stream as _is_event_stream
 from sse_recorder.record.redact import RedactionRules, StreamRedactor
 from sse_recorder.sse import Comment, Item, SSEParser
@@ -192,7 +192,7 @@ class RecordingSession:
     def end(
         self,
         iid: int,
-        reason: EndReason,
+        reason: Outcome,
         offset_ns: int | None,
         error: str | None = None,
         *,
@@ -211,7 +211,7 @@ class RecordingSession:
         if self._cassette is None:
             return
         for iid in list(self._open):
-            self.end(iid, EndReason.RECORDING_STOPPED, None, "recording stopped")
+            self.end(iid, Outcome.STOPPED, None, "recording stopped")
         self._put((_STOP,))
         if self._writer is not None:
             await self._writer
@@ -304,10 +304,10 @@ class RecordingSession:
         body = self._bodies.pop(iid, None)
         if body is not None:
             mid_event = body.finish(batch)
-            if check_truncation and mid_event and reason is EndReason.CLEAN:
-                reason = EndReason.UPSTREAM_CLOSED
+            if check_truncation and mid_event and reason is Outcome.CLEAN:
+                reason = Outcome.CLOSED
                 error = "connection closed in the middle of an event"
-        complete = reason is EndReason.CLEAN
+        complete = reason is Outcome.CLEAN
         batch.ends.append(EndUpdate(iid, complete, reason, offset_ns, error))
 
     def _redact_request(self, request: RecordedRequest) -> RecordedRequest:

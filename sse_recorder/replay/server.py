@@ -13,7 +13,7 @@ stream from SQLite a page at a time, so the first byte never waits for the whole
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
 import logging
 import socket
 import struct
@@ -27,8 +27,9 @@ import h11
 
 from sse_recorder.errors import ConfigError
 from sse_recorder.faults.run import Ending, FaultPlan, FaultRun, HttpError, Piece, split_at_events
-from sse_recorder.model import Chunk, EndReason, Interaction, body_framing, header_value
+from sse_recorder.model import Chunk, Interaction, Outcome, body_framing, header_value
 from sse_recorder.replay.matching import IncomingRequest, MatchConfig, Matcher, Miss
+from sse_recorder.replay.records import Answer, Served
 from sse_recorder.replay.schedule import Schedule, Timing
 from sse_recorder.sse import Event, SSEParser
 from sse_recorder.store.cassette import CHUNK_PAGE, Cassette
@@ -51,18 +52,6 @@ class ReplayOptions:
     match: MatchConfig = field(default_factory=MatchConfig)
     faults: FaultPlan = field(default_factory=FaultPlan)
     fault_log: Path | None = None  # JSON lines: one per response, with the faults that fired
-
-
-@dataclass(frozen=True, slots=True)
-class Served:
-    """One request the server answered: what matched and how the response ended."""
-
-    method: str
-    target: str
-    interaction_id: int | None
-    status: int
-    ending: str  # clean, closed, reset, client-gone, unmatched, bad-request
-    explanation: str = ""
 
 
 def _framing(interaction: Interaction) -> str:
@@ -225,7 +214,8 @@ class ReplayServer:
                 f"HTTP/1.1 {status} Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
                 f"Content-Length: {len(message)}\r\nConnection: close\r\n\r\n".encode() + message
             )
-            self._record(Served("?", "?", None, status, "bad-request", str(exc)))
+            self._record(Served("?", "?", None, status, Outcome.CLEAN, Answer.BAD_REQUEST,
+                                str(exc), time=time.time()))
             return None
         assert head is not None
         headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers)
@@ -261,8 +251,8 @@ class ReplayServer:
                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body
             )
             await writer.drain()
-            self._served(Served(request.method, request.target, None, status, "unmatched",
-                                explanation), number)
+            self._served(Served(request.method, request.target, None, status, Outcome.CLEAN,
+                                Answer.UNMATCHED, explanation, number))
             return True
         resumed = header_value(request.headers, "last-event-id") is not None
         path = request.target.split("?", 1)[0]
@@ -270,51 +260,46 @@ class ReplayServer:
                                                  resumed)
         self.active_streams += 1
         try:
-            status, ending = await self._answer(found, request, reader, writer, run)
+            status, answer, outcome = await self._answer(found, request, reader, writer, run)
         finally:
             self.active_streams -= 1
-        self._served(Served(request.method, request.target, found.id, status, ending), number,
-                     run)
+        self._served(Served(request.method, request.target, found.id, status, outcome, answer,
+                            number=number, faults=tuple(run.log)))
         wants_close = (header_value(request.headers, "connection") or "").lower() == "close"
-        return ending == "clean" and _framing(found) != "close" and not wants_close
+        return outcome is Outcome.CLEAN and _framing(found) != "close" and not wants_close
 
-    def _served(self, served: Served, number: int, run: FaultRun | None = None) -> None:
+    def _served(self, served: Served) -> None:
+        served = dataclasses.replace(served, time=time.time())
         self._record(served)
         if self._fault_log is not None:
-            entry = {
-                "connection": number, "time": round(time.time(), 6), "method": served.method,
-                "target": served.target, "interaction": served.interaction_id,
-                "status": served.status, "ending": served.ending,
-                "faults": run.log if run is not None else [],
-            }
-            self._fault_log.write(json.dumps(entry) + "\n")
+            self._fault_log.write(served.json_line() + "\n")
             self._fault_log.flush()
 
     async def _answer(
         self, interaction: Interaction, request: IncomingRequest, reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter, run: FaultRun,
-    ) -> tuple[int, str]:
+    ) -> tuple[int, Answer, Outcome]:
         """Faults that replace the response, else the recorded response (maybe faulted)."""
         assert interaction.response is not None
         if run.refuse():
             _reset(writer)
-            return 0, "reset"
+            return 0, Answer.FAULT, Outcome.RESET
         if run.no_head():
             await _until_closed(reader)
-            return 0, "no-head"
+            return 0, Answer.FAULT, Outcome.STALLED
         error = run.http_error()
         if error is not None:
             writer.write(_error_response(error))
             await writer.drain()
-            return error.status, "clean"
-        return interaction.response.status, await self._play(
+            return error.status, Answer.FAULT, Outcome.CLEAN
+        return interaction.response.status, Answer.RECORDED, await self._play(
             interaction, request, reader, writer, run
         )
 
     async def _play(
         self, interaction: Interaction, request: IncomingRequest, reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter, run: FaultRun,
-    ) -> str:
+    ) -> Outcome:
         assert interaction.response is not None
         loop = asyncio.get_running_loop()
         start = time.monotonic()  # the schedule's clock: loop.time() is whole ms on uvloop
@@ -353,7 +338,7 @@ class ReplayServer:
                     for batch in batches:
                         transport.write(batch)
                         if transport.is_closing():
-                            return "client-gone"  # a send failed: the client went away
+                            return Outcome.CLIENT_GONE  # a send failed: the client went away
                         if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
                             await writer.drain()
                         since_turn += len(batch)
@@ -372,22 +357,22 @@ class ReplayServer:
                             await self._wait_until(loop, due)
                         transport.write(_frame(chunk.data) if chunked else chunk.data)
                         if transport.is_closing():
-                            return "client-gone"
+                            return Outcome.CLIENT_GONE
                         if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
                             await writer.drain()
-            if interaction.end_offset_ns is not None and interaction.end_reason is not (
-                EndReason.CLEAN
+            if interaction.end_offset_ns is not None and interaction.outcome is not (
+                Outcome.CLEAN
             ):
                 await self._wait_until(loop, start + schedule.due(interaction.end_offset_ns))
             return await self._end(interaction, framing, writer)
         except ConnectionError:
-            return "client-gone"
+            return Outcome.CLIENT_GONE
 
     async def _play_faulted(
         self, interaction: Interaction, framing: str, chunks: AsyncIterator[Chunk],
         schedule: Schedule, start: float, head_due: float, skipped: int,
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, run: FaultRun,
-    ) -> str:
+    ) -> Outcome:
         """The recorded stream through the connection's faults. The transform is pure, so
         the whole plan is computed first (the body is read whole; fine for fault runs)."""
         loop = asyncio.get_running_loop()
@@ -412,7 +397,7 @@ class ReplayServer:
             for action in actions:
                 await self._wait_until(loop, start + delay + action.due)
                 if isinstance(action, Ending):
-                    return await _cut_short(action.how, writer, reader)
+                    return await _cut_short(action.outcome, writer, reader)
                 if not action.data:
                     continue
                 if framing == "chunked":
@@ -420,26 +405,26 @@ class ReplayServer:
                 else:
                     writer.write(action.data)
                 if writer.transport.is_closing():
-                    return "client-gone"
+                    return Outcome.CLIENT_GONE
                 if writer.transport.get_write_buffer_size() > 64 * 1024:
                     await writer.drain()
             return await self._end(interaction, framing, writer)
         except ConnectionError:
-            return "client-gone"
+            return Outcome.CLIENT_GONE
 
     async def _end(
         self, interaction: Interaction, framing: str, writer: asyncio.StreamWriter
-    ) -> str:
-        reason = interaction.end_reason
-        if reason is EndReason.CLEAN:
+    ) -> Outcome:
+        if interaction.outcome is Outcome.CLEAN:
             if framing == "chunked":
                 writer.write(b"0\r\n\r\n")
+            await writer.drain()
             if framing != "close":
-                await writer.drain()
-                return "clean"
-            # close-delimited: the close is the body's end
+                return Outcome.CLEAN
+            writer.close()  # close-delimited: the close is the body's end
+            return Outcome.CLEAN
         # Otherwise a FIN before the body's end (the client sees it truncated), or an RST.
-        return await _cut_short("rst" if reason is EndReason.UPSTREAM_RESET else "fin", writer)
+        return await _cut_short(interaction.outcome.as_replayed, writer)
 
     def _head(
         self, interaction: Interaction, framing: str, skipped: int = 0, length: int | None = None
@@ -455,7 +440,7 @@ class ReplayServer:
             recorded = header_value(response.headers, "content-length")
             declared = (
                 int(recorded) if recorded is not None and recorded.strip().isdigit()
-                and interaction.end_reason is not EndReason.CLEAN else interaction.body_size
+                and interaction.outcome is not Outcome.CLEAN else interaction.body_size
             )
             if length is None:
                 length = declared - skipped  # resumed: what is left
@@ -626,23 +611,23 @@ async def _until_closed(reader: asyncio.StreamReader) -> None:
 
 
 async def _cut_short(
-    how: str, writer: asyncio.StreamWriter, reader: asyncio.StreamReader | None = None
-) -> str:
-    """End a response now: "fin" (close), "rst" (reset) or "stall" (hold it open, silent,
-    until the client leaves; needs `reader`). What was written goes out first."""
-    if how == "stall":
+    outcome: Outcome, writer: asyncio.StreamWriter, reader: asyncio.StreamReader | None = None
+) -> Outcome:
+    """End a response now: CLOSED (FIN), RESET (RST) or STALLED (hold it open, silent, until
+    the client leaves; needs `reader`). What was written goes out first."""
+    if outcome is Outcome.STALLED:
         assert reader is not None
         await writer.drain()
         await _until_closed(reader)
-        return "stalled"
-    if how == "rst":
+        return outcome
+    if outcome is Outcome.RESET:
         writer.transport.set_write_buffer_limits(high=0)
         await writer.drain()
         _reset(writer)
-        return "reset"
+        return outcome
     await writer.drain()
     writer.close()
-    return "closed"
+    return Outcome.CLOSED
 
 
 def _error_response(error: HttpError) -> bytes:

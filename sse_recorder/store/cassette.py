@@ -44,9 +44,9 @@ from sse_recorder import __version__
 from sse_recorder.errors import CassetteError
 from sse_recorder.model import (
     Chunk,
-    EndReason,
     Headers,
     Interaction,
+    Outcome,
     RecordedEvent,
     RecordedRequest,
     ResponseHead,
@@ -55,6 +55,31 @@ from sse_recorder.model import (
 FORMAT_NAME = "sse-recorder-cassette"
 FORMAT_VERSION = 1
 CHUNK_PAGE = 512  # rows per query when streaming chunks back
+
+
+# Format v1 spells three outcomes its own way; every other outcome is stored as its value.
+_ON_DISK = {Outcome.CLOSED: "upstream-closed", Outcome.RESET: "upstream-reset",
+            Outcome.STOPPED: "recording-stopped"}
+_FROM_DISK = {stored: outcome for outcome, stored in _ON_DISK.items()}
+
+
+def outcome_on_disk(outcome: Outcome) -> str:
+    return _ON_DISK.get(outcome, outcome.value)
+
+
+def outcome_from_disk(stored: str | None) -> Outcome:
+    """NULL is an interaction never finalized (the recorder stopped or died). A value this
+    release does not know (written by a newer one) reads as CLOSED: the body is there, and
+    whatever the newer ending was, the safe replay is a close before the body's end."""
+    if stored is None:
+        return Outcome.STOPPED
+    found = _FROM_DISK.get(stored)
+    if found is not None:
+        return found
+    try:
+        return Outcome(stored)
+    except ValueError:
+        return Outcome.CLOSED
 
 
 class Base(DeclarativeBase):
@@ -129,7 +154,7 @@ class HeadUpdate:
 class EndUpdate:
     id: int
     complete: bool
-    end_reason: EndReason
+    outcome: Outcome
     end_offset_ns: int | None
     error: str | None
 
@@ -364,7 +389,7 @@ class Cassette:
                     .where(InteractionRow.id == end.id)
                     .values(
                         complete=end.complete,
-                        end_reason=end.end_reason.value,
+                        end_reason=outcome_on_disk(end.outcome),
                         end_offset_ns=end.end_offset_ns,
                         error=end.error,
                     )
@@ -484,7 +509,7 @@ def _interaction(row: Any) -> Interaction:
         is_sse=bool(row["is_sse"]),
         complete=bool(row["complete"]),
         # NULL: the recorder never finalized it (killed while the stream was open)
-        end_reason=EndReason(row["end_reason"] or EndReason.RECORDING_STOPPED),
+        outcome=outcome_from_disk(row["end_reason"]),
         end_offset_ns=row["end_offset_ns"],
         error=row["error"],
         chunk_count=row["chunk_count"],

@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 if TYPE_CHECKING:
+    from sse_recorder.replay.records import Served
     from sse_recorder.replay.schedule import Timing
-    from sse_recorder.replay.server import ReplayServer, Served
+    from sse_recorder.replay.server import ReplayServer
 
 T = TypeVar("T")
 
@@ -46,10 +47,6 @@ MARKER_KWARGS = (
 )
 START_TIMEOUT = 60.0  # seconds for a recorder or proxy to print its URL
 STOP_TIMEOUT = 30.0  # seconds for a recorder to flush its cassette after SIGTERM
-_SERVED_LINE = re.compile(
-    r"^(?P<method>\S+) (?P<target>\S+) -> (?:#(?P<id>\d+) (?P<status>\d+), ended (?P<ending>\S+)"
-    r"|(?P<status2>\d+) (?P<ending2>\S+)(?: \((?P<why>.*)\))?)$"
-)
 
 
 # -- options -------------------------------------------------------------------------------
@@ -348,26 +345,6 @@ class _Process:
                 self.popen.stdout.close()
 
 
-def _parse_served(text: str) -> list[Served]:
-    """`replay --proxy` subprocess stderr lines back into `Served` records."""
-    from sse_recorder.replay.server import Served
-
-    out = []
-    for line in text.splitlines():
-        m = _SERVED_LINE.match(line.strip())
-        if m is None:
-            continue
-        if m["id"] is not None:
-            out.append(Served(m["method"], m["target"], int(m["id"]), int(m["status"]),
-                              m["ending"]))
-        else:
-            why = f"{m['why']}\n" if m["why"] else ""
-            out.append(Served(m["method"], m["target"], None, int(m["status2"]), m["ending2"],
-                              f"sse-recorder: no recorded interaction matches {m['method']} "
-                              f"{m['target']}\n{why}"))
-    return out
-
-
 def _import_mitmproxy() -> bool:
     """Import mitmproxy here, on the test's thread, with its dependencies' deprecation
     warnings silenced: a suite running with -W error must not fail on them."""
@@ -501,13 +478,17 @@ class SSECassette:
             self._state.loop.barrier()
             served += self._server.served
         if isinstance(self._proxy, _Process):
-            served += _parse_served(self._proxy.stderr())
+            from sse_recorder.replay.records import parse_records
+
+            served += parse_records(self._proxy.stderr())
         return served
 
     @property
     def unmatched(self) -> list[Served]:
         """Requests the cassette had no answer for (each fails the test)."""
-        return [s for s in self.served if s.ending == "unmatched"]
+        from sse_recorder.replay.records import Answer
+
+        return [s for s in self.served if s.answer is Answer.UNMATCHED]
 
     # -- life cycle --
 
@@ -607,7 +588,7 @@ class SSECassette:
         k = self.settings.kwargs
         timing = self._options.timing
         args = [_executable(needs_mitmproxy=True), "replay", str(self.path), "--proxy",
-                "--port", "0", "--confdir", str(self._confdir())]
+                "--port", "0", "--confdir", str(self._confdir()), "--log-format", "json"]
         args += ["--instant"] if timing.instant else ["--speed", str(timing.speed)]
         if timing.max_gap is not None:
             args += ["--max-gap", str(timing.max_gap)]

@@ -12,12 +12,11 @@ import asyncio
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 from urllib.parse import urlsplit
 
 import h11
 
-Ending = Literal["clean", "closed", "reset"]
+from sse_recorder.model import Outcome
 
 
 @dataclass
@@ -28,7 +27,7 @@ class ProbeResult:
     sent_at_ns: int = 0  # time.monotonic_ns() when the request was sent
     head_ns: int = 0  # response head arrival, from the request being sent
     chunks: list[tuple[int, bytes]] = field(default_factory=list)  # (arrival ns, bytes)
-    ending: Ending = "clean"  # clean end of body, closed early (EOF), or reset (RST)
+    outcome: Outcome = Outcome.CLEAN  # CLEAN, CLOSED early (EOF) or RESET (RST)
 
     @property
     def body(self) -> bytes:
@@ -87,13 +86,13 @@ async def _exchange(
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError:  # EOF before the framing said the body ended
-                result.ending = "closed"
+                result.outcome = Outcome.CLOSED
                 break
             if event is h11.NEED_DATA:
                 try:
                     conn.receive_data(await reader.read(65536))  # b"" at EOF
                 except ConnectionResetError:
-                    result.ending = "reset"
+                    result.outcome = Outcome.RESET
                     break
                 continue
             now = time.monotonic_ns() - start

@@ -18,7 +18,8 @@ def test_demo_records_replays_and_reports_faithful(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "faithful: every replay has the recorded bytes and ending" in out
-    assert "upstream-reset" in out  # the reset stream is recorded as one
+    listing = [line.split() for line in out.splitlines() if "/reset" in line and "GET" in line]
+    assert listing and listing[0][-1] == "reset"  # the reset stream is recorded as one
     rows = [line for line in out.splitlines() if " chunks " in line]
     assert len(rows) == 7 and all("same bytes" in row for row in rows)
     assert (tmp_path / "demo.sqlite").exists()

@@ -142,7 +142,7 @@ async def test_throttle_caps_the_rate(
 
     async def check() -> None:
         result = await probe(url)
-        assert result.body == recorded.body and result.ending == "clean"
+        assert result.body == recorded.body and result.outcome == "clean"
         assert max(len(c) for c in chunk_data(result)) <= cap // 50  # 20 ms worth per write
         seconds = (result.chunks[-1][0] - result.chunks[0][0]) / 1e9
         assert seconds > 2.5  # 60 KB at 20 KB/s
@@ -237,7 +237,7 @@ async def test_drop_rst_and_fin_are_told_apart(
     url = replay("--instant", "--fault", f"drop:after_events=3,how={how}").url + TICKS
     recorded = recording.get(TICKS)
     result = await probe(url)
-    assert result.ending == ending
+    assert result.outcome == ending
     assert result.body == b"".join(c.data for c in recorded.chunks[:3])
     received: list[str] = []
     with pytest.raises(error) as info:
@@ -258,18 +258,18 @@ async def test_drop_after_bytes_after_a_time_and_mid_event(
     ticks, ci, deploy = (recording.get(t) for t in (TICKS, CI, DEPLOY))
 
     by_bytes = await probe(url + TICKS)
-    assert by_bytes.body == ticks.body[:50] and by_bytes.ending == "closed"
+    assert by_bytes.body == ticks.body[:50] and by_bytes.outcome == "closed"
 
     started = time.monotonic()
     by_time = await probe(url + CI)
     elapsed = time.monotonic() - started
     assert by_time.body == b"".join(c.data for c in ci.chunks if c.offset_ns < 200_000_000)
-    assert by_time.ending == "closed" and elapsed >= 0.19
+    assert by_time.outcome == "closed" and elapsed >= 0.19
 
     mid = await probe(url + DEPLOY)
     third = deploy.chunks[2].data  # one event per recorded write
     assert mid.body == deploy.chunks[0].data + deploy.chunks[1].data + third[: len(third) // 2]
-    assert events_of(mid.body) == deploy.parsed_events()[:2] and mid.ending == "reset"
+    assert events_of(mid.body) == deploy.parsed_events()[:2] and mid.outcome == "reset"
 
 
 async def test_refuse_resets_before_any_response(
@@ -277,7 +277,7 @@ async def test_refuse_resets_before_any_response(
 ) -> None:
     url = replay("--fault", "refuse").url + TICKS
     result = await probe(url)
-    assert (result.status, result.ending, result.body) == (0, "reset", b"")
+    assert (result.status, result.outcome, result.body) == (0, "reset", b"")
     with pytest.raises(httpx.ReadError):
         async with httpx.AsyncClient() as client:
             await client.get(url)
@@ -293,7 +293,7 @@ async def test_no_head_times_out_waiting_for_the_head(
             await client.get(process.url + TICKS)
     assert time.monotonic() - started >= 0.45
     # The request was read and matched; the server let go once the client closed.
-    await wait_for_line(process, f"GET {TICKS} -> #", "ended no-head")
+    await wait_for_line(process, f"GET {TICKS} -> #", "ended stalled [faults: no-head]")
 
 
 async def test_openai_sdk_raises_rate_limit_error(
@@ -327,7 +327,7 @@ async def test_openai_sdk_retries_after_retry_after(
     assert text == "".join(TEXT)
     assert 0.9 <= elapsed < 10, elapsed  # it waited for Retry-After, then succeeded
     first, second = await log_lines(log, 2)
-    assert (first["connection"], first["status"], second["connection"], second["status"]) == (
+    assert (first["number"], first["status"], second["number"], second["status"]) == (
         0, 429, 1, 200)
     assert [f["type"] for f in first["faults"]] == ["http"] and second["faults"] == []
 
@@ -438,8 +438,8 @@ async def test_reconnecting_client_gets_every_event_once(
     assert connections == 2
     assert seen == [(e.id, e.type, e.data) for e in recording.get(CI).parsed_events()]
     first, second = await log_lines(log, 2)
-    assert first["ending"] == "closed" and first["faults"][0]["event"] == 4
-    assert second["ending"] == "clean" and second["faults"] == []
+    assert first["outcome"] == "closed" and first["faults"][0]["event"] == 4
+    assert second["outcome"] == "clean" and second["faults"] == []
 
 
 # -- re-chunking -----------------------------------------------------------------------------
@@ -456,7 +456,7 @@ async def test_rechunking_keeps_the_events(
         recorded = recording.get(target)
         result = await probe(url + target)
         chunks = chunk_data(result)
-        assert result.body == recorded.body and result.ending == "clean"
+        assert result.body == recorded.body and result.outcome == "clean"
         assert events_of(result.body) == recorded.parsed_events()  # the project's parser
         received = [e for e in await sse_events(url + target) if e.data]  # httpx-sse
         assert [(e.event, e.data) for e in received] == [
@@ -503,7 +503,7 @@ async def test_same_seed_same_faults_other_seed_other_faults(
 
     bodies = await asyncio.gather(*(ten(p) for p in processes))
     logs = [await log_lines(log, 10) for _, log in runs]
-    plans = [[(line["connection"], line["faults"]) for line in lines] for lines in logs]
+    plans = [[(line["number"], line["faults"]) for line in lines] for lines in logs]
     assert plans[0] == plans[1] and bodies[0] == bodies[1]
     assert plans[0] != plans[2] and bodies[0] != bodies[2]
     for (seed, _), plan in zip(runs, plans, strict=True):
@@ -548,7 +548,7 @@ async def test_toml_plan_applies_each_fault_to_its_route_only(
     ci, medium, deploy = (recording.get(t) for t in (CI, MEDIUM, DEPLOY))
 
     dropped = await probe(url + CI)  # dropped after two events, not throttled
-    assert dropped.ending == "closed" and chunk_data(dropped) == [c.data for c in ci.chunks[:3]]
+    assert dropped.outcome == "closed" and chunk_data(dropped) == [c.data for c in ci.chunks[:3]]
     with pytest.raises(openai.InternalServerError) as info:  # 503 on the chat route
         await openai_text(url)
     assert info.value.status_code == 503
@@ -558,7 +558,7 @@ async def test_toml_plan_applies_each_fault_to_its_route_only(
 
     async def throttled() -> None:
         result = await probe(url + MEDIUM)
-        assert result.body == medium.body and result.ending == "clean"
+        assert result.body == medium.body and result.outcome == "clean"
         assert abs(rate(result) / 4096 - 1) < TOLERANCE, rate(result)
 
     await retrying(throttled)

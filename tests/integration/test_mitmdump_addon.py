@@ -27,7 +27,7 @@ from mitmproxy import http
 
 from sse_recorder.demo.upstream import ticks_writes
 from sse_recorder.mitm.record_addon import Recorder
-from sse_recorder.model import EndReason
+from sse_recorder.model import Outcome
 from sse_recorder.wire.probe import probe
 from tests.conftest import MITMDUMP, REPO, read_line
 from tests.integration.support import assert_faithful, load
@@ -146,13 +146,13 @@ async def test_records_a_stream_and_stops_cleanly_on_sigterm(
 ) -> None:
     proxy = mitmdump()
     received = await probe(f"{proxy.url}/ticks?n=20&interval_ms=5")
-    assert received.ending == "clean" and len(received.chunks) == 20
+    assert received.outcome == "clean" and len(received.chunks) == 20
     assert proxy.stop(signal.SIGTERM) == 0, proxy.output()
     assert "sse-recorder: flushed 20 chunks" in proxy.output()
     assert cassette_files(tmp_path) == ["cassette.sqlite"]  # WAL folded back in: one file
     [recording] = await load(tmp_path / "cassette.sqlite")
     interaction, chunks, _ = recording
-    assert interaction.end_reason is EndReason.CLEAN and interaction.complete
+    assert interaction.outcome is Outcome.CLEAN and interaction.complete
     assert interaction.request.url.endswith("/ticks?n=20&interval_ms=5")
     assert [c.data for c in chunks] == ticks_writes(20)
     assert_faithful(recording, [data for _, data in received.chunks])
@@ -182,7 +182,7 @@ async def test_a_request_before_running_waits_for_the_cassette(tmp_path: Path) -
         recorder.response(flow)
         await recorder.done()
     [(interaction, chunks, _)] = await load(cassette)
-    assert interaction.end_reason is EndReason.CLEAN
+    assert interaction.outcome is Outcome.CLEAN
     assert [c.data for c in chunks] == [b"data: early\n\n"]
 
 
@@ -206,7 +206,7 @@ async def test_route_filters_record_only_matching_flows(
     assert proxy.stop() == 0
     recordings = await load(tmp_path / "cassette.sqlite")
     assert [httpx.URL(i.request.url).path for i, _, _ in recordings] == recorded
-    assert all(i.end_reason is EndReason.CLEAN for i, _, _ in recordings)
+    assert all(i.outcome is Outcome.CLEAN for i, _, _ in recordings)
 
 
 async def test_extra_redaction_options(mitmdump: Launcher, tmp_path: Path) -> None:
@@ -231,7 +231,7 @@ async def test_extra_redaction_options(mitmdump: Launcher, tmp_path: Path) -> No
     [(interaction, chunks, _)] = await load(tmp_path / "cassette.sqlite")
     assert ("X-Custom-Secret", "[REDACTED]") in interaction.request.headers
     assert json.loads(interaction.request.body)["myField"] == "[REDACTED]"
-    assert interaction.end_reason is EndReason.CLEAN and chunks
+    assert interaction.outcome is Outcome.CLEAN and chunks
 
 
 # --- refusing to start -----------------------------------------------------------------------

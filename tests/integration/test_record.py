@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from sse_recorder.demo.upstream import ticks_writes
-from sse_recorder.model import EndReason
+from sse_recorder.model import Outcome
 from sse_recorder.wire.probe import ProbeResult, probe
 from tests.conftest import RecorderFactory
 from tests.integration.support import Recorded, assert_faithful, load, stamp_ns
@@ -56,7 +56,7 @@ async def test_live_delivery_and_exact_recording(
     else:
         proxy = recorder("--upstream", demo_upstream)
         proxied = await probe(proxy.url + path)
-    assert proxied.ending == "clean" and len(proxied.chunks) == 50
+    assert proxied.outcome == "clean" and len(proxied.chunks) == 50
     # Live: each event reaches the client a few ms after the upstream wrote it, as direct.
     direct_delays, proxied_delays = delays_ms(direct), delays_ms(proxied)
     assert statistics.median(proxied_delays) < statistics.median(direct_delays) + 3
@@ -66,7 +66,7 @@ async def test_live_delivery_and_exact_recording(
 
     [recording] = await load(tmp_path / "cassette.sqlite")
     interaction, chunks, _ = recording
-    assert interaction.complete and interaction.end_reason is EndReason.CLEAN
+    assert interaction.complete and interaction.outcome is Outcome.CLEAN
     assert interaction.is_sse and interaction.response and interaction.response.status == 200
     assert_faithful(recording, [data for _, data in proxied.chunks])
     # Gaps between recorded chunks follow the upstream's own write schedule.
@@ -81,23 +81,23 @@ async def test_live_delivery_and_exact_recording(
 @pytest.mark.parametrize(
     ("query", "reason"),
     [
-        ("end=clean", EndReason.CLEAN),
-        ("end=reset", EndReason.UPSTREAM_RESET),
-        ("end=close", EndReason.UPSTREAM_CLOSED),
-        ("end=close&framing=close", EndReason.UPSTREAM_CLOSED),
-        ("end=close&framing=length", EndReason.UPSTREAM_CLOSED),
+        ("end=clean", Outcome.CLEAN),
+        ("end=reset", Outcome.RESET),
+        ("end=close", Outcome.CLOSED),
+        ("end=close&framing=close", Outcome.CLOSED),
+        ("end=close&framing=length", Outcome.CLOSED),
     ],
 )
 async def test_upstream_endings(
-    query: str, reason: EndReason, demo_upstream: str, recorder: RecorderFactory, tmp_path: Path
+    query: str, reason: Outcome, demo_upstream: str, recorder: RecorderFactory, tmp_path: Path
 ) -> None:
     proxy = recorder("--upstream", demo_upstream)
     received = await probe(f"{proxy.url}/ticks?n=8&interval_ms=5&{query}")
     proxy.stop()
     [recording] = await load(tmp_path / "cassette.sqlite")
     interaction = recording[0]
-    assert interaction.end_reason is reason
-    assert interaction.complete is (reason is EndReason.CLEAN)
+    assert interaction.outcome is reason
+    assert interaction.complete is (reason is Outcome.CLEAN)
     writes = ticks_writes(8, end=query.split("&")[0].removeprefix("end="))
     assert b"".join(c.data for c in recording[1]) == b"".join(writes)
     assert_faithful(recording, [data for _, data in received.chunks])
@@ -117,7 +117,7 @@ async def test_client_abort_is_client_gone(
     [recording] = await wait_for_interactions(tmp_path / "cassette.sqlite", 1)
     proxy.stop()
     interaction, chunks, _ = recording
-    assert interaction.end_reason is EndReason.CLIENT_GONE and not interaction.complete
+    assert interaction.outcome is Outcome.CLIENT_GONE and not interaction.complete
     stored = b"".join(c.data for c in chunks)
     assert stored.startswith(b"".join(received))
     assert stored == b"".join(ticks_writes(500)[: len(chunks)])
@@ -136,7 +136,7 @@ async def test_stream_open_at_shutdown_is_kept(
     assert await asyncio.to_thread(proxy.stop, signal.SIGINT) == 0
     writer.close()
     [recording] = await load(tmp_path / "cassette.sqlite")
-    assert recording[0].end_reason is EndReason.RECORDING_STOPPED
+    assert recording[0].outcome is Outcome.STOPPED
     assert not recording[0].complete
     assert [c.data for c in recording[1]] == ticks_writes(6)
 
@@ -149,14 +149,14 @@ async def test_concurrent_streams_are_kept_apart(
     results = await asyncio.gather(
         *(probe(f"{proxy.url}/ticks?n=30&interval_ms=10&size={size}") for size in sizes)
     )
-    assert all(r.ending == "clean" for r in results)
+    assert all(r.outcome == "clean" for r in results)
     proxy.stop()
     recordings = await load(tmp_path / "cassette.sqlite")
     assert len(recordings) == 20
     by_size = {int(r[0].request.url.rsplit("size=", 1)[1]): r for r in recordings}
     for size in sizes:
         interaction, chunks, events = by_size[size]
-        assert interaction.end_reason is EndReason.CLEAN
+        assert interaction.outcome is Outcome.CLEAN
         assert [c.data for c in chunks] == ticks_writes(30, size=size)
         assert [e.id for e in events] == [str(i) for i in range(30)]
 
@@ -177,7 +177,7 @@ async def test_kill_9_keeps_what_was_committed(
     [recording] = await load(tmp_path / "cassette.sqlite")
     interaction, chunks, _ = recording
     assert not interaction.complete
-    assert interaction.end_reason is EndReason.RECORDING_STOPPED
+    assert interaction.outcome is Outcome.STOPPED
     # Commits follow data within 250 ms: at 10 ms per event, at most ~25 may be missing.
     assert 60 - 30 <= len(chunks) <= received + 5
     assert [c.data for c in chunks] == ticks_writes(400)[: len(chunks)]

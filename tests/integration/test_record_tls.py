@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sse_recorder.demo.upstream import tick_event, ticks_writes
-from sse_recorder.model import Chunk, EndReason
+from sse_recorder.model import Chunk, Outcome
 from tests.conftest import REPO, RecorderFactory, start
 from tests.integration.support import assert_faithful, load, stamp_ns
 
@@ -278,7 +278,7 @@ async def test_https_interception_in_regular_proxy_mode(
     [recording] = await load(tmp_path / "cassette.sqlite")
     interaction, chunks, _ = recording
     assert interaction.request.url == tls_upstream + TICKS  # https://, as the client asked
-    assert interaction.complete and interaction.end_reason is EndReason.CLEAN
+    assert interaction.complete and interaction.outcome is Outcome.CLEAN
     assert interaction.response is not None and interaction.response.status == 200
     assert_faithful(recording, [data for _, data in events])  # one chunk per upstream write
     assert_gaps_follow_stamps(chunks)
@@ -286,11 +286,11 @@ async def test_https_interception_in_regular_proxy_mode(
 
 @pytest.mark.parametrize(
     ("end", "reason"),
-    [("clean", EndReason.CLEAN), ("reset", EndReason.UPSTREAM_RESET),
-     ("close", EndReason.UPSTREAM_CLOSED)],
+    [("clean", Outcome.CLEAN), ("reset", Outcome.RESET),
+     ("close", Outcome.CLOSED)],
 )
 async def test_http2_client_in_reverse_mode(
-    end: str, reason: EndReason, demo_upstream: str, recorder: RecorderFactory, tmp_path: Path
+    end: str, reason: Outcome, demo_upstream: str, recorder: RecorderFactory, tmp_path: Path
 ) -> None:
     proxy = recorder("--upstream", demo_upstream)
     base = proxy.url.replace("http://", "https://")  # mitmproxy detects TLS in reverse mode
@@ -315,7 +315,7 @@ async def test_http2_client_in_reverse_mode(
 
     [recording] = await load(tmp_path / "cassette.sqlite")
     interaction, chunks, _ = recording
-    assert interaction.end_reason is reason and interaction.complete is (end == "clean")
+    assert interaction.outcome is reason and interaction.complete is (end == "clean")
     assert interaction.request.http_version == "HTTP/2.0"
     assert interaction.response is not None and interaction.response.http_version == "HTTP/1.1"
     if end == "clean":
@@ -354,6 +354,6 @@ async def test_http2_end_to_end_in_regular_proxy_mode(
     interaction, chunks, _ = recording
     assert interaction.request.url == url and interaction.request.http_version == "HTTP/2.0"
     assert interaction.response is not None and interaction.response.http_version == "HTTP/2.0"
-    assert interaction.complete and interaction.end_reason is EndReason.CLEAN
+    assert interaction.complete and interaction.outcome is Outcome.CLEAN
     assert_faithful(recording, [data for _, data in events])  # one chunk per DATA frame
     assert_gaps_follow_stamps(chunks)

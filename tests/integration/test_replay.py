@@ -33,7 +33,7 @@ from sse_recorder.demo.upstream import (
     tick_event,
     ticks_writes,
 )
-from sse_recorder.model import EndReason, RecordedRequest, ResponseHead, header_value
+from sse_recorder.model import Outcome, RecordedRequest, ResponseHead, header_value
 from sse_recorder.store.cassette import (
     Cassette,
     EndUpdate,
@@ -212,7 +212,7 @@ async def test_1x_keeps_chunk_boundaries_and_gaps(
 
     async def check() -> None:
         result = await probe(url)
-        assert result.status == 200 and result.ending == "clean"
+        assert result.status == 200 and result.outcome == "clean"
         assert chunk_data(result) == [c.data for c in recorded.chunks] == ticks_writes(50)
         errors = gap_errors_ms(result, recorded.gaps_ms())
         assert statistics.median(errors) < 2.0, errors
@@ -234,7 +234,7 @@ async def test_speed_10_divides_the_gaps(
 
     async def check() -> None:
         result = await probe(url)
-        assert result.ending == "clean" and chunk_data(result) == [c.data for c in recorded.chunks]
+        assert result.outcome == "clean" and chunk_data(result) == [c.data for c in recorded.chunks]
         ratios = [a / b for a, b in zip(result.gaps_ms(), recorded.gaps_ms(), strict=True)]
         assert abs(statistics.median(ratios) - 0.1) < 0.03, ratios
         duration_ms = (result.chunks[-1][0] - result.chunks[0][0]) / 1e6
@@ -250,7 +250,7 @@ async def test_instant_sends_everything_at_once_with_the_same_chunks(
     recorded = recording.get(TICKS)
     assert recorded.chunks[-1].offset_ns / 1e9 > 0.95
     result = await probe(url + TICKS)
-    assert result.ending == "clean"
+    assert result.outcome == "clean"
     # HTTP chunks keep their boundaries whatever the transport coalesces.
     assert chunk_data(result) == [c.data for c in recorded.chunks]
     assert result.chunks[-1][0] / 1e9 < 0.4
@@ -274,7 +274,7 @@ async def test_max_gap_clamps_a_long_pause(
             probe(clamped_url + PAUSED), probe(faithful_url + PAUSED)
         )
         for result in (clamped, faithful):
-            assert result.ending == "clean"
+            assert result.outcome == "clean"
             assert chunk_data(result) == [c.data for c in recorded.chunks]
         assert 80 < clamped.head_ns / 1e6 < 400  # 1.5 s clamped to 100 ms
         errors = gap_errors_ms(clamped, recorded.gaps_ms())
@@ -290,30 +290,30 @@ async def test_max_gap_clamps_a_long_pause(
 @pytest.mark.parametrize(
     ("target", "reason", "ending", "body", "framing"),
     [
-        (TICKS, EndReason.CLEAN, "clean", b"".join(ticks_writes(50)), "chunked"),
-        (RESET, EndReason.UPSTREAM_RESET, "reset", b"".join(reset_writes()), "chunked"),
-        (EARLY_CLOSE, EndReason.UPSTREAM_CLOSED, "closed",
+        (TICKS, Outcome.CLEAN, "clean", b"".join(ticks_writes(50)), "chunked"),
+        (RESET, Outcome.RESET, "reset", b"".join(reset_writes()), "chunked"),
+        (EARLY_CLOSE, Outcome.CLOSED, "closed",
          b"".join(ticks_writes(8, end="close")), "chunked"),
-        (LENGTH, EndReason.CLEAN, "clean", b"".join(ticks_writes(8)), "length"),
-        (LENGTH_EARLY, EndReason.UPSTREAM_CLOSED, "closed",
+        (LENGTH, Outcome.CLEAN, "clean", b"".join(ticks_writes(8)), "length"),
+        (LENGTH_EARLY, Outcome.CLOSED, "closed",
          b"".join(ticks_writes(8, end="close")), "length"),
         # Close-delimited: the close is the end of the body, so h11 sees a clean end.
-        (CLOSE_DELIMITED, EndReason.CLEAN, "clean", b"".join(ticks_writes(8)), "close"),
-        (CLOSE_DELIMITED_EARLY, EndReason.UPSTREAM_CLOSED, "clean",
+        (CLOSE_DELIMITED, Outcome.CLEAN, "clean", b"".join(ticks_writes(8)), "close"),
+        (CLOSE_DELIMITED_EARLY, Outcome.CLOSED, "clean",
          b"".join(ticks_writes(8, end="close")), "close"),
     ],
     ids=["clean", "reset", "early-close", "length", "length-early", "close-delimited",
          "close-delimited-early"],
 )
 async def test_recorded_ending_is_reproduced_on_the_wire(
-    target: str, reason: EndReason, ending: str, body: bytes, framing: str,
+    target: str, reason: Outcome, ending: str, body: bytes, framing: str,
     recording: Recording, replays: Callable[..., Process],
 ) -> None:
     recorded = recording.get(target)
-    assert recorded.interaction.end_reason is reason and recorded.body == body
+    assert recorded.interaction.outcome is reason and recorded.body == body
     process = replays()
     result = await probe(process.url + target)
-    assert result.ending == ending
+    assert result.outcome == ending
     assert result.body == body
     if framing == "chunked":
         assert chunk_data(result) == [c.data for c in recorded.chunks]
@@ -328,7 +328,9 @@ async def test_recorded_ending_is_reproduced_on_the_wire(
         assert "content-length" not in headers and "transfer-encoding" not in headers
         assert headers["connection"] == "close"
         line = await wait_for_line(process, f"GET {target} ->")
-        assert line.endswith("ended closed")  # the server closed it (a FIN, not an RST)
+        # The server closed it with a FIN (an RST would say reset): the body's end when the
+        # recording ended clean, a truncation otherwise.
+        assert line.endswith(f"ended {reason.as_replayed}")
 
 
 async def test_reset_and_early_close_reach_httpx_as_errors(
@@ -412,7 +414,7 @@ async def test_last_event_id_resumes_after_that_event_with_the_recorded_gaps(
 
     async def check() -> None:
         result = await probe(url, headers=[("Last-Event-ID", "5")])
-        assert result.ending == "clean"
+        assert result.outcome == "clean"
         assert chunk_data(result) == ci_log_writes("5")[1:] == [c.data for c in recorded.chunks[6:]]
         errors = gap_errors_ms(result, recorded.gaps_ms(recorded.chunks[6:]))
         assert statistics.median(errors) < 3, errors
@@ -429,7 +431,7 @@ async def test_last_event_id_inside_a_chunk_cuts_it(
 
     async def check() -> None:
         result = await probe(url, headers=[("Last-Event-ID", "4")])
-        assert result.ending == "clean"
+        assert result.outcome == "clean"
         assert chunk_data(result) == [tick_event(5)] + [c.data for c in recorded.chunks[2:]]
         assert result.chunks[0][0] / 1e6 < 20  # the rest of the cut chunk goes out at once
         errors = gap_errors_ms(result, recorded.gaps_ms(recorded.chunks[1:]))
@@ -437,7 +439,7 @@ async def test_last_event_id_inside_a_chunk_cuts_it(
 
     await retrying(check)
     result = await probe(url, headers=[("Last-Event-ID", "11")])  # the last event
-    assert result.ending == "clean" and result.body == b""
+    assert result.outcome == "clean" and result.body == b""
 
 
 async def test_last_event_id_with_crlf_split_across_chunks(
@@ -448,7 +450,7 @@ async def test_last_event_id_with_crlf_split_across_chunks(
     url = replays().url + CRLF
     for last_id, rest in (("1", 2), ("2", 4), ("3", 5), ("4", 7)):
         result = await probe(url, headers=[("Last-Event-ID", last_id)])
-        assert result.ending == "clean"
+        assert result.outcome == "clean"
         # exactly the events after it: not even the LF of the CRLF that ended it
         assert chunk_data(result) == [c.data for c in recorded.chunks[rest:]], last_id
 
@@ -457,7 +459,7 @@ async def test_last_event_id_with_a_content_length(
     replays: Callable[..., Process],
 ) -> None:
     result = await probe(replays().url + LENGTH, headers=[("Last-Event-ID", "5")])
-    assert result.ending == "clean"
+    assert result.outcome == "clean"
     assert result.body == b"".join(ticks_writes(8)[6:])
     assert ("content-length", str(len(result.body))) in [(k.lower(), v) for k, v in
                                                          result.headers]
@@ -477,7 +479,7 @@ async def test_unknown_last_event_id_replays_from_the_start(
     recording: Recording, replays: Callable[..., Process]
 ) -> None:
     result = await probe(replays().url + CI, headers=[("Last-Event-ID", "no-such-id")])
-    assert result.ending == "clean"
+    assert result.outcome == "clean"
     assert chunk_data(result) == [c.data for c in recording.get(CI).chunks]
 
 
@@ -592,12 +594,13 @@ async def test_replay_matches_in_process_too(recording: Recording) -> None:
                 await client.post("/v1/chat/completions", json=order_payload(model, "k"))
             assert (await client.get("/nowhere")).status_code == 404
             result = await probe(server.base_url + RESET)
-        assert result.ending == "reset"
+        assert result.outcome == "reset"
     ids = [recording.get("/v1/chat/completions", "POST", model=m).interaction.id
            for m in ("order-1", "order-2")]
-    assert [(s.interaction_id, s.ending) for s in server.served] == [
-        (ids[0], "clean"), (ids[1], "clean"), (ids[1], "clean"), (None, "unmatched"),
-        (recording.get(RESET).interaction.id, "reset")]
+    assert [(s.interaction_id, s.answer, s.outcome) for s in server.served] == [
+        (ids[0], "recorded", "clean"), (ids[1], "recorded", "clean"),
+        (ids[1], "recorded", "clean"), (None, "unmatched", "clean"),
+        (recording.get(RESET).interaction.id, "recorded", "reset")]
     assert "nearest recording" in server.served[3].explanation
 
 
@@ -643,7 +646,7 @@ async def write_big_cassette(path: Path) -> None:
         for first in range(0, BIG_CHUNKS, 1000):  # one transaction per 1,000 chunks
             await cassette.write(WriteBatch(chunks=[
                 (iid, seq, seq * 40, BIG_CHUNK) for seq in range(first, first + 1000)]))
-        await cassette.write(WriteBatch(ends=[EndUpdate(iid, True, EndReason.CLEAN,
+        await cassette.write(WriteBatch(ends=[EndUpdate(iid, True, Outcome.CLEAN,
                                                         BIG_CHUNKS * 40, None)]))
         await cassette.finish_recording()
     finally:

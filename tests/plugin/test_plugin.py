@@ -93,7 +93,7 @@ def test_a_replayed_test_passes_sync_async_and_named_by_default(
         def test_sync(sse_cassette):
             response = httpx.get(sse_cassette.base_url + "/ci/logs")
             assert response.status_code == 200 and "workflow_run" in response.text
-            assert [(s.method, s.target, s.interaction_id, s.status, s.ending)
+            assert [(s.method, s.target, s.interaction_id, s.status, s.outcome)
                     for s in sse_cassette.served] == [("GET", "/ci/logs", 1, 200, "clean")]
             assert sse_cassette.unmatched == [] and not sse_cassette.recording
 
@@ -311,7 +311,7 @@ def test_xdist_workers_each_serve_their_own_replays_in_any_order(
                                        "messages": [{"role": "user", "content": "Say hello"}]}
             response = httpx.request(method, sse_cassette.base_url + target, json=body)
             assert response.status_code == 200
-            assert [s.ending for s in sse_cassette.served] == ["clean"]
+            assert [s.outcome for s in sse_cassette.served] == ["clean"]
     ''')
     result = run(suite, "-n", "2")
     result.assert_outcomes(passed=8)
@@ -402,7 +402,7 @@ def chat(sse_cassette):
 @pytest.mark.sse_cassette("base")
 def test_in_process_proxy(sse_cassette):
     assert chat(sse_cassette) == TEXT
-    assert [(s.target, s.interaction_id, s.ending) for s in sse_cassette.served] == [
+    assert [(s.target, s.interaction_id, s.outcome) for s in sse_cassette.served] == [
         ("/v1/chat/completions", 2, "clean")]
 
 
@@ -410,7 +410,7 @@ def test_in_process_proxy(sse_cassette):
 def test_proxy_subprocess_without_mitmproxy_here(sse_cassette, monkeypatch):
     monkeypatch.setattr(plugin, "_import_mitmproxy", lambda: False)
     assert chat(sse_cassette) == TEXT
-    assert [(s.target, s.interaction_id, s.ending) for s in sse_cassette.served] == [
+    assert [(s.target, s.interaction_id, s.outcome) for s in sse_cassette.served] == [
         ("/v1/chat/completions", 2, "clean")]
 '''
 

@@ -14,7 +14,7 @@ from mitmproxy.flow import Error
 
 from sse_recorder.errors import CassetteError
 from sse_recorder.mitm.record_addon import Recorder, classify_error
-from sse_recorder.model import Chunk, EndReason, Interaction, RecordedEvent
+from sse_recorder.model import Chunk, Interaction, Outcome, RecordedEvent
 from sse_recorder.record.redact import MARKER
 from sse_recorder.store.cassette import Cassette
 
@@ -36,32 +36,32 @@ H1_TRUNCATED = (
 @pytest.mark.parametrize(
     ("message", "client_open", "server_open", "server_reset", "expected"),
     [
-        ("Client disconnected.", False, False, False, EndReason.CLIENT_GONE),
-        ("Client disconnected.", True, True, False, EndReason.CLIENT_GONE),  # idle timeout too
+        ("Client disconnected.", False, False, False, Outcome.CLIENT_GONE),
+        ("Client disconnected.", True, True, False, Outcome.CLIENT_GONE),  # idle timeout too
         (f"{H1_TRUNCATED} (incomplete chunked read)", True, False, False,
-         EndReason.UPSTREAM_CLOSED),
+         Outcome.CLOSED),
         (f"{H1_TRUNCATED} (incomplete chunked read)", True, False, True,
-         EndReason.UPSTREAM_RESET),
+         Outcome.RESET),
         (f"{H1_TRUNCATED} (received 189 bytes, expected 630)", True, False, False,
-         EndReason.UPSTREAM_CLOSED),
+         Outcome.CLOSED),
         (f"{H1_TRUNCATED} (received 189 bytes, expected 630)", True, False, True,
-         EndReason.UPSTREAM_RESET),
-        ("peer closed connection", False, True, False, EndReason.CLIENT_GONE),
-        ("peer closed connection", True, False, False, EndReason.UPSTREAM_CLOSED),
-        ("peer closed connection", True, False, True, EndReason.UPSTREAM_RESET),
-        ("peer closed connection", True, True, False, EndReason.PROXY_ERROR),
-        ("stream reset by client (CANCEL)", True, True, False, EndReason.CLIENT_GONE),
+         Outcome.RESET),
+        ("peer closed connection", False, True, False, Outcome.CLIENT_GONE),
+        ("peer closed connection", True, False, False, Outcome.CLOSED),
+        ("peer closed connection", True, False, True, Outcome.RESET),
+        ("peer closed connection", True, True, False, Outcome.PROXY_ERROR),
+        ("stream reset by client (CANCEL)", True, True, False, Outcome.CLIENT_GONE),
         ("stream reset by client (INTERNAL_ERROR)", True, True, False,
-         EndReason.UPSTREAM_RESET),
-        (Error.KILLED_MESSAGE, True, True, False, EndReason.PROXY_ERROR),
-        ("Connection killed.", True, False, True, EndReason.PROXY_ERROR),
-        ("TLS handshake failed", True, True, False, EndReason.PROXY_ERROR),
-        ("Server disconnected.", True, False, False, EndReason.PROXY_ERROR),
-        ("", True, True, False, EndReason.PROXY_ERROR),
+         Outcome.RESET),
+        (Error.KILLED_MESSAGE, True, True, False, Outcome.PROXY_ERROR),
+        ("Connection killed.", True, False, True, Outcome.PROXY_ERROR),
+        ("TLS handshake failed", True, True, False, Outcome.PROXY_ERROR),
+        ("Server disconnected.", True, False, False, Outcome.PROXY_ERROR),
+        ("", True, True, False, Outcome.PROXY_ERROR),
     ],
 )
 def test_classify_error(
-    message: str, client_open: bool, server_open: bool, server_reset: bool, expected: EndReason
+    message: str, client_open: bool, server_open: bool, server_reset: bool, expected: Outcome
 ) -> None:
     assert (
         classify_error(
@@ -161,7 +161,7 @@ async def test_sse_flow_is_streamed_and_recorded(harness: Harness) -> None:
     assert interaction.response.status == 200
     assert dict(interaction.response.headers)["set-cookie"] == MARKER
     assert interaction.is_sse and interaction.complete
-    assert interaction.end_reason is EndReason.CLEAN
+    assert interaction.outcome is Outcome.CLEAN
     data = [c.data for c in got_chunks[interaction.id]]
     assert data == [
         f'data: {{"access_token": "{MARKER}"}}\n\n'.encode(), b"data: tw", b"o\n\n: ping\n\n"
@@ -218,8 +218,8 @@ async def test_close_delimited_sse_ending_mid_event_is_upstream_closed(harness: 
     await recorder.done()
 
     (first, second), _, _ = await stored(harness.path)
-    assert (first.end_reason, first.complete) == (EndReason.UPSTREAM_CLOSED, False)
-    assert (second.end_reason, second.complete) == (EndReason.CLEAN, True)
+    assert (first.outcome, first.complete) == (Outcome.CLOSED, False)
+    assert (second.outcome, second.complete) == (Outcome.CLEAN, True)
 
 
 async def test_error_flow_is_stored_as_client_gone(harness: Harness) -> None:
@@ -236,7 +236,7 @@ async def test_error_flow_is_stored_as_client_gone(harness: Harness) -> None:
     await recorder.done()
 
     (interaction,), got_chunks, _ = await stored(harness.path)
-    assert interaction.end_reason is EndReason.CLIENT_GONE
+    assert interaction.outcome is Outcome.CLIENT_GONE
     assert interaction.complete is False
     assert interaction.error == "Client disconnected."
     assert [c.data for c in got_chunks[interaction.id]] == [b"data: 1\n\n"]
@@ -256,7 +256,7 @@ async def test_errors_while_mitmproxy_stops_are_recording_stopped(harness: Harne
     await recorder.done()
 
     (interaction,), got_chunks, _ = await stored(harness.path)
-    assert interaction.end_reason is EndReason.RECORDING_STOPPED
+    assert interaction.outcome is Outcome.STOPPED
     assert interaction.complete is False
     assert [c.data for c in got_chunks[interaction.id]] == [b"data: 1\n\ndata: 2"]
 
@@ -271,7 +271,7 @@ async def test_error_before_any_response(harness: Harness) -> None:
 
     (interaction,), _, _ = await stored(harness.path)
     assert interaction.response is None
-    assert interaction.end_reason is EndReason.PROXY_ERROR
+    assert interaction.outcome is Outcome.PROXY_ERROR
     assert interaction.error == "TLS handshake failed"
 
 
@@ -363,7 +363,7 @@ async def test_a_request_before_running_waits_for_the_cassette(tmp_path: Path) -
     assert [i.request.url for i in interactions] == [
         "https://api.example.com/v1/early", "https://api.example.com/v1/later"
     ]
-    assert all(i.end_reason is EndReason.RECORDING_STOPPED for i in interactions)
+    assert all(i.outcome is Outcome.STOPPED for i in interactions)
 
 
 async def test_without_a_cassette_option_nothing_is_recorded(tmp_path: Path) -> None:

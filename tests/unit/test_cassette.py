@@ -12,8 +12,8 @@ import pytest
 from sse_recorder.errors import CassetteError
 from sse_recorder.model import (
     Chunk,
-    EndReason,
     Interaction,
+    Outcome,
     RecordedEvent,
     RecordedRequest,
     ResponseHead,
@@ -79,11 +79,11 @@ async def record_sample(path: Path) -> list[Interaction]:
             WriteBatch(
                 chunks=[(first, i, 100 * i, data) for i, data in enumerate(chunks) if i >= 2],
                 events=[(first, _event(1, "ping", 2, 2, "comment")), (first, _event(2, "x", 2, 2))],
-                ends=[EndUpdate(first, True, EndReason.CLEAN, 999, None)],
+                ends=[EndUpdate(first, True, Outcome.CLEAN, 999, None)],
             )
         )
         await cassette.write(
-            WriteBatch(ends=[EndUpdate(second, False, EndReason.PROXY_ERROR, None, "boom")])
+            WriteBatch(ends=[EndUpdate(second, False, Outcome.PROXY_ERROR, None, "boom")])
         )
         await cassette.finish_recording()
     finally:
@@ -97,7 +97,7 @@ async def record_sample(path: Path) -> list[Interaction]:
             head_offset_ns=1234,
             is_sse=True,
             complete=True,
-            end_reason=EndReason.CLEAN,
+            outcome=Outcome.CLEAN,
             end_offset_ns=999,
             error=None,
             chunk_count=4,
@@ -112,7 +112,7 @@ async def record_sample(path: Path) -> list[Interaction]:
             head_offset_ns=None,
             is_sse=False,
             complete=False,
-            end_reason=EndReason.PROXY_ERROR,
+            outcome=Outcome.PROXY_ERROR,
             end_offset_ns=None,
             error="boom",
         ),
@@ -182,7 +182,7 @@ async def test_read_only_cassette_refuses_writes(tmp_path: Path) -> None:
     async with await Cassette.open(path) as cassette:
         with pytest.raises(CassetteError, match="write failed"):
             await cassette.write(
-                WriteBatch(ends=[EndUpdate(1, False, EndReason.CLIENT_GONE, 1, "x")])
+                WriteBatch(ends=[EndUpdate(1, False, Outcome.CLIENT_GONE, 1, "x")])
             )
     assert path.read_bytes() == before
 
@@ -199,7 +199,7 @@ async def test_open_for_recording_appends_with_continuing_ids(tmp_path: Path) ->
             WriteBatch(
                 starts=[InteractionStart(iid, 5.0, RecordedRequest("GET", "http://h/3", ()))],
                 chunks=[(iid, 0, 1, b"third")],
-                ends=[EndUpdate(iid, True, EndReason.CLEAN, 2, None)],
+                ends=[EndUpdate(iid, True, Outcome.CLEAN, 2, None)],
             )
         )
         await cassette.finish_recording()
@@ -467,7 +467,7 @@ async def test_interaction_never_ended_reads_back_as_recording_stopped(tmp_path:
         await cassette.close()
     async with await Cassette.open(path) as reader:
         (interaction,) = await reader.interactions()
-        assert interaction.end_reason is EndReason.RECORDING_STOPPED
+        assert interaction.outcome is Outcome.STOPPED
         assert interaction.complete is False
         assert interaction.end_offset_ns is None
         assert (interaction.chunk_count, interaction.body_size) == (2, 16)

@@ -54,7 +54,7 @@ def test_replay_and_ls_work_without_mitmproxy(tmp_path: Path) -> None:
         import asyncio, time
         from sse_recorder.store.cassette import Cassette, InteractionStart, HeadUpdate, WriteBatch
         from sse_recorder.store.cassette import EndUpdate
-        from sse_recorder.model import EndReason, RecordedRequest, ResponseHead
+        from sse_recorder.model import Outcome, RecordedRequest, ResponseHead
         from sse_recorder.wire.probe import probe
         from sse_recorder.replay.server import ReplayServer
 
@@ -68,7 +68,7 @@ def test_replay_and_ls_work_without_mitmproxy(tmp_path: Path) -> None:
                 starts=[InteractionStart(iid, time.time(), request)],
                 heads=[HeadUpdate(iid, head, 1000, True)],
                 chunks=[(iid, 0, 2000, b"data: one\\n\\n"), (iid, 1, 3000, b"data: two\\n\\n")],
-                ends=[EndUpdate(iid, True, EndReason.CLEAN, 4000, None)]))
+                ends=[EndUpdate(iid, True, Outcome.CLEAN, 4000, None)]))
             await cassette.finish_recording()
             await cassette.close()
             async with await ReplayServer.open("c.sqlite") as server:

@@ -30,6 +30,7 @@ from sse_recorder.faults.run import (
     parse_spec,
     split_at_events,
 )
+from sse_recorder.model import Outcome
 from sse_recorder.sse import Comment, Event, SSEParser, encode_event, parse
 
 HYPOTHESIS = settings(
@@ -455,11 +456,11 @@ def test_no_faults_is_the_identity() -> None:
     assert dues(actions) == [d for d, _ in ticks()]
 
 
-@pytest.mark.parametrize("how", ["fin", "rst"])
-def test_drop_after_events(how: str) -> None:
+@pytest.mark.parametrize(("how", "outcome"), [("fin", Outcome.CLOSED), ("rst", Outcome.RESET)])
+def test_drop_after_events(how: str, outcome: Outcome) -> None:
     actions, run = transformed(f"drop:after_events=2,how={how}")
     assert ids(body(actions)) == ["0", "1"]
-    assert ending(actions) == Ending(how, 0.1)
+    assert ending(actions) == Ending(outcome, 0.1)
     assert run.log == [{"fault": f"drop:after_events=2,how={how}", "type": "drop",
                         "at_ms": 100.0, "event": 2, "how": how}]
 
@@ -467,7 +468,7 @@ def test_drop_after_events(how: str) -> None:
 def test_drop_after_bytes_cuts_inside_a_chunk() -> None:
     actions, run = transformed("drop:after_bytes=30")
     assert body(actions) == STREAM[:30]
-    assert ending(actions) == Ending("fin", 0.1)
+    assert ending(actions) == Ending(Outcome.CLOSED, 0.1)
     assert not run.needs_events()
     assert run.log[0]["bytes"] == 30
 
@@ -475,19 +476,19 @@ def test_drop_after_bytes_cuts_inside_a_chunk() -> None:
 def test_drop_after_a_time() -> None:
     actions, _ = transformed("drop:after=250ms,how=rst")
     assert ids(body(actions)) == ["0", "1", "2"]  # due at 0, 0.1, 0.2
-    assert ending(actions) == Ending("rst", 0.25)
+    assert ending(actions) == Ending(Outcome.RESET, 0.25)
 
 
 def test_drop_after_a_time_counts_pauses_and_throttling() -> None:
     actions, run = transformed("pause:after_event=1,duration=1s", "drop:after=500ms")
-    assert ids(body(actions)) == ["0"] and ending(actions) == Ending("fin", 0.5)
+    assert ids(body(actions)) == ["0"] and ending(actions) == Ending(Outcome.CLOSED, 0.5)
     assert [e["type"] for e in run.log] == ["pause", "drop"]
     chunks = [(0.0, b"x" * 1000)]
     actions, _ = transformed("throttle:rate=100", "drop:after=1s,how=rst", chunks=chunks)
     assert body(actions) == b"x" * 100  # 1 s at 100 B/s, in writes of 2 bytes
-    assert ending(actions) == Ending("rst", 1.0)
+    assert ending(actions) == Ending(Outcome.RESET, 1.0)
     actions, _ = transformed("drop:after=1s", "drop:after_events=2")  # whichever comes first
-    assert ids(body(actions)) == ["0", "1"] and ending(actions) == Ending("fin", 0.1)
+    assert ids(body(actions)) == ["0", "1"] and ending(actions) == Ending(Outcome.CLOSED, 0.1)
 
 
 def test_drop_mid_event() -> None:
@@ -496,12 +497,12 @@ def test_drop_mid_event() -> None:
     assert ids(data) == ["0", "1"]
     third = tick(2)
     assert data == tick(0) + tick(1) + third[: len(third) // 2]
-    assert ending(actions) == Ending("fin", 0.2)
+    assert ending(actions) == Ending(Outcome.CLOSED, 0.2)
 
 
 def test_drop_per_event() -> None:
     actions, run = transformed("drop:per=event,p=1")
-    assert ids(body(actions)) == ["0"] and ending(actions) == Ending("fin", 0.0)
+    assert ids(body(actions)) == ["0"] and ending(actions) == Ending(Outcome.CLOSED, 0.0)
     actions, _ = transformed("drop:per=event,p=0")
     assert body(actions) == STREAM and ending(actions) is None
 
@@ -509,9 +510,9 @@ def test_drop_per_event() -> None:
 def test_stall() -> None:
     actions, run = transformed("stall:after_event=3")
     assert ids(body(actions)) == ["0", "1", "2"]
-    assert ending(actions) == Ending("stall", 0.2)
+    assert ending(actions) == Ending(Outcome.STALLED, 0.2)
     actions, _ = transformed("stall:at=150ms")
-    assert ids(body(actions)) == ["0", "1", "2"] and ending(actions) == Ending("stall", 0.2)
+    assert ids(body(actions)) == ["0", "1", "2"] and ending(actions) == Ending(Outcome.STALLED, 0.2)
 
 
 def test_pause_shifts_everything_after_event_k() -> None:
@@ -527,7 +528,7 @@ def test_pause_shifts_everything_after_event_k() -> None:
 
 def test_pause_then_drop_ending_is_shifted() -> None:
     actions, _ = transformed("pause:after_event=1,duration=2s", "drop:after_events=3,how=rst")
-    assert ending(actions) == Ending("rst", pytest.approx(2.2))
+    assert ending(actions) == Ending(Outcome.RESET, pytest.approx(2.2))
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
@@ -702,7 +703,7 @@ def test_throttle_never_sends_early_and_ends_after_the_last_write() -> None:
     assert later[0].due == 1.0  # a recorded gap longer than the transfer time is kept
     assert later[-1].due == pytest.approx(1.0 + 80 / 1024)
     cut, _ = transformed("throttle:rate=100", "drop:after_bytes=150", chunks=chunks)
-    assert ending(cut) == Ending("fin", pytest.approx(1.5))
+    assert ending(cut) == Ending(Outcome.CLOSED, pytest.approx(1.5))
 
 
 def test_latency() -> None:
@@ -767,7 +768,7 @@ def test_faults_compose() -> None:
     found = events(body(actions))
     assert [e.id for e in found] == ["0", None, "1", "2", "2", "3"]
     assert all(len(p.data) == 1 for p in pieces_of(actions))
-    assert ending(actions) is not None and ending(actions).how == "rst"  # type: ignore[union-attr]
+    assert ending(actions) is not None and ending(actions).outcome is Outcome.RESET  # type: ignore[union-attr]
     assert max(dues(actions)) >= 1.0
     assert {e["type"] for e in run.log} == {"inject", "corrupt", "pause", "rechunk", "throttle",
                                             "drop"}

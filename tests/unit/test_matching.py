@@ -7,7 +7,7 @@ import json
 import pytest
 
 from sse_recorder.errors import ConfigError
-from sse_recorder.model import EndReason, Headers, Interaction, RecordedRequest, ResponseHead
+from sse_recorder.model import Headers, Interaction, Outcome, RecordedRequest, ResponseHead
 from sse_recorder.record.redact import MARKER
 from sse_recorder.replay.matching import (
     DEFAULT_CRITERIA,
@@ -43,7 +43,7 @@ def recorded(
         head_offset_ns=1000,
         is_sse=True,
         complete=True,
-        end_reason=EndReason.CLEAN,
+        outcome=Outcome.CLEAN,
         end_offset_ns=2000,
         error=None,
     )

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from sse_recorder.errors import CassetteError
 from sse_recorder.model import (
     Chunk,
-    EndReason,
     Interaction,
+    Outcome,
     RecordedEvent,
     RecordedRequest,
     ResponseHead,
@@ -87,7 +87,7 @@ async def test_begin_head_chunk_end_flow(tmp_path: Path) -> None:
     assert iid == 1
     assert session.head(iid, SSE_HEAD, 500) is True
     feed(session, iid, [b"data: one\n\n", b"data: two\n\n"])
-    session.end(iid, EndReason.CLEAN, 5000)
+    session.end(iid, Outcome.CLEAN, 5000)
     await session.close()
     assert session.chunks_written == 2
 
@@ -101,7 +101,7 @@ async def test_begin_head_chunk_end_flow(tmp_path: Path) -> None:
         head_offset_ns=500,
         is_sse=True,
         complete=True,
-        end_reason=EndReason.CLEAN,
+        outcome=Outcome.CLEAN,
         end_offset_ns=5000,
         error=None,
         chunk_count=2,
@@ -126,8 +126,8 @@ async def test_interleaved_streams_in_one_batch_stay_apart(tmp_path: Path) -> No
             session.chunk(a, 100 + i, b"data: a%d\n\n" % i)
         session.chunk(b, 200 + i, b"data: b" if i % 2 == 0 else b"%d\n\n" % i)
         if i == 3:
-            session.end(a, EndReason.CLEAN, 150)
-    session.end(b, EndReason.CLEAN, 300)
+            session.end(a, Outcome.CLEAN, 150)
+    session.end(b, Outcome.CLEAN, 300)
     await session.close()
     got = await read_back(path)
     assert [c.data for c in got.chunks[a]] == [b"data: a%d\n\n" % i for i in range(4)]
@@ -163,7 +163,7 @@ async def test_events_spanning_chunks_and_several_events_per_chunk(tmp_path: Pat
         b"\n\n",  # 5: ... which ends here
         b": bye\n",  # 6: a comment alone
     ])
-    session.end(iid, EndReason.CLEAN, 10_000)
+    session.end(iid, Outcome.CLEAN, 10_000)
     await session.close()
 
     got = await read_back(path)
@@ -188,7 +188,7 @@ async def test_non_sse_body_is_stored_as_given_without_events(tmp_path: Path) ->
     assert session.head(iid, JSON_HEAD, 1) is False
     body = b'{"choices": [{"text": "data: not an event\\n\\n"}]}\n\ndata: x\n\n'
     session.chunk(iid, 2000, body)
-    session.end(iid, EndReason.CLEAN, 3000)
+    session.end(iid, Outcome.CLEAN, 3000)
     await session.close()
 
     got = await read_back(path)
@@ -228,7 +228,7 @@ async def test_redaction_of_request_response_headers_chunks_and_events(tmp_path:
         b'RET-6", "sessionKey": "SSE-SECRET-7"}\n\n',
         b'data: {\ndata:   "refreshToken": "SSE-SECRET-8",\ndata:   "ok": true\ndata: }\n\n',
     ])
-    session.end(iid, EndReason.CLEAN, 9)
+    session.end(iid, Outcome.CLEAN, 9)
     form = session.begin(
         RecordedRequest(
             "POST", "https://auth.example.com/token",
@@ -239,7 +239,7 @@ async def test_redaction_of_request_response_headers_chunks_and_events(tmp_path:
     )
     session.head(form, JSON_HEAD, 1)
     session.chunk(form, 2, b'{"access_token": "JSON-SECRET-10", "expires_in": 60}')
-    session.end(form, EndReason.CLEAN, 3)
+    session.end(form, Outcome.CLEAN, 3)
     await session.close()
 
     raw = path.read_bytes()
@@ -283,16 +283,16 @@ async def test_redaction_of_request_response_headers_chunks_and_events(tmp_path:
 @pytest.mark.parametrize(
     ("chunks", "check", "reason", "complete"),
     [
-        ([b"data: a\n\n", b"data: b"], True, EndReason.UPSTREAM_CLOSED, False),  # mid-line
-        ([b"data: a\n\n", b"data: b\n"], True, EndReason.UPSTREAM_CLOSED, False),  # no blank line
-        ([b"data: a\n\n", b"data: b\n\n"], True, EndReason.CLEAN, True),
-        ([b"data: a\n\n: ping\n"], True, EndReason.CLEAN, True),  # a complete comment line
-        ([], True, EndReason.CLEAN, True),  # an empty body
-        ([b"data: a\n\n", b"data: b"], False, EndReason.CLEAN, True),  # framing is trusted
+        ([b"data: a\n\n", b"data: b"], True, Outcome.CLOSED, False),  # mid-line
+        ([b"data: a\n\n", b"data: b\n"], True, Outcome.CLOSED, False),  # no blank line
+        ([b"data: a\n\n", b"data: b\n\n"], True, Outcome.CLEAN, True),
+        ([b"data: a\n\n: ping\n"], True, Outcome.CLEAN, True),  # a complete comment line
+        ([], True, Outcome.CLEAN, True),  # an empty body
+        ([b"data: a\n\n", b"data: b"], False, Outcome.CLEAN, True),  # framing is trusted
     ],
 )
 async def test_truncation_check(
-    tmp_path: Path, chunks: list[bytes], check: bool, reason: EndReason, complete: bool
+    tmp_path: Path, chunks: list[bytes], check: bool, reason: Outcome, complete: bool
 ) -> None:
     path = tmp_path / "rec.cassette"
     session = RecordingSession(str(path))
@@ -300,12 +300,12 @@ async def test_truncation_check(
     iid = session.begin(GET, 1.0)
     session.head(iid, SSE_HEAD, 1)
     feed(session, iid, chunks)
-    session.end(iid, EndReason.CLEAN, 99, check_truncation=check)
+    session.end(iid, Outcome.CLEAN, 99, check_truncation=check)
     await session.close()
 
     got = await read_back(path)
     (interaction,) = got.interactions
-    assert (interaction.end_reason, interaction.complete) == (reason, complete)
+    assert (interaction.outcome, interaction.complete) == (reason, complete)
     assert (interaction.error is None) == complete
     assert [c.data for c in got.chunks[iid]] == chunks  # a held partial line is still stored
 
@@ -317,11 +317,11 @@ async def test_truncation_check_keeps_an_error_reason(tmp_path: Path) -> None:
     iid = session.begin(GET, 1.0)
     session.head(iid, SSE_HEAD, 1)
     feed(session, iid, [b"data: a"])
-    session.end(iid, EndReason.CLIENT_GONE, 5, "Client disconnected.", check_truncation=True)
-    session.end(iid, EndReason.CLEAN, 6)  # a second end is ignored
+    session.end(iid, Outcome.CLIENT_GONE, 5, "Client disconnected.", check_truncation=True)
+    session.end(iid, Outcome.CLEAN, 6)  # a second end is ignored
     await session.close()
     (interaction,) = (await read_back(path)).interactions
-    assert interaction.end_reason is EndReason.CLIENT_GONE
+    assert interaction.outcome is Outcome.CLIENT_GONE
     assert (interaction.error, interaction.end_offset_ns) == ("Client disconnected.", 5)
 
 
@@ -332,7 +332,7 @@ async def test_close_marks_open_interactions_recording_stopped(tmp_path: Path) -
     done = session.begin(GET, 1.0)
     session.head(done, SSE_HEAD, 1)
     feed(session, done, [b"data: x\n\n"])
-    session.end(done, EndReason.CLEAN, 2000)
+    session.end(done, Outcome.CLEAN, 2000)
     still_open = session.begin(GET, 2.0)
     session.head(still_open, SSE_HEAD, 1)
     feed(session, still_open, [b"data: 1\n\n", b"data: 2\n\ndata: par"])  # ends mid-line
@@ -342,9 +342,9 @@ async def test_close_marks_open_interactions_recording_stopped(tmp_path: Path) -
 
     got = await read_back(path)
     by_id = {i.id: i for i in got.interactions}
-    assert by_id[done].end_reason is EndReason.CLEAN
+    assert by_id[done].outcome is Outcome.CLEAN
     for iid in (still_open, no_head):
-        assert by_id[iid].end_reason is EndReason.RECORDING_STOPPED
+        assert by_id[iid].outcome is Outcome.STOPPED
         assert by_id[iid].complete is False
         assert by_id[iid].error == "recording stopped"
     assert [c.data for c in got.chunks[still_open]] == [b"data: 1\n\n", b"data: 2\n\ndata: par"]
@@ -389,7 +389,7 @@ async def test_storage_failure_is_reported_once(
     # later traffic is not written again and not reported again
     session.chunk(iid, 3, b"data: 2\n\n")
     other = session.begin(GET, 2.0)
-    session.end(other, EndReason.CLEAN, 4)
+    session.end(other, Outcome.CLEAN, 4)
     await session.close()
     assert len(failures) == 1
     assert calls == 1
@@ -417,7 +417,7 @@ async def test_chunks_are_committed_promptly(tmp_path: Path) -> None:
             await asyncio.sleep(0.005)
         assert seen is not None, "chunks not visible to a reader within 250 ms"
         assert [e.data for e in seen.events[iid]] == ["1", "2", "3"]
-        assert seen.interactions[0].end_reason is EndReason.RECORDING_STOPPED  # not ended yet
+        assert seen.interactions[0].outcome is Outcome.STOPPED  # not ended yet
     finally:
         await session.close()
 
