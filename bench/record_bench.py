@@ -173,7 +173,7 @@ class ProxyStack:
         end = time.monotonic() + timeout
         while True:
             row = self._db.execute(
-                "SELECT i.outcome, (SELECT COALESCE(SUM(LENGTH(c.data)), 0) FROM chunks c"
+                "SELECT i.end_reason, (SELECT COALESCE(SUM(LENGTH(c.data)), 0) FROM chunks c"
                 " WHERE c.interaction_id = i.id) FROM interactions i WHERE i.url LIKE ?",
                 (f"%&tag={tag}",),
             ).fetchone()
@@ -349,7 +349,7 @@ def check_cassette(stack: ProxyStack, summary: Summary) -> None:
     con = sqlite3.connect(f"file:{stack.cassette}?mode=ro", uri=True)
     try:
         rows = con.execute(
-            "SELECT i.url, i.complete, i.outcome, COUNT(c.seq), COALESCE(SUM(LENGTH(c.data)), 0)"
+            "SELECT i.url, i.complete, i.end_reason, COUNT(c.seq), COALESCE(SUM(LENGTH(c.data)), 0)"
             " FROM interactions i LEFT JOIN chunks c ON c.interaction_id = i.id GROUP BY i.id"
         ).fetchall()
     finally:

@@ -76,7 +76,7 @@ from _common import (
 
 from sse_recorder.demo.upstream import tick_event
 from sse_recorder.model import Outcome, RecordedRequest, ResponseHead
-from sse_recorder.replay.server import INSTANT_BATCH
+from sse_recorder.replay.sources import INSTANT_BATCH
 from sse_recorder.store.cassette import (
     Cassette,
     EndUpdate,

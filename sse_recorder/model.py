@@ -43,16 +43,37 @@ def header_value(headers: Headers, name: str) -> str | None:
     return None
 
 
-def body_framing(head: ResponseHead) -> Literal["chunked", "length", "close"]:
+class Framing(StrEnum):
+    """How a response body is delimited on an HTTP/1.1 connection (RFC 9112 §6.3)."""
+
+    CHUNKED = "chunked"  # Transfer-Encoding: chunked; a zero-size chunk ends it
+    LENGTH = "length"  # Content-Length bytes
+    CLOSE = "close"  # everything until the connection closes
+    NONE = "none"  # no body at all: HEAD, 1xx, 204, 304 (and a tunnel after CONNECT)
+
+
+def body_framing(head: ResponseHead, request_method: str = "GET") -> Framing:
     """How a response body is delimited: the recorder needs it to see truncation the
-    framing hides (close), the replay server to send the body framed as recorded."""
-    if "chunked" in (header_value(head.headers, "transfer-encoding") or "").lower():
-        return "chunked"
+    framing hides (close), the replay server to send the body framed as recorded.
+
+    RFC 9112 §6.3, in its order: no body after HEAD, 1xx, 204, 304 or a 2xx to CONNECT,
+    whatever the headers say; Transfer-Encoding overrides Content-Length and is chunked
+    only when chunked is its final coding (otherwise the close ends the body); then
+    Content-Length; then the close. HTTP/2 has no framing headers: chunked keeps each DATA
+    frame apart."""
+    method = request_method.upper()
+    if (method == "HEAD" or head.status < 200 or head.status in (204, 304)
+            or (method == "CONNECT" and 200 <= head.status < 300)):
+        return Framing.NONE
+    codings = [c.strip().lower() for k, v in head.headers if k.lower() == "transfer-encoding"
+               for c in v.split(",") if c.strip()]
+    if codings:
+        return Framing.CHUNKED if codings[-1] == "chunked" else Framing.CLOSE
     if header_value(head.headers, "content-length") is not None:
-        return "length"
+        return Framing.LENGTH
     if head.http_version.startswith("HTTP/1"):
-        return "close"
-    return "chunked"  # HTTP/2 has no framing headers; chunked keeps each DATA frame apart
+        return Framing.CLOSE
+    return Framing.CHUNKED
 
 
 def is_event_stream(headers: Headers) -> bool:

@@ -1,5 +1,9 @@
-"""The `sse-recorder` command line: a click group with one module per command family."""
+"""The `sse-recorder` command line: a click group with one module per command family.
 
+Importing the command modules registers their commands on `main`.
+"""
+
+from sse_recorder.cli import demo, inspect, record, replay  # noqa: F401
 from sse_recorder.cli.app import main
 
 __all__ = ["main"]

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import h11
 
+from sse_recorder.demo.payloads import KOREAN, seed_events
 from sse_recorder.sse import encode_event
+from sse_recorder.wire.connections import reset
+from sse_recorder.wire.requests import BadRequest, read_request
 
 __all__ = [
     "ROUTES", "TEXT", "DemoUpstream", "Request", "Route", "Ticks", "anthropic_message_json",
@@ -190,20 +192,17 @@ def heartbeat_writes() -> list[bytes]:
 
 def patterns_writes() -> list[bytes]:
     """Control, error, retry, metadata and auth patterns of the seed (section 4)."""
-    error = {"code": "RATE_LIMIT_EXCEEDED", "message": "API 호출 한도 초과",
-             "details": {"limit": 100, "used": 100, "resetAt": "2024-01-15T11:00:00Z"},
-             "recoverable": True}
+    seed = seed_events(KOREAN)  # the payloads fault injection sends, in the seed's language
     return _events([
         ("stream-start", {"id": "chatcmpl-123", "model": "gpt-4", "created": CREATED}),
         ("message", {"content": "스트리밍 응답 내용..."}),
         ("stream-pause", {"reason": "buffer_full", "position": 1024}),
         ("stream-resume", {"position": 1024, "buffered": True}),
         ("stream-throttle", {"rate": 0.5, "reason": "network_congestion"}),
-        ("warning", {"code": "SLOW_NETWORK", "message": "네트워크 속도가 느립니다",
-                     "suggestion": "연결 상태를 확인하세요"}),
-        ("error", json.dumps(error, ensure_ascii=False, indent=2)),
-        ("retry-hint", {"suggested": 5000, "reason": "server_busy"}),
-        ("backoff", {"attempt": 3, "nextRetry": 8000, "maxAttempts": 5}),
+        ("warning", seed["warning"]),
+        ("error", json.dumps(seed["error"], ensure_ascii=False, indent=2)),
+        ("retry-hint", seed["retry-hint"]),
+        ("backoff", seed["backoff"]),
         ("system-info", {"serverId": "prod-us-east-1a", "version": "2.5.0", "uptime": 864000}),
         ("performance-metrics", {"cpu": 45.2, "memory": 78.5, "activeStreams": 523}),
         ("debug", {"action": "query_executed", "duration": 123, "affectedRows": 42,
@@ -363,10 +362,8 @@ class _Out:
             await asyncio.sleep(delay)
 
     def reset(self) -> None:
-        """SO_LINGER {1, 0} then close: the kernel sends RST instead of FIN."""
-        sock = self.writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.writer.transport.abort()
+        """Abort with a TCP RST instead of a FIN."""
+        reset(self.writer)
 
     async def hang(self) -> None:
         """Keep the response open until the client goes away."""
@@ -499,24 +496,14 @@ ROUTES: list[Route] = [
 
 
 async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> Request | None:
-    """The next request with its whole body, or None once the client has closed."""
-    head: h11.Request | None = None
-    body = bytearray()
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await reader.read(65536))
-        elif isinstance(event, h11.Request):
-            head = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-        elif isinstance(event, h11.EndOfMessage) and head is not None:
-            url = urlsplit(head.target.decode("latin-1"))
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers}
-            return Request(head.method.decode("ascii"), url.path, dict(parse_qsl(url.query)),
-                           headers, bytes(body))
-        else:
-            return None
+    """The next request as a route sees it, or None once the client has closed; a malformed
+    one raises `BadRequest` (the shared reader, `sse_recorder.wire.requests`)."""
+    request = await read_request(conn, reader)
+    if request is None:
+        return None
+    url = urlsplit(request.target)
+    return Request(request.method, url.path, dict(parse_qsl(url.query)), dict(request.headers),
+                   request.body)
 
 
 async def _dispatch(req: Request, out: _Out) -> None:
@@ -548,10 +535,11 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 break
             conn.start_next_cycle()
-    except h11.RemoteProtocolError as exc:
+    except BadRequest as exc:
         if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             with contextlib.suppress(OSError):
-                await _text(_Out(conn, reader, writer), 400, f"bad request: {exc}\n", close=True)
+                await _text(_Out(conn, reader, writer), exc.status, f"bad request: {exc}\n",
+                            close=True)
     except OSError:
         pass  # the client reset or closed the connection: that just ends it
     finally:

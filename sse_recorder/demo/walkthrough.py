@@ -3,23 +3,23 @@
 Three real processes on 127.0.0.1: the demo upstream, `sse-recorder record` (mitmproxy in
 reverse mode) and `sse-recorder replay`. A raw-socket probe requests each stream through
 the recorder, then from the replayer at 1x and at 10x, and the recorded and replayed
-chunks, gaps and endings are printed side by side.
+chunks, gaps and endings are printed side by side. The replayer's own records (`--log-format
+json`) must agree too: each request answered by its recorded interaction, ending as the
+cassette says. Each process's stderr is kept in the workdir.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import select
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sse_recorder.model import Outcome
+from sse_recorder.errors import SSERecorderError
+from sse_recorder.model import Interaction
+from sse_recorder.replay.records import Answer, Served, parse_records
+from sse_recorder.testing.processes import Process, ProcessError, sse_recorder_executable
 from sse_recorder.wire.probe import ProbeResult, probe
 
 Echo = Callable[[str], None]
@@ -54,37 +54,6 @@ REQUESTS = (
 )
 
 
-class _Process:
-    """A child process that prints its URL on its first stdout line."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                      stdin=subprocess.DEVNULL)
-        self.url = self._first_line(deadline=time.monotonic() + 30)
-
-    def _first_line(self, deadline: float) -> str:
-        assert self.popen.stdout is not None
-        fd, line = self.popen.stdout.fileno(), b""
-        while not line.endswith(b"\n"):
-            ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
-            byte = os.read(fd, 1) if ready else b""
-            if not byte:
-                self.stop()
-                raise RuntimeError(f"{self.popen.args!r} did not start")
-            line += byte
-        return line.decode().strip()
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
-
-
 async def _run_requests(base_url: str) -> list[ProbeResult]:
     return [
         await probe(base_url + r.path, method=r.method, body=r.body, headers=list(r.headers))
@@ -112,58 +81,84 @@ def _side_by_side(recorded: ProbeResult, one: ProbeResult, ten: ProbeResult, ech
              f"{(b[i - 1] if i - 1 < len(b) else 0) * 10:>14.2f} ms       {preview}")
 
 
-async def _recorded_outcomes(cassette: Path) -> list[Outcome]:
-    """How each recorded response ended, as a client of the replay sees it."""
+async def _recorded(cassette: Path) -> list[Interaction]:
+    """The cassette's interactions, in recording order (the order of `REQUESTS`)."""
     from sse_recorder.store.cassette import Cassette
 
     async with await Cassette.open(cassette) as opened:
-        return [i.outcome.as_replayed for i in await opened.interactions()]
+        return await opened.interactions()
+
+
+async def _replay(exe: str, cassette: Path, workdir: Path,
+                  speed: str) -> tuple[list[ProbeResult], list[Served]]:
+    """Every demo request from a replayer at `speed`, and the records it logged."""
+    with Process([exe, "replay", str(cassette), "--port", "0", "--speed", speed,
+                  "--log-format", "json"], workdir / f"replay-{speed}x.log") as replayer:
+        results = await _run_requests(replayer.url)
+    # stopped: every record is written
+    return results, sorted(parse_records(replayer.stderr()), key=lambda s: s.number)
+
+
+def _record_problems(speed: str, served: list[Served], recorded: list[Interaction]) -> list[str]:
+    """Where the replayer's records disagree with the cassette: every request must have been
+    answered by its recorded interaction, ending as a client of the replay sees the recording."""
+    if len(served) != len(REQUESTS):
+        return [f"replay {speed}x logged {len(served)} answers to {len(REQUESTS)} requests"]
+    problems = []
+    for request, answer, interaction in zip(REQUESTS, served, recorded, strict=True):
+        expected = interaction.outcome.as_replayed
+        if (answer.answer is not Answer.RECORDED or answer.interaction_id != interaction.id
+                or answer.target != request.path or answer.outcome is not expected):
+            problems.append(f"replay {speed}x: {answer.line()} (recorded: #{interaction.id}, "
+                            f"ended {expected.value})")
+    return problems
 
 
 async def run_demo(workdir: Path, echo: Echo) -> int:
     """Record, replay at 1x and 10x, compare; returns an exit status (0: all faithful)."""
-    exe = str(Path(sys.executable).parent / "sse-recorder")
+    try:
+        return await _demo(workdir, echo)
+    except ProcessError as exc:
+        raise SSERecorderError(f"demo: {exc}") from None
+
+
+async def _demo(workdir: Path, echo: Echo) -> int:
+    exe = sse_recorder_executable(needs_mitmproxy=True)
     cassette = workdir / "demo.sqlite"
     for leftover in workdir.glob("demo.sqlite*"):
         leftover.unlink()
     workdir.mkdir(parents=True, exist_ok=True)
-    upstream = _Process([exe, "demo-upstream", "--port", "0"])
-    try:
+    with Process([exe, "demo-upstream", "--port", "0"], workdir / "upstream.log") as upstream:
         echo(f"demo upstream:   {upstream.url}")
-        recorder = _Process([exe, "record", "--cassette", str(cassette), "--upstream",
-                             upstream.url, "--listen-port", "0", "--confdir",
-                             str(workdir / "mitmproxy")])
-        echo(f"recording proxy: {recorder.url} (mitmproxy, reverse mode) -> {cassette}")
-        try:
+        with Process([exe, "record", "--cassette", str(cassette), "--upstream", upstream.url,
+                      "--listen-port", "0", "--confdir", str(workdir / "mitmproxy")],
+                     workdir / "recorder.log") as recorder:
+            echo(f"recording proxy: {recorder.url} (mitmproxy, reverse mode) -> {cassette}")
             recorded = await _run_requests(recorder.url)
-        finally:
-            recorder.stop()
-    finally:
-        upstream.stop()
     echo("")
     listing = subprocess.run([exe, "ls", str(cassette)], capture_output=True, text=True)
     echo(listing.stdout.rstrip())
     echo("")
-    replays: list[list[ProbeResult]] = []
-    for speed in ("1", "10"):
-        replayer = _Process([exe, "replay", str(cassette), "--port", "0", "--speed", speed])
-        try:
-            replays.append(await _run_requests(replayer.url))
-        finally:
-            replayer.stop()
+    one, one_served = await _replay(exe, cassette, workdir, "1")
+    ten, ten_served = await _replay(exe, cassette, workdir, "10")
     echo("replayed from the cassette (upstream stopped): recorded / 1x / 10x")
-    faithful = True
-    endings = await _recorded_outcomes(cassette)
-    for request, rec, one, ten, ending in zip(REQUESTS, recorded, *replays, endings,
-                                              strict=True):
-        echo(_summary(request.label, rec, one, ten))
-        faithful &= rec.body == one.body == ten.body and one.outcome == ten.outcome == ending
+    interactions = await _recorded(cassette)
+    problems = (_record_problems("1", one_served, interactions)
+                + _record_problems("10", ten_served, interactions))
+    faithful = not problems
+    for request, rec, a, b, interaction in zip(REQUESTS, recorded, one, ten, interactions,
+                                               strict=True):
+        echo(_summary(request.label, rec, a, b))
+        ending = interaction.outcome.as_replayed
+        faithful &= rec.body == a.body == b.body and a.outcome == b.outcome == ending
     echo("  (mitmproxy passes an upstream reset on to its client as a close; the cassette"
          " keeps the reset and the replay reproduces it)")
     echo("")
     echo("OpenAI chat stream, chunk by chunk:")
-    _side_by_side(recorded[1], replays[0][1], replays[1][1], echo)
+    _side_by_side(recorded[1], one[1], ten[1], echo)
     echo("")
+    for problem in problems:
+        echo(problem)
     echo("faithful: every replay has the recorded bytes and ending" if faithful
          else "NOT FAITHFUL: see the rows above")
     echo(f"cassette kept at {cassette}; try: sse-recorder show {cassette} 2")

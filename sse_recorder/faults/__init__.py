@@ -1,21 +1,21 @@
-"""Fault injection on replay: the spec language, the fault types and the pure stream stages."""
+"""Fault injection on replay: the spec language, the fault types and the pure stream stages.
 
-from sse_recorder.faults.run import (
-    SHAPES,
-    Ending,
+spec.py reads `--fault` specs and TOML plans into typed faults (registry.py: one class per
+type); run.py applies one connection's faults, through the stages of stages.py.
+"""
+
+from sse_recorder.demo.payloads import HTTP_BODIES, SHAPES
+from sse_recorder.faults.run import Ending, FaultRun, HttpError, Piece, split_at_events
+from sse_recorder.faults.spec import (
     Fault,
     FaultPlan,
-    FaultRun,
-    HttpError,
-    Piece,
     describe_types,
     parse_duration,
     parse_size,
     parse_spec,
-    split_at_events,
 )
 
 __all__ = [
-    "SHAPES", "Ending", "Fault", "FaultPlan", "FaultRun", "HttpError", "Piece",
+    "HTTP_BODIES", "SHAPES", "Ending", "Fault", "FaultPlan", "FaultRun", "HttpError", "Piece",
     "describe_types", "parse_duration", "parse_size", "parse_spec", "split_at_events",
 ]

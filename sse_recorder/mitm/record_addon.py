@@ -1,7 +1,6 @@
 """The mitmproxy recording addon: a thin shell over `RecordingSession`.
 
-Only this module (and `proxy.py`) import mitmproxy. Rules it keeps (see the project notes
-on mitmproxy 11/12):
+Rules it keeps (see the project notes on mitmproxy 11/12):
 - streaming is switched on in `responseheaders` for `text/event-stream` only; other
   responses are buffered by mitmproxy as usual and stored whole in `response`;
 - the stream callable stamps, queues and returns the chunk untouched; it never returns
@@ -15,20 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import struct
 import sys
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.connection import Client, ConnectionState, Server
+from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import server_hooks
 
 from sse_recorder.errors import ConfigError
-from sse_recorder.model import Outcome, RecordedRequest, ResponseHead, body_framing
+from sse_recorder.mitm.transports import Transports, headers_of
+from sse_recorder.model import Framing, Outcome, RecordedRequest, ResponseHead, body_framing
 from sse_recorder.record.redact import RedactionRules
 from sse_recorder.record.session import RecorderConfig, RecordingSession
 from sse_recorder.routes import RouteFilter
@@ -61,51 +58,6 @@ def classify_error(
     if message.startswith("stream reset by client ("):  # the text names "client" either way
         return Outcome.CLIENT_GONE if "(CANCEL)" in message else Outcome.RESET
     return Outcome.PROXY_ERROR
-
-
-def headers_of(fields: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
-    return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in fields)
-
-
-class Transports:
-    """Finds mitmproxy's asyncio transports for a connection (internal API, used with care).
-
-    Both addons need what mitmproxy does not expose: whether the upstream *reset* (a
-    StreamReader remembers the ConnectionResetError) and the client's socket (to reset it).
-    """
-
-    def __init__(self) -> None:
-        self._readers: weakref.WeakKeyDictionary[Server, Any] = weakref.WeakKeyDictionary()
-
-    def _io(self, connection: Client | Server) -> Any:
-        proxyserver = ctx.master.addons.get("proxyserver")
-        for handler in list(getattr(proxyserver, "connections", {}).values()):
-            transport = getattr(handler, "transports", {}).get(connection)
-            if transport is not None:
-                return transport
-        return None
-
-    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        io = self._io(data.server)
-        if io is not None:
-            self._readers[data.server] = io.reader
-
-    def upstream_was_reset(self, server: Server) -> bool:
-        reader = self._readers.get(server)
-        exception = reader.exception() if reader is not None else None
-        return isinstance(exception, ConnectionResetError)
-
-    def reset_client(self, client: Client) -> bool:
-        """Abort the client's TCP connection with an RST (SO_LINGER 0)."""
-        io = self._io(client)
-        writer = getattr(io, "writer", None)
-        if writer is None:
-            return False
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()
-        return True
 
 
 class _Flow:
@@ -257,7 +209,7 @@ class Recorder:
             RecordedRequest(
                 method=request.method,
                 url=request.pretty_url,
-                headers=headers_of(request.headers.fields),
+                headers=headers_of(request),
                 body=request.raw_content or b"",
                 http_version=request.http_version,
             ),
@@ -275,12 +227,12 @@ class Recorder:
         head = ResponseHead(
             status=response.status_code,
             reason=response.reason,
-            headers=headers_of(response.headers.fields),
+            headers=headers_of(response),
             http_version=response.http_version,
         )
         if session.head(state.iid, head, time.monotonic_ns() - state.anchor_ns):
             state.streamed = True
-            state.close_delimited = body_framing(head) == "close"
+            state.close_delimited = body_framing(head, flow.request.method) is Framing.CLOSE
             response.stream = _stream_callable(session.chunk, state.iid, state.anchor_ns)
 
     def response(self, flow: http.HTTPFlow) -> None:

@@ -9,13 +9,19 @@ would pass on as a plain close: the addon turns it back into a TCP reset for the
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mitmproxy import ctx, http
 from mitmproxy.proxy import server_hooks
 
-from sse_recorder.mitm.record_addon import Transports, headers_of
+from sse_recorder.errors import ConfigError, SSERecorderError
+from sse_recorder.mitm.transports import Transports, headers_of
+from sse_recorder.replay.matching import IncomingRequest, MatchConfig
+from sse_recorder.replay.schedule import Timing
+from sse_recorder.replay.server import ReplayOptions, ReplayServer
 
 log = logging.getLogger("sse_recorder")
 
@@ -59,12 +65,14 @@ class CassetteReplay:
     """The `mitmdump -s addons/replay.py` addon: starts its own replay server in `running`.
 
     Options are strings parsed here, so a bad value fails at start-up with a clear message
-    instead of mitmproxy silently disabling the addon.
+    instead of mitmproxy silently disabling the addon. mitmproxy listens before `running`
+    has opened the cassette: requests that early wait for it rather than go upstream.
     """
 
     def __init__(self) -> None:
-        self.server: Any = None
+        self.server: ReplayServer | None = None
         self.router: ReplayRouter | None = None
+        self._started = asyncio.Event()
 
     def load(self, loader: Any) -> None:
         loader.add_option("sse_replay", str, "", "Cassette to answer every request from.")
@@ -77,38 +85,43 @@ class CassetteReplay:
         )
 
     async def running(self) -> None:
-        from sse_recorder.errors import SSERecorderError
-        from sse_recorder.replay.matching import MatchConfig
-        from sse_recorder.replay.schedule import Timing
-        from sse_recorder.replay.server import ReplayOptions, ReplayServer
+        ctx.options.connection_strategy = "lazy"  # before any await: never contact real hosts
+        try:
+            await self._start()
+        finally:
+            self._started.set()
 
+    async def _start(self) -> None:
         try:
             if not ctx.options.sse_replay:
                 raise SSERecorderError("set the cassette with --set sse_replay=PATH")
-            speed_text = ctx.options.sse_replay_speed.strip().lower()
             try:
-                timing = (
-                    Timing(instant=True) if speed_text == "instant"
-                    else Timing(speed=float(speed_text))
-                )
-            except ValueError:
-                raise SSERecorderError(f"bad sse_replay_speed {speed_text!r}") from None
+                timing = Timing.parse(ctx.options.sse_replay_speed)
+            except ConfigError as exc:
+                raise ConfigError(f"sse_replay_speed: {exc}") from None
             options = ReplayOptions(timing, MatchConfig.parse(ctx.options.sse_replay_match or None))
-            self.server = await ReplayServer.open(ctx.options.sse_replay, options)
-            await self.server.start("127.0.0.1", 0)
+            server = await ReplayServer.open(ctx.options.sse_replay, options)
+            self.server = server
+            await server.start("127.0.0.1", 0)
         except SSERecorderError as exc:
             log.error(f"sse-recorder: {exc}")
             return
-        self.router = ReplayRouter(self.server.host, self.server.port)
-        self.router.running()
+        self.router = ReplayRouter(server.host, server.port)
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         if self.router is not None:
             self.router.server_connected(data)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if not self._started.is_set():
+            return self._request_once_started(flow)  # mitmproxy awaits it for this flow only
         if self.router is not None:
             self.router.request(flow)
+        return None
+
+    async def _request_once_started(self, flow: http.HTTPFlow) -> None:
+        await self._started.wait()
+        self.request(flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if self.router is not None:
@@ -129,21 +142,21 @@ class MatchedReplayRouter(ReplayRouter):
 
     MARK = "sse_recorder_replayed"
 
-    def __init__(self, host: str, port: int, answers: Any) -> None:
+    def __init__(
+        self, host: str, port: int, answers: Callable[[IncomingRequest], bool]
+    ) -> None:
         super().__init__(host, port)
-        self.answers = answers  # callable(IncomingRequest) -> bool
+        self.answers = answers
 
     def running(self) -> None:
         pass  # unmatched requests must still reach the upstream
 
     def request(self, flow: http.HTTPFlow) -> None:
-        from sse_recorder.replay.matching import IncomingRequest
-
         request = flow.request
         incoming = IncomingRequest(
             method=request.method,
             target=request.path,
-            headers=headers_of(request.headers.fields),
+            headers=headers_of(request),
             body=request.raw_content or b"",
             scheme=request.scheme,
             host=request.pretty_host,

@@ -24,6 +24,25 @@ class Timing:
         if self.max_gap is not None and not self.max_gap >= 0:  # NaN too
             raise ConfigError(f"max gap must be >= 0 seconds, got {self.max_gap}")
 
+    @classmethod
+    def parse(cls, speed: str, max_gap: float | str | None = None) -> Timing:
+        """Timing from user text (CLI, ini, markers, addon options): one parser, one set of
+        messages. `speed` is "instant" (any case) or a positive factor; `max_gap` is seconds.
+        """
+        gap = None if max_gap is None else _number(max_gap, "max gap", "seconds, such as 0.5")
+        text = str(speed).strip().lower()
+        if text == "instant":
+            return cls(instant=True, max_gap=gap)
+        return cls(speed=_number(text, "speed", "a factor such as 1 or 10, or 'instant'"),
+                   max_gap=gap)
+
+
+def _number(value: float | str, what: str, hint: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"bad {what} {value!r}: use {hint}") from None
+
 
 class Schedule:
     """Turns recorded offsets (ns, non-decreasing) into due times in seconds from start."""

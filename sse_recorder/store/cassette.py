@@ -1,6 +1,7 @@
-"""The cassette: one SQLite file per recording session, format version 1.
+"""The cassette API: open or create a cassette, write batches, read interactions back.
 
-This is the only module that imports SQLAlchemy; everyone else sees `model` dataclasses.
+Portable SQLAlchemy Core over the tables in `schema`; what only holds for SQLite lives in
+`sqlite`. Everyone outside `sse_recorder.store` sees `model` values, never rows.
 Invariants:
 - a file is never created, truncated or overwritten unless the caller asked to record into a
   path that does not exist yet; an existing file must be a valid v1 cassette to be appended to;
@@ -12,127 +13,44 @@ Invariants:
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from sqlalchemy import (
-    URL,
-    Boolean,
-    Float,
-    ForeignKey,
-    Integer,
-    LargeBinary,
-    String,
-    Text,
-    event,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import func, insert, inspect, select, update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sse_recorder import __version__
 from sse_recorder.errors import CassetteError
 from sse_recorder.model import (
     Chunk,
-    Headers,
     Interaction,
     Outcome,
     RecordedEvent,
     RecordedRequest,
     ResponseHead,
 )
+from sse_recorder.store import sqlite
+from sse_recorder.store.schema import (
+    CHUNK_COLUMNS,
+    EVENT_COLUMNS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    Base,
+    ChunkRow,
+    EventRow,
+    InteractionRow,
+    MetaRow,
+    headers_from_disk,
+    headers_on_disk,
+    outcome_from_disk,
+    outcome_on_disk,
+)
 
-FORMAT_NAME = "sse-recorder-cassette"
-FORMAT_VERSION = 1
 CHUNK_PAGE = 512  # rows per query when streaming chunks back
-
-
-# Format v1 spells three outcomes its own way; every other outcome is stored as its value.
-_ON_DISK = {Outcome.CLOSED: "upstream-closed", Outcome.RESET: "upstream-reset",
-            Outcome.STOPPED: "recording-stopped"}
-_FROM_DISK = {stored: outcome for outcome, stored in _ON_DISK.items()}
-
-
-def outcome_on_disk(outcome: Outcome) -> str:
-    return _ON_DISK.get(outcome, outcome.value)
-
-
-def outcome_from_disk(stored: str | None) -> Outcome:
-    """NULL is an interaction never finalized (the recorder stopped or died). A value this
-    release does not know (written by a newer one) reads as CLOSED: the body is there, and
-    whatever the newer ending was, the safe replay is a close before the body's end."""
-    if stored is None:
-        return Outcome.STOPPED
-    found = _FROM_DISK.get(stored)
-    if found is not None:
-        return found
-    try:
-        return Outcome(stored)
-    except ValueError:
-        return Outcome.CLOSED
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class MetaRow(Base):
-    __tablename__ = "cassette_meta"
-    key: Mapped[str] = mapped_column(String, primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
-
-
-class InteractionRow(Base):
-    __tablename__ = "interactions"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    started_at: Mapped[float] = mapped_column(Float)
-    method: Mapped[str] = mapped_column(String)
-    url: Mapped[str] = mapped_column(Text)
-    request_headers: Mapped[str] = mapped_column(Text)  # JSON list of [name, value]
-    request_body: Mapped[bytes] = mapped_column(LargeBinary)
-    request_http_version: Mapped[str] = mapped_column(String)
-    status: Mapped[int | None] = mapped_column(Integer)
-    reason: Mapped[str | None] = mapped_column(String)
-    response_headers: Mapped[str | None] = mapped_column(Text)
-    response_http_version: Mapped[str | None] = mapped_column(String)
-    head_offset_ns: Mapped[int | None] = mapped_column(Integer)
-    is_sse: Mapped[bool] = mapped_column(Boolean, default=False)
-    complete: Mapped[bool] = mapped_column(Boolean, default=False)
-    end_reason: Mapped[str | None] = mapped_column(String)  # NULL: never finalized
-    end_offset_ns: Mapped[int | None] = mapped_column(Integer)
-    error: Mapped[str | None] = mapped_column(Text)
-
-
-class ChunkRow(Base):
-    __tablename__ = "chunks"
-    interaction_id: Mapped[int] = mapped_column(ForeignKey("interactions.id"), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
-    offset_ns: Mapped[int] = mapped_column(Integer)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
-
-
-class EventRow(Base):
-    __tablename__ = "events"
-    interaction_id: Mapped[int] = mapped_column(ForeignKey("interactions.id"), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String)  # "event" or "comment"
-    type: Mapped[str | None] = mapped_column(String)
-    data: Mapped[str] = mapped_column(Text)
-    event_id: Mapped[str | None] = mapped_column(String)
-    retry: Mapped[int | None] = mapped_column(Integer)
-    offset_ns: Mapped[int] = mapped_column(Integer)
-    first_chunk: Mapped[int] = mapped_column(Integer)
-    last_chunk: Mapped[int] = mapped_column(Integer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,38 +94,6 @@ class WriteBatch:
         )
 
 
-def _headers_json(headers: Headers) -> str:
-    return json.dumps([list(pair) for pair in headers])
-
-
-def _headers_from_json(raw: str | None) -> Headers:
-    return tuple((str(k), str(v)) for k, v in json.loads(raw or "[]"))
-
-
-def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
-
-
-def _engine(path: Path, *, read_only: bool) -> AsyncEngine:
-    # URL.create keeps the database verbatim (a URL string would be split at '?' and
-    # unquoted); quoting keeps '#', '?' and '%' in the path out of SQLite's URI syntax.
-    url = URL.create(
-        "sqlite+aiosqlite",
-        database="file:" + quote(str(path)),
-        query={"mode": "ro" if read_only else "rw", "uri": "true"},
-    )
-    engine = create_async_engine(url, connect_args={"uri": True, "check_same_thread": False})
-    event.listen(engine.sync_engine, "connect", _set_pragmas)
-    return engine
-
-
-def _describe(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None) or exc
-    return str(original).splitlines()[0] if str(original) else type(original).__name__
-
-
 class Cassette:
     """An open cassette. Use `Cassette.open` to read, `Cassette.open_for_recording` to write."""
 
@@ -240,23 +126,21 @@ class Cassette:
             cassette = await cls._connect(path, read_only=False)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            sqlite3.connect(path).close()  # create the empty file so mode=rw can open it
             cassette = await cls._connect(path, read_only=False, create=True)
-        await cassette._conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-        await cassette._conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
-        await cassette._conn.commit()
+        await sqlite.start_recording(cassette._conn)
         row = (await cassette._conn.execute(select(func.max(InteractionRow.id)))).scalar()
         cassette._next_id = (row or 0) + 1
         return cassette
 
     @classmethod
     async def _connect(cls, path: Path, *, read_only: bool, create: bool = False) -> Cassette:
-        engine = _engine(path, read_only=read_only)
+        """Connect (creating the file and its tables with `create`) and check the format."""
+        engine = sqlite.engine(path, read_only=read_only, create=create)
         try:
             conn = await engine.connect()
         except DBAPIError as exc:
             await engine.dispose()
-            raise CassetteError(f"{path}: cannot open: {_describe(exc)}") from None
+            raise CassetteError(f"{path}: cannot open: {sqlite.describe(exc)}") from None
         try:
             if create:
                 await conn.run_sync(Base.metadata.create_all)
@@ -278,18 +162,16 @@ class Cassette:
         except DBAPIError as exc:
             await conn.close()
             await engine.dispose()
-            raise CassetteError(f"{path}: not a readable cassette: {_describe(exc)}") from None
+            raise CassetteError(
+                f"{path}: not a readable cassette: {sqlite.describe(exc)}"
+            ) from None
         return cls(path, engine, conn, version)
 
     @staticmethod
     async def _check_format(conn: AsyncConnection, path: Path) -> int:
-        tables = set(
-            (
-                await conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")
-            ).scalars()
-        )
-        if "cassette_meta" not in tables:
-            kind = "an empty SQLite file" if not tables else "a SQLite database"
+        tables = set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
+        if MetaRow.__tablename__ not in tables:
+            kind = sqlite.what_it_is(tables)
             raise CassetteError(f"{path}: {kind}, not an sse-recorder cassette")
         meta = {k: v for k, v in (await conn.execute(select(MetaRow.key, MetaRow.value))).all()}
         if meta.get("format") != FORMAT_NAME:
@@ -305,7 +187,7 @@ class Cassette:
             )
         if version < 1:
             raise CassetteError(f"{path}: unknown cassette format version {version}")
-        missing = {"interactions", "chunks", "events"} - tables
+        missing = set(Base.metadata.tables) - tables
         if missing:
             raise CassetteError(f"{path}: damaged cassette, missing {', '.join(sorted(missing))}")
         return version
@@ -318,10 +200,8 @@ class Cassette:
             await self._engine.dispose()
 
     async def finish_recording(self) -> None:
-        """Fold the WAL back into the main file so the cassette is one self-contained file."""
-        await self._conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        await self._conn.exec_driver_sql("PRAGMA journal_mode=DELETE")
-        await self._conn.commit()
+        """Leave the cassette as one self-contained file (call before `close`)."""
+        await sqlite.finish_recording(self._conn)
 
     async def __aenter__(self) -> Cassette:
         return self
@@ -350,7 +230,7 @@ class Cassette:
                             "started_at": s.started_at,
                             "method": s.request.method,
                             "url": s.request.url,
-                            "request_headers": _headers_json(s.request.headers),
+                            "request_headers": headers_on_disk(s.request.headers),
                             "request_body": s.request.body,
                             "request_http_version": s.request.http_version,
                             "is_sse": False,
@@ -366,21 +246,19 @@ class Cassette:
                     .values(
                         status=head.head.status,
                         reason=head.head.reason,
-                        response_headers=_headers_json(head.head.headers),
+                        response_headers=headers_on_disk(head.head.headers),
                         response_http_version=head.head.http_version,
                         head_offset_ns=head.head_offset_ns,
                         is_sse=head.is_sse,
                     )
                 )
             if batch.chunks:
-                await conn.exec_driver_sql(
-                    "INSERT INTO chunks (interaction_id, seq, offset_ns, data) VALUES (?, ?, ?, ?)",
-                    batch.chunks,
+                await sqlite.insert_many(
+                    conn, ChunkRow.__tablename__, CHUNK_COLUMNS, batch.chunks
                 )
             if batch.events:
-                await conn.exec_driver_sql(
-                    "INSERT INTO events (interaction_id, seq, kind, type, data, event_id, retry,"
-                    " offset_ns, first_chunk, last_chunk) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                await sqlite.insert_many(
+                    conn, EventRow.__tablename__, EVENT_COLUMNS,
                     [(iid, *event) for iid, event in batch.events],
                 )
             for end in batch.ends:
@@ -396,7 +274,7 @@ class Cassette:
                 )
             await conn.commit()
         except DBAPIError as exc:
-            raise CassetteError(f"{self.path}: write failed: {_describe(exc)}") from exc
+            raise CassetteError(f"{self.path}: write failed: {sqlite.describe(exc)}") from exc
 
     # -- reading -------------------------------------------------------------------------
 
@@ -482,7 +360,9 @@ class Cassette:
         try:
             return (await self._conn.execute(query)).all()
         except DBAPIError as exc:
-            raise CassetteError(f"{self.path}: damaged cassette: {_describe(exc)}") from None
+            raise CassetteError(
+                f"{self.path}: damaged cassette: {sqlite.describe(exc)}"
+            ) from None
 
 
 def _interaction(row: Any) -> Interaction:
@@ -491,7 +371,7 @@ def _interaction(row: Any) -> Interaction:
         response = ResponseHead(
             status=row["status"],
             reason=row["reason"] or "",
-            headers=_headers_from_json(row["response_headers"]),
+            headers=headers_from_disk(row["response_headers"]),
             http_version=row["response_http_version"] or "HTTP/1.1",
         )
     return Interaction(
@@ -500,7 +380,7 @@ def _interaction(row: Any) -> Interaction:
         request=RecordedRequest(
             method=row["method"],
             url=row["url"],
-            headers=_headers_from_json(row["request_headers"]),
+            headers=headers_from_disk(row["request_headers"]),
             body=bytes(row["request_body"] or b""),
             http_version=row["request_http_version"],
         ),

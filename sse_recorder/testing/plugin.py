@@ -8,6 +8,9 @@ started on first use, so sync and async tests both work and a test costs one cas
 A request the cassette cannot answer fails the test with the nearest recording and what
 differed; a damaged cassette fails it with the one-line cassette error and is never
 re-recorded or read as empty.
+
+The hooks, the fixture and the report hook live here; how markers, options and ini values
+merge is in `settings`, the child processes in `processes`.
 """
 
 from __future__ import annotations
@@ -15,17 +18,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import importlib.util
-import os
-import re
-import select
-import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
-import warnings
 from collections.abc import Coroutine, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,20 +27,21 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
+from sse_recorder.testing.processes import (
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    Process,
+    ProcessError,
+    sse_recorder_executable,
+)
+from sse_recorder.testing.settings import CassetteSettings, RecordMode, check_speed
+
 if TYPE_CHECKING:
+    from sse_recorder.mitm.inprocess import InProcessProxy
     from sse_recorder.replay.records import Served
-    from sse_recorder.replay.schedule import Timing
-    from sse_recorder.replay.server import ReplayServer
+    from sse_recorder.replay.server import ReplayOptions, ReplayServer
 
 T = TypeVar("T")
-
-RECORD_MODES = ("none", "once", "new_episodes", "all")
-MARKER_KWARGS = (
-    "record_mode", "upstream", "path", "speed", "max_gap", "match", "ignore_json",
-    "ignore_query", "ignore_headers", "when_exhausted", "faults", "seed",
-)
-START_TIMEOUT = 60.0  # seconds for a recorder or proxy to print its URL
-STOP_TIMEOUT = 30.0  # seconds for a recorder to flush its cassette after SIGTERM
 
 
 # -- options -------------------------------------------------------------------------------
@@ -55,7 +50,7 @@ STOP_TIMEOUT = 30.0  # seconds for a recorder to flush its cassette after SIGTER
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("sse-recorder", "SSE cassettes (sse-recorder)")
     group.addoption(
-        "--sse-record-mode", choices=RECORD_MODES, default=None,
+        "--sse-record-mode", choices=[mode.value for mode in RecordMode], default=None,
         help="none (default: replay only), once (record missing cassettes), new_episodes "
              "(record requests the cassette lacks), all (re-record). Wins over markers.",
     )
@@ -80,7 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
     speed = config.getoption("sse_speed")
     if speed is not None:
         try:
-            _timing(speed, None)
+            check_speed(speed)
         except ValueError as exc:
             raise pytest.UsageError(f"--sse-speed: {exc}") from None
     config.stash[_STATE] = _State()
@@ -149,260 +144,12 @@ class _State:
 _STATE = pytest.StashKey[_State]()
 
 
-# -- settings ------------------------------------------------------------------------------
-
-
-def _timing(speed: object, max_gap: object) -> Timing:
-    """`instant`, or a positive speed factor; raises ValueError with a readable reason."""
-    from sse_recorder.errors import ConfigError
-    from sse_recorder.replay.schedule import Timing
-
-    try:
-        gap = None if max_gap is None else float(str(max_gap))
-    except ValueError:
-        raise ValueError(f"bad max_gap {max_gap!r}: use seconds, such as 0.5") from None
-    text = "instant" if speed is None else str(speed).strip().lower()
-    try:
-        if text == "instant":
-            return Timing(instant=True, max_gap=gap)
-        return Timing(speed=float(text), max_gap=gap)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-    except ValueError:
-        reason = f"bad speed {speed!r}: use a factor such as 1 or 10, or 'instant'"
-        raise ValueError(reason) from None
-
-
-def _strings(value: object, what: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list | tuple | set | frozenset):
-        return tuple(str(v) for v in value)
-    raise ValueError(f"{what} must be a string or a list of strings, got {value!r}")
-
-
-def _default_name(item: pytest.Item) -> str:
-    """Test name below its module (class and parameters included), safe as a file name."""
-    names: list[str] = []
-    for node in item.listchain():
-        if isinstance(node, pytest.Module):
-            names = []
-        elif node is not item.session and not isinstance(node, pytest.Package | pytest.Dir):
-            names.append(node.name)
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(names)).strip("-.") or "cassette"
-
-
-@dataclass(frozen=True)
-class CassetteSettings:
-    """What one test's marker, the command line and the ini file decided, merged."""
-
-    name: str
-    path: Path
-    record_mode: str
-    upstream: str | None
-    kwargs: dict[str, Any]
-
-    @classmethod
-    def for_item(cls, item: pytest.Item) -> CassetteSettings:
-        """Merge markers (closest wins), then the command line over them, then ini values."""
-        config = item.config
-        kwargs: dict[str, Any] = {}
-        name: str | None = None
-        for marker in reversed(list(item.iter_markers("sse_cassette"))):
-            kwargs.update(marker.kwargs)
-            if marker.args:
-                if len(marker.args) > 1:
-                    raise ValueError("sse_cassette takes one positional argument, the name")
-                name = str(marker.args[0])
-        unknown = sorted(set(kwargs) - set(MARKER_KWARGS))
-        if unknown:
-            raise ValueError(f"unknown sse_cassette argument(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(MARKER_KWARGS)}")
-        mode = str(config.getoption("sse_record_mode") or kwargs.get("record_mode")
-                   or config.getini("sse_record_mode") or "none").replace("-", "_")
-        if mode not in RECORD_MODES:
-            raise ValueError(f"bad record mode {mode!r}: use {', '.join(RECORD_MODES)}")
-        upstream = (config.getoption("sse_upstream") or kwargs.get("upstream")
-                    or config.getini("sse_upstream") or None)
-        speed = config.getoption("sse_speed") or kwargs.get("speed") or config.getini("sse_speed")
-        kwargs["speed"] = speed or "instant"
-        name = name or _default_name(item)
-        module_dir = item.path.parent
-        if kwargs.get("path"):
-            path = module_dir / Path(str(kwargs["path"])).expanduser()
-        else:
-            path = module_dir / "cassettes" / item.path.stem / f"{name}.sqlite"
-        return cls(name, path, mode, upstream, kwargs)
-
-    def replay_options(self) -> Any:
-        """`ReplayOptions` from the marker; raises ValueError (with why) if they are bad."""
-        from sse_recorder.errors import ConfigError
-        from sse_recorder.replay.matching import MatchConfig
-        from sse_recorder.replay.server import ReplayOptions
-
-        k = self.kwargs
-        try:
-            options: dict[str, Any] = {
-                "timing": _timing(k.get("speed"), k.get("max_gap")),
-                "match": MatchConfig.parse(
-                    k.get("match"), _strings(k.get("ignore_json"), "ignore_json"),
-                    _strings(k.get("ignore_query"), "ignore_query"),
-                    _strings(k.get("ignore_headers"), "ignore_headers"),
-                    str(k.get("when_exhausted", "repeat-last")),
-                ),
-            }
-            specs = _strings(k.get("faults"), "faults")
-            if specs or k.get("seed") is not None:
-                if "faults" not in {f.name for f in dataclasses.fields(ReplayOptions)}:
-                    raise ValueError("faults= needs a replay server with fault injection; "
-                                     "this sse-recorder's has none yet")
-                from sse_recorder.faults.run import FaultPlan
-
-                seed = k.get("seed")
-                options["faults"] = FaultPlan.load(specs, seed=None if seed is None else int(seed))
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-        return ReplayOptions(**options)
-
-
-# -- processes -----------------------------------------------------------------------------
-
-
-def _executable(needs_mitmproxy: bool) -> str:
-    """`sse-recorder` beside this Python, else on PATH. Recording needs mitmproxy, which is
-    usually an isolated tool (pipx): without it here, a PATH copy is preferred."""
-    local = Path(sys.executable).parent / "sse-recorder"
-    on_path = shutil.which("sse-recorder")
-    if needs_mitmproxy and importlib.util.find_spec("mitmproxy") is None and on_path:
-        if Path(on_path).resolve() != local.resolve():
-            return on_path
-    if local.exists():
-        return str(local)
-    if on_path:
-        return on_path
-    raise RuntimeError("cannot find the sse-recorder command beside "
-                       f"{sys.executable} or on PATH")
-
-
-class _Process:
-    """A started `sse-recorder` command and the URL it printed first."""
-
-    def __init__(self, args: list[str], stderr_path: Path) -> None:
-        self.args = args
-        self.stderr_path = stderr_path
-        with open(stderr_path, "wb") as err:
-            self.popen = subprocess.Popen(
-                args, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL
-            )
-        try:
-            self.url = self._first_line(START_TIMEOUT)
-        except RuntimeError as exc:
-            self.stop()
-            raise RuntimeError(f"{exc}{self._stderr_tail()}") from None
-
-    def _first_line(self, timeout: float) -> str:
-        assert self.popen.stdout is not None
-        fd = self.popen.stdout.fileno()
-        buffer = b""
-        deadline = time.monotonic() + timeout
-        while not buffer.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RuntimeError(f"`{' '.join(self.args[1:3])}` printed no URL in {timeout}s")
-            if select.select([fd], [], [], remaining)[0]:
-                byte = os.read(fd, 1)
-                if not byte:
-                    code = self.popen.wait()
-                    raise RuntimeError(f"`{' '.join(self.args[1:3])}` exited with {code}")
-                buffer += byte
-        return buffer.decode().strip()
-
-    def stderr(self) -> str:
-        try:
-            return self.stderr_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def _stderr_tail(self) -> str:
-        lines = self.stderr().strip().splitlines()
-        return ":\n" + "\n".join(lines[-15:]) if lines else ""
-
-    def stop(self) -> int:
-        """SIGTERM (the recorder flushes and closes its cassette), then wait."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-        try:
-            return self.popen.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
-            raise RuntimeError(f"`{' '.join(self.args[1:3])}` did not stop in {STOP_TIMEOUT}s"
-                               f"{self._stderr_tail()}") from None
-        finally:
-            if self.popen.stdout is not None:
-                self.popen.stdout.close()
-
-
 def _import_mitmproxy() -> bool:
-    """Import mitmproxy here, on the test's thread, with its dependencies' deprecation
-    warnings silenced: a suite running with -W error must not fail on them."""
-    if importlib.util.find_spec("mitmproxy") is None:
-        return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import mitmproxy.tools.dump  # noqa: F401
+    """Whether mitmproxy can run in this process (imported now, on the test's thread);
+    a test replaces this to force proxy mode's subprocess."""
+    from sse_recorder.mitm.inprocess import load
 
-        from sse_recorder.mitm import replay_addon  # noqa: F401
-    return True
-
-
-class _InProcessProxy:
-    """mitmproxy on its own thread and loop, rerouting every request to a replay server.
-
-    mitmproxy swaps its loop's task factory while it runs: hence a loop of its own, and
-    no signal handlers (only the main thread may install them)."""
-
-    def __init__(self, host: str, port: int, confdir: Path) -> None:
-        self._ready: concurrent.futures.Future[str] = concurrent.futures.Future()
-        self._master: Any = None
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(self._run(host, port, confdir),),
-            name="sse-recorder-proxy", daemon=True,
-        )
-        self._thread.start()
-        try:
-            self.url = self._ready.result(START_TIMEOUT)
-        except BaseException:
-            self.stop()
-            raise
-
-    async def _run(self, host: str, port: int, confdir: Path) -> None:
-        ready = self._ready
-        try:
-            from sse_recorder.mitm.replay_addon import ReplayRouter
-            from sse_recorder.mitm.runner import ProxySettings, run_mitmproxy
-
-            def on_master(master: Any) -> None:
-                self._master = master
-
-            await run_mitmproxy(
-                ProxySettings(confdir=confdir), [ReplayRouter(host, port)],
-                lambda listening: ready.set_result(listening.url),
-                handle_signals=False, on_master=on_master,
-            )
-        except BaseException as exc:
-            if not ready.done():
-                ready.set_exception(exc)
-            return
-        if not ready.done():
-            ready.set_exception(RuntimeError("mitmproxy stopped before listening"))
-
-    def stop(self) -> None:
-        if self._master is not None:
-            self._master.shutdown()
-        self._thread.join(STOP_TIMEOUT)
+    return load()
 
 
 # -- the fixture ---------------------------------------------------------------------------
@@ -424,10 +171,10 @@ class SSECassette:
         self.recording = False
         self._state = state
         self._workdir = workdir
-        self._options: Any = None
+        self._options: ReplayOptions | None = None
         self._server: ReplayServer | None = None
-        self._recorder: _Process | None = None
-        self._proxy: _InProcessProxy | _Process | None = None
+        self._recorder: Process | None = None
+        self._proxy: InProcessProxy | Process | None = None
         self._proxy_url: str | None = None
         self._recording_as = ""  # base_url or proxy_url: what the recorder was started for
         self._reported = 0
@@ -477,7 +224,7 @@ class SSECassette:
         if self._server is not None:
             self._state.loop.barrier()
             served += self._server.served
-        if isinstance(self._proxy, _Process):
+        if isinstance(self._proxy, Process):
             from sse_recorder.replay.records import parse_records
 
             served += parse_records(self._proxy.stderr())
@@ -511,11 +258,11 @@ class SSECassette:
             self._options = self.settings.replay_options()
         except ValueError as exc:
             pytest.fail(f"sse-recorder: {exc}", pytrace=False)
-        if mode == "none" and not exists:
+        if mode is RecordMode.NONE and not exists:
             pytest.fail(f"sse-recorder: {self._shown()}: no such cassette (record mode none "
                         "never records); record it with --sse-record-mode=once "
                         "--sse-upstream=URL", pytrace=False)
-        if mode in ("none", "once") and exists:
+        if mode in (RecordMode.NONE, RecordMode.ONCE) and exists:
             try:
                 self._server = self._state.loop.run(self._open_server())
             except CassetteError as exc:
@@ -528,7 +275,7 @@ class SSECassette:
                 pytest.fail(f"sse-recorder: {exc} (record mode {mode} never records over "
                             "anything but a cassette; move this file away to record afresh)",
                             pytrace=False)
-        if mode == "all":
+        if mode is RecordMode.ALL:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
         self.recording = True  # the recorder starts when the test asks for a URL
@@ -548,17 +295,18 @@ class SSECassette:
 
         await (await Cassette.open(self.path)).close()
 
-    def _record(self, *where: str) -> _Process:
+    def _record(self, *where: str) -> Process:
         self._workdir.mkdir(parents=True, exist_ok=True)
         try:
-            args = [_executable(needs_mitmproxy=True), "record", "--cassette", str(self.path),
-                    *where, "--listen-port", "0", "--confdir", str(self._confdir())]
-            if self.record_mode == "new_episodes":
+            args = [sse_recorder_executable(needs_mitmproxy=True), "record", "--cassette",
+                    str(self.path), *where, "--listen-port", "0",
+                    "--confdir", str(self._confdir())]
+            if self.record_mode is RecordMode.NEW_EPISODES:
                 args.append("--replay-matched")
                 if self.settings.kwargs.get("match"):
                     args += ["--match", str(self.settings.kwargs["match"])]
-            return _Process(args, self._workdir / f"recorder-{time.monotonic_ns()}.log")
-        except RuntimeError as exc:
+            return Process(args, self._workdir / f"recorder-{time.monotonic_ns()}.log")
+        except ProcessError as exc:
             pytest.fail(f"sse-recorder: cannot record {self._shown()}: {exc}", pytrace=False)
 
     def _start_proxy(self) -> str:
@@ -571,56 +319,37 @@ class SSECassette:
             self._recorder = self._record()
             self._recording_as = "proxy_url"
             return self._recorder.url
-        assert self._server is not None
+        assert self._server is not None and self._options is not None
         try:
             if _import_mitmproxy():
-                self._proxy = _InProcessProxy(self._server.host, self._server.port,
-                                              self._confdir())
+                from sse_recorder.mitm.inprocess import InProcessProxy
+
+                self._proxy = InProcessProxy(self._server.host, self._server.port,
+                                             self._confdir(), START_TIMEOUT, STOP_TIMEOUT)
                 return self._proxy.url
-            self._proxy = _Process(self._replay_proxy_args(),
-                                   self._workdir / f"proxy-{time.monotonic_ns()}.log")
+            # its own replay server in the subprocess, its records on stderr
+            args = [sse_recorder_executable(needs_mitmproxy=True), "replay", str(self.path),
+                    "--proxy", "--port", "0", "--confdir", str(self._confdir()),
+                    "--log-format", "json", *self.settings.replay_arguments(self._options)]
+            self._proxy = Process(args, self._workdir / f"proxy-{time.monotonic_ns()}.log")
             return self._proxy.url
         except RuntimeError as exc:
             pytest.fail(f"sse-recorder: cannot start proxy mode: {exc}", pytrace=False)
 
-    def _replay_proxy_args(self) -> list[str]:
-        """`replay --proxy` in a subprocess: its own replay server, requests on stderr."""
-        k = self.settings.kwargs
-        timing = self._options.timing
-        args = [_executable(needs_mitmproxy=True), "replay", str(self.path), "--proxy",
-                "--port", "0", "--confdir", str(self._confdir()), "--log-format", "json"]
-        args += ["--instant"] if timing.instant else ["--speed", str(timing.speed)]
-        if timing.max_gap is not None:
-            args += ["--max-gap", str(timing.max_gap)]
-        if k.get("match"):
-            args += ["--match", str(k["match"])]
-        for option, key in (("--ignore-json", "ignore_json"), ("--ignore-query", "ignore_query"),
-                            ("--ignore-header", "ignore_headers")):
-            for value in _strings(k.get(key), key):
-                args += [option, value]
-        args += ["--when-exhausted", str(k.get("when_exhausted", "repeat-last"))]
-        for spec in _strings(k.get("faults"), "faults"):
-            args += ["--fault", spec]
-        if k.get("seed") is not None:
-            args += ["--seed", str(k["seed"])]
-        return args
-
     def _stop(self) -> list[str]:
         """Stop everything this test started; returns what went wrong, if anything."""
         problems: list[str] = []
-        if isinstance(self._proxy, _InProcessProxy):
-            self._proxy.stop()
-        elif isinstance(self._proxy, _Process):
+        if self._proxy is not None:
             self._proxy.stop()
         if self._recorder is not None:
             try:
                 code = self._recorder.stop()
-            except RuntimeError as exc:
+            except ProcessError as exc:
                 problems.append(f"sse-recorder: {exc}")
             else:
                 if code != 0:
                     problems.append(f"sse-recorder: recording {self._shown()} failed (exit "
-                                    f"{code}){self._recorder._stderr_tail()}")
+                                    f"{code}){self._recorder.stderr_tail()}")
         if self._server is not None:
             self._state.loop.run(self._server.close())
         return problems

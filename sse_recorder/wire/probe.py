@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import h11
 
 from sse_recorder.model import Outcome
+from sse_recorder.wire.connections import decode_headers
 
 
 @dataclass
@@ -99,8 +100,7 @@ async def _exchange(
             if isinstance(event, h11.Response):
                 result.status = event.status_code
                 result.reason = event.reason.decode("latin-1")
-                result.headers = [(k.decode("latin-1"), v.decode("latin-1"))
-                                  for k, v in event.headers]
+                result.headers = list(decode_headers(event.headers))
                 result.head_ns = now
             elif isinstance(event, h11.Data):
                 if event.chunk_start or pending:

@@ -24,7 +24,7 @@ from sse_recorder.model import Chunk, Interaction, RecordedEvent
 from sse_recorder.sse import Event, parse
 from sse_recorder.store.cassette import Cassette
 from sse_recorder.wire.probe import ProbeResult
-from tests.conftest import SSE_RECORDER, Process, start
+from tests.helpers import SSE_RECORDER, Process, start
 
 T = TypeVar("T")
 

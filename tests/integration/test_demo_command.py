@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SSE_RECORDER
+from sse_recorder.demo.walkthrough import REQUESTS, _record_problems, _recorded
+from sse_recorder.model import Outcome
+from sse_recorder.replay.records import Answer, parse_records
+from tests.helpers import SSE_RECORDER
 
 pytestmark = pytest.mark.integration
 
@@ -24,3 +29,20 @@ def test_demo_records_replays_and_reports_faithful(tmp_path: Path) -> None:
     assert len(rows) == 7 and all("same bytes" in row for row in rows)
     assert (tmp_path / "demo.sqlite").exists()
     assert not (tmp_path / "demo.sqlite-wal").exists()  # a single self-contained file
+
+    # the verdict includes the replayers' own records: each request answered as recorded
+    interactions = asyncio.run(_recorded(tmp_path / "demo.sqlite"))
+    for speed in ("1", "10"):
+        served = parse_records((tmp_path / f"replay-{speed}x.log").read_text())
+        assert [(s.answer, s.interaction_id, s.target) for s in served] == [
+            (Answer.RECORDED, i.id, r.path) for i, r in zip(interactions, REQUESTS, strict=True)]
+        assert served[-1].outcome is Outcome.RESET
+        assert _record_problems(speed, served, interactions) == []
+    closed = [*served[:-1], dataclasses.replace(served[-1], outcome=Outcome.CLOSED)]
+    assert _record_problems("10", closed, interactions) == [
+        "replay 10x: GET /reset -> #7 200, ended closed (recorded: #7, ended reset)"]
+    unmatched = dataclasses.replace(served[0], answer=Answer.UNMATCHED, interaction_id=None)
+    assert _record_problems("10", [unmatched, *served[1:]], interactions) == [
+        "replay 10x: GET /v1/models -> 200 unmatched (recorded: #1, ended clean)"]
+    assert _record_problems("10", served[1:], interactions) == [
+        "replay 10x logged 6 answers to 7 requests"]

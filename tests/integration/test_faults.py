@@ -27,10 +27,10 @@ import openai
 import pytest
 
 from sse_recorder.demo.upstream import TEXT, patterns_writes
-from sse_recorder.faults.run import SHAPES, FaultPlan
+from sse_recorder.faults import SHAPES, FaultPlan
 from sse_recorder.sse import Comment, Event, parse
 from sse_recorder.wire.probe import ProbeResult, probe
-from tests.conftest import SSE_RECORDER, Process, RecordDemo
+from tests.helpers import SSE_RECORDER, Process, RecordDemo
 from tests.integration.support import (
     CHAT,
     Recording,

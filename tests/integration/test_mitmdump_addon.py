@@ -28,8 +28,9 @@ from mitmproxy import http
 from sse_recorder.demo.upstream import ticks_writes
 from sse_recorder.mitm.record_addon import Recorder
 from sse_recorder.model import Outcome
+from sse_recorder.store.cassette import Cassette
 from sse_recorder.wire.probe import probe
-from tests.conftest import MITMDUMP, REPO, read_line
+from tests.helpers import MITMDUMP, REPO, read_line
 from tests.integration.support import assert_faithful, load
 
 with warnings.catch_warnings():  # as in tests/unit/test_addon.py: ldap3 vs pyasn1 >= 0.6.2
@@ -330,3 +331,66 @@ async def test_storage_failure_stops_the_proxy_and_cuts_the_stream(
     # Passed through unrecorded: at most the data of the failed batch and of the shutdown.
     assert len(received) - len(stored) < 0.5 * 1000 * 1000 / interval_ms, (
         len(received), len(stored))
+
+
+# --- the replay script: `mitmdump -s addons/replay.py --set sse_replay=PATH` ---------------
+
+REPLAY_SCRIPT = str(REPO / "addons" / "replay.py")
+
+
+def replay_args(confdir: Path, *sets: str) -> list[str]:
+    """A regular proxy answering every request from the cassette named in `sets`."""
+    args = [MITMDUMP, "--listen-host", "127.0.0.1", "-p", "0", "--set", f"confdir={confdir}",
+            "-s", REPLAY_SCRIPT]
+    for option in sets:
+        args += ["--set", option]
+    return args
+
+
+async def test_replay_script_answers_from_the_cassette_at_instant_speed(
+    mitmdump: Launcher, tmp_path: Path, mitm_confdir: Path
+) -> None:
+    recorder = mitmdump()
+    target = "/ticks?n=10&interval_ms=100"  # about 0.9 s as recorded
+    recorded = await probe(f"{recorder.url}{target}")
+    assert recorder.stop() == 0, recorder.output()
+    args = replay_args(mitm_confdir, f"sse_replay={tmp_path / 'cassette.sqlite'}",
+                       "sse_replay_speed=Instant")
+    replayer = launch(args, tmp_path / "replay.txt")
+    try:
+        # A host that does not resolve: the answer can only come from the cassette.
+        started = time.monotonic()
+        replayed = await probe(f"http://api.example.invalid{target}", proxy=replayer.url)
+        elapsed = time.monotonic() - started
+    finally:
+        assert replayer.stop() == 0, replayer.output()
+    assert replayed.status == 200 and replayed.outcome == "clean"
+    assert replayed.body == recorded.body == b"".join(ticks_writes(10))
+    assert elapsed < 0.5, elapsed  # not paced like the recording
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["sse_replay_speed=fast"], "sse-recorder: sse_replay_speed: bad speed 'fast'"),
+        (["sse_replay_speed=0"], "sse-recorder: sse_replay_speed: speed must be positive"),
+        ([], "sse-recorder: set the cassette with --set sse_replay=PATH"),
+    ],
+    ids=["word-speed", "zero-speed", "no-cassette"],
+)
+def test_replay_script_bad_options_fail_at_start(
+    sets: list[str], message: str, tmp_path: Path, mitm_confdir: Path
+) -> None:
+    cassette = [f"sse_replay={tmp_path / 'c.sqlite'}"] if sets else []
+    if sets:
+        asyncio.run(_empty_cassette(tmp_path / "c.sqlite"))
+    code, output = run_to_exit(replay_args(mitm_confdir, *cassette, *sets), tmp_path)
+    assert code != 0, output
+    assert message in output, output
+    assert_nothing_listens(output)
+
+
+async def _empty_cassette(path: Path) -> None:
+    cassette = await Cassette.open_for_recording(path)
+    await cassette.finish_recording()
+    await cassette.close()

@@ -18,7 +18,7 @@ import pytest
 from sse_recorder.demo.upstream import ticks_writes
 from sse_recorder.model import Outcome
 from sse_recorder.wire.probe import ProbeResult, probe
-from tests.conftest import RecorderFactory
+from tests.helpers import RecorderFactory
 from tests.integration.support import Recorded, assert_faithful, load, stamp_ns
 
 pytestmark = pytest.mark.integration
@@ -226,7 +226,7 @@ async def test_secrets_never_reach_the_cassette_files(
 def run_cli(*args: str) -> tuple[int, str, str]:
     import subprocess
 
-    from tests.conftest import SSE_RECORDER
+    from tests.helpers import SSE_RECORDER
 
     done = subprocess.run([SSE_RECORDER, *args], capture_output=True, text=True, timeout=60)
     return done.returncode, done.stdout, done.stderr
@@ -317,7 +317,7 @@ async def test_storage_failure_stops_the_in_process_recorder(
     demo_upstream: str, tmp_path: Path
 ) -> None:
     """`sse-recorder record` (not only `mitmdump -s`) stops loudly when it cannot write."""
-    from tests.conftest import record_args, start
+    from tests.helpers import record_args, start
 
     cassette = tmp_path / "cassette.sqlite"
     proxy = start(record_args(cassette, tmp_path / "confdir", "--upstream", demo_upstream),

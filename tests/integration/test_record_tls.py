@@ -32,7 +32,7 @@ from cryptography.x509.oid import NameOID
 
 from sse_recorder.demo.upstream import tick_event, ticks_writes
 from sse_recorder.model import Chunk, Outcome
-from tests.conftest import REPO, RecorderFactory, start
+from tests.helpers import REPO, RecorderFactory, start
 from tests.integration.support import assert_faithful, load, stamp_ns
 
 pytestmark = pytest.mark.integration

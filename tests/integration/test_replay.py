@@ -42,7 +42,7 @@ from sse_recorder.store.cassette import (
     WriteBatch,
 )
 from sse_recorder.wire.probe import ProbeResult, probe
-from tests.conftest import SSE_RECORDER, Process, RecordDemo
+from tests.helpers import SSE_RECORDER, Process, RecordDemo
 from tests.integration.support import (
     Recording,
     anthropic_stream,
@@ -704,3 +704,123 @@ async def test_100mb_cassette_streams_without_loading_it(tmp_path: Path) -> None
         assert "raised exception" not in process.stderr()  # no writes into a dead socket
     finally:
         process.stop()
+
+
+# -- responses without a body (RFC 9112 §6.3) ------------------------------------------------
+
+AFTER_BODY = b'{"after": true}'
+BODILESS: list[tuple[str, str, int, str, tuple[tuple[str, str], ...], bytes]] = [
+    # (path, method, status, reason, recorded headers, recorded body)
+    ("/head", "HEAD", 200, "OK", (("Content-Type", "text/event-stream"),
+                                  ("Transfer-Encoding", "chunked")), b""),
+    ("/head-length", "HEAD", 200, "OK", (("Content-Type", "application/json"),
+                                         ("Content-Length", "1234")), b""),
+    ("/deleted", "DELETE", 204, "No Content", (("X-Trace", "t1"),), b""),
+    ("/cached", "GET", 304, "Not Modified", (("ETag", '"v1"'), ("Content-Length", "50")),
+     b"a broken upstream sent this"),
+]
+
+
+async def write_cassette(path: Path, interactions: list[tuple[RecordedRequest, ResponseHead,
+                                                             bytes]]) -> None:
+    """A cassette of complete, clean interactions written by hand (one chunk per body)."""
+    cassette = await Cassette.open_for_recording(path)
+    try:
+        for request, head, body in interactions:
+            iid = cassette.allocate_id()
+            await cassette.write(WriteBatch(
+                starts=[InteractionStart(iid, time.time(), request)],
+                heads=[HeadUpdate(iid, head, 1000, False)],
+                chunks=[(iid, 0, 2000, body)] if body else [],
+                ends=[EndUpdate(iid, True, Outcome.CLEAN, 3000, None)],
+            ))
+        await cassette.finish_recording()
+    finally:
+        await cassette.close()
+
+
+@pytest.mark.parametrize(("path", "method", "status", "reason", "headers", "body"), BODILESS,
+                         ids=["head-chunked", "head-length", "204", "304-with-stray-bytes"])
+async def test_bodiless_response_has_no_body_and_keeps_the_connection(
+    tmp_path: Path, path: str, method: str, status: int, reason: str,
+    headers: tuple[tuple[str, str], ...], body: bytes,
+) -> None:
+    """A HEAD response, a 204 and a 304 are a head alone: no body, no terminating chunk, no
+    framing field; the next request on the same connection gets its answer right after."""
+    from sse_recorder.replay.schedule import Timing
+    from sse_recorder.replay.server import ReplayOptions, ReplayServer
+
+    cassette = tmp_path / "bodiless.sqlite"
+    await write_cassette(cassette, [
+        (RecordedRequest(method, f"http://upstream.test{path}", ()),
+         ResponseHead(status, reason, headers), body),
+        (RecordedRequest("GET", "http://upstream.test/after", ()),
+         ResponseHead(200, "OK", (("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(AFTER_BODY))))), AFTER_BODY),
+    ])
+    options = ReplayOptions(Timing(instant=True))
+    async with await ReplayServer.open(str(cassette), options) as server:
+        await server.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        try:
+            writer.write(f"{method} {path} HTTP/1.1\r\nHost: upstream.test\r\n\r\n".encode())
+            received = bytearray()
+            while b"\r\n\r\n" not in received:
+                data = await asyncio.wait_for(reader.read(65536), 10)
+                assert data, bytes(received)  # the server must not close after it
+                received += data
+            writer.write(b"GET /after HTTP/1.1\r\nHost: upstream.test\r\nConnection: close\r\n\r\n")
+            while data := await asyncio.wait_for(reader.read(65536), 10):
+                received += data
+        finally:
+            writer.close()
+    first, _, rest = bytes(received).partition(b"\r\n\r\n")
+    lines = first.decode("latin-1").split("\r\n")
+    assert lines[0] == f"HTTP/1.1 {status} {reason}"
+    fields = [line.split(": ", 1) for line in lines[1:]]
+    assert [(k, v) for k, v in fields if k.lower() not in ("content-length",
+                                                            "transfer-encoding")] == [
+        (k, v) for k, v in headers if k.lower() not in ("content-length", "transfer-encoding")]
+    names = {k.lower() for k, _ in fields}
+    assert not names & {"content-length", "transfer-encoding", "connection"}
+    # Straight after the head: the second response, with nothing (no `0\r\n\r\n`) between.
+    assert rest == (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 15\r\n\r\n" + AFTER_BODY)
+    # What a client makes of it: h11 reads both responses on one connection, cleanly.
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method=method, target=path, headers=[("Host", "x")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(bytes(received))
+    events = [client.next_event() for _ in range(2)]
+    assert isinstance(events[0], h11.Response) and events[0].status_code == status
+    assert isinstance(events[1], h11.EndOfMessage)
+    client.start_next_cycle()
+    client.send(h11.Request(method="GET", target="/after", headers=[("Host", "x")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(b"")
+    events = [client.next_event() for _ in range(3)]
+    assert [type(e) for e in events] == [h11.Response, h11.Data, h11.EndOfMessage]
+    assert [(s.method, s.target, s.status, s.outcome) for s in server.served] == [
+        (method, path, status, "clean"), ("GET", "/after", 200, "clean")]
+
+
+async def test_malformed_request_gets_a_400_and_the_close(recording: Recording) -> None:
+    """The shared request reader's error: its status hint, a one-line reason, then the close."""
+    from sse_recorder.replay.records import Answer
+    from sse_recorder.replay.server import ReplayServer
+
+    async with await ReplayServer.open(str(recording.path)) as server:
+        await server.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        try:
+            writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+            response = await asyncio.wait_for(reader.read(), 10)  # to EOF: it closes
+        finally:
+            writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"\r\nConnection: close" in head
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert body.startswith(b"sse-recorder: malformed HTTP request: ") and body.endswith(b"\n")
+    [served] = server.served
+    assert (served.status, served.answer, served.outcome) == (400, Answer.BAD_REQUEST, "clean")

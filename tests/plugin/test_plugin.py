@@ -8,7 +8,6 @@ runs go through the real `sse-recorder record` against the demo upstream.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import shutil
 import subprocess
@@ -20,9 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sse_recorder.replay.server import ReplayOptions
 from sse_recorder.sse import Event, parse
-from tests.conftest import REPO, SSE_RECORDER, RecordDemo, start
+from tests.helpers import REPO, SSE_RECORDER, RecordDemo, start
 from tests.integration.support import load
 
 pytest_plugins = ["pytester"]
@@ -423,9 +421,6 @@ def test_proxy_mode_serves_clients_that_keep_their_real_https_urls(
     run(suite).assert_outcomes(passed=2)
 
 
-@pytest.mark.skipif("faults" not in {f.name for f in dataclasses.fields(ReplayOptions)},
-                    reason="this replay server has no fault injection yet "
-                           "(ReplayOptions has no 'faults' field)")
 def test_marker_faults_cut_the_replayed_stream(suite: pytest.Pytester, recorded: Path) -> None:
     place(suite, recorded, "test_faults", "base")
     suite.makepyfile(test_faults='''

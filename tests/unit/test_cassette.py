@@ -472,3 +472,42 @@ async def test_interaction_never_ended_reads_back_as_recording_stopped(tmp_path:
         assert interaction.end_offset_ns is None
         assert (interaction.chunk_count, interaction.body_size) == (2, 16)
         assert [c.data for c in await all_chunks(reader, iid)] == [b"data: 1\n\n", b"data: 2"]
+
+
+# --------------------------------------------------------------------------------------------
+# how outcomes are spelled on disk (format v1, cassettes/FORMAT.md)
+
+V1_SPELLING = {
+    Outcome.CLEAN: "clean",
+    Outcome.CLOSED: "upstream-closed",
+    Outcome.RESET: "upstream-reset",
+    Outcome.STALLED: "stalled",
+    Outcome.CLIENT_GONE: "client-gone",
+    Outcome.PROXY_ERROR: "proxy-error",
+    Outcome.STOPPED: "recording-stopped",
+}
+
+
+async def test_outcomes_keep_their_v1_spelling_on_disk(tmp_path: Path) -> None:
+    assert set(V1_SPELLING) == set(Outcome)
+    path = tmp_path / "c.cassette"
+    cassette = await Cassette.open_for_recording(path)
+    try:
+        ids = {outcome: cassette.allocate_id() for outcome in V1_SPELLING}
+        await cassette.write(WriteBatch(
+            starts=[InteractionStart(iid, 1.0, REQUEST) for iid in ids.values()],
+            ends=[EndUpdate(iid, o is Outcome.CLEAN, o, 1, None) for o, iid in ids.items()],
+        ))
+        await cassette.finish_recording()
+    finally:
+        await cassette.close()
+    conn = sqlite3.connect(path)
+    stored = dict(conn.execute("SELECT id, end_reason FROM interactions").fetchall())
+    conn.execute("UPDATE interactions SET end_reason = 'from-the-future' WHERE id = 1")
+    conn.commit()
+    conn.close()
+    assert stored == {iid: V1_SPELLING[o] for o, iid in ids.items()}
+    async with await Cassette.open(path) as reader:
+        read = {i.id: i.outcome for i in await reader.interactions()}
+    # an ending a newer release wrote reads as a close before the body's end
+    assert read == {iid: o for o, iid in ids.items()} | {1: Outcome.CLOSED}

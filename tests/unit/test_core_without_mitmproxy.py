@@ -27,7 +27,8 @@ def run_python(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 
 def test_core_modules_import_without_mitmproxy(tmp_path: Path) -> None:
     done = run_python("""
-        import sse_recorder.cli.app, sse_recorder.replay.server, sse_recorder.testing.plugin
+        import sse_recorder.cli, sse_recorder.replay.server, sse_recorder.testing.plugin
+        import sse_recorder.mitm.inprocess, sse_recorder.demo.walkthrough
         import sse_recorder.faults.run, sse_recorder.store.cassette, sse_recorder.record.session
         assert not any(m == "mitmproxy" or m.startswith("mitmproxy.") for m in sys.modules)
         print("ok")
@@ -39,7 +40,7 @@ def test_core_modules_import_without_mitmproxy(tmp_path: Path) -> None:
 def test_record_without_mitmproxy_says_how_to_install_it(tmp_path: Path) -> None:
     done = run_python("""
         import sys
-        from sse_recorder.cli.app import main
+        from sse_recorder.cli import main
         sys.argv = ["sse-recorder", "record", "--cassette", "x.sqlite"]
         main()
     """, tmp_path)
@@ -78,7 +79,7 @@ def test_replay_and_ls_work_without_mitmproxy(tmp_path: Path) -> None:
             print("replayed")
 
         asyncio.run(main())
-        from sse_recorder.cli.app import main as cli
+        from sse_recorder.cli import main as cli
         sys.argv = ["sse-recorder", "ls", "c.sqlite"]
         cli()
     """, tmp_path)
@@ -86,3 +87,19 @@ def test_replay_and_ls_work_without_mitmproxy(tmp_path: Path) -> None:
     lines = done.stdout.splitlines()
     assert lines[0] == "replayed"
     assert "text/event-stream" in lines[2] and lines[2].rstrip().endswith("clean")
+
+
+def test_the_process_helper_needs_no_pytest(tmp_path: Path) -> None:
+    """The demo starts its processes with it, where pytest need not be installed."""
+    done = run_python("""
+        class NoPytest(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name in ("pytest", "_pytest") or name.startswith("_pytest."):
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+                return None
+        sys.meta_path.insert(0, NoPytest())
+        import sse_recorder.testing.processes, sse_recorder.demo.walkthrough
+        print("ok")
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -1,4 +1,4 @@
-"""Unit tests for the fault spec language and the pure stream transformer (`faults.py`).
+"""Unit tests for the fault spec language and the pure stream transformer (`faults/`).
 
 Everything here is in-process and synchronous: specs are parsed, plans are loaded from TOML
 written to a temporary directory, and `FaultRun.transform` is applied to small synthetic
@@ -16,8 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sse_recorder.errors import ConfigError
-from sse_recorder.faults.run import (
-    FAULT_TYPES,
+from sse_recorder.faults import (
     HTTP_BODIES,
     SHAPES,
     Ending,
@@ -30,6 +29,7 @@ from sse_recorder.faults.run import (
     parse_spec,
     split_at_events,
 )
+from sse_recorder.faults.registry import REGISTRY, Drop, Http
 from sse_recorder.model import Outcome
 from sse_recorder.sse import Comment, Event, SSEParser, encode_event, parse
 
@@ -171,7 +171,7 @@ def test_good_specs_parse(spec: str) -> None:
 def test_spec_fields() -> None:
     fault = parse_spec("drop:after_events=4,how=rst,p=0.25,per=event,on_resume=none,"
                        "route=POST */v1/chat/*")
-    assert fault.params == {"after_events": "4", "how": "rst"}
+    assert fault.params == Drop(after_events=4, how="rst")
     assert fault.probability == 0.25 and fault.per_event and fault.on_resume == "none"
     assert fault.applies_to("POST", "api.openai.com", "/v1/chat/completions")
     assert not fault.applies_to("GET", "api.openai.com", "/v1/chat/completions")
@@ -237,9 +237,9 @@ def test_bad_specs_name_the_bad_part(spec: str, message: str) -> None:
 
 def test_every_type_is_described_and_has_a_valid_example() -> None:
     text = describe_types()
-    for name, (_, example) in FAULT_TYPES.items():
+    for name, kind in REGISTRY.items():
         assert f"  {name} " in text
-        parse_spec(example.split("  ")[0].split(" (")[0])  # the example, without notes
+        parse_spec(kind.example.split("  ")[0].split(" (")[0])  # the example, without notes
     assert "route=" in text and "on_resume=" in text
 
 
@@ -278,7 +278,7 @@ def test_toml_plan(tmp_path: Path) -> None:
     drop = plan.faults[0]
     assert drop.probability == 0.5 and drop.on_resume == "none"
     assert drop.spec == f"{path} fault #1"
-    assert plan.faults[1].get_int("retry_after") == 2
+    assert isinstance(http := plan.faults[1].params, Http) and ("Retry-After", "2") in http.headers
     assert FaultPlan.load([], path, seed=7).seed == 7  # --seed wins
     assert FaultPlan.load(["refuse"]).seed == 0
 

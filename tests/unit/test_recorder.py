@@ -1,4 +1,5 @@
-"""Unit tests for `RecordingSession` (sse_recorder.record.session) against real cassettes."""
+"""Unit tests for `RecordingSession` (sse_recorder.record.session) against real cassettes,
+and for the per-body event/chunk mapping (sse_recorder.record.body)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from sse_recorder.model import (
     RecordedRequest,
     ResponseHead,
 )
+from sse_recorder.record.body import Body
 from sse_recorder.record.redact import MARKER, RedactionRules
-from sse_recorder.record.session import RecorderConfig, RecordingSession, _Body
+from sse_recorder.record.session import RecorderConfig, RecordingSession
 from sse_recorder.sse import Comment, Item, parse
 from sse_recorder.store.cassette import Cassette, WriteBatch
 
@@ -456,7 +458,7 @@ def test_event_chunk_attribution_for_any_chunking(
     bounds = [0, *cuts, len(stream)]
     chunks = [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
-    body = _Body(1, RedactionRules(), is_sse=True)
+    body = Body(1, RedactionRules(), is_sse=True)
     batch = WriteBatch()
     group = data.draw(st.integers(1, 4), label="chunks fed per call (the writer batches)")
     timed = [(seq * 10, chunk) for seq, chunk in enumerate(chunks)]
@@ -482,7 +484,7 @@ def test_event_chunk_attribution_for_any_chunking(
 
 
 def test_writer_state_stays_bounded_on_a_long_stream() -> None:
-    body = _Body(1, RedactionRules(), is_sse=True)
+    body = Body(1, RedactionRules(), is_sse=True)
     batch = WriteBatch()
     for seq in range(2000):
         body.feed([(seq, b"data: %d\n\n" % seq if seq % 2 else b"data: half")], batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
@@ -14,7 +15,7 @@ from sse_recorder.replay.schedule import Schedule, Timing
 MS = 1_000_000  # ns
 
 
-def dues(timing: Timing, offsets_ms: list[float], origin_ms: float = 0) -> list[float]:
+def dues(timing: Timing, offsets_ms: Sequence[float], origin_ms: float = 0) -> list[float]:
     schedule = Schedule(timing, int(origin_ms * MS))
     return [round(schedule.due(int(o * MS)) * 1000, 6) for o in offsets_ms]
 
@@ -122,3 +123,46 @@ def test_schedule_properties(offsets: list[int], speed: float, max_gap: float | 
         else:  # each gap is the recorded one, or max_gap when that was longer
             assert gap == pytest.approx(min(raw_gap, max_gap), abs=tolerance)
         previous_got, previous_raw = g, u
+
+
+# -- Timing.parse: the one parser for user-given speed and max gap text ---------------------
+
+
+@pytest.mark.parametrize(("speed", "max_gap", "expected"), [
+    ("instant", None, Timing(instant=True)),
+    (" Instant ", "0.5", Timing(instant=True, max_gap=0.5)),
+    ("INSTANT", 2, Timing(instant=True, max_gap=2.0)),
+    ("1", None, Timing()),
+    ("10", None, Timing(speed=10.0)),
+    (" 0.25 ", 0.1, Timing(speed=0.25, max_gap=0.1)),
+    ("2.5", "0", Timing(speed=2.5, max_gap=0.0)),
+    ("1e3", " 3 ", Timing(speed=1000.0, max_gap=3.0)),
+])
+def test_parse_accepts_instant_or_a_positive_factor(
+    speed: str, max_gap: float | str | None, expected: Timing
+) -> None:
+    assert Timing.parse(speed, max_gap) == expected
+
+
+@pytest.mark.parametrize(("speed", "max_gap", "message"), [
+    ("fast", None, "bad speed 'fast': use a factor such as 1 or 10, or 'instant'"),
+    ("", None, "bad speed '': use a factor such as 1 or 10, or 'instant'"),
+    ("0", None, "speed must be positive, got 0.0"),
+    ("-2", None, "speed must be positive, got -2.0"),
+    ("nan", None, "speed must be positive, got nan"),
+    ("1", "soon", "bad max gap 'soon': use seconds, such as 0.5"),
+    ("instant", "-1", "max gap must be >= 0 seconds, got -1.0"),
+    ("1", -0.5, "max gap must be >= 0 seconds, got -0.5"),
+])
+def test_parse_rejects_bad_text_with_a_one_line_config_error(
+    speed: str, max_gap: float | str | None, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Timing.parse(speed, max_gap)
+    assert str(caught.value) == message
+    assert "\n" not in str(caught.value)
+
+
+@given(st.floats(0.001, 1e6))
+def test_parse_round_trips_any_positive_factor(speed: float) -> None:
+    assert Timing.parse(repr(speed)) == Timing(speed=speed)

@@ -1,0 +1,382 @@
+"""The fault types: one class per type, holding everything known about it.
+
+Rules:
+- a class names its type, its keys and how each is read (`Kind`), the example that
+  `sse-recorder faults` shows, its `Stage` and whether the stream must be cut at events;
+- `parse` gets the values read by kind (durations in seconds, sizes and counts as ints; a
+  value is read when first looked at), applies the type's own rules, and returns the typed
+  parameters the stages use as they are: no stage parses text;
+- messages name the bad part without the spec; `spec.py` puts the spec in front.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar, Self
+
+from sse_recorder.demo.payloads import HTTP_BODIES, SHAPES
+from sse_recorder.errors import ConfigError
+from sse_recorder.model import Outcome
+from sse_recorder.sse import encode_event
+
+
+class Kind(Enum):
+    """How a key's value is read (durations and counts up front, the rest when looked at)."""
+
+    DURATION = "duration"  # seconds (float) from 250ms, 2s, 1m or a number
+    COUNT = "count"  # a whole number >= 0
+    SIZE = "size"  # bytes from 512, 10K, 1M
+    WHOLE = "whole"  # a whole number
+    TEXT = "text"
+
+
+class Stage(Enum):
+    """Where a fault acts; the body stages run in this order (see `stages.PIPELINE`)."""
+
+    ANSWER = "answer"  # instead of the response: refuse, no-head, http
+    CONTENT = "content"  # what is sent: inject, corrupt, retry
+    CUTS = "cuts"  # where the body ends: drop, stall
+    TIMING = "timing"  # when pieces are due: pause, latency, heartbeat
+    RECHUNK = "rechunk"  # how the bytes are cut into writes
+    THROTTLE = "throttle"  # the byte rate
+    DEADLINE = "deadline"  # drop:after=T, last, so T counts the time the others add
+
+
+Values = Mapping[str, Any]  # key -> value as its Kind reads it; `in` does not read it
+
+
+@dataclass(frozen=True)
+class Params:
+    """The typed parameters of one fault type; subclasses are the registry."""
+
+    name: ClassVar[str]
+    keys: ClassVar[dict[str, Kind]]
+    example: ClassVar[str]
+    stage: ClassVar[Stage]
+    cut_at_events: ClassVar[bool] = False
+
+    @classmethod
+    def parse(cls, values: Values, per_event: bool) -> Self:
+        return cls()
+
+    def needs_events(self) -> bool:
+        """Whether the stream must come cut at event boundaries (`split_at_events`)."""
+        return self.cut_at_events
+
+    def acts_at(self) -> Stage:
+        return self.stage
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...], one_of: bool = False) -> str:
+    if value not in allowed:
+        listed = (f"one of {', '.join(allowed)}" if one_of
+                  else f"{', '.join(allowed[:-1])} or {allowed[-1]}")
+        raise ConfigError(f"{key} must be {listed}")
+    return value
+
+
+@dataclass(frozen=True)
+class Throttle(Params):
+    name = "throttle"
+    keys = {"rate": Kind.SIZE}
+    example = "throttle:rate=1K"
+    stage = Stage.THROTTLE
+
+    rate: int  # bytes per second
+
+    @classmethod
+    def parse(cls, values: Values, per_event: bool) -> Self:
+        if values.get("rate", 0) <= 0:
+            raise ConfigError("throttle needs rate=BYTES_PER_SECOND > 0")
+        return cls(values["rate"])
+
+
+DISTRIBUTIONS = ("fixed", "uniform", "normal", "lognormal")
+
+
+@dataclass(frozen=True)
+class Latency(Params):
+    name = "latency"
+    keys = {"head": Kind.DURATION, "chunk": Kind.DURATION, "jitter": Kind.DURATION,
+            "dist": Kind.TEXT}
+    example = "latency:head=500ms,chunk=20ms,jitter=10ms,dist=normal"
+    stage = Stage.TIMING
+
+    head: float = 0.0  # before the response head
+    chunk: float | None = None  # before every piece; None: pieces are not delayed
+    jitter: float = 0.0
+    dist: str = "fixed"
+
+    @classmethod
+    def parse(cls, values: Values, per_event: bool) -> Self:
+        dist = _choice("dist", values.get("dist", "fixed"), DISTRIBUTIONS)
+        return cls(values.get("head", 0.0), values.get("chunk"), values.get("jitter", 0.0), dist)
+
+
+@dataclass(frozen=True)
+class Pause(Params):
+    name = "pause"
+    keys = {"duration": Kind.DURATION, "at": Kind.DURATION, "after_event": Kind.COUNT}
+    example = "pause:after_event=5,duration=30s"
+    stage = Stage.TIMING
+    cut_at_events = True
+
+    duration: float
+    after_event: int | None = None
+    at: float | None = None  # wins over after_event
+
+    @classmethod
+    def parse(cls, values: Values, per_event: bool) -> Self:
+        if "duration" not in values or not ({"after_event", "at"} & set(values)) and not per_event:
+            raise ConfigError("pause needs duration= and after_event= or at=")
+        return cls(values["duration"], values.get("after_event"), values.get("at"))
+
+
+@dataclass(frozen=True)
+class Stall(Params):
+    name = "stall"
+    keys = {"at": Kind.DURATION, "after_event": Kind.COUNT}
+    example = "stall:after_event=12"
+    stage = Stage.CUTS
+    cut_at_events = True
+
+    after_event: int | None = None
+    at: float | None = None  # wins over after_event
+
+    @classmethod
+    def parse(cls, values: Values, per_event: bool) -> Self:
+        return cls(values.get("after_event"), values.get("at"))
+
+
+RECHUNK_MODES = ("bytes", "random", "byte", "event", "coalesce", "adversarial")
+
+
+@dataclass(frozen=True)
+class Rechunk(Params):
+    name = "rechunk"
+    keys = {"mode": Kind.TEXT, "size": Kind.WHOLE, "min": Kind.WHOLE, "max": Kind.WHOLE}
+    example = ("rechunk:mode=adversarial  (bytes,size=N | random,min=1,max=64 | byte | event"
+               " | coalesce | adversarial)")
+    stage = Stage.RECHUNK
+
+    mode: str = "bytes"
+    size: int = 1  # mode=bytes
+    low: int = 1  # mode=random: sizes from low to high
+    high: int = 64
+
+    @classmethod
+    def parse(cls, values: Values, per_event: bool) -> Self:
+        mode = _choice("mode", values.get("mode", "bytes"), RECHUNK_MODES, one_of=True)
+        size = values.get("size", 0) if mode == "bytes" else 1
+        if size < 1:
+            raise ConfigError("rechunk mode=bytes needs size >= 1")
+        low, high = values.get("min") or 1, values.get("max") or 64
+        if mode == "random" and not 1 <= low <= high:
+            raise ConfigError("rechunk random needs 1 <= min <= max")
+        return cls(mode, size, low, high)
+
+    def needs_events(self) -> bool:
+        return self.mode in ("event", "coalesce")
+
+
+DROP_HOW = {"fin": Outcome.CLOSED, "rst": Outcome.RESET}  # how= -> the ending it makes
+DROP_TRIGGERS = ("after_events", "after_bytes", "after", "mid_event")
+
+
+@dataclass(frozen=True)
+class Drop(Params):
+    name = "drop"
+    keys = {"after": Kind.DURATION, "after_events": Kind.COUNT, "mid_event": Kind.COUNT,
+            "after_bytes": Kind.SIZE, "how": Kind.TEXT}
+    example = "drop:after_events=12,how=rst  (how=fin|rst; or after_bytes=, after=2s, mid_event=)"
+    stage = Stage.CUTS
+
+    after_events: int | None = None
+    after_bytes: int | None = None
+    after: float | None = None  # seconds, counting the time the other faults add
+    mid_event: int | None = None
+    how: str = "fin"
+
+    @classmethod
+    def parse(cls, values: Values, per_event: bool) -> Self:
+        triggers = set(DROP_TRIGGERS) & set(values)
+        if len(triggers) != 1 and not (per_event and not triggers):
+            raise ConfigError(f"drop needs exactly one of {', '.join(DROP_TRIGGERS)}")
+        after_bytes = values.get("after_bytes")
+        how = _choice("how", values.get("how", "fin"), tuple(DROP_HOW))
+        return cls(values.get("after_events"), after_bytes, values.get("after"),
+                   values.get("mid_event"), how)
+
+    @property
+    def ending(self) -> Outcome:
+        return DROP_HOW[self.how]
+
+    @property
+    def at_random(self) -> bool:
+        """per=event without a byte, time or mid-event trigger: each event rolls the dice."""
+        return self.after_bytes is None and self.after is None and self.mid_event is None
+
+    def needs_events(self) -> bool:
+        return self.after_bytes is None and self.after is None
+
+    def acts_at(self) -> Stage:
+        return Stage.DEADLINE if self.after is not None else Stage.CUTS
+
+
+REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           408: "Request Timeout", 429: "Too Many Requests", 500: "Internal Server Error",
+           502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+           529: "Overloaded"}
+HTTP_SHAPES = ("text", *HTTP_BODIES)
+TEXT_PLAIN = ("Content-Type", "text/plain; charset=utf-8")
+
+
+@dataclass(frozen=True)
+class Http(Params):
+    name = "http"
+    keys = {"status": Kind.COUNT, "retry_after": Kind.COUNT, "body": Kind.TEXT,
+            "shape": Kind.TEXT, "header": Kind.TEXT}
+    example = "http:status=429,retry_after=2,shape=openai  (shape=openai|anthropic|text)"
+    stage = Stage.ANSWER
+
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    @classmethod
+    def parse(cls, values: Values, per_event: bool) -> Self:
+        status = values.get("status")
+        if status is None or not 100 <= status <= 599:
+            raise ConfigError("http needs status=100..599")
+        shape = _choice("shape", values.get("shape", "text"), HTTP_SHAPES)
+        reason = REASONS.get(status, "Error")
+        headers: list[tuple[str, str]] = []
+        if "retry_after" in values:
+            headers.append(("Retry-After", str(values["retry_after"])))
+        if "header" in values:  # header=Name: value
+            name, _, value = values["header"].partition(":")
+            headers.append((name.strip(), value.strip()))
+        if "body" in values:
+            body = values["body"].encode()
+            headers.append(TEXT_PLAIN)
+        elif shape == "text":
+            body = f"{status} {reason} (injected by sse-recorder)\n".encode()
+            headers.append(TEXT_PLAIN)
+        else:
+            bodies = HTTP_BODIES[shape]
+            body = json.dumps(bodies.get(status, bodies[None])).encode()
+            headers.append(("Content-Type", "application/json"))
+        return cls(status, reason, tuple(headers), body)
+
+
+@dataclass(frozen=True)
+class Refuse(Params):
+    name = "refuse"
+    keys = {}
+    example = "refuse  (reset the connection before any response)"
+    stage = Stage.ANSWER
+
+
+@dataclass(frozen=True)
+class NoHead(Params):
+    name = "no-head"
+    keys = {}
+    example = "no-head  (accept the request; the response head never comes)"
+    stage = Stage.ANSWER
+
+
+@dataclass(frozen=True)
+class Inject(Params):
+    name = "inject"
+    keys = {"at_event": Kind.COUNT, "shape": Kind.TEXT, "event": Kind.TEXT, "data": Kind.TEXT}
+    example = "inject:at_event=3,shape=anthropic-overloaded  (shape=" + "|".join(SHAPES) + ")"
+    stage = Stage.CONTENT
+    cut_at_events = True
+
+    event: bytes  # the whole event, ready to send
+    at_event: int = 0  # after this many events
+
+    @classmethod
+    def parse(cls, values: Values, per_event: bool) -> Self:
+        if not {"shape", "event", "data"} & set(values):
+            raise ConfigError("inject needs shape= (or event= and data=)")
+        if "shape" in values:
+            name, payload = SHAPES[_choice("shape", values["shape"], tuple(SHAPES), one_of=True)]
+            event = encode_event(json.dumps(payload), event=name)
+        else:
+            event = encode_event(values.get("data", ""), event=values.get("event"))
+        return cls(event, values.get("at_event", 0))
+
+
+HEARTBEATS = {"comment": b": heartbeat\n\n", "ping": b"event: ping\ndata: {}\n\n"}
+
+
+@dataclass(frozen=True)
+class Heartbeat(Params):
+    name = "heartbeat"
+    keys = {"every": Kind.DURATION, "style": Kind.TEXT}
+    example = "heartbeat:every=5s,style=comment (or ping)"
+    stage = Stage.TIMING
+    cut_at_events = True
+
+    every: float
+    style: str = "comment"
+
+    @classmethod
+    def parse(cls, values: Values, per_event: bool) -> Self:
+        if values.get("every", 0) <= 0:
+            raise ConfigError("heartbeat needs every=DURATION > 0")
+        return cls(values["every"], _choice("style", values.get("style", "comment"),
+                                            tuple(HEARTBEATS)))
+
+    @property
+    def data(self) -> bytes:
+        return HEARTBEATS[self.style]
+
+
+@dataclass(frozen=True)
+class Retry(Params):
+    name = "retry"
+    keys = {"value": Kind.COUNT}
+    example = "retry:value=1000  (send a retry: field first)"
+    stage = Stage.CONTENT
+    cut_at_events = True
+
+    value: int  # milliseconds
+
+    @classmethod
+    def parse(cls, values: Values, per_event: bool) -> Self:
+        if "value" not in values:
+            raise ConfigError("retry needs value=MILLISECONDS")
+        return cls(values["value"])
+
+
+CORRUPT_MODES = ("field", "utf8", "json", "duplicate", "omit")
+
+
+@dataclass(frozen=True)
+class Corrupt(Params):
+    name = "corrupt"
+    keys = {"mode": Kind.TEXT, "at_event": Kind.COUNT}
+    example = "corrupt:mode=json,at_event=2  (mode=field|utf8|json|duplicate|omit)"
+    stage = Stage.CONTENT
+    cut_at_events = True
+
+    mode: str
+    at_event: int = 1  # the event number (from 1) to corrupt
+
+    @classmethod
+    def parse(cls, values: Values, per_event: bool) -> Self:
+        return cls(_choice("mode", values.get("mode", ""), CORRUPT_MODES, one_of=True),
+                   values.get("at_event", 1))
+
+
+# In the order `sse-recorder faults` lists them.
+REGISTRY: dict[str, type[Params]] = {cls.name: cls for cls in (
+    Throttle, Latency, Pause, Stall, Rechunk, Drop, Http, Refuse, NoHead, Inject, Heartbeat,
+    Retry, Corrupt,
+)}

@@ -1,0 +1,394 @@
+"""The pure body stages: each turns a stream of timed pieces into another.
+
+Rules:
+- `PIPELINE` runs in a fixed order: content (inject, corrupt, retry), cuts (drop, stall),
+  timing (pause, latency, heartbeat), rechunk, throttle, and last the `drop:after=` deadline,
+  so a deadline counts the time the others add;
+- a stage gets only the faults of its `Stage`, reads their typed parameters and appends one
+  log entry per firing; it performs no I/O;
+- an `Ending` is the last thing a stage yields; per=event faults roll their own generator
+  once per event, in stream order, so the same seed gives the same stream.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sse_recorder.faults.registry import (
+    Corrupt,
+    Drop,
+    Heartbeat,
+    Inject,
+    Latency,
+    Params,
+    Pause,
+    Rechunk,
+    Retry,
+    Stage,
+    Stall,
+    Throttle,
+)
+from sse_recorder.model import Outcome
+
+if TYPE_CHECKING:  # spec.py builds FaultRun, which runs these stages
+    from sse_recorder.faults.spec import Fault
+
+
+@dataclass(slots=True)
+class Piece:
+    """A run of response bytes due at `due` seconds; `events` counts events completed by the
+    end of this piece, `boundary` says whether it ends between events."""
+
+    due: float
+    data: bytes
+    events: int = 0
+    boundary: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """Stop the body here instead of the recorded ending."""
+
+    outcome: Outcome  # CLOSED (FIN), RESET (RST) or STALLED (held open, nothing more sent)
+    due: float
+
+
+Action = Piece | Ending
+Chosen = tuple["Fault", random.Random]  # a fault in play on this connection, with its dice
+Log = list[dict[str, Any]]
+P = TypeVar("P", bound=Params)
+
+
+def of(chosen: Iterable[Chosen], kind: type[P]) -> list[tuple[Fault, P, random.Random]]:
+    """The chosen faults of one type, with their parameters typed."""
+    return [(fault, fault.params, rng) for fault, rng in chosen
+            if isinstance(fault.params, kind)]
+
+
+def fired(log: Log, fault: Fault, due: float, **details: Any) -> None:
+    """One log entry: which fault fired, when (ms into the body) and how."""
+    log.append({"fault": fault.spec or fault.type, "type": fault.type,
+                "at_ms": round(due * 1000, 3), **details})
+
+
+def _roll(fault: Fault, rng: random.Random) -> bool:
+    """A per=event fault's draw for one event."""
+    return rng.random() < fault.probability
+
+
+# -- content: inject, corrupt, retry ---------------------------------------------------------
+
+
+def content(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterator[Action]:
+    """`retry:` first, injected events after their event, corruption of whole events."""
+    injects, corrupts = of(chosen, Inject), of(chosen, Corrupt)
+    started = False
+    held: list[Piece] = []  # the pieces of the block being received
+    events_before = 0  # events completed before the held block
+    for piece in stream:
+        if isinstance(piece, Ending):
+            yield from held
+            yield piece
+            return
+        if not started:
+            started = True
+            for fault, retry, _ in of(chosen, Retry):
+                fired(log, fault, piece.due, value=retry.value)
+                yield Piece(piece.due, f"retry: {retry.value}\n\n".encode(), 0, True)
+            yield from _inject(injects, log, piece.due, 0)
+        held.append(piece)
+        if not piece.boundary:
+            continue
+        block, held = held, []
+        is_event = piece.events > events_before
+        events_before = piece.events
+        if is_event:
+            yield from _corrupt(corrupts, log, block, piece.events)
+            yield from _inject(injects, log, piece.due, piece.events)
+        else:
+            yield from block
+    yield from held
+
+
+def _inject(injects: list[tuple[Fault, Inject, random.Random]], log: Log, due: float,
+            completed: int) -> Iterator[Piece]:
+    """The events injected after `completed` events; at_event= fires once per connection."""
+    for fault, inject, rng in injects:
+        if fault.per_event:
+            fire = _roll(fault, rng)
+        else:
+            fire = inject.at_event == completed and not any(
+                entry["fault"] == fault.spec for entry in log)
+        if fire:
+            fired(log, fault, due, event=completed)
+            yield Piece(due, inject.event, completed, True)
+
+
+def _corrupt(corrupts: list[tuple[Fault, Corrupt, random.Random]], log: Log,
+             pieces: list[Piece], completed: int) -> Iterator[Piece]:
+    """The event in `pieces`, corrupted by the first fault that fires on it."""
+    for fault, corrupt, rng in corrupts:
+        if not (_roll(fault, rng) if fault.per_event else corrupt.at_event == completed):
+            continue
+        due, mode = pieces[-1].due, corrupt.mode
+        fired(log, fault, due, event=completed, mode=mode)
+        data = b"".join(p.data for p in pieces)
+        if mode == "omit":
+            return
+        if mode == "duplicate":
+            yield from pieces
+            yield Piece(due, data, completed, True)
+            return
+        marker = data.find(b"data:")
+        if marker >= 0:
+            if mode == "field":
+                data = data[:marker] + b"data " + data[marker + 5:]
+            elif mode == "utf8":
+                data = data[: marker + 5] + b"\xff\xfe" + data[marker + 5:]
+            else:  # json: a stray character before the value
+                skip = 6 if data[marker + 5: marker + 6] == b" " else 5
+                data = data[: marker + skip] + b"!" + data[marker + skip:]
+        yield Piece(due, data, completed, True)
+        return
+    yield from pieces
+
+
+# -- cuts: drop, stall -----------------------------------------------------------------------
+
+
+def cuts(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterator[Action]:
+    """End the body after N bytes, inside event N, after event N, or stall after event N."""
+    drops, stalls = of(chosen, Drop), of(chosen, Stall)
+    sent = 0
+    for piece in stream:
+        if isinstance(piece, Ending):
+            yield piece
+            return
+        for fault, drop, _ in drops:
+            if drop.after_bytes is not None and sent + len(piece.data) >= drop.after_bytes:
+                cut = piece.data[: drop.after_bytes - sent]
+                if cut:
+                    yield Piece(piece.due, cut, piece.events, False)
+                fired(log, fault, piece.due, bytes=drop.after_bytes, how=drop.how)
+                yield Ending(drop.ending, piece.due)
+                return
+            if piece.boundary and drop.mid_event is not None and piece.events == drop.mid_event:
+                half = piece.data[: len(piece.data) // 2]
+                if half:
+                    yield Piece(piece.due, half, piece.events - 1, False)
+                fired(log, fault, piece.due, event=piece.events, how=drop.how)
+                yield Ending(drop.ending, piece.due)
+                return
+        yield piece
+        sent += len(piece.data)
+        if not piece.boundary:
+            continue
+        for fault, drop, rng in drops:
+            if fault.per_event and drop.at_random:
+                fire = _roll(fault, rng)
+            else:
+                fire = drop.after_events is not None and piece.events == drop.after_events
+            if fire:
+                fired(log, fault, piece.due, event=piece.events, how=drop.how)
+                yield Ending(drop.ending, piece.due)
+                return
+        for fault, stall, rng in stalls:
+            if fault.per_event:
+                fire = _roll(fault, rng)
+            elif stall.at is not None:
+                fire = piece.due >= stall.at
+            else:
+                fire = piece.events == stall.after_event
+            if fire:
+                fired(log, fault, piece.due, event=piece.events)
+                yield Ending(Outcome.STALLED, piece.due)
+                return
+
+
+# -- timing: pause, latency, heartbeat -------------------------------------------------------
+
+
+def timing(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterator[Action]:
+    """Pauses shift everything after them; latency delays each piece; heartbeats fill gaps
+    between events. Order is kept: nothing is due before what came before it."""
+    pauses = of(chosen, Pause)
+    latencies = [(latency, rng) for _, latency, rng in of(chosen, Latency)
+                 if latency.chunk is not None]
+    beats = of(chosen, Heartbeat)
+    if not (pauses or latencies or beats):
+        yield from stream
+        return
+    shift = 0.0
+    last_due = 0.0
+    paused: set[int] = set()
+    next_tick = [beat.every for _, beat, _ in beats]
+    at_boundary = True
+    for piece in stream:
+        if isinstance(piece, Ending):
+            yield Ending(piece.outcome, max(piece.due + shift, last_due))
+            return
+        due = piece.due + shift
+        for latency, rng in latencies:
+            due += _draw(latency, rng)
+        due = max(due, last_due)
+        if at_boundary:
+            for index, (fault, beat, _) in enumerate(beats):
+                while next_tick[index] < due:
+                    fired(log, fault, next_tick[index], style=beat.style)
+                    yield Piece(next_tick[index], beat.data, piece.events, True)
+                    last_due = next_tick[index]
+                    next_tick[index] += beat.every
+        yield Piece(due, piece.data, piece.events, piece.boundary)
+        last_due = due
+        at_boundary = piece.boundary
+        if not piece.boundary:
+            continue
+        for index, (fault, pause, rng) in enumerate(pauses):
+            if index in paused and not fault.per_event:
+                continue
+            if fault.per_event:
+                fire = _roll(fault, rng)
+            elif pause.at is not None:
+                fire = due >= pause.at
+            else:
+                fire = piece.events == pause.after_event
+            if fire:
+                paused.add(index)
+                shift += pause.duration
+                fired(log, fault, due, event=piece.events,
+                      duration_ms=round(pause.duration * 1000, 3))
+
+
+def _draw(latency: Latency, rng: random.Random) -> float:
+    """One piece's delay: `chunk` seconds spread by `jitter` as `dist` says, never < 0."""
+    mean, spread = latency.chunk or 0.0, latency.jitter
+    if latency.dist == "uniform":
+        value = rng.uniform(mean - spread, mean + spread)
+    elif latency.dist == "normal":
+        value = rng.gauss(mean, spread)
+    elif latency.dist == "lognormal" and mean > 0:
+        value = rng.lognormvariate(math.log(mean), spread / mean)
+    else:
+        value = mean
+    return max(value, 0.0)
+
+
+# -- rechunk, throttle, deadline -------------------------------------------------------------
+
+
+def rechunk(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterator[Action]:
+    """Re-cut the bytes into other writes (the first rechunk fault only); events unchanged."""
+    fault, params, rng = of(chosen, Rechunk)[0]
+    fired(log, fault, 0.0, mode=params.mode)
+    held: list[Piece] = []
+    for piece in stream:
+        if isinstance(piece, Ending):
+            if held:
+                yield _merge(held)
+            yield piece
+            return
+        if params.mode in ("event", "coalesce"):
+            held.append(piece)
+            if params.mode == "event" and piece.boundary:
+                yield _merge(held)
+                held = []
+            continue
+        cut_at = (_adversarial_cuts(piece.data) if params.mode == "adversarial"
+                  else _size_cuts(len(piece.data), lambda: _piece_size(params, rng)))
+        bounds = [0, *cut_at, len(piece.data)]
+        for index, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+            last = index == len(bounds) - 2
+            yield Piece(piece.due, piece.data[a:b], piece.events,
+                        piece.boundary if last else False)
+    if held:
+        yield _merge(held)
+
+
+def _piece_size(params: Rechunk, rng: random.Random) -> int:
+    if params.mode == "byte":
+        return 1
+    if params.mode == "bytes":
+        return params.size
+    return rng.randint(params.low, params.high)
+
+
+def _size_cuts(length: int, next_size: Callable[[], int]) -> list[int]:
+    points, total = [], next_size()
+    while total < length:
+        points.append(total)
+        total += next_size()
+    return points
+
+
+def _merge(pieces: Sequence[Piece]) -> Piece:
+    return Piece(pieces[-1].due, b"".join(p.data for p in pieces), pieces[-1].events,
+                 pieces[-1].boundary)
+
+
+def _adversarial_cuts(data: bytes) -> list[int]:
+    """Cut points that break naive parsers: CR|LF, inside a UTF-8 character, inside a
+    field name, and between an event and its blank line."""
+    points: set[int] = set()
+    line_start = 0
+    for i, byte in enumerate(data):
+        if byte == 0x0D and data[i + 1 : i + 2] == b"\n":
+            points.add(i + 1)
+        elif byte >= 0xC0:  # the lead byte of a multi-byte character
+            points.add(i + 1)
+        if i == line_start and byte not in (0x0A, 0x0D, 0x3A) and i + 2 < len(data):
+            points.add(i + 1)  # inside the field name
+        if byte in (0x0A, 0x0D):
+            if data[i + 1 : i + 2] in (b"\n", b"\r") and not (
+                byte == 0x0D and data[i + 1 : i + 2] == b"\n"
+            ):
+                points.add(i + 1)  # the event's last line | its blank line
+            line_start = i + 1
+    return sorted(c for c in points if 0 < c < len(data))
+
+
+def throttle(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterator[Action]:
+    """At most `rate` bytes/s (the first throttle fault only), in writes of at most 20 ms
+    worth; a recorded gap longer than the transfer time is kept."""
+    fault, params, _ = of(chosen, Throttle)[0]
+    rate = float(params.rate)
+    burst = max(1, int(rate / 50))
+    clock = 0.0
+    fired(log, fault, 0.0, rate=rate)
+    for piece in stream:
+        if isinstance(piece, Ending):
+            yield Ending(piece.outcome, max(piece.due, clock))
+            return
+        clock = max(clock, piece.due)
+        data = piece.data
+        for start in range(0, len(data), burst):
+            part = data[start : start + burst]
+            last = start + burst >= len(data)
+            yield Piece(clock, part, piece.events, piece.boundary if last else False)
+            clock += len(part) / rate
+
+
+def deadline(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterator[Action]:
+    """`drop:after=T`: whatever is due at T or later is cut off (the earliest T wins)."""
+    fault, drop, _ = min(of(chosen, Drop), key=lambda armed: armed[1].after or 0.0)
+    limit = drop.after or 0.0
+    for action in stream:
+        if action.due >= limit:
+            fired(log, fault, limit, how=drop.how)
+            yield Ending(drop.ending, limit)
+            return
+        yield action
+
+
+StageFn = Callable[[Iterable[Action], Sequence[Chosen], Log], Iterator[Action]]
+PIPELINE: tuple[tuple[Stage, StageFn], ...] = (
+    (Stage.CONTENT, content),
+    (Stage.CUTS, cuts),
+    (Stage.TIMING, timing),
+    (Stage.RECHUNK, rechunk),
+    (Stage.THROTTLE, throttle),
+    (Stage.DEADLINE, deadline),
+)

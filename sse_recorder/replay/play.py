@@ -1,0 +1,216 @@
+"""Playing one recorded response: its head when due, its body on the schedule, its ending.
+
+Rules:
+- piece i is due at `start + offset_i / speed` on an absolute schedule (see `schedule.py`),
+  and each goes out as one write with TCP_NODELAY, framed by the writer for the recorded
+  framing (`wire/responses.py`): one HTTP chunk per recorded chunk, or the raw bytes;
+- paced, the loop sends one chunk per iteration over a plain list, with no call per chunk
+  but the write (and the frame, for chunked bodies); instant, it writes batches and lets
+  other connections take a turn after each;
+- the recorded ending is reproduced: terminating chunk, a FIN (the close ends a
+  close-delimited body, or cuts any other short) or an RST, at the recorded time;
+- with faults, the transform is planned first over the whole body (it is pure), then played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sse_recorder.faults import Ending, FaultRun, Piece, split_at_events
+from sse_recorder.model import Interaction, Outcome, body_framing, header_value
+from sse_recorder.replay.schedule import Schedule, Timing
+from sse_recorder.replay.sources import CACHE_LIMIT, Bodies, Body
+from sse_recorder.wire import responses
+from sse_recorder.wire.endings import end_early
+from sse_recorder.wire.responses import WRITERS, BodyWriter
+
+PRECISE_WINDOW = 0.0015  # wake this early and finish the wait by polling the loop
+PRECISE_MAX_STREAMS = 32  # above this many active streams, plain timers (CPU matters more)
+WRITE_BUFFER_HIGH = 64 * 1024  # drain above this many bytes queued in the transport
+
+
+@dataclass
+class Load:
+    """How busy the server is: the pacing and the fairness depend on it."""
+
+    connections: int = 0  # open connections
+    streams: int = 0  # responses being answered
+
+
+def writer_for(interaction: Interaction) -> BodyWriter:
+    """The body writer for the recorded response's framing."""
+    assert interaction.response is not None
+    return WRITERS[body_framing(interaction.response, interaction.request.method)]
+
+
+def declared_length(interaction: Interaction, skipped: int = 0) -> int:
+    """The Content-Length to send: the recorded one for a body that ended early (the client
+    must see it truncated), else the recorded body's size; less what a resume skipped."""
+    assert interaction.response is not None
+    recorded = header_value(interaction.response.headers, "content-length")
+    if (recorded is not None and recorded.strip().isdigit()
+            and interaction.outcome is not Outcome.CLEAN):
+        return int(recorded) - skipped
+    return interaction.body_size - skipped
+
+
+async def wait_until(due: float, load: Load) -> None:
+    """Sleep until `due`, a `time.monotonic()` time. asyncio wakes up to 1 ms late (epoll's
+    millisecond timeout), so while few streams are active, wake early and poll the loop for
+    the rest. uvloop's timers and its `loop.time()` have millisecond steps: a timer can
+    fire up to 1 ms early, hence the clock read here and the sleep again if early."""
+    delay = due - time.monotonic()
+    if delay <= 0:
+        return
+    if load.streams > PRECISE_MAX_STREAMS:
+        while delay > 0:
+            await asyncio.sleep(delay)
+            delay = due - time.monotonic()
+        return
+    if delay > PRECISE_WINDOW:
+        await asyncio.sleep(delay - PRECISE_WINDOW)
+    while time.monotonic() < due:
+        await asyncio.sleep(0)
+
+
+class Player:
+    """Plays recorded responses from `bodies` with `timing`."""
+
+    def __init__(self, bodies: Bodies, timing: Timing, load: Load) -> None:
+        self.bodies = bodies
+        self.timing = timing
+        self.load = load
+
+    async def play(
+        self, interaction: Interaction, last_event_id: str | None,
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, run: FaultRun,
+    ) -> Outcome:
+        """The recorded response (resumed after `last_event_id`, faulted as `run` says)."""
+        assert interaction.response is not None
+        start = time.monotonic()  # the schedule's clock: loop.time() is whole ms on uvloop
+        timing = self.timing
+        body_writer = writer_for(interaction)
+        body: Body = None  # the whole recorded body
+        schedule = Schedule(timing)
+        skipped = 0
+        resumed = None
+        if not body_writer.has_body:
+            body = []
+        elif last_event_id is not None and interaction.is_sse:
+            resumed = await self.bodies.resume(interaction, last_event_id)
+        if resumed is not None:
+            body, origin_ns, skipped = resumed
+            schedule = Schedule(timing, origin_ns)
+            start = time.monotonic()  # the recorded gaps count from here, however long it took
+            head_due = 0.0
+        else:
+            head_due = schedule.due(interaction.head_offset_ns or 0)
+        if run.chosen:
+            return await self._faulted(interaction, body_writer, body, schedule, start,
+                                       head_due, skipped, reader, writer, run)
+        if body is None and interaction.body_size <= CACHE_LIMIT:
+            await self.bodies.cached(interaction)  # a first use reads it while the head waits
+        await wait_until(start + head_due, self.load)
+        # The hot loops run once per chunk per stream: a cached body is a plain list.
+        transport = writer.transport
+        field = body_writer.head_field(declared_length(interaction, skipped))
+        transport.write(responses.head(interaction.response, field))
+        frame = body_writer.frame
+        load = self.load
+        try:
+            if timing.instant:
+                since_turn = 0  # bytes written since other connections last had a turn
+                async for batches in self.bodies.batches(interaction, body, frame):
+                    for batch in batches:
+                        transport.write(batch)
+                        if transport.is_closing():
+                            return Outcome.CLIENT_GONE  # a send failed: the client went away
+                        if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+                            await writer.drain()
+                        since_turn += len(batch)
+                        # Fairness: other connections run after every batch; a stream alone
+                        # still lets the loop accept new ones now and then.
+                        if load.connections > 1 or since_turn >= WRITE_BUFFER_HIGH:
+                            since_turn = 0
+                            await asyncio.sleep(0)
+            else:
+                async for page in self.bodies.pages(interaction, body):
+                    for chunk in page:
+                        if not chunk.data:
+                            continue
+                        due = start + schedule.due(chunk.offset_ns)
+                        if due > time.monotonic():
+                            await wait_until(due, load)
+                        transport.write(frame(chunk.data) if frame is not None else chunk.data)
+                        if transport.is_closing():
+                            return Outcome.CLIENT_GONE
+                        if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+                            await writer.drain()
+            if interaction.end_offset_ns is not None and interaction.outcome is not (
+                Outcome.CLEAN
+            ):
+                await wait_until(start + schedule.due(interaction.end_offset_ns), load)
+            return await _end(interaction, body_writer, writer, reader)
+        except ConnectionError:
+            return Outcome.CLIENT_GONE
+
+    async def _faulted(
+        self, interaction: Interaction, body_writer: BodyWriter, body: Body,
+        schedule: Schedule, start: float, head_due: float, skipped: int,
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, run: FaultRun,
+    ) -> Outcome:
+        """The recorded stream through the connection's faults. The transform is pure, so
+        the whole plan is computed first (the body is read whole; fine for fault runs)."""
+        assert interaction.response is not None
+        timed = [(schedule.due(c.offset_ns), c.data)
+                 async for page in self.bodies.pages(interaction, body) for c in page if c.data]
+        pieces: Iterable[Piece] = (
+            split_at_events(timed) if run.needs_events() else (Piece(d, b) for d, b in timed)
+        )
+        actions = list(run.transform(pieces))
+        if any(isinstance(a, Ending) for a in actions):
+            length = declared_length(interaction, skipped)
+        else:  # what the faults made of the body, complete
+            length = sum(len(a.data) for a in actions if isinstance(a, Piece))
+        # Pieces are due from the request's start, like the head (not from the head): a head
+        # delay shifts both. When reading and transforming the body took longer than the
+        # recorded head offset, the schedule starts late rather than bursting to catch up
+        # (which would break a throttle's cap and shorten every planned gap).
+        start = max(start, time.monotonic() - head_due)
+        delay = run.head_delay()
+        await wait_until(start + head_due + delay, self.load)
+        writer.write(responses.head(interaction.response, body_writer.head_field(length)))
+        frame = body_writer.frame
+        try:
+            for action in actions:
+                await wait_until(start + delay + action.due, self.load)
+                if isinstance(action, Ending):
+                    return await end_early(action.outcome, writer, reader)
+                if not action.data:
+                    continue
+                writer.write(frame(action.data) if frame is not None else action.data)
+                if writer.transport.is_closing():
+                    return Outcome.CLIENT_GONE
+                if writer.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+                    await writer.drain()
+            return await _end(interaction, body_writer, writer, reader)
+        except ConnectionError:
+            return Outcome.CLIENT_GONE
+
+
+async def _end(
+    interaction: Interaction, body_writer: BodyWriter, writer: asyncio.StreamWriter,
+    reader: asyncio.StreamReader,
+) -> Outcome:
+    """The recorded ending: complete (and, close-delimited, the close that says so), else a
+    FIN before the body's end (the client sees it truncated) or an RST."""
+    if interaction.outcome is Outcome.CLEAN:
+        writer.write(body_writer.end)
+        await writer.drain()
+        if body_writer.closes:
+            writer.close()
+        return Outcome.CLEAN
+    return await end_early(interaction.outcome.as_replayed, writer, reader)

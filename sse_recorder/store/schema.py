@@ -1,0 +1,112 @@
+"""Cassette format version 1 as typed tables, and how model values are spelled on disk.
+
+The tables are declared once here so that every database backend creates and reads the
+same columns; the spellings below are frozen by the format, whatever the model calls things
+today (see cassettes/FORMAT.md).
+"""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from sse_recorder.model import Headers, Outcome
+
+FORMAT_NAME = "sse-recorder-cassette"
+FORMAT_VERSION = 1
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MetaRow(Base):
+    __tablename__ = "cassette_meta"
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class InteractionRow(Base):
+    __tablename__ = "interactions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[float] = mapped_column(Float)
+    method: Mapped[str] = mapped_column(String)
+    url: Mapped[str] = mapped_column(Text)
+    request_headers: Mapped[str] = mapped_column(Text)  # JSON list of [name, value]
+    request_body: Mapped[bytes] = mapped_column(LargeBinary)
+    request_http_version: Mapped[str] = mapped_column(String)
+    status: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(String)
+    response_headers: Mapped[str | None] = mapped_column(Text)
+    response_http_version: Mapped[str | None] = mapped_column(String)
+    head_offset_ns: Mapped[int | None] = mapped_column(Integer)
+    is_sse: Mapped[bool] = mapped_column(Boolean, default=False)
+    complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    end_reason: Mapped[str | None] = mapped_column(String)  # NULL: never finalized
+    end_offset_ns: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class ChunkRow(Base):
+    __tablename__ = "chunks"
+    interaction_id: Mapped[int] = mapped_column(ForeignKey("interactions.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    offset_ns: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    interaction_id: Mapped[int] = mapped_column(ForeignKey("interactions.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String)  # "event" or "comment"
+    type: Mapped[str | None] = mapped_column(String)
+    data: Mapped[str] = mapped_column(Text)
+    event_id: Mapped[str | None] = mapped_column(String)
+    retry: Mapped[int | None] = mapped_column(Integer)
+    offset_ns: Mapped[int] = mapped_column(Integer)
+    first_chunk: Mapped[int] = mapped_column(Integer)
+    last_chunk: Mapped[int] = mapped_column(Integer)
+
+
+# Bulk inserts pass rows as tuples in these column orders: a chunk is (id, seq, ns, data),
+# an event is the interaction id followed by a `RecordedEvent`.
+CHUNK_COLUMNS = ("interaction_id", "seq", "offset_ns", "data")
+EVENT_COLUMNS = ("interaction_id", "seq", "kind", "type", "data", "event_id", "retry",
+                 "offset_ns", "first_chunk", "last_chunk")
+
+
+# Format v1 spells three outcomes its own way; every other outcome is stored as its value.
+_ON_DISK = {Outcome.CLOSED: "upstream-closed", Outcome.RESET: "upstream-reset",
+            Outcome.STOPPED: "recording-stopped"}
+_FROM_DISK = {stored: outcome for outcome, stored in _ON_DISK.items()}
+
+
+def outcome_on_disk(outcome: Outcome) -> str:
+    return _ON_DISK.get(outcome, outcome.value)
+
+
+def outcome_from_disk(stored: str | None) -> Outcome:
+    """NULL is an interaction never finalized (the recorder stopped or died). A value this
+    release does not know (written by a newer one) reads as CLOSED: the body is there, and
+    whatever the newer ending was, the safe replay is a close before the body's end."""
+    if stored is None:
+        return Outcome.STOPPED
+    found = _FROM_DISK.get(stored)
+    if found is not None:
+        return found
+    try:
+        return Outcome(stored)
+    except ValueError:
+        return Outcome.CLOSED
+
+
+def headers_on_disk(headers: Headers) -> str:
+    """Headers are a JSON list of `[name, value]` pairs, keeping order and repeats."""
+    return json.dumps([list(pair) for pair in headers])
+
+
+def headers_from_disk(stored: str | None) -> Headers:
+    return tuple((str(k), str(v)) for k, v in json.loads(stored or "[]"))

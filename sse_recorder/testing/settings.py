@@ -1,0 +1,163 @@
+"""What one test's cassette is and how to serve it: marker, command line and ini, merged.
+
+Kept apart from the hooks so the rules (which source wins, which arguments exist, how they
+become replay options or `sse-recorder replay` arguments) read in one place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from sse_recorder.replay.server import ReplayOptions
+
+
+class RecordMode(StrEnum):
+    """When a test records, as VCR.py's record modes."""
+
+    NONE = "none"  # replay only; a missing cassette fails the test
+    ONCE = "once"  # record a missing cassette, replay an existing one
+    NEW_EPISODES = "new_episodes"  # replay what the cassette holds, record what it lacks
+    ALL = "all"  # re-record from scratch
+
+    @classmethod
+    def parse(cls, text: str) -> RecordMode:
+        """A mode from user text (`new-episodes` too); ValueError naming the choices."""
+        try:
+            return cls(text.replace("-", "_"))
+        except ValueError:
+            raise ValueError(f"bad record mode {text!r}: use "
+                             f"{', '.join(mode.value for mode in cls)}") from None
+
+
+MARKER_KWARGS = (
+    "record_mode", "upstream", "path", "speed", "max_gap", "match", "ignore_json",
+    "ignore_query", "ignore_headers", "when_exhausted", "faults", "seed",
+)
+
+
+def strings(value: object, what: str) -> tuple[str, ...]:
+    """A marker argument that takes one string or several, as a tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list | tuple | set | frozenset):
+        return tuple(str(v) for v in value)
+    raise ValueError(f"{what} must be a string or a list of strings, got {value!r}")
+
+
+def _default_name(item: pytest.Item) -> str:
+    """Test name below its module (class and parameters included), safe as a file name."""
+    names: list[str] = []
+    for node in item.listchain():
+        if isinstance(node, pytest.Module):
+            names = []
+        elif node is not item.session and not isinstance(node, pytest.Package | pytest.Dir):
+            names.append(node.name)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(names)).strip("-.") or "cassette"
+
+
+def check_speed(speed: str) -> None:
+    """Raise ValueError (with why) unless `speed` is 'instant' or a positive factor."""
+    from sse_recorder.errors import ConfigError
+    from sse_recorder.replay.schedule import Timing
+
+    try:
+        Timing.parse(speed)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class CassetteSettings:
+    """What one test's marker, the command line and the ini file decided, merged."""
+
+    name: str
+    path: Path
+    record_mode: RecordMode
+    upstream: str | None
+    kwargs: dict[str, Any]
+
+    @classmethod
+    def for_item(cls, item: pytest.Item) -> CassetteSettings:
+        """Merge markers (closest wins), then the command line over them, then ini values."""
+        config = item.config
+        kwargs: dict[str, Any] = {}
+        name: str | None = None
+        for marker in reversed(list(item.iter_markers("sse_cassette"))):
+            kwargs.update(marker.kwargs)
+            if marker.args:
+                if len(marker.args) > 1:
+                    raise ValueError("sse_cassette takes one positional argument, the name")
+                name = str(marker.args[0])
+        unknown = sorted(set(kwargs) - set(MARKER_KWARGS))
+        if unknown:
+            raise ValueError(f"unknown sse_cassette argument(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(MARKER_KWARGS)}")
+        mode = RecordMode.parse(str(config.getoption("sse_record_mode")
+                                    or kwargs.get("record_mode")
+                                    or config.getini("sse_record_mode") or "none"))
+        upstream = (config.getoption("sse_upstream") or kwargs.get("upstream")
+                    or config.getini("sse_upstream") or None)
+        speed = config.getoption("sse_speed") or kwargs.get("speed") or config.getini("sse_speed")
+        kwargs["speed"] = speed or "instant"
+        name = name or _default_name(item)
+        module_dir = item.path.parent
+        if kwargs.get("path"):
+            path = module_dir / Path(str(kwargs["path"])).expanduser()
+        else:
+            path = module_dir / "cassettes" / item.path.stem / f"{name}.sqlite"
+        return cls(name, path, mode, upstream, kwargs)
+
+    def replay_options(self) -> ReplayOptions:
+        """`ReplayOptions` from the marker; raises ValueError (with why) if they are bad."""
+        from sse_recorder.errors import ConfigError
+        from sse_recorder.faults import FaultPlan
+        from sse_recorder.replay.matching import MatchConfig
+        from sse_recorder.replay.schedule import Timing
+        from sse_recorder.replay.server import ReplayOptions
+
+        k = self.kwargs
+        try:
+            seed = k.get("seed")
+            return ReplayOptions(
+                timing=Timing.parse(str(k["speed"]), k.get("max_gap")),
+                match=MatchConfig.parse(
+                    k.get("match"), strings(k.get("ignore_json"), "ignore_json"),
+                    strings(k.get("ignore_query"), "ignore_query"),
+                    strings(k.get("ignore_headers"), "ignore_headers"),
+                    str(k.get("when_exhausted", "repeat-last")),
+                ),
+                faults=FaultPlan.load(strings(k.get("faults"), "faults"),
+                                      seed=None if seed is None else int(seed)),
+            )
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    def replay_arguments(self, options: ReplayOptions) -> list[str]:
+        """The `sse-recorder replay` options that serve this cassette as `options` does
+        (for `replay --proxy` in a subprocess, where mitmproxy is not importable here)."""
+        k = self.kwargs
+        timing = options.timing
+        args = ["--instant"] if timing.instant else ["--speed", str(timing.speed)]
+        if timing.max_gap is not None:
+            args += ["--max-gap", str(timing.max_gap)]
+        if k.get("match"):
+            args += ["--match", str(k["match"])]
+        for option, key in (("--ignore-json", "ignore_json"), ("--ignore-query", "ignore_query"),
+                            ("--ignore-header", "ignore_headers")):
+            for value in strings(k.get(key), key):
+                args += [option, value]
+        args += ["--when-exhausted", str(k.get("when_exhausted", "repeat-last"))]
+        for spec in strings(k.get("faults"), "faults"):
+            args += ["--fault", spec]
+        if k.get("seed") is not None:
+            args += ["--seed", str(k["seed"])]
+        return args
