@@ -1,7 +1,7 @@
 """Replay server: timing fidelity, lateness under load, instant throughput and memory per stream.
 
 Every figure is set beside a baseline measured in the same run, on loopback, with the server
-and the clients in separate processes (see the project notes on mitmproxy, section 8):
+and the clients in separate processes (a client in the server's process would share its GIL):
 `bench/_replay_server.py` (what `sse-recorder replay` does, on asyncio or uvloop),
 `bench/_replay_raw.py` (a ~40-line raw asyncio server with the replay's write pattern and
 schedule), `bench/_replay_starlette.py` (uvicorn + sse-starlette, the same event bytes) and

@@ -1,0 +1,1 @@
+"""The built-in demo: a deterministic SSE upstream, its payloads, the `demo` walkthrough."""

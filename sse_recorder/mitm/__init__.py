@@ -1,0 +1,1 @@
+"""Everything that imports mitmproxy (nothing else does): the addons and the runner."""

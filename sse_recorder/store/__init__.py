@@ -1,0 +1,1 @@
+"""Cassette storage: the only package that imports SQLAlchemy."""

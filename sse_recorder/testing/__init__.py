@@ -1,0 +1,1 @@
+"""The pytest plugin (entry point sse_recorder.testing.plugin), settings, processes."""
