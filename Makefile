@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check sse_recorder addons tests bench
 	$(BIN)/mypy sse_recorder addons
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 # The recorder on Python 3.11 with mitmproxy 11.0.2 (and the older httpx/openai/anthropic
 # that its pins allow), beside the main suite's Python 3.12+ and mitmproxy 12.

@@ -1,6 +1,6 @@
 """Recording overhead: what the recorder costs on top of a pass-through mitmproxy.
 
-Why this shape (see the project notes on mitmproxy, section 8): the box has 2 noisy vCPUs, so
+Why this shape: the box has 2 noisy vCPUs, so
 absolute figures drift between runs; every figure is therefore compared with a baseline
 measured in the same run, configurations are interleaved in random order, and the client is
 its own process (`bench/_client.py`) so its GIL cannot stall the proxy or the server.
@@ -17,9 +17,15 @@ its own process (`bench/_client.py`) so its GIL cannot stall the proxy or the se
    short burst hides work the recorder defers, its CPU does not.
 3. cassette: chunks/s of `RecordingSession` fed directly and of raw `Cassette.write` batches
    (target >= 100,000), with stdlib `sqlite3.executemany` of the same rows as the baseline.
+4. killflood: a recording mitmdump in front of the demo upstream flooding back-to-back
+   stamped events (`/ticks?interval_ms=0&stamp=1`), read by a raw-socket client; after a few
+   seconds the recorder gets SIGKILL. Loss = the upstream stamp of the last event the client
+   received minus that of the last event in the cassette (target <= 250 ms, the bound the
+   writer keeps by cutting batches by size and making the proxy stop reading upstream while
+   queued data is older than `LAG_HIGH_NS`). Not in the default parts.
 
 The box is shared, so each proxy section also reports how many CPUs other processes used.
-Usage: `python bench/record_bench.py [--quick] [--only latency,fast,cassette] [--strict]
+Usage: `python bench/record_bench.py [--quick] [--only latency,fast,cassette,killflood] [--strict]
 [--recorder-script PATH]`.
 Exit status 1 if a run fails or the cassette lost bytes; with --strict, also on any MISS.
 """
@@ -29,7 +35,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import random
+import re
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -76,6 +85,7 @@ P99_TARGET_MS = 0.5
 FAST_TARGET = 0.95
 WRITE_TARGET = 100_000  # chunks/s
 LAG_BOUND_MS = 250  # recorder.py: a commit follows new data well within this
+KILL_LOSS_TARGET_MS = 250  # kill -9 under a flood loses at most this much of the stream
 
 CONFIGS = ("direct", "passthrough", "recorder")
 RECORDER_SCRIPT = ROOT / "addons" / "record.py"
@@ -94,10 +104,12 @@ class Plan:
     interactions: int  # cassette: interactions the chunks are spread over
     cassette_reps: int
     bound_s: float  # hard bound on the whole script
+    kill_runs: int = 5  # killflood: runs (each a fresh recorder)
+    kill_after_s: float = 4.0  # killflood: flood this long before SIGKILL
 
 
 FULL = Plan(12, 200, 10, 20_000, 9, 200_000, 4, 3, 420)
-QUICK = Plan(2, 100, 10, 5_000, 3, 20_000, 4, 1, 90)
+QUICK = Plan(2, 100, 10, 5_000, 3, 20_000, 4, 1, 90, 3, 2.0)
 
 
 def signed_ms(ns: float) -> str:
@@ -522,6 +534,153 @@ def _run(coro: Coroutine[Any, Any, float]) -> float:
     return asyncio.run(coro)
 
 
+# --- kill -9 under a flood (4) -----------------------------------------------------------------
+
+STAMPED = re.compile(rb'"i": (\d+), "t": +(\d+)')
+
+
+@dataclass
+class Flood:
+    """What the client of one flood got: the last complete event's index and stamp."""
+
+    events: int = 0
+    last_i: int = -1
+    last_t: int = 0
+    first_t: int = 0
+
+
+class Dechunker:
+    """HTTP/1.1 chunked transfer coding undone incrementally (the stamps must not be cut by
+    chunk-size lines)."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.left = 0  # bytes of the current chunk still to come (then its CRLF)
+
+    def feed(self, data: bytes) -> bytes:
+        self.buffer += data
+        out = bytearray()
+        while self.buffer:
+            if self.left:
+                take = self.buffer[:self.left]
+                out += take
+                self.left -= len(take)
+                self.buffer = self.buffer[len(take):]
+                if self.left:
+                    break
+                self.left = -2  # the CRLF after the chunk
+            if self.left < 0:
+                if len(self.buffer) < 2:
+                    break
+                self.buffer, self.left = self.buffer[2:], 0
+            line_end = self.buffer.find(b"\r\n")
+            if line_end < 0:
+                break
+            self.left = int(self.buffer[:line_end].split(b";")[0], 16)
+            self.buffer = self.buffer[line_end + 2:]
+            if self.left == 0:
+                break
+        return bytes(out)
+
+
+async def flood_client(url: str, recorder: Service, kill_after_s: float) -> Flood:
+    """GET the flood through the recorder with a raw socket, SIGKILL the recorder after
+    `kill_after_s`, and read on until the connection ends (what was in flight counts as
+    received: the client got it)."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(b"GET /ticks?n=10000000&interval_ms=0&stamp=1&tag=killflood HTTP/1.1\r\n"
+                 b"Host: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")  # the head: chunked, as the demo upstream sends
+    body = Dechunker()
+    got = Flood()
+    pending = b""
+    killed_at = time.monotonic() + kill_after_s
+    killed = False
+    while True:
+        try:
+            data = await asyncio.wait_for(reader.read(1 << 16), 5)
+        except (ConnectionError, TimeoutError):
+            break
+        if not data:
+            break
+        pending += body.feed(data)
+        cut = pending.rfind(b"\n\n")
+        if cut >= 0:
+            complete, pending = pending[:cut], pending[cut + 2:]
+            stamps = STAMPED.findall(complete)
+            if stamps:
+                got.events += len(stamps)
+                got.last_i, got.last_t = int(stamps[-1][0]), int(stamps[-1][1])
+                got.first_t = got.first_t or int(stamps[0][1])
+        if not killed and time.monotonic() >= killed_at:
+            assert recorder.popen is not None
+            os.kill(recorder.popen.pid, signal.SIGKILL)
+            killed = True
+    writer.close()
+    if not killed:
+        raise BenchError("killflood: the stream ended before the recorder was killed")
+    return got
+
+
+def last_recorded(cassette: Path) -> tuple[int, int]:
+    """(index, stamp) of the last event the killed recorder committed (WAL included)."""
+    con = sqlite3.connect(cassette, timeout=5)
+    try:
+        row = con.execute(
+            "SELECT e.data FROM events e WHERE e.kind = 'event' AND e.interaction_id ="
+            " (SELECT MAX(id) FROM interactions WHERE url LIKE '%tag=killflood%')"
+            " ORDER BY e.seq DESC LIMIT 1").fetchone()
+    finally:
+        con.close()
+    if row is None:
+        return -1, 0
+    found = STAMPED.search(row[0].encode())
+    if found is None:
+        raise BenchError(f"killflood: unexpected event in the cassette: {row[0][:80]!r}")
+    return int(found[1]), int(found[2])
+
+
+def bench_killflood(plan: Plan, workdir: Path, summary: Summary,
+                    recorder_script: Path) -> None:
+    upstream, base = demo_upstream(workdir)
+    losses_ms: list[float] = []
+    rows = []
+    try:
+        for run in range(plan.kill_runs):
+            cassette = workdir / f"killflood-{run}.db"
+            recorder, url = reverse_mitmdump(
+                f"killflood-{run}", base, workdir, recorder_script, [f"sse_cassette={cassette}"]
+            )
+            try:
+                recorder.wait_for(r"sse-recorder: recording into", timeout=30)
+                got = asyncio.run(flood_client(url, recorder, plan.kill_after_s))
+            finally:
+                if recorder.popen is not None and recorder.popen.poll() is None:
+                    recorder.popen.kill()
+                if recorder.popen is not None:
+                    recorder.popen.wait()
+            stored_i, stored_t = last_recorded(cassette)
+            loss_ms = (got.last_t - stored_t) / 1e6 if stored_i >= 0 else math.inf
+            rate = got.events / max((got.last_t - got.first_t) / 1e9, 1e-9)
+            losses_ms.append(loss_ms)
+            rows.append([run, f"{got.events:,}", f"{rate:,.0f}", got.last_i, stored_i,
+                         got.last_i - stored_i, f"{loss_ms:.1f}"])
+    finally:
+        upstream.stop()
+    print(f"\n4. kill -9 under a flood: {plan.kill_runs} runs, SIGKILL after "
+          f"{plan.kill_after_s:g} s of back-to-back stamped events through the recorder")
+    print(table(["run", "events received", "events/s", "last received", "last stored",
+                 "events lost", "ms lost"], rows))
+    worst, middle = max(losses_ms), median(losses_ms)
+    print(f"ms lost: median {middle:.1f}, max {worst:.1f}; median / target "
+          f"{middle / KILL_LOSS_TARGET_MS:.2f}")
+    summary.add("kill -9 under a flood, ms of stream lost",
+                f"median {middle:.1f} ms, max {worst:.1f} ms (target <= "
+                f"{KILL_LOSS_TARGET_MS} ms; median/target {middle / KILL_LOSS_TARGET_MS:.2f})",
+                worst <= KILL_LOSS_TARGET_MS)
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -529,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run (< 30 s)")
     parser.add_argument("--only", default="latency,fast,cassette",
-                        help="comma-separated parts: latency, fast, cassette")
+                        help="comma-separated parts: latency, fast, cassette, killflood")
     parser.add_argument("--strict", action="store_true", help="exit 1 on any missed target")
     parser.add_argument("--seed", type=int, default=None, help="seed the interleaving order")
     parser.add_argument("--recorder-script", type=Path, default=RECORDER_SCRIPT,
@@ -537,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
                         "--set sse_cassette=PATH)")
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
-    unknown = parts - {"latency", "fast", "cassette"}
+    unknown = parts - {"latency", "fast", "cassette", "killflood"}
     if unknown:
         parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
     plan = QUICK if args.quick else FULL
@@ -554,6 +713,8 @@ def main(argv: list[str] | None = None) -> int:
                 run_proxy_benches(plan, parts, workdir, summary, args.recorder_script.resolve())
             if "cassette" in parts:
                 bench_cassette(plan, workdir, summary)
+            if "killflood" in parts:
+                bench_killflood(plan, workdir, summary, args.recorder_script.resolve())
     except BenchError as exc:
         print(f"\nrecord_bench failed: {exc}", file=sys.stderr)
         summary.print()

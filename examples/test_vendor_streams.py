@@ -6,10 +6,14 @@ Each test points an unmodified SDK at `sse_cassette.base_url`. The cassettes und
     sse-recorder demo-upstream --port 8765 &
     pytest examples --sse-record-mode=once --sse-upstream=http://127.0.0.1:8765
 
-and every later `pytest examples` replays them, chunk for chunk, instantly.
+and every later `pytest examples` replays them, chunk for chunk, instantly. Needs only
+pytest, sse-recorder and the two SDKs: `pytest.ini` here keeps the repository's own
+configuration (and its pytest-asyncio settings) out.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import anthropic
 import openai
@@ -30,14 +34,18 @@ def test_openai_chat_stream(sse_cassette: SSECassette) -> None:
     assert len(pieces) == 9  # role, seven text deltas, finish: one SSE event each
 
 
-async def test_openai_chat_stream_async(sse_cassette: SSECassette) -> None:
-    client = openai.AsyncOpenAI(base_url=f"{sse_cassette.base_url}/v1", api_key="sk-test",
-                                max_retries=0)
-    stream = await client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT,
-                                                  stream=True)
-    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-    assert text == EXPECTED
-    await client.close()
+def test_openai_chat_stream_async(sse_cassette: SSECassette) -> None:
+    """The async client, on a loop of its own: no pytest-asyncio needed."""
+
+    async def chat() -> str:
+        async with openai.AsyncOpenAI(base_url=f"{sse_cassette.base_url}/v1",
+                                      api_key="sk-test", max_retries=0) as client:
+            stream = await client.chat.completions.create(model="gpt-4o-mini",
+                                                          messages=PROMPT, stream=True)
+            return "".join([c.choices[0].delta.content or "" async for c in stream
+                            if c.choices])
+
+    assert asyncio.run(chat()) == EXPECTED
 
 
 def test_anthropic_messages_stream(sse_cassette: SSECassette) -> None:

@@ -2,7 +2,10 @@
 
 `api.openai.com/v1/*` matches any method; `POST */v1/messages` (or `POST /v1/messages`)
 only POSTs to that path on any host. Matching is fnmatch-style on `host + path` (no query
-string), case-insensitive for the method and host.
+string), case-insensitive for the method and host. The host is the recorded one
+(`host_and_path` of the recorded URL) in every mode: never a replay's own address. A spec
+that reads as something else (a method glued to the path, a scheme, a port) is an error
+naming the spec it probably meant.
 """
 
 from __future__ import annotations
@@ -10,10 +13,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from urllib.parse import urlsplit
 
 from sse_recorder.errors import ConfigError
 
 _METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "*"}
+
+
+def host_and_path(url: str) -> tuple[str, str]:
+    """What a route matches in a recorded URL: the host name (lower case, without port)
+    and the path; ('', '/') for a URL whose brackets do not pair."""
+    try:
+        parts = urlsplit(url)
+        return parts.hostname or "", parts.path or "/"
+    except ValueError:
+        return "", "/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,15 +44,27 @@ class Route:
             method, text = head.upper(), rest.strip()
         if not text or " " in text or (not rest and head.upper() in _METHODS - {"*"}):
             raise ConfigError(f"bad route {spec!r}: expected '[METHOD ]host/path-glob'")
-        if "://" in text:
-            raise ConfigError(f"bad route {spec!r}: routes have no scheme, use host/path")
+        prefix = "" if method == "*" else method + " "
+        _, sep, after = text.partition("://")
+        if sep:
+            raise ConfigError(f"bad route {spec!r}: routes have no scheme, use host/path "
+                              f"(did you mean '{prefix}{after}'?)")
+        host, slash, path = text.partition("/")
+        if slash and host.upper() in _METHODS - {"*"}:  # POST/v1/chat: "POST" is no host
+            raise ConfigError(f"bad route {spec!r}: {host} is a method, not a host "
+                              f"(did you mean '{host.upper()} /{path}'?)")
+        if ":" in host:
+            bare = host.rsplit(":", 1)[0] + slash + path
+            raise ConfigError(f"bad route {spec!r}: routes match the host name without a port "
+                              f"(did you mean '{prefix}{bare}'?)")
         if text.startswith("/"):
             text = "*" + text  # a bare path: any host
         if "/" not in text:
             text += "/*"
-        if ":" in text.split("/", 1)[0]:
-            raise ConfigError(f"bad route {spec!r}: routes match the host name without a port")
         return cls(method, text)
+
+    def __str__(self) -> str:
+        return self.pattern if self.method == "*" else f"{self.method} {self.pattern}"
 
     def matches(self, method: str, host: str, path: str) -> bool:
         if self.method != "*" and method.upper() != self.method:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["Comment", "Event", "Item", "SSEParser", "encode_event", "parse"]
+__all__ = ["Comment", "Event", "IdBlock", "Item", "SSEParser", "encode_event", "parse"]
 
 _BOM = b"\xef\xbb\xbf"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the only line endings of an event stream
@@ -43,13 +43,22 @@ class Comment:
     end: int = field(default=0, compare=False)
 
 
+@dataclass(frozen=True, slots=True)
+class IdBlock(Event):
+    """A block that set the event ID without data (`id: 5` then a blank line): no event is
+    dispatched, but from its blank line on a reconnecting client sends this id as
+    Last-Event-ID (the spec sets the last event ID string before it checks for data).
+    Reported only by `SSEParser(id_blocks=True)`, so no other reader ever sees one."""
+
+
 Item = Event | Comment
 
 
 class SSEParser:
     """Incremental parser: `feed(bytes)` any number of times, then `close()`."""
 
-    def __init__(self) -> None:
+    def __init__(self, id_blocks: bool = False) -> None:
+        self._id_blocks = id_blocks  # report blocks that set an id without data (IdBlock)
         self._pending = bytearray()  # the current, unterminated line (amortised appends)
         self._pending_start = 0  # stream position of `_pending[0]`
         self._position = 0  # bytes consumed so far
@@ -175,8 +184,10 @@ class SSEParser:
     def _dispatch(self, end: int) -> Event | None:
         start = self._block_start if self._block_start is not None else end
         if not self._has_data:
+            block = (IdBlock(id=self._id, start=start, end=end)
+                     if self._id_blocks and self._id is not None else None)
             self._reset_event()
-            return None
+            return block
         event = Event(
             type=self._event_type or "message",
             data="\n".join(self._data),

@@ -3,7 +3,7 @@
 Importing the command modules registers their commands on `main`.
 """
 
-from sse_recorder.cli import demo, inspect, record, replay  # noqa: F401
+from sse_recorder.cli import addons, demo, inspect, record, replay  # noqa: F401
 from sse_recorder.cli.app import main
 
 __all__ = ["main"]

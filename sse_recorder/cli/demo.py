@@ -8,12 +8,13 @@ from pathlib import Path
 
 import click
 
-from sse_recorder.cli.app import _fail, _run, main
+from sse_recorder.cli.app import _fail, _run, cannot_listen, listen_options, main
 
 
 @main.command()
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path("demo-out"),
-              show_default=True, help="Where the demo cassette and mitmproxy CA go.")
+@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("demo-out"), show_default=True,
+              help="Directory for the demo cassette, mitmproxy's CA and each process's log.")
 def demo(workdir: Path) -> None:
     """The main job end to end: record demo streams through mitmproxy, replay at 1x and 10x."""
     from sse_recorder.demo.walkthrough import run_demo
@@ -22,9 +23,8 @@ def demo(workdir: Path) -> None:
 
 
 @main.command("demo-upstream")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535))
-def demo_upstream(host: str, port: int) -> None:
+@listen_options("the demo upstream")
+def demo_upstream(listen_host: str, listen_port: int) -> None:
     """Serve the built-in demo SSE streams (vendor formats, CI logs, deploys, resets)."""
     from sse_recorder.demo.upstream import ROUTES, serve
 
@@ -35,8 +35,8 @@ def demo_upstream(host: str, port: int) -> None:
         sys.stdout.flush()
 
     try:
-        asyncio.run(serve(host, port, ready))
+        asyncio.run(serve(listen_host, listen_port, ready))
     except KeyboardInterrupt:
         pass
     except OSError as exc:
-        _fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+        _fail(cannot_listen(listen_host, listen_port, exc))

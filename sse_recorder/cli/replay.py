@@ -9,19 +9,29 @@ from typing import Any
 
 import click
 
-from sse_recorder.cli.app import _fail, _run, main
+from sse_recorder.cli.app import (
+    Pairing,
+    _fail,
+    _run,
+    cannot_listen,
+    cassette_argument,
+    check_pairings,
+    confdir_option,
+    listen_options,
+    main,
+    needs_mitmproxy,
+)
 from sse_recorder.errors import SSERecorderError
 
 
 @main.command()
-@click.argument("cassette", type=click.Path(path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535),
-              help="0 picks a free port.")
+@cassette_argument
+@listen_options("the replay server (with --proxy: the proxy)")
 @click.option("--speed", default=1.0, show_default=True, type=float,
               help="Replay at this many times the recorded pace.")
 @click.option("--instant", is_flag=True, help="No waiting at all (chunk boundaries kept).")
-@click.option("--max-gap", type=float, metavar="SECONDS", help="Clamp longer pauses to this.")
+@click.option("--max-gap", metavar="DURATION",
+              help="Clamp longer pauses to this (250ms, 2s; a bare number is milliseconds).")
 @click.option("--match", "match", metavar="LIST",
               help="Criteria, comma-separated: method,scheme,host,path,query,body,headers,"
                    "header:NAME (default method,path,query,body).")
@@ -35,12 +45,12 @@ from sse_recorder.errors import SSERecorderError
               default="repeat-last", show_default=True,
               help="After every recorded response to a request was served once.")
 @click.option("--fault", "fault_specs", multiple=True, metavar="SPEC",
-              help="Inject a fault, e.g. drop:after_events=3,how=rst (repeatable; "
+              help="Inject a fault, e.g. drop:after_event=3,how=rst (repeatable; "
                    "see `sse-recorder faults`).")
 @click.option("--faults", "fault_file", type=click.Path(path_type=Path), metavar="FILE",
               help="A TOML fault plan ([[fault]] tables, optional seed).")
 @click.option("--seed", type=int, help="Seed for probabilistic faults (default: the plan's, or 0).")
-@click.option("--fault-log", type=click.Path(path_type=Path), metavar="FILE",
+@click.option("--fault-log", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
               help="Append one JSON line per response: what matched and which faults fired.")
 @click.option("--log-format", type=click.Choice(["human", "json"]), default="human",
               show_default=True,
@@ -51,16 +61,14 @@ from sse_recorder.errors import SSERecorderError
               help="Event loop to serve on (uvloop must be installed; not with --proxy).")
 @click.option("--proxy", "as_proxy", is_flag=True,
               help="Be an HTTP(S) proxy (mitmproxy) answering every request from CASSETTE.")
-@click.option("--confdir", type=click.Path(path_type=Path),
-              default=Path("~/.mitmproxy").expanduser(), show_default=True,
-              help="With --proxy: mitmproxy configuration directory (holds its CA).")
+@confdir_option("With --proxy: ")
 def replay(
     cassette: Path,
-    host: str,
-    port: int,
+    listen_host: str,
+    listen_port: int,
     speed: float,
     instant: bool,
-    max_gap: float | None,
+    max_gap: str | None,
     match: str | None,
     ignore_json: tuple[str, ...],
     ignore_query: tuple[str, ...],
@@ -81,15 +89,18 @@ def replay(
     trust); then one line per request on stderr says what matched and how it ended.
     Ctrl-C stops.
     """
+    check_pairings(click.get_current_context(), PAIRINGS)
     from sse_recorder.faults import FaultPlan
     from sse_recorder.replay.matching import MatchConfig
-    from sse_recorder.replay.records import Served
+    from sse_recorder.replay.records import Served, log_to_stderr
     from sse_recorder.replay.schedule import Timing
     from sse_recorder.replay.server import ReplayOptions, ReplayServer, loop_factory
+    from sse_recorder.units import parse_duration
 
     async def go() -> None:
         options = ReplayOptions(
-            timing=Timing(speed=speed, instant=instant, max_gap=max_gap),
+            timing=Timing(speed=speed, instant=instant, max_gap=None if max_gap is None
+                          else parse_duration(max_gap, "--max-gap")),
             match=MatchConfig.parse(match, ignore_json, ignore_query, ignore_header,
                                     when_exhausted),
             faults=FaultPlan.load(fault_specs, fault_file, seed),
@@ -97,19 +108,23 @@ def replay(
         )
         render = Served.json_line if log_format == "json" else Served.line
         server = await ReplayServer.open(
-            str(cassette), options, lambda served: click.echo(render(served), err=True)
+            str(cassette), options, log_to_stderr(render)  # never blocks on a full pipe
         )
+        for warning in options.faults.unreachable(server.matcher.interactions):
+            click.echo(f"sse-recorder: warning: {warning}", err=True)
+        fresh_log = fault_log is not None and not fault_log.exists()
         try:
             if as_proxy:
-                await _replay_as_proxy(server, host, port, confdir)
+                await _replay_as_proxy(server, listen_host, listen_port, confdir)
                 return
-            try:
-                await server.start(host, port)
-            except OSError as exc:
-                raise SSERecorderError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            await _start(server, listen_host, listen_port)
             click.echo(server.base_url)
             sys.stdout.flush()
             await _until_signalled()
+        except SSERecorderError:  # failed to start: no fault log created for nothing
+            if fresh_log and fault_log and fault_log.exists() and not fault_log.stat().st_size:
+                fault_log.unlink()
+            raise
         finally:
             await server.close()
 
@@ -120,13 +135,33 @@ def replay(
     _run(go(), factory)
 
 
+PAIRINGS = (
+    Pairing("speed", "instant", needs=False, why="--instant sends everything without waiting"),
+    Pairing("max_gap", "instant", needs=False,
+            why="--instant sends everything without waiting"),
+    Pairing("confdir", "as_proxy", needs=True, why="only the proxy uses mitmproxy's CA"),
+    Pairing("loop_name", "as_proxy", needs=False, why="the proxy runs on mitmproxy's loop"),
+)
+
+
+async def _start(server: Any, host: str, port: int) -> None:
+    """Start the server, telling apart the two things that can fail: the fault log (a file,
+    opened first) and the listening socket."""
+    try:
+        await server.start(host, port)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise SSERecorderError(f"cannot write the fault log {exc.filename}: "
+                                   f"{exc.strerror}") from None
+        raise SSERecorderError(cannot_listen(host, port, exc)) from None
+
+
 async def _replay_as_proxy(server: Any, host: str, port: int, confdir: Path) -> None:
     try:
-        from sse_recorder.mitm.runner import Listening, ProxySettings
+        from sse_recorder.mitm.runner import ListenFailed, Listening, ProxySettings
         from sse_recorder.mitm.runner import replay as run_proxy
     except ImportError as exc:
-        raise SSERecorderError(f"--proxy needs mitmproxy ({exc.name} is missing): "
-                               "install 'sse-recorder[record]'") from None
+        raise SSERecorderError(needs_mitmproxy("--proxy", exc)) from None
 
     def ready(listening: Listening) -> None:
         click.echo(listening.url)
@@ -134,9 +169,12 @@ async def _replay_as_proxy(server: Any, host: str, port: int, confdir: Path) -> 
         click.echo(f"mitmproxy CA certificate to trust: {listening.ca_cert}")
         sys.stdout.flush()
 
-    await server.start("127.0.0.1", 0)
-    await run_proxy(server, ProxySettings(listen_host=host, listen_port=port, confdir=confdir),
-                    ready)
+    await _start(server, "127.0.0.1", 0)
+    try:
+        await run_proxy(server, ProxySettings(listen_host=host, listen_port=port,
+                                              confdir=confdir), ready)
+    except ListenFailed as exc:
+        raise SSERecorderError(cannot_listen(host, port, exc.error)) from None
 
 
 async def _until_signalled() -> None:

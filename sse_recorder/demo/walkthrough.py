@@ -11,14 +11,19 @@ cassette says. Each process's stderr is kept in the workdir.
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sse_recorder.cli.previews import varying_fields
 from sse_recorder.errors import SSERecorderError
 from sse_recorder.model import Interaction
 from sse_recorder.replay.records import Answer, Served, parse_records
+from sse_recorder.sse import Event, parse
 from sse_recorder.testing.processes import Process, ProcessError, sse_recorder_executable
 from sse_recorder.wire.probe import ProbeResult, probe
 
@@ -73,12 +78,19 @@ def _summary(label: str, recorded: ProbeResult, one: ProbeResult, ten: ProbeResu
 
 
 def _side_by_side(recorded: ProbeResult, one: ProbeResult, ten: ProbeResult, echo: Echo) -> None:
-    echo("    chunk  recorded gap  replay 1x gap  replay 10x gap (x10)  first bytes")
+    echo("    chunk  recorded gap  replay 1x gap  replay 10x gap (x10)  what changed")
     rec, a, b = recorded.gaps_ms(), one.gaps_ms(), ten.gaps_ms()
-    for i, (_, data) in enumerate(recorded.chunks[1:12], start=1):
-        preview = data[:38].decode("utf-8", "replace").encode("unicode_escape").decode()
+    for i, preview in enumerate(_chunk_previews(recorded)[1:12], start=1):
         echo(f"    {i:>5}  {rec[i - 1]:>9.2f} ms  {a[i - 1] if i - 1 < len(a) else 0:>10.2f} ms  "
              f"{(b[i - 1] if i - 1 < len(b) else 0) * 10:>14.2f} ms       {preview}")
+
+
+def _chunk_previews(result: ProbeResult) -> list[str]:
+    """Per chunk, the event data fields that change from chunk to chunk (as `show` has
+    them), not the prefix every chunk of a vendor stream shares."""
+    datas = ["\n".join(item.data for item in parse(data) if isinstance(item, Event))
+             or data.decode("utf-8", "replace") for _, data in result.chunks]
+    return [preview[:60] for preview in varying_fields(datas)]
 
 
 async def _recorded(cassette: Path) -> list[Interaction]:
@@ -92,7 +104,7 @@ async def _recorded(cassette: Path) -> list[Interaction]:
 async def _replay(exe: str, cassette: Path, workdir: Path,
                   speed: str) -> tuple[list[ProbeResult], list[Served]]:
     """Every demo request from a replayer at `speed`, and the records it logged."""
-    with Process([exe, "replay", str(cassette), "--port", "0", "--speed", speed,
+    with Process([exe, "replay", str(cassette), "--listen-port", "0", "--speed", speed,
                   "--log-format", "json"], workdir / f"replay-{speed}x.log") as replayer:
         results = await _run_requests(replayer.url)
     # stopped: every record is written
@@ -115,11 +127,19 @@ def _record_problems(speed: str, served: list[Served], recorded: list[Interactio
 
 
 async def run_demo(workdir: Path, echo: Echo) -> int:
-    """Record, replay at 1x and 10x, compare; returns an exit status (0: all faithful)."""
+    """Record, replay at 1x and 10x, compare; returns an exit status (0: all faithful).
+    A process that fails is one line: why (its last stderr line) and where its log is."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SSERecorderError(f"demo: cannot create {workdir}: {exc.strerror}") from None
     try:
         return await _demo(workdir, echo)
     except ProcessError as exc:
-        raise SSERecorderError(f"demo: {exc}") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        why = lines[-1].removeprefix("sse-recorder: ") if len(lines) > 1 else ""
+        raise SSERecorderError(f"demo: {lines[0].rstrip(':')}" + (f": {why}" if why else "")
+                               + f" (logs in {workdir})") from None
 
 
 async def _demo(workdir: Path, echo: Echo) -> int:
@@ -127,10 +147,10 @@ async def _demo(workdir: Path, echo: Echo) -> int:
     cassette = workdir / "demo.sqlite"
     for leftover in workdir.glob("demo.sqlite*"):
         leftover.unlink()
-    workdir.mkdir(parents=True, exist_ok=True)
-    with Process([exe, "demo-upstream", "--port", "0"], workdir / "upstream.log") as upstream:
+    with Process([exe, "demo-upstream", "--listen-port", "0"],
+                 workdir / "upstream.log") as upstream:
         echo(f"demo upstream:   {upstream.url}")
-        with Process([exe, "record", "--cassette", str(cassette), "--upstream", upstream.url,
+        with Process([exe, "record", str(cassette), "--reverse", upstream.url,
                       "--listen-port", "0", "--confdir", str(workdir / "mitmproxy")],
                      workdir / "recorder.log") as recorder:
             echo(f"recording proxy: {recorder.url} (mitmproxy, reverse mode) -> {cassette}")
@@ -161,5 +181,18 @@ async def _demo(workdir: Path, echo: Echo) -> int:
         echo(problem)
     echo("faithful: every replay has the recorded bytes and ending" if faithful
          else "NOT FAITHFUL: see the rows above")
-    echo(f"cassette kept at {cassette}; try: sse-recorder show {cassette} 2")
+    echo(f"cassette kept at {cassette}; try: {shown_command(exe)} show "
+         f"{shlex.quote(str(cassette))} 2")
     return 0 if faithful else 1
+
+
+def shown_command(exe: str) -> str:
+    """How to run `exe` from here: `sse-recorder` if that is what PATH finds, else its path
+    (relative when under the current directory, as `make demo` runs .venv/bin's)."""
+    path = Path(exe).absolute()
+    on_path = shutil.which("sse-recorder")
+    if on_path and Path(on_path).resolve() == path.resolve():
+        return "sse-recorder"
+    if path.is_relative_to(Path.cwd()):
+        return shlex.quote(os.path.join(".", os.path.relpath(path)))
+    return shlex.quote(str(path))

@@ -10,10 +10,9 @@ from sse_recorder.faults.spec import (
     Fault,
     FaultPlan,
     describe_types,
-    parse_duration,
-    parse_size,
     parse_spec,
 )
+from sse_recorder.units import parse_duration, parse_size
 
 __all__ = [
     "HTTP_BODIES", "SHAPES", "Ending", "Fault", "FaultPlan", "FaultRun", "HttpError", "Piece",

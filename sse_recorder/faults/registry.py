@@ -3,16 +3,20 @@
 Rules:
 - a class names its type, its keys and how each is read (`Kind`), the example that
   `sse-recorder faults` shows, its `Stage` and whether the stream must be cut at events;
+- one key name per concept across types: `after_event=K` is "once K events were sent"
+  (pause, stall, drop, inject), `at=` a time, `at_event=`/`mid_event=` name event K itself;
 - `parse` gets the values read by kind (durations in seconds, sizes and counts as ints; a
   value is read when first looked at), applies the type's own rules, and returns the typed
   parameters the stages use as they are: no stage parses text;
+- a fault that could never fire, or a key its mode ignores, is an error here, not a no-op;
 - messages name the bad part without the spec; `spec.py` puts the spec in front.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar, Self
@@ -26,7 +30,7 @@ from sse_recorder.sse import encode_event
 class Kind(Enum):
     """How a key's value is read (durations and counts up front, the rest when looked at)."""
 
-    DURATION = "duration"  # seconds (float) from 250ms, 2s, 1m or a number
+    DURATION = "duration"  # seconds (float) from 250ms, 2s, 1m, or a bare number of ms
     COUNT = "count"  # a whole number >= 0
     SIZE = "size"  # bytes from 512, 10K, 1M
     WHOLE = "whole"  # a whole number
@@ -57,6 +61,9 @@ class Params:
     example: ClassVar[str]
     stage: ClassVar[Stage]
     cut_at_events: ClassVar[bool] = False
+    # The keys that say where it fires, which per=event replaces by a roll at every event;
+    # None: the type has no per-event form (p= alone says how often it fires).
+    per_event_replaces: ClassVar[tuple[str, ...] | None] = None
 
     @classmethod
     def parse(cls, values: Values, per_event: bool) -> Self:
@@ -70,12 +77,26 @@ class Params:
         return self.stage
 
 
-def _choice(key: str, value: str, allowed: tuple[str, ...], one_of: bool = False) -> str:
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean X?)` for the closest of `choices`, or nothing when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def choice(key: str, value: str, allowed: Iterable[str], one_of: bool = False) -> str:
+    """`value` when it is one of `allowed`; else an error listing them, with a suggestion."""
+    allowed = tuple(allowed)
     if value not in allowed:
         listed = (f"one of {', '.join(allowed)}" if one_of
                   else f"{', '.join(allowed[:-1])} or {allowed[-1]}")
-        raise ConfigError(f"{key} must be {listed}")
+        raise ConfigError(f"{key} must be {listed}, not {value!r}{did_you_mean(value, allowed)}")
     return value
+
+
+def _one_position(values: Values, keys: tuple[str, ...], per_event: bool) -> bool:
+    """Whether exactly one of the position keys is given (per=event: none, it rolls)."""
+    given = [key for key in keys if key in values]
+    return not given if per_event else len(given) == 1
 
 
 @dataclass(frozen=True)
@@ -108,12 +129,25 @@ class Latency(Params):
     head: float = 0.0  # before the response head
     chunk: float | None = None  # before every piece; None: pieces are not delayed
     jitter: float = 0.0
-    dist: str = "fixed"
+    dist: str = "fixed"  # uniform when jitter= is given (Toxiproxy's chunk +- jitter)
 
     @classmethod
     def parse(cls, values: Values, per_event: bool) -> Self:
-        dist = _choice("dist", values.get("dist", "fixed"), DISTRIBUTIONS)
-        return cls(values.get("head", 0.0), values.get("chunk"), values.get("jitter", 0.0), dist)
+        if not {"head", "chunk"} & set(values):
+            raise ConfigError("latency needs head= or chunk=")
+        jitter = values.get("jitter", 0.0)
+        dist = choice("dist", values.get("dist", "uniform" if jitter else "fixed"),
+                      DISTRIBUTIONS)
+        if "chunk" not in values and {"jitter", "dist"} & set(values):
+            raise ConfigError("latency jitter= and dist= spread chunk=: give chunk= too")
+        if dist == "fixed" and jitter:
+            raise ConfigError("latency dist=fixed ignores jitter= (use dist=uniform, normal "
+                              "or lognormal)")
+        if dist != "fixed" and not jitter:
+            raise ConfigError(f"latency dist={dist} needs jitter= > 0")
+        if dist == "lognormal" and not values["chunk"]:
+            raise ConfigError("latency dist=lognormal needs chunk= > 0")
+        return cls(values.get("head", 0.0), values.get("chunk"), jitter, dist)
 
 
 @dataclass(frozen=True)
@@ -123,15 +157,18 @@ class Pause(Params):
     example = "pause:after_event=5,duration=30s"
     stage = Stage.TIMING
     cut_at_events = True
+    per_event_replaces = ("after_event", "at")
 
     duration: float
     after_event: int | None = None
-    at: float | None = None  # wins over after_event
+    at: float | None = None
 
     @classmethod
     def parse(cls, values: Values, per_event: bool) -> Self:
-        if "duration" not in values or not ({"after_event", "at"} & set(values)) and not per_event:
-            raise ConfigError("pause needs duration= and after_event= or at=")
+        if "duration" not in values or not _one_position(values, ("after_event", "at"),
+                                                         per_event):
+            raise ConfigError("pause needs duration= and after_event= or at= (one of them; "
+                              "or per=event,p=P)")
         return cls(values["duration"], values.get("after_event"), values.get("at"))
 
 
@@ -142,16 +179,23 @@ class Stall(Params):
     example = "stall:after_event=12"
     stage = Stage.CUTS
     cut_at_events = True
+    per_event_replaces = ("after_event", "at")
 
     after_event: int | None = None
-    at: float | None = None  # wins over after_event
+    at: float | None = None
 
     @classmethod
     def parse(cls, values: Values, per_event: bool) -> Self:
+        if not _one_position(values, ("after_event", "at"), per_event):
+            raise ConfigError("stall needs after_event= or at= (one of them; or per=event,p=P)")
         return cls(values.get("after_event"), values.get("at"))
 
 
-RECHUNK_MODES = ("bytes", "random", "byte", "event", "coalesce", "adversarial")
+RECHUNK_MODES: dict[str, tuple[str, ...]] = {  # mode -> the keys it reads
+    "bytes": ("size",), "random": ("min", "max"), "byte": (), "event": (), "coalesce": (),
+    "adversarial": (),
+}
+RECHUNK_KEY_MODE = {key: mode for mode, keys in RECHUNK_MODES.items() for key in keys}
 
 
 @dataclass(frozen=True)
@@ -169,11 +213,16 @@ class Rechunk(Params):
 
     @classmethod
     def parse(cls, values: Values, per_event: bool) -> Self:
-        mode = _choice("mode", values.get("mode", "bytes"), RECHUNK_MODES, one_of=True)
+        mode = choice("mode", values.get("mode", "bytes"), RECHUNK_MODES, one_of=True)
+        ignored = [key for key in RECHUNK_KEY_MODE if key in values
+                   and key not in RECHUNK_MODES[mode]]
+        if ignored:
+            raise ConfigError(f"rechunk mode={mode} ignores " + ", ".join(
+                f"{key}= (it is for mode={RECHUNK_KEY_MODE[key]})" for key in ignored))
         size = values.get("size", 0) if mode == "bytes" else 1
         if size < 1:
             raise ConfigError("rechunk mode=bytes needs size >= 1")
-        low, high = values.get("min") or 1, values.get("max") or 64
+        low, high = values.get("min", 1), values.get("max", 64)
         if mode == "random" and not 1 <= low <= high:
             raise ConfigError("rechunk random needs 1 <= min <= max")
         return cls(mode, size, low, high)
@@ -183,18 +232,19 @@ class Rechunk(Params):
 
 
 DROP_HOW = {"fin": Outcome.CLOSED, "rst": Outcome.RESET}  # how= -> the ending it makes
-DROP_TRIGGERS = ("after_events", "after_bytes", "after", "mid_event")
+DROP_TRIGGERS = ("after_event", "after_bytes", "after", "mid_event")
 
 
 @dataclass(frozen=True)
 class Drop(Params):
     name = "drop"
-    keys = {"after": Kind.DURATION, "after_events": Kind.COUNT, "mid_event": Kind.COUNT,
-            "after_bytes": Kind.SIZE, "how": Kind.TEXT}
-    example = "drop:after_events=12,how=rst  (how=fin|rst; or after_bytes=, after=2s, mid_event=)"
+    keys = {"after_event": Kind.COUNT, "after_bytes": Kind.SIZE, "after": Kind.DURATION,
+            "mid_event": Kind.COUNT, "how": Kind.TEXT}
+    example = "drop:after_event=12,how=rst  (how=fin|rst; or after_bytes=, after=2s, mid_event=)"
     stage = Stage.CUTS
+    per_event_replaces = DROP_TRIGGERS
 
-    after_events: int | None = None
+    after_event: int | None = None
     after_bytes: int | None = None
     after: float | None = None  # seconds, counting the time the other faults add
     mid_event: int | None = None
@@ -202,22 +252,18 @@ class Drop(Params):
 
     @classmethod
     def parse(cls, values: Values, per_event: bool) -> Self:
-        triggers = set(DROP_TRIGGERS) & set(values)
-        if len(triggers) != 1 and not (per_event and not triggers):
-            raise ConfigError(f"drop needs exactly one of {', '.join(DROP_TRIGGERS)}")
-        after_bytes = values.get("after_bytes")
-        how = _choice("how", values.get("how", "fin"), tuple(DROP_HOW))
-        return cls(values.get("after_events"), after_bytes, values.get("after"),
+        if not _one_position(values, DROP_TRIGGERS, per_event):
+            raise ConfigError(f"drop needs exactly one of {', '.join(DROP_TRIGGERS)} "
+                              "(or per=event,p=P)")
+        if values.get("mid_event", 1) < 1:
+            raise ConfigError("drop mid_event= counts events from 1")
+        how = choice("how", values.get("how", "fin"), DROP_HOW)
+        return cls(values.get("after_event"), values.get("after_bytes"), values.get("after"),
                    values.get("mid_event"), how)
 
     @property
     def ending(self) -> Outcome:
         return DROP_HOW[self.how]
-
-    @property
-    def at_random(self) -> bool:
-        """per=event without a byte, time or mid-event trigger: each event rolls the dice."""
-        return self.after_bytes is None and self.after is None and self.mid_event is None
 
     def needs_events(self) -> bool:
         return self.after_bytes is None and self.after is None
@@ -252,7 +298,9 @@ class Http(Params):
         status = values.get("status")
         if status is None or not 100 <= status <= 599:
             raise ConfigError("http needs status=100..599")
-        shape = _choice("shape", values.get("shape", "text"), HTTP_SHAPES)
+        if "body" in values and "shape" in values:
+            raise ConfigError("http takes body= or shape=, not both (body= is sent as text)")
+        shape = choice("shape", values.get("shape", "text"), HTTP_SHAPES)
         reason = REASONS.get(status, "Error")
         headers: list[tuple[str, str]] = []
         if "retry_after" in values:
@@ -292,24 +340,28 @@ class NoHead(Params):
 @dataclass(frozen=True)
 class Inject(Params):
     name = "inject"
-    keys = {"at_event": Kind.COUNT, "shape": Kind.TEXT, "event": Kind.TEXT, "data": Kind.TEXT}
-    example = "inject:at_event=3,shape=anthropic-overloaded  (shape=" + "|".join(SHAPES) + ")"
+    keys = {"after_event": Kind.COUNT, "shape": Kind.TEXT, "event": Kind.TEXT,
+            "data": Kind.TEXT}
+    example = "inject:after_event=3,shape=anthropic-overloaded  (shape=" + "|".join(SHAPES) + ")"
     stage = Stage.CONTENT
     cut_at_events = True
+    per_event_replaces = ("after_event",)
 
     event: bytes  # the whole event, ready to send
-    at_event: int = 0  # after this many events
+    after_event: int = 0  # after this many events
 
     @classmethod
     def parse(cls, values: Values, per_event: bool) -> Self:
         if not {"shape", "event", "data"} & set(values):
             raise ConfigError("inject needs shape= (or event= and data=)")
+        if "shape" in values and {"event", "data"} & set(values):
+            raise ConfigError("inject takes shape= or event=/data=, not both")
         if "shape" in values:
-            name, payload = SHAPES[_choice("shape", values["shape"], tuple(SHAPES), one_of=True)]
+            name, payload = SHAPES[choice("shape", values["shape"], SHAPES, one_of=True)]
             event = encode_event(json.dumps(payload), event=name)
         else:
             event = encode_event(values.get("data", ""), event=values.get("event"))
-        return cls(event, values.get("at_event", 0))
+        return cls(event, values.get("after_event", 0))
 
 
 HEARTBEATS = {"comment": b": heartbeat\n\n", "ping": b"event: ping\ndata: {}\n\n"}
@@ -330,8 +382,7 @@ class Heartbeat(Params):
     def parse(cls, values: Values, per_event: bool) -> Self:
         if values.get("every", 0) <= 0:
             raise ConfigError("heartbeat needs every=DURATION > 0")
-        return cls(values["every"], _choice("style", values.get("style", "comment"),
-                                            tuple(HEARTBEATS)))
+        return cls(values["every"], choice("style", values.get("style", "comment"), HEARTBEATS))
 
     @property
     def data(self) -> bytes:
@@ -341,18 +392,21 @@ class Heartbeat(Params):
 @dataclass(frozen=True)
 class Retry(Params):
     name = "retry"
-    keys = {"value": Kind.COUNT}
+    keys = {"value": Kind.DURATION}
     example = "retry:value=1000  (send a retry: field first)"
     stage = Stage.CONTENT
     cut_at_events = True
 
-    value: int  # milliseconds
+    value: int  # milliseconds, as the retry: field carries them
 
     @classmethod
     def parse(cls, values: Values, per_event: bool) -> Self:
         if "value" not in values:
-            raise ConfigError("retry needs value=MILLISECONDS")
-        return cls(values["value"])
+            raise ConfigError("retry needs value=DURATION")
+        milliseconds = values["value"] * 1000
+        if abs(milliseconds - round(milliseconds)) > 1e-6:
+            raise ConfigError("retry value= is a whole number of milliseconds")
+        return cls(round(milliseconds))
 
 
 CORRUPT_MODES = ("field", "utf8", "json", "duplicate", "omit")
@@ -365,13 +419,18 @@ class Corrupt(Params):
     example = "corrupt:mode=json,at_event=2  (mode=field|utf8|json|duplicate|omit)"
     stage = Stage.CONTENT
     cut_at_events = True
+    per_event_replaces = ("at_event",)
 
     mode: str
     at_event: int = 1  # the event number (from 1) to corrupt
 
     @classmethod
     def parse(cls, values: Values, per_event: bool) -> Self:
-        return cls(_choice("mode", values.get("mode", ""), CORRUPT_MODES, one_of=True),
+        if "mode" not in values:
+            raise ConfigError(f"corrupt needs mode= (one of {', '.join(CORRUPT_MODES)})")
+        if values.get("at_event", 1) < 1:
+            raise ConfigError("corrupt at_event= counts events from 1")
+        return cls(choice("mode", values["mode"], CORRUPT_MODES, one_of=True),
                    values.get("at_event", 1))
 
 

@@ -2,56 +2,42 @@
 
 Rules:
 - a TOML plan has `seed = N` and `[[fault]]` tables with `type = "..."` and the same keys;
+- a duration carries a unit (250ms, 2s, 1m) or is a number of milliseconds, as in
+  Toxiproxy: `latency:head=500` and `head = 500` in a plan are half a second;
 - every fault takes route, p, per and on_resume; its type's keys come from the registry;
+  an unknown key, type or option value is an error that suggests the nearest good one;
+- per=event replaces the type's position keys by a roll at every event: giving both, or
+  per=event on a type that has no per-event form, is an error (it would read wrong);
 - every duration, then every count, is read up front; the type's rules then read the rest as
   they look at them, so the first problem found is the one reported. All of it happens when
   the plan loads: a bad spec fails before the server starts, with one line naming the spec;
 - each fault draws from a generator seeded by (seed, connection number, fault number), so the
-  same seed and request order give the same faults.
+  same seed and request order give the same faults;
+- routes match the recorded request's host; `FaultPlan.unreachable` names, at start, the
+  faults whose route no recording in the cassette matches.
 """
 
 from __future__ import annotations
 
 import random
-import re
 import tomllib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sse_recorder.errors import ConfigError
-from sse_recorder.faults.registry import REGISTRY, Kind, Params
+from sse_recorder.faults.registry import REGISTRY, Kind, Params, choice, did_you_mean
 from sse_recorder.faults.run import FaultRun
-from sse_recorder.routes import Route
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(i?[bB])?(?:/s)?\s*$")
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def parse_duration(text: str | float, name: str) -> float:
-    """Seconds from `250ms`, `2s`, `1.5`, `1m`."""
-    if isinstance(text, int | float):
-        return float(text)
-    match = _DURATION.match(text)
-    if not match:
-        raise ConfigError(f"{name}: bad duration {text!r} (use e.g. 250ms, 2s, 1m)")
-    value, unit = float(match.group(1)), match.group(2) or "s"
-    return value / 1000 if unit == "ms" else value * 60 if unit == "m" else value
-
-
-def parse_size(text: str | int, name: str) -> int:
-    """Bytes from `512`, `10K`, `1M` (powers of 1024)."""
-    if isinstance(text, int):
-        return text
-    match = _SIZE.match(text)
-    if not match:
-        raise ConfigError(f"{name}: bad size {text!r} (use e.g. 512, 10K, 1M)")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+from sse_recorder.model import Interaction
+from sse_recorder.routes import Route, host_and_path
+from sse_recorder.units import parse_duration, parse_size
 
 
 def _whole(value: Any, key: str) -> int:
+    """An int from text or a TOML number; never a bool, never a float cut short."""
+    if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"{key} must be a whole number")
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -73,7 +59,10 @@ _READERS: dict[Kind, Callable[[Any, str, str], Any]] = {
     Kind.WHOLE: lambda value, type_, key: _whole(value, key),
     Kind.TEXT: lambda value, type_, key: str(value),
 }
-COMMON_KEYS = frozenset({"route", "p", "per", "on_resume"})
+COMMON_KEYS = ("route", "p", "per", "on_resume")
+PER = ("connection", "event")
+ON_RESUME = ("fresh", "none")  # fresh: reconnections roll again; none: no faults on resume
+PER_EVENT_TYPES = tuple(n for n, kind in REGISTRY.items() if kind.per_event_replaces is not None)
 _UP_FRONT = (Kind.DURATION, Kind.COUNT)
 
 
@@ -122,31 +111,45 @@ class Fault:
 
 
 def _fault(type_: str, raw: dict[str, Any], spec: str) -> Fault:
+    """One fault from its type and keys; a problem is one line starting with `spec`."""
+    try:
+        return _read(type_, raw, spec)
+    except ConfigError as exc:
+        raise ConfigError(f"{spec}: {exc}") from None
+
+
+def _read(type_: str, raw: dict[str, Any], spec: str) -> Fault:
     kind = REGISTRY.get(type_)
     if kind is None:
-        raise ConfigError(f"{spec}: unknown fault type {type_!r}; see `sse-recorder faults`")
-    unknown = sorted(set(raw) - set(kind.keys) - COMMON_KEYS)
+        raise ConfigError(f"unknown fault type {type_!r}{did_you_mean(type_, REGISTRY)}; "
+                          "see `sse-recorder faults`")
+    takes = (*kind.keys, *COMMON_KEYS)
+    unknown = sorted(set(raw) - set(takes))
     if unknown:
-        raise ConfigError(f"{spec}: {type_} does not take {', '.join(unknown)}")
+        hints = [did_you_mean(key, takes) for key in unknown]
+        listed = ", ".join(key + hint for key, hint in zip(unknown, hints, strict=True))
+        if not any(hints):
+            listed += f" (it takes {', '.join(takes)})"
+        raise ConfigError(f"{type_} does not take {listed}")
     try:
         probability = float(raw.get("p", 1.0))
     except (TypeError, ValueError):
-        raise ConfigError(f"{spec}: p must be a number between 0 and 1") from None
+        raise ConfigError("p must be a number between 0 and 1") from None
     if not 0 <= probability <= 1:
-        raise ConfigError(f"{spec}: p must be between 0 and 1")
-    per = str(raw.get("per", "connection"))
-    if per not in ("connection", "event"):
-        raise ConfigError(f"{spec}: per must be connection or event")
-    on_resume = str(raw.get("on_resume", "fresh"))
-    if on_resume not in ("fresh", "none"):
-        raise ConfigError(f"{spec}: on_resume must be fresh or none")
+        raise ConfigError("p must be between 0 and 1")
+    per_event = choice("per", str(raw.get("per", "connection")), PER) == "event"
+    on_resume = choice("on_resume", str(raw.get("on_resume", "fresh")), ON_RESUME)
     route = Route.parse(str(raw["route"])) if "route" in raw else None
-    try:
-        own = {key: value for key, value in raw.items() if key not in COMMON_KEYS}
-        params = kind.parse(_Values(own, type_, kind.keys), per == "event")
-    except ConfigError as exc:
-        raise ConfigError(f"{spec}: {exc}") from None
-    return Fault(params, route, probability, per == "event", on_resume, spec)
+    if per_event and kind.per_event_replaces is None:
+        raise ConfigError(f"{type_} has no per=event form (only {', '.join(PER_EVENT_TYPES)}"
+                          " roll at every event); p= alone says how often it fires")
+    ignored = [f"{key}=" for key in kind.per_event_replaces or () if key in raw]
+    if per_event and ignored:
+        raise ConfigError(f"per=event rolls p= at every event instead of a position, so "
+                          f"{type_} would ignore {', '.join(ignored)}: give one or the other")
+    own = {key: value for key, value in raw.items() if key not in COMMON_KEYS}
+    params = kind.parse(_Values(own, type_, kind.keys), per_event)
+    return Fault(params, route, probability, per_event, on_resume, spec)
 
 
 def parse_spec(spec: str) -> Fault:
@@ -157,6 +160,8 @@ def parse_spec(spec: str) -> Fault:
         key, eq, value = part.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"{spec}: expected key=value, got {part.strip()!r}")
+        if key.strip() in raw:
+            raise ConfigError(f"{spec}: {key.strip()} is given twice")
         raw[key.strip()] = value.strip()
     return _fault(type_.strip(), raw, spec.strip())
 
@@ -182,7 +187,8 @@ class FaultPlan:
 
     def for_connection(self, number: int, method: str, host: str, path: str,
                        resumed: bool) -> FaultRun:
-        """The faults this response gets: a function of the seed and `number` alone."""
+        """The faults this response gets: a function of the seed and `number` alone.
+        `host` is the recorded one (the host of the matched recording's URL)."""
         chosen: list[tuple[Fault, random.Random]] = []
         for index, fault in enumerate(self.faults):
             rng = random.Random(f"{self.seed}:{number}:{index}")
@@ -195,6 +201,32 @@ class FaultPlan:
             chosen.append((fault, rng))
         return FaultRun(chosen)
 
+    def unreachable(self, interactions: Iterable[Interaction]) -> list[str]:
+        """One line per fault whose route no recording matches, saying why: it never fires."""
+        recorded = sorted({(i.request.method.upper(), *host_and_path(i.request.url))
+                           for i in interactions if i.response is not None})
+        return [f"{fault.spec}: route {fault.route} never matches, so the fault never fires: "
+                + _why_unmatched(fault.route, recorded)
+                for fault in self.faults
+                if fault.route is not None
+                and not any(fault.route.matches(*request) for request in recorded)]
+
+
+def _why_unmatched(route: Route, recorded: Sequence[tuple[str, str, str]]) -> str:
+    """What part of a route no recording has: its host, its method, or its path."""
+    if not recorded:
+        return "the cassette holds no recorded response"
+    hosts = sorted({host for _, host, _ in recorded})
+    host, _, path = route.pattern.partition("/")
+    if any(Route(route.method, f"*/{path}").matches(*request) for request in recorded):
+        return (f"no recording is from host {host} (recorded: {', '.join(hosts)}); "
+                "routes match the recorded host")
+    seen = [f"{verb} {name}{where}" for verb, name, where in recorded]
+    listed = ", ".join(seen[:3]) + (f" and {len(seen) - 3} more" if len(seen) > 3 else "")
+    if any(Route("*", route.pattern).matches(*request) for request in recorded):
+        return f"no {route.method} request is recorded there (recorded: {listed})"
+    return f"no recorded request has that path (recorded: {listed})"
+
 
 def _load_toml(path: Path) -> tuple[list[Fault], int]:
     try:
@@ -205,7 +237,8 @@ def _load_toml(path: Path) -> tuple[list[Fault], int]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     unknown = sorted(set(document) - {"seed", "fault"})
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(unknown)}")
+        listed = ", ".join(key + did_you_mean(key, ("seed", "fault")) for key in unknown)
+        raise ConfigError(f"{path}: unknown top-level key(s) {listed}")
     seed = document.get("seed", 0)
     if not isinstance(seed, int):
         raise ConfigError(f"{path}: seed must be an integer")
@@ -225,6 +258,13 @@ def describe_types() -> str:
     """What `sse-recorder faults` prints."""
     lines = ["Fault types (--fault TYPE:key=value,... or [[fault]] tables in a TOML plan):"]
     lines += [f"  {name:<10} {kind.example}" for name, kind in REGISTRY.items()]
-    lines.append("Every fault also takes route='[METHOD ]host/path-glob', p=PROBABILITY,"
-                 " per=connection|event, on_resume=fresh|none.")
+    lines += [
+        "Every fault also takes route='[METHOD ]host/path-glob' (the host as recorded, without"
+        " port), p=PROBABILITY, per=connection|event, on_resume=fresh|none.",
+        "Durations carry a unit, 250ms, 2s or 1m; a bare number is milliseconds (500 = 500ms),"
+        " in a --fault spec and as a TOML number alike.",
+        "Sizes are bytes, or with K, M, G (powers of 1024): 512, 10K, 1M.",
+        "after_event=K acts once K events were sent; per=event,p=P instead rolls P at every"
+        f" event ({', '.join(PER_EVENT_TYPES)}).",
+    ]
     return "\n".join(lines)

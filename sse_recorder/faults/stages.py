@@ -116,12 +116,12 @@ def content(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Ite
 
 def _inject(injects: list[tuple[Fault, Inject, random.Random]], log: Log, due: float,
             completed: int) -> Iterator[Piece]:
-    """The events injected after `completed` events; at_event= fires once per connection."""
+    """The events injected after `completed` events; after_event= fires once per connection."""
     for fault, inject, rng in injects:
         if fault.per_event:
             fire = _roll(fault, rng)
         else:
-            fire = inject.at_event == completed and not any(
+            fire = inject.after_event == completed and not any(
                 entry["fault"] == fault.spec for entry in log)
         if fire:
             fired(log, fault, due, event=completed)
@@ -188,10 +188,10 @@ def cuts(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterat
         if not piece.boundary:
             continue
         for fault, drop, rng in drops:
-            if fault.per_event and drop.at_random:
+            if fault.per_event:
                 fire = _roll(fault, rng)
             else:
-                fire = drop.after_events is not None and piece.events == drop.after_events
+                fire = drop.after_event is not None and piece.events == drop.after_event
             if fire:
                 fired(log, fault, piece.due, event=piece.events, how=drop.how)
                 yield Ending(drop.ending, piece.due)

@@ -20,14 +20,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.connection import ConnectionState
+from mitmproxy.connection import ConnectionState, Server
 from mitmproxy.proxy import server_hooks
 
 from sse_recorder.errors import ConfigError
 from sse_recorder.mitm.transports import Transports, headers_of
 from sse_recorder.model import Framing, Outcome, RecordedRequest, ResponseHead, body_framing
-from sse_recorder.record.redact import RedactionRules
-from sse_recorder.record.session import RecorderConfig, RecordingSession
+from sse_recorder.record.redact import RedactionRules, env_values
+from sse_recorder.record.session import LAG_HIGH_NS, RecorderConfig, RecordingSession
 from sse_recorder.routes import RouteFilter
 
 log = logging.getLogger("sse_recorder")
@@ -83,12 +83,15 @@ class Recorder:
         self.session = session
         if session is not None:
             session.on_failure = self._storage_failed
+            session.on_congestion = self._congestion
         self.filter = routes or RouteFilter()
         self._preconfigured = session is not None
         self._flows: dict[str, _Flow] = {}
         self._live: dict[str, http.HTTPFlow] = {}
         self.transports = Transports()
         self.failed = False
+        self.secret_values: list[str] = []  # sse_redact_values and sse_redact_env's values
+        self._paused: dict[Server, Any] = {}  # upstream transports paused while congested
         # mitmproxy listens before `running` has opened the cassette: early requests wait.
         self._started = asyncio.Event()
 
@@ -115,6 +118,14 @@ class Recorder:
             "sse_redact_json", Sequence[str], [],
             "Extra JSON field names to redact in request bodies, response bodies and SSE data.",
         )
+        loader.add_option(
+            "sse_redact_values", Sequence[str], [],
+            "Secret values never to store, wherever they appear (also encoded).",
+        )
+        loader.add_option(
+            "sse_redact_env", Sequence[str], [],
+            "Environment variables whose values are never stored, like sse_redact_values.",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if self._preconfigured:
@@ -124,6 +135,15 @@ class Recorder:
                 self.filter = RouteFilter.parse(ctx.options.sse_include, ctx.options.sse_exclude)
         except ConfigError as exc:
             raise exceptions.OptionsError(str(exc)) from None
+        if updated & {"sse_redact_values", "sse_redact_env"}:
+            if "" in ctx.options.sse_redact_values:
+                raise exceptions.OptionsError("sse_redact_values: an empty value cannot be "
+                                              "redacted")
+            try:
+                self.secret_values = [*ctx.options.sse_redact_values,
+                                      *env_values(ctx.options.sse_redact_env)]
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"sse_redact_env: {exc}") from None
         if self.session is not None and updated & {"sse_cassette"}:
             raise exceptions.OptionsError("sse_cassette cannot change while recording")
 
@@ -147,9 +167,11 @@ class Recorder:
             ctx.options.sse_redact_headers,
             ctx.options.sse_redact_query,
             ctx.options.sse_redact_json,
+            self.secret_values,
         )
         session = RecordingSession(
-            ctx.options.sse_cassette, RecorderConfig(redaction=rules), self._storage_failed
+            ctx.options.sse_cassette, RecorderConfig(redaction=rules), self._storage_failed,
+            self._congestion,
         )
         try:
             await session.start()
@@ -160,6 +182,7 @@ class Recorder:
         log.info(f"sse-recorder: recording into {ctx.options.sse_cassette}")
 
     async def done(self) -> None:
+        self._congestion(False)
         if self.session is not None:
             session, self.session = self.session, None
             await session.close()
@@ -176,6 +199,29 @@ class Recorder:
             if flow.killable:
                 flow.kill()
         ctx.master.shutdown()
+
+    # -- backpressure: the writer's backlog is bounded by time ---------------------------
+
+    def _pause(self, flow: http.HTTPFlow) -> None:
+        """Stop reading from this flow's upstream while the writer is congested: the client
+        then gets the stream more slowly, and a crash cannot lose more than the bound."""
+        server = flow.server_conn
+        transport = self._paused.get(server)
+        if transport is None:
+            writer = getattr(self.transports._io(server), "writer", None)
+            transport = getattr(writer, "transport", None)
+            if transport is None:
+                return
+            self._paused[server] = transport
+        transport.pause_reading()  # again each time: the StreamReader may have resumed it
+
+    def _congestion(self, congested: bool) -> None:
+        if congested:
+            return  # flows pause themselves on their next chunk (see _stream_callable)
+        paused, self._paused = self._paused, {}
+        for transport in paused.values():
+            if not transport.is_closing():
+                transport.resume_reading()
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -233,7 +279,7 @@ class Recorder:
         if session.head(state.iid, head, time.monotonic_ns() - state.anchor_ns):
             state.streamed = True
             state.close_delimited = body_framing(head, flow.request.method) is Framing.CLOSE
-            response.stream = _stream_callable(session.chunk, state.iid, state.anchor_ns)
+            response.stream = _stream_callable(session, flow, state, self._pause)
 
     def response(self, flow: http.HTTPFlow) -> None:
         state = self._flows.pop(flow.id, None)
@@ -269,18 +315,23 @@ class Recorder:
 
 
 def _stream_callable(
-    record: Callable[[int, int, bytes], None], iid: int, anchor_ns: int
+    session: RecordingSession, flow: http.HTTPFlow, state: _Flow,
+    pause: Callable[[http.HTTPFlow], None],
 ) -> Callable[[bytes], bytes | list[bytes]]:
     clock = time.monotonic_ns
+    record, iid, anchor_ns = session.chunk, state.iid, state.anchor_ns
 
     def stream(data: bytes) -> bytes | list[bytes]:
         if not data:
             return []  # b"" would end a chunked body early; the end is handled in hooks
         try:
-            record(iid, clock() - anchor_ns, data)
+            now = clock()
+            record(iid, now - anchor_ns, data)
+            if now - session.backlog_since_ns > LAG_HIGH_NS:  # the writer is behind
+                session.congested = True
+                pause(flow)
         except Exception:  # noqa: BLE001 - raising here would crash mitmproxy's layer
             log.exception("sse-recorder: dropped a chunk")
         return data
 
     return stream
-

@@ -1,8 +1,10 @@
 """Run mitmproxy in-process: recording (`sse-recorder record`) or replay (`replay --proxy`).
 
 The cassette is opened before mitmproxy starts, so a bad path fails with a one-line
-message and nothing listens. Start-up errors mitmproxy logs (a port in use, a bad mode)
-are collected and reported as one line too, instead of its generic "errors logged" exit.
+message and nothing listens. A socket that cannot listen (a port in use, an address not
+of this machine) is raised as `ListenFailed` with the system's error, for the CLI to word
+with its own option names; other start-up errors mitmproxy logs are collected and reported
+as one line too, instead of its generic "errors logged" exit.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import options
+from mitmproxy import connection, http, options
+from mitmproxy.proxy import server_hooks
 from mitmproxy.tools.dump import DumpMaster
 
 from sse_recorder.errors import SSERecorderError
@@ -48,7 +51,40 @@ class _StartupErrors(logging.Handler):
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage().splitlines()[0])
+        lines = record.getMessage().strip().splitlines()
+        if lines:  # mitmproxy logs str(exception), empty for a bare AssertionError
+            self.messages.append(lines[0])
+
+
+class ListenFailed(Exception):
+    """mitmproxy could not open its listening socket; `error` is the system's reason, for
+    the caller to word with the options it was given."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _UnansweredConnections:
+    """Reports an upstream that could not be reached before any request: in reverse mode
+    mitmproxy connects as the client does, so that failure reaches no flow (nothing to
+    record) and the client only sees its connection closed. Failures within a flow are
+    the recorder's to report, with the flow."""
+
+    def __init__(self, report: Callable[[str, str], None]) -> None:
+        self.report = report
+        self._with_flows: set[str] = set()  # client connections that sent a request
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._with_flows.add(flow.client_conn.id)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._with_flows.discard(client.id)
+
+    def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
+        if data.client.id not in self._with_flows:
+            host, port = data.server.address or ("?", 0)
+            self.report(f"{host}:{port}", data.server.error or "connection failed")
 
 
 class _Ready:
@@ -72,7 +108,8 @@ async def run_mitmproxy(
     """Start mitmproxy with `addons`, announce where it listens, run until shut down.
 
     With `handle_signals`, SIGINT/SIGTERM shut it down (main thread only); otherwise the
-    caller stops it with `master.shutdown()` on the master handed to `on_master`."""
+    caller stops it with `master.shutdown()` on the master handed to `on_master`.
+    Raises ListenFailed if it cannot listen, SSERecorderError if it fails otherwise."""
     errors = _StartupErrors()
     logging.getLogger().addHandler(errors)
     try:
@@ -99,6 +136,9 @@ async def run_mitmproxy(
                 waiter.cancel()
                 master.shutdown()
                 await run
+                for server in proxyserver.servers:
+                    if isinstance(server.last_exception, OSError):
+                        raise ListenFailed(server.last_exception)
                 reason = errors.messages[0] if errors.messages else "proxy did not start"
                 raise SSERecorderError(f"cannot start the proxy: {reason}")
             if handle_signals:
@@ -111,7 +151,8 @@ async def run_mitmproxy(
             )
             await run
         finally:
-            await proxyserver.servers.update([])  # mitmproxy leaves its sockets open otherwise
+            if any(server.is_running for server in proxyserver.servers):
+                await proxyserver.servers.update([])  # mitmproxy leaves its sockets open
     finally:
         logging.getLogger().removeHandler(errors)
 
@@ -123,11 +164,13 @@ async def record(
     routes: RouteFilter | None = None,
     config: RecorderConfig | None = None,
     replay_matched: MatchConfig | None = None,
+    on_upstream_error: Callable[[str, str], None] | None = None,
 ) -> int:
     """Record until SIGINT/SIGTERM; returns the process exit code.
 
     With `replay_matched`, requests the cassette already answers (under that matching) are
-    replayed from it and not recorded again: VCR's "new episodes" mode."""
+    replayed from it and not recorded again: VCR's "new episodes" mode. `on_upstream_error`
+    hears of upstream connections that failed before any request (address, error)."""
     replayer = None
     if replay_matched is not None and cassette.exists():
         replayer = await ReplayServer.open(str(cassette), ReplayOptions(match=replay_matched))
@@ -136,6 +179,8 @@ async def record(
         await session.start()  # CassetteError here: nothing is listening yet
         recorder = Recorder(session=session, routes=routes)
         addons: list[Any] = [recorder]
+        if on_upstream_error is not None:
+            addons.append(_UnansweredConnections(on_upstream_error))
         if replayer is not None:
             await replayer.start("127.0.0.1", 0)
             known, matching = replayer.matcher.interactions, replayer.options.match

@@ -1,71 +1,147 @@
 """One response body on its way into the cassette, in the recorder's writer task.
 
-Chunks arrive as the transport cut them, not as events: each body parses its own SSE
-stream once, maps every event to the first and last chunk it spans (kept in the cassette
-for tools and replay), and stores the chunks redacted, as the redactor releases them.
+Chunks arrive as the transport cut them, not as events. An event stream is redacted a run
+of whole events at a time (up to its last blank line), so redaction sees every event whole,
+a value wrapped over two `data:` lines included; a chunk is stored once all of it is
+redacted (a chunk ending inside an event waits for that event's end), and only then parsed:
+events are derived from the bytes stored, so no event can hold what the chunks do not.
+Each event is mapped to the first and last stored chunk it spans. Any other body is
+redacted whole at its end (decoded first if it has a content coding).
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+import logging
 
 from sse_recorder.model import RecordedEvent
-from sse_recorder.record.redact import RedactionRules, StreamRedactor
+from sse_recorder.record.redact import (
+    MAX_HELD,
+    Scrubber,
+    StreamDecoder,
+    apply,
+    decode_body,
+    split_like,
+)
 from sse_recorder.sse import Comment, Item, SSEParser
 from sse_recorder.store.cassette import WriteBatch
 
+log = logging.getLogger(__name__)
+
 
 class Body:
-    """Per-interaction state in the writer: redaction, SSE parsing, chunk numbering."""
+    """Per-interaction state in the writer: holding, redaction, SSE parsing, numbering."""
 
-    def __init__(self, iid: int, rules: RedactionRules, is_sse: bool) -> None:
+    def __init__(
+        self,
+        iid: int,
+        scrub: Scrubber,
+        is_sse: bool,
+        codings: list[str] | None = None,
+    ) -> None:
+        """`codings`: the body's content codings. An event stream is decoded as it comes
+        (the caller stores its head without them); any other body is decoded at its end,
+        and stored decoded only if redaction changed it (then `decoded_size` is set)."""
         self.iid = iid
-        self.redactor = StreamRedactor(rules)
-        self.rules = rules
+        self.scrub = scrub
         self.parser = SSEParser() if is_sse else None
-        self.next_chunk = 0  # seq of the next raw chunk (in arrival order)
+        self.codings = codings or []
+        self.decoder = StreamDecoder(self.codings) if is_sse and self.codings else None
+        self.decoded_size: int | None = None
+        self._held: list[tuple[int, bytes]] = []  # not stored yet
+        self._ready = 0  # bytes at the start of `_held` already redacted (whole events)
         self.next_stored = 0  # seq of the next chunk to store
         self.next_event = 0
-        self.position = 0  # raw bytes seen
-        self.chunk_starts: list[int] = []  # raw stream position of recent chunks' first byte
+        self.events = 0  # events stored (comments not counted)
+        self.stored_size = 0  # bytes of the chunks stored
+        self.position = 0  # stored bytes so far
+        self.chunk_starts: list[int] = []  # stored stream position of recent chunks' first byte
         self.first_seq = 0  # seq of chunk_starts[0]
 
     def feed(self, chunks: list[tuple[int, bytes]], batch: WriteBatch) -> None:
-        """Consecutive chunks of this body, in arrival order: parse once, store redacted."""
-        first_new = self.next_chunk
-        self.next_chunk += len(chunks)
-        events: list[Item] = []
+        """Consecutive chunks of this body, in arrival order."""
+        decoder = self.decoder
+        if decoder is not None:
+            failed = decoder.failed
+            chunks = [(ns, decoder.decode(data)) for ns, data in chunks]
+            if decoder.failed and not failed:
+                log.warning("sse-recorder: #%d: cannot decode the body (%s): the rest is not "
+                            "stored", self.iid, ", ".join(self.codings))
+        self._held.extend(chunks)
         if self.parser is not None:
-            starts = self.chunk_starts
-            position = self.position
-            for _, data in chunks:
-                starts.append(position)
-                position += len(data)
-            self.position = position
-            joined = chunks[0][1] if len(chunks) == 1 else b"".join(d for _, d in chunks)
-            events = self.parser.feed(joined)
-        released = self.redactor.feed_many(chunks)
-        if events:
-            # Event data can only hold a secret if the raw lines it came from did.
-            redact = self.rules.redact_json_text if self.redactor.redacted else None
-            self._events(events, first_new, chunks, batch, redact)
-        if self.parser is not None:
-            self._forget_chunks_before(self.parser)
-        self._store(released, batch)
+            self._redact_complete_events(batch)
+        # other bodies are stored whole by finish()
 
     def finish(self, batch: WriteBatch) -> bool:
-        """Store what is held back; returns whether the body ended in the middle of an event."""
-        self._store(self.redactor.flush(), batch)
-        return self.parser is not None and not self.parser.at_event_boundary
+        """Store what is held; returns whether the body ended in the middle of an event."""
+        if self.parser is None:
+            self._finish_whole(batch)
+            return False
+        if self._held:
+            self._redact_up_to(None)
+            self._release(len(self._held), batch)
+        return not self.parser.at_event_boundary
 
-    def _store(self, released: list[tuple[int, bytes]], batch: WriteBatch) -> None:
-        """Number the redacted chunks the redactor let go and add them to the batch."""
-        seq, iid, append = self.next_stored, self.iid, batch.chunks.append
-        for stored_ns, stored in released:
-            append((iid, seq, stored_ns, stored))
-            seq += 1
-        self.next_stored = seq
+    # -- event streams -------------------------------------------------------------------
+
+    def _redact_complete_events(self, batch: WriteBatch) -> None:
+        """Redact the held bytes up to the last blank line (whole events), then store every
+        chunk that lies wholly in what is redacted. A chunk ending inside an event waits for
+        that event's end (usually the next chunk); past MAX_HELD, a line end will do."""
+        held = self._held
+        buffer = held[0][1] if len(held) == 1 else b"".join(data for _, data in held)
+        tail = buffer[self._ready:]
+        cut = max(tail.rfind(b"\n\n"), tail.rfind(b"\r\r"), tail.rfind(b"\n\r"))
+        if cut >= 0:
+            self._redact_up_to(self._ready + cut + 2, buffer)
+        elif len(tail) > MAX_HELD:
+            line_end = max(tail.rfind(b"\n"), tail.rfind(b"\r"))
+            self._redact_up_to(self._ready + line_end + 1 if line_end >= 0 else None, buffer)
+        else:
+            return
+        count, position = 0, 0
+        for _, data in self._held:
+            if position + len(data) > self._ready:
+                break
+            position += len(data)
+            count += 1
+        if count:
+            self._ready -= position
+            self._release(count, batch)
+
+    def _redact_up_to(self, end: int | None, buffer: bytes | None = None) -> None:
+        """Redact held bytes from `_ready` to `end` (None: all of them): whole events."""
+        held = self._held
+        if buffer is None:
+            buffer = b"".join(data for _, data in held)
+        if end is None:
+            end = len(buffer)
+        spans = self.scrub.stream_spans(buffer[self._ready:end])
+        if spans:
+            start = self._ready
+            shifted = [(a + start, b + start, r) for a, b, r in spans]
+            self._held = split_like(held, shifted)
+            end += sum(len(r) - (b - a) for a, b, r in spans)
+        self._ready = end
+
+    def _release(self, count: int, batch: WriteBatch) -> None:
+        """Store the first `count` held chunks (redacted) and parse them."""
+        stored = self._held[:count]
+        del self._held[:count]
+        assert self.parser is not None
+        first_new = self.next_stored
+        starts = self.chunk_starts
+        position = self.position
+        for _, data in stored:
+            starts.append(position)
+            position += len(data)
+        self.position = position
+        joined = stored[0][1] if len(stored) == 1 else b"".join(data for _, data in stored)
+        events = self.parser.feed(joined)
+        if events:
+            self._events(events, first_new, stored, batch)
+        self._forget_chunks_before(self.parser)
+        self._store(stored, batch)
 
     def _events(
         self,
@@ -73,7 +149,6 @@ class Body:
         first_new: int,
         chunks: list[tuple[int, bytes]],
         batch: WriteBatch,
-        redact: Callable[[bytes], bytes] | None,
     ) -> None:
         """Store parsed items with the chunks they span. Items come in stream order, so the
         chunk holding each one's line ending is found by walking forward (this is per
@@ -83,6 +158,7 @@ class Body:
         last = first_new - base  # index into starts of the chunk being looked at
         count = len(starts)
         seq = self.next_event
+        comments = 0
         for item in items:
             end = item.end - 1  # the byte holding its line ending
             while last + 1 < count and starts[last + 1] <= end:
@@ -92,14 +168,14 @@ class Body:
             )
             offset_ns = chunks[last - (first_new - base)][0]
             if isinstance(item, Comment):
-                text = redact(item.text.encode()).decode() if redact else item.text
-                append((iid, RecordedEvent(seq, "comment", None, text, None, None, offset_ns,
-                                           base + first, base + last)))
-            else:
-                data = redact(item.data.encode()).decode() if redact else item.data
-                append((iid, RecordedEvent(seq, "event", item.type, data, item.id, item.retry,
+                comments += 1
+                append((iid, RecordedEvent(seq, "comment", None, item.text, None, None,
                                            offset_ns, base + first, base + last)))
+            else:
+                append((iid, RecordedEvent(seq, "event", item.type, item.data, item.id,
+                                           item.retry, offset_ns, base + first, base + last)))
             seq += 1
+        self.events += seq - self.next_event - comments
         self.next_event = seq
 
     def _forget_chunks_before(self, parser: SSEParser) -> None:
@@ -109,3 +185,38 @@ class Body:
         if drop > 0:
             del self.chunk_starts[:drop]
             self.first_seq += drop
+
+    # -- other bodies --------------------------------------------------------------------
+
+    def _finish_whole(self, batch: WriteBatch) -> None:
+        held, self._held = self._held, []
+        if not held:
+            return
+        raw = held[0][1] if len(held) == 1 else b"".join(data for _, data in held)
+        if not self.codings:
+            spans = self.scrub.spans(raw)
+            self._store(split_like(held, spans) if spans else held, batch)
+            return
+        decoded = decode_body(raw, self.codings)
+        if decoded is None:
+            log.warning("sse-recorder: #%d: body not decodable as %s: stored as received",
+                        self.iid, ", ".join(self.codings))
+            self._store(held, batch)
+            return
+        spans = self.scrub.spans(decoded)
+        if not spans:
+            self._store(held, batch)  # nothing to hide: the bytes exactly as received
+            return
+        body = apply(decoded, spans)
+        self.decoded_size = len(body)
+        self._store([(held[-1][0], body)], batch)
+
+    def _store(self, released: list[tuple[int, bytes]], batch: WriteBatch) -> None:
+        """Number the redacted chunks and add them to the batch."""
+        seq, iid, append, size = self.next_stored, self.iid, batch.chunks.append, 0
+        for stored_ns, stored in released:
+            append((iid, seq, stored_ns, stored))
+            size += len(stored)
+            seq += 1
+        self.next_stored = seq
+        self.stored_size += size

@@ -1,80 +1,189 @@
-"""Keep credentials out of cassettes: pure functions over headers, URLs and bodies.
+"""Keep credentials out of cassettes: the one redaction step between parsing and writing.
 
-Redacted values are replaced by one fixed marker so the shape of what was sent stays
-visible. JSON fields are redacted textually, inside one line, so the same rule serves
-request bodies, whole response bodies and SSE streams cut into arbitrary chunks (the
-recorder only hands over complete lines, see `StreamRedactor`).
+Two kinds of rule, both applied to every text the recorder stores (URL, headers, request
+and response bodies, SSE chunks, events, error texts):
+- by name: a header, query/form parameter or JSON key whose name has a credential's shape
+  (`token`, `*_token`, `*Token`, `*_key`, `secret`, `password`..., see `NAME_RULES`) has its
+  value replaced by `MARKER`, whatever its JSON type (an object or array becomes the marker;
+  `null` is kept). JSON is matched textually, also inside JSON strings (`\\"api_key\\"`), so
+  the rule works on bodies cut into chunks and on SSE events wrapped over `data:` lines;
+- by value: the values given with `--redact-value`/`--redact-env`, and every value the
+  name rules took out of an interaction's request (an upstream may echo it), are replaced
+  wherever they appear, also percent-, JSON- or base64-encoded.
+Redacted values are replaced by one fixed marker so the shape of what was sent stays visible.
+Compressed bodies are decoded to be redacted (`decode_body`, `StreamDecoder`).
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import re
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote_plus
 
-from sse_recorder.model import Headers
+from sse_recorder.model import Headers, RecordedRequest
+
+try:  # brings nothing new: mitmproxy depends on Google's Brotli bindings
+    import brotli
+except ImportError:  # pragma: no cover - recording without mitmproxy's dependencies
+    brotli = None
 
 MARKER = "[REDACTED]"
-MAX_HELD = 1 << 20  # a "line" longer than this is released unterminated
+_MARK = MARKER.encode()
+MAX_HELD = 1 << 20  # an SSE event longer than this is released (and redacted) line by line
+MAX_DECODED = 64 << 20  # a compressed body decoding to more than this is stored as received
+MIN_LEARNED = 6  # shorter values taken out by name are not scrubbed elsewhere ("true", "1")
 
-DEFAULT_HEADERS = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "set-cookie",
-        "x-api-key",
-        "api-key",
-        "x-goog-api-key",
-        "x-auth-token",
-        "x-access-token",
-        "x-amz-security-token",
-        "ocp-apim-subscription-key",
-        "private-token",
-    }
+Span = tuple[int, int, bytes]  # (start, end, replacement)
+
+# -- names ----------------------------------------------------------------------------------
+# What a credential's name looks like. A name matches when it ends with a CORE word (any
+# prefix: accessToken, client_secret, x-api-key's "apikey"...), ends with a BOUNDED word
+# after a separator or a camel-case step (api_key, apiKey, X-Custom-Auth, set-cookie; not
+# "monkey"), or starts with password/passwd/secret (password_confirmation).
+_CH = rb'[^"\\\s:=&;?#/,{}\[\]]'
+_BOUNDARY = rb"(?:(?<=[_\-. ])|(?<=[a-z0-9])(?=[A-Z]))"
+_CORE = rb"token|secret|password|passwd|apikey|credentials?|authorization|authentication"
+NAME_RULES = (
+    rb"(?:" + _CH + rb"*?(?i:" + _CORE + rb")"
+    rb"|" + _CH + rb"*?" + _BOUNDARY + rb"(?i:key)"
+    rb"|(?:" + _CH + rb"*?" + _BOUNDARY + rb")?(?i:auth|cookie)"
+    rb"|(?i:password|passwd|secret)" + _CH + rb"*)"
 )
-DEFAULT_QUERY_PARAMS = frozenset(
-    {
-        "api_key",
-        "apikey",
-        "api-key",
-        "key",
-        "access_token",
-        "token",
-        "client_secret",
-        "password",
-        "signature",
-        "sig",
-        "x-amz-signature",
-        "x-amz-security-token",
-    }
-)
-DEFAULT_JSON_FIELDS = frozenset(
-    {
-        "api_key",
-        "apiKey",
-        "access_token",
-        "accessToken",
-        "refresh_token",
-        "refreshToken",
-        "id_token",
-        "newToken",
-        "client_secret",
-        "password",
-        "secret",
-    }
-)
+# Query and form parameters also count a bare `key` (Google's ?key=) and signatures.
+_PARAM_EXTRA = rb"|(?:" + _CH + rb"*?" + _BOUNDARY + rb")?(?i:key|sig|signature)"
+# Case-insensitive words one of which every match contains: a fast first test of a text.
+_WORDS = ("token", "secret", "passw", "apikey", "credential", "auth", "key", "cookie")
+
+DEFAULT_HEADERS = frozenset({"proxy-authorization", "set-cookie", "private-token"})
+
+
+def _alternatives(names: Iterable[str], *, ignore_case: bool) -> bytes:
+    escaped = sorted((re.escape(n.encode()) for n in names if n), key=len, reverse=True)
+    if not escaped:
+        return b""
+    body = b"|".join(escaped)
+    return b"|(?i:" + body + b")" if ignore_case else b"|(?:" + body + b")"
+
+
+def _json_pattern(names: bytes, multiline: bool) -> re.Pattern[bytes]:
+    """`"name": value` (also `\\"name\\": \\"value\\"` inside a JSON string). Single-line
+    patterns are for raw SSE lines: nothing may cross a line end there."""
+    if multiline:
+        space, string = rb"\s*", rb'"(?:[^"\\]|\\.)*"?'
+        escaped = rb'(?P=q)"(?:.*?(?<!\\)(?P=q)"|.*)'
+    else:
+        space, string = rb"[ \t]*", rb'"(?:[^"\\\r\n]|\\[^\r\n])*"?'
+        escaped = rb'(?P=q)"(?:[^\r\n]*?(?<!\\)(?P=q)"|[^\r\n]*)'
+    number = rb"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?"
+    return re.compile(
+        rb'(?P<q>\\*)"(?:' + names + rb')(?P=q)"' + space + rb":" + space
+        + rb"(?P<v>" + string + rb"|" + escaped + rb"|" + number
+        + rb"|true|false|(?P<open>[\[{]))",
+        re.DOTALL if multiline else 0,
+    )
+
+
+_STRINGISH = re.compile(rb'\\*"|[\[\]{}]|[\r\n]')
+
+
+def _container_end(data: bytes, start: int, quote_len: int, multiline: bool) -> int:
+    """End of the JSON object/array opening at `start` (strings skipped); an unclosed one
+    runs to the end of the line (single-line) or of the text."""
+    depth = 0
+    pos = start
+    limit = len(data)
+    while True:
+        m = _STRINGISH.search(data, pos, limit)
+        if m is None:
+            return limit
+        token = m.group()
+        if token in (b"\r", b"\n"):
+            if not multiline:
+                return m.start()
+            pos = m.end()
+        elif token.endswith(b'"'):
+            if len(token) - 1 != quote_len:  # an escaped quote of another depth: content
+                pos = m.end()
+                continue
+            # skip the string: up to the same quote not preceded by a backslash
+            close = re.compile(rb"(?<!\\)" + re.escape(token)) if quote_len else _CLOSE_QUOTE
+            end = close.search(data, m.end(), limit)
+            if end is None:
+                return limit
+            pos = end.end()
+        else:
+            depth += 1 if token in (b"[", b"{") else -1
+            pos = m.end()
+            if depth == 0:
+                return pos
+
+
+_CLOSE_QUOTE = re.compile(rb'(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+# -- values ---------------------------------------------------------------------------------
+
+
+def value_forms(value: str) -> set[bytes]:
+    """A value as it may appear in a body: raw, percent-, JSON- and base64-encoded (each of
+    the 3 alignments inside a longer base64 text, standard and URL-safe alphabets)."""
+    raw = value.encode()
+    forms = {raw, quote(value, safe="").encode(), quote_plus(value, safe="").encode(),
+             json.dumps(value)[1:-1].encode(), json.dumps(value, ensure_ascii=False)[1:-1].encode()}
+    if len(raw) >= 6:
+        for shift in range(3):
+            padded = base64.b64encode(b"\0" * shift + raw + b"\0\0")
+            # only the characters fully determined by the value's own bits
+            core = padded[(8 * shift + 5) // 6 : (8 * (shift + len(raw))) // 6]
+            if len(core) >= 8:  # shorter ones turn up by chance in any base64 text
+                forms.add(core)
+                forms.add(core.translate(_URLSAFE))
+    return {f for f in forms if f}
+
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _needle_pattern(values: Iterable[str]) -> re.Pattern[bytes] | None:
+    forms: set[bytes] = set()
+    for value in values:
+        if value:
+            forms |= value_forms(value)
+    if not forms:
+        return None
+    return re.compile(b"|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)))
+
+
+def env_values(names: Iterable[str]) -> list[str]:
+    """The values of environment variables never to store; ValueError names one that is
+    unset or empty (most likely a typo: there would be nothing to redact)."""
+    values = []
+    for name in names:
+        value = os.environ.get(name, "")
+        if not value:
+            raise ValueError(f"{name} is not set in the environment (or is empty)")
+        values.append(value)
+    return values
+
+
+# -- the rules ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class RedactionRules:
-    """What to redact. Header and query names match case-insensitively, JSON keys exactly."""
+    """What to redact: the name rules plus the user's extra names, and secret values.
+    Extra header and query names match case-insensitively, extra JSON keys exactly."""
 
-    headers: frozenset[str] = DEFAULT_HEADERS
-    query_params: frozenset[str] = DEFAULT_QUERY_PARAMS
-    json_fields: frozenset[str] = DEFAULT_JSON_FIELDS
-    _json: re.Pattern[bytes] | None = field(init=False, repr=False, compare=False, default=None)
+    headers: frozenset[str] = frozenset()
+    query_params: frozenset[str] = frozenset()
+    json_fields: frozenset[str] = frozenset()
+    values: tuple[str, ...] = ()
+    _compiled: _Compiled = field(init=False, repr=False, compare=False)
 
     @classmethod
     def with_extra(
@@ -82,140 +191,441 @@ class RedactionRules:
         headers: Iterable[str] = (),
         query_params: Iterable[str] = (),
         json_fields: Iterable[str] = (),
+        values: Iterable[str] = (),
     ) -> RedactionRules:
-        """The defaults plus the user's own names."""
-        return cls(
-            headers=DEFAULT_HEADERS | {h.lower() for h in headers},
-            query_params=DEFAULT_QUERY_PARAMS | {q.lower() for q in query_params},
-            json_fields=DEFAULT_JSON_FIELDS | set(json_fields),
-        )
+        """The name rules plus the user's own names and values."""
+        return cls(frozenset(headers), frozenset(query_params), frozenset(json_fields),
+                   tuple(v for v in values if v))
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "headers", frozenset(h.lower() for h in self.headers))
-        object.__setattr__(self, "query_params", frozenset(q.lower() for q in self.query_params))
-        keys = b"|".join(re.escape(k.encode()) for k in sorted(self.json_fields))
-        # "key" : "string (possibly cut at end of line)" | number | true | false
-        pattern = (
-            rb'("(?:' + keys + rb')"\s*:\s*)'
-            rb'("(?:[^"\\\r\n]|\\.)*"?|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false)'
-        )
-        object.__setattr__(self, "_json", re.compile(pattern) if keys else None)
+        object.__setattr__(self, "_compiled", _Compiled(self))
 
-    def redact_headers(self, headers: Headers) -> Headers:
-        return tuple(
-            (name, MARKER if name.lower() in self.headers else value) for name, value in headers
-        )
-
-    def redact_url(self, url: str) -> str:
-        parts = urlsplit(url)
-        if not parts.query:
-            return url
-        return urlunsplit(parts._replace(query=self._redact_query(parts.query)))
-
-    def _redact_query(self, query: str) -> str:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if not any(k.lower() in self.query_params for k, _ in pairs):
-            return query
-        return urlencode(
-            [(k, MARKER if k.lower() in self.query_params else v) for k, v in pairs],
-            quote_via=quote,
-            safe="[]",
-        )
-
-    def redact_body(self, body: bytes, content_type: str | None = None) -> bytes:
-        """Redact JSON fields anywhere in a body; form bodies also lose secret parameters."""
-        if content_type and content_type.lower().startswith("application/x-www-form-urlencoded"):
-            try:
-                return self._redact_query(body.decode("ascii")).encode("ascii")
-            except UnicodeDecodeError:
-                pass
-        return self.redact_json_text(body)
-
-    def redact_json_text(self, data: bytes) -> bytes:
-        regex = self._json
-        if regex is None:
-            return data
-        return regex.sub(lambda m: m.group(1) + b'"' + MARKER.encode() + b'"', data)
-
-    def json_spans(self, data: bytes) -> list[tuple[int, int, bytes]]:
-        """(start, end, replacement) of every JSON value to redact in `data`."""
-        regex = self._json
-        if regex is None:
-            return []
-        marker = b'"' + MARKER.encode() + b'"'
-        return [(m.start(2), m.end(2), marker) for m in regex.finditer(data)]
+    def scrubber(self, learned: Iterable[str] = ()) -> Scrubber:
+        """The redactor of one interaction: these rules, plus values learned from its request."""
+        return self._compiled.base.learn(learned)
 
 
-class StreamRedactor:
-    """Redacts a chunked body while keeping its chunk boundaries (and so its timing).
-
-    JSON fields never span lines, so a chunk is released once every line it touches is
-    complete; a chunk ending mid-line waits for the line's end (or the end of the body).
-    """
+class _Compiled:
+    """The rules' patterns, compiled once per `RedactionRules`."""
 
     def __init__(self, rules: RedactionRules) -> None:
-        self._rules = rules
-        self._held: list[tuple[int, bytes]] = []  # (offset_ns, data) not yet released
-        self._held_size = 0
-        self.redacted = False  # whether the last release had anything to redact
+        json_names = NAME_RULES + _alternatives(rules.json_fields, ignore_case=False)
+        param_names = NAME_RULES[:-1] + _PARAM_EXTRA + b")" + _alternatives(
+            rules.query_params, ignore_case=True)
+        self.json_multi = _json_pattern(json_names, multiline=True)
+        self.json_line = _json_pattern(json_names, multiline=False)
+        self.pairs = re.compile(
+            rb"(?<![\w\-.%])(?:" + param_names + rb")=(?P<v>[^&;#\s\"'<>\\]+)"
+        )
+        self.param_name = re.compile(param_names)
+        # a path segment after one of these is a credential: /token/S, /api_key/S
+        self.path_name = re.compile(
+            _CH + rb"*?(?i:" + _CORE + rb")|(?:" + _CH + rb"*?" + _BOUNDARY + rb")?(?i:key)"
+        )
+        self.header_name = re.compile(
+            NAME_RULES + _alternatives(rules.headers | DEFAULT_HEADERS, ignore_case=True)
+        )
+        self.words = tuple({*_WORDS, *(
+            n.lower() for n in (*rules.headers, *rules.query_params, *rules.json_fields)
+        )})
+        self.base = Scrubber(self, rules.values)
 
-    def feed(self, offset_ns: int, data: bytes) -> list[tuple[int, bytes]]:
-        return self.feed_many([(offset_ns, data)])
 
-    def feed_many(self, chunks: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-        """Take several chunks at once; release all up to the last one ending a line."""
-        held = self._held
-        held.extend(chunks)
-        self._held_size += sum(len(data) for _, data in chunks)
-        last = len(held) - 1
-        while last >= 0 and not held[last][1].endswith((b"\n", b"\r")):
-            last -= 1
-        if self._held_size > MAX_HELD:
-            last = len(held) - 1
-        if last < 0:
+class Scrubber:
+    """Redacts the texts of one interaction (the rules and the values to scrub)."""
+
+    def __init__(self, compiled: _Compiled, values: tuple[str, ...]) -> None:
+        self._c = compiled
+        self.values = values
+        self.needles = _needle_pattern(values)
+
+    def _may_name(self, data: bytes) -> bool:
+        low = data.lower()
+        return any(word.encode() in low for word in self._c.words)
+
+    # -- spans ---------------------------------------------------------------------------
+
+    def name_spans(self, data: bytes, multiline: bool = True, base: int = 0) -> list[Span]:
+        """Values of credential-named JSON keys and parameters in `data`."""
+        if not self._may_name(data):
             return []
-        ready, self._held = held[: last + 1], held[last + 1 :]
-        self._held_size = sum(len(data) for _, data in self._held)
-        return self._redact(ready)
-
-    def flush(self) -> list[tuple[int, bytes]]:
-        ready, self._held, self._held_size = self._held, [], 0
-        return self._redact(ready) if ready else []
-
-    def _redact(self, chunks: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-        region = chunks[0][1] if len(chunks) == 1 else b"".join(data for _, data in chunks)
-        spans = self._rules.json_spans(region)
-        self.redacted = bool(spans)
-        if not spans:
-            return chunks
-        out = bytearray()
-        boundaries: list[int] = []
-        pos = 0
-        cut = 0
-        ends: list[int] = []
-        for _, data in chunks:
-            pos += len(data)
-            ends.append(pos)
-        span_iter = iter(spans)
-        span = next(span_iter, None)
-        shift = 0
-        for end in ends[:-1]:
-            while span is not None and span[1] <= end:
-                shift += len(span[2]) - (span[1] - span[0])
-                span = next(span_iter, None)
-            if span is not None and span[0] < end < span[1]:
-                fraction = (end - span[0]) / (span[1] - span[0])
-                boundaries.append(span[0] + shift + round(fraction * len(span[2])))
+        spans: list[Span] = []
+        pattern = self._c.json_multi if multiline else self._c.json_line
+        for m in pattern.finditer(data):
+            start = m.start("v")
+            if m.group("open") is not None:
+                end = _container_end(data, start, len(m.group("q")), multiline)
             else:
-                boundaries.append(end + shift)
-        for start, end, replacement in spans:
-            out += region[cut:start]
-            out += replacement
-            cut = end
-        out += region[cut:]
-        result = []
-        previous = 0
-        for (offset_ns, _), boundary in zip(chunks, [*boundaries, len(out)], strict=True):
-            result.append((offset_ns, bytes(out[previous:boundary])))
-            previous = boundary
-        return result
+                end = m.end("v")
+            q = m.group("q")
+            spans.append((base + start, base + end, q + b'"' + _MARK + q + b'"'))
+        for m in self._c.pairs.finditer(data):
+            spans.append((base + m.start("v"), base + m.end("v"), _MARK))
+        return spans
+
+    def value_spans(self, data: bytes, base: int = 0) -> list[Span]:
+        if self.needles is None:
+            return []
+        return [(base + m.start(), base + m.end(), _MARK) for m in self.needles.finditer(data)]
+
+    def spans(self, data: bytes) -> list[Span]:
+        """Everything to redact in a whole text (a body, a header value)."""
+        return _merge(self.name_spans(data) + self.value_spans(data))
+
+    def stream_spans(self, region: bytes) -> list[Span]:
+        """Everything to redact in a run of whole SSE blocks. Each event's data (its `data:`
+        lines joined, as a client sees it) is redacted as one text, so a value wrapped over
+        two lines is found; other lines one by one. Line ends are never replaced."""
+        spans: list[Span] = []
+        names = self._may_name(region)
+        if names or self.needles is not None:
+            pos = 0
+            values: list[tuple[int, int]] = []  # raw (start, end) of the block's data values
+            for line in region.splitlines(True):
+                content = line.rstrip(b"\r\n")
+                at = pos + (3 if content.startswith(b"\xef\xbb\xbf") else 0)
+                text = region[at:pos + len(content)]
+                if not text:
+                    spans += self._data_spans(region, values, names)
+                    values = []
+                elif text.startswith(b"data") and (len(text) == 4 or text[4] == 0x3A):
+                    value_at = at + (6 if text[5:6] == b" " else 5)
+                    values.append((min(value_at, pos + len(content)), pos + len(content)))
+                elif names:
+                    spans += self.name_spans(text, multiline=False, base=at)
+                pos += len(line)
+            spans += self._data_spans(region, values, names)
+        spans += self.value_spans(region)
+        return _keep_line_ends(_merge(spans), region)
+
+    def _data_spans(self, region: bytes, values: list[tuple[int, int]], names: bool
+                    ) -> list[Span]:
+        """Spans in one event's data lines (raw `values` ranges): the name rules over the
+        lines joined with LF, as a client reads them; secret values over the lines joined
+        with nothing, so a value wrapped over two lines is found too."""
+        if not values:
+            return []
+        if len(values) == 1:
+            start, end = values[0]
+            return self.name_spans(region[start:end], base=start) if names else []
+        pieces = [region[a:b] for a, b in values]
+        spans: list[Span] = []
+        if names:
+            spans += _onto_lines(self.name_spans(b"\n".join(pieces)), values, 1)
+        if self.needles is not None:
+            spans += _onto_lines(self.value_spans(b"".join(pieces)), values, 0)
+        return spans
+
+    # -- whole values --------------------------------------------------------------------
+
+    def text(self, data: bytes) -> bytes:
+        return apply(data, self.spans(data))
+
+    def string(self, value: str) -> str:
+        raw = value.encode("utf-8", "surrogateescape")
+        spans = self.spans(raw)
+        return apply(raw, spans).decode("utf-8", "surrogateescape") if spans else value
+
+    def headers(self, headers: Headers, learned: list[str] | None = None) -> Headers:
+        out = []
+        for name, value in headers:
+            if self._c.header_name.fullmatch(name.encode("latin-1", "replace")):
+                if learned is not None:  # "Bearer S": S may be echoed without its scheme
+                    learned.append(value)
+                    learned.append(value.split()[-1] if value.split() else value)
+                out.append((name, MARKER))
+            else:
+                raw = value.encode("latin-1", "replace")
+                spans = self.spans(raw)
+                if learned is not None:
+                    learned.extend(_originals(raw, spans))
+                out.append((name, apply(raw, spans).decode("latin-1") if spans else value))
+        return tuple(out)
+
+    def url(self, url: str, learned: list[str] | None = None) -> str:
+        """Userinfo password, secret query/fragment parameters (`&` or `;` separated), path
+        parameters and path segments after a credential-named one; then secret values."""
+        head, sep, rest = url.partition("://")
+        if not sep:
+            head, rest = "", url
+        authority, slash, path = rest.partition("/")
+        userinfo, at, host = authority.rpartition("@")
+        if at and ":" in userinfo:
+            user, _, password = userinfo.partition(":")
+            if learned is not None:
+                learned.append(unquote_plus(password))
+            authority = f"{user}:{MARKER}@{host}"
+        out = (head + sep if sep else "") + authority + slash + self._path(path, learned)
+        raw = out.encode("utf-8", "surrogateescape")
+        spans = self.value_spans(raw)
+        return apply(raw, spans).decode("utf-8", "surrogateescape") if spans else out
+
+    def _path(self, path: str, learned: list[str] | None) -> str:
+        segments = path.split("/")
+        for i in range(1, len(segments)):
+            before = segments[i - 1].split("?", 1)[0]
+            if (segments[i] and "?" not in before and "#" not in before
+                    and self._c.path_name.fullmatch(unquote_plus(before).encode())):
+                if learned is not None:
+                    learned.append(unquote_plus(segments[i].split("?", 1)[0]))
+                tail = segments[i].partition("?")
+                segments[i] = MARKER + tail[1] + tail[2]
+        path = "/".join(segments)
+        parts = re.split(r"([?&;#])", path)
+        in_query = False
+        for i in range(2, len(parts), 2):  # every "name=value" after a separator
+            in_query = in_query or parts[i - 1] in "?#"
+            name, eq, value = parts[i].partition("=")
+            # a path parameter (/p;api_key=S/x) ends at the next segment
+            value, slash, rest = (value, "", "") if in_query else value.partition("/")
+            if eq and value and self._c.param_name.fullmatch(
+                unquote_plus(name).encode("utf-8", "surrogateescape")
+            ):
+                if learned is not None:
+                    learned.append(unquote_plus(value))
+                parts[i] = f"{name}={MARKER}{slash}{rest}"
+        return "".join(parts)
+
+    def request(self, request: RecordedRequest, decoded_body: bytes | None = None
+                ) -> tuple[RecordedRequest, Scrubber]:
+        """The request redacted, and the scrubber for the rest of its interaction: it also
+        knows every value the names took out, so an echo of them is found anywhere."""
+        learned: list[str] = []
+        headers = self.headers(request.headers, learned)
+        url = self.url(request.url, learned)
+        body = request.body if decoded_body is None else decoded_body
+        spans = self.name_spans(body)
+        learned.extend(_originals(body, spans))
+        body = apply(body, _merge(spans))
+        scrub = self.learn(learned)
+        if scrub.needles is not None:  # the values, wherever else they are in the request
+            headers = tuple((n, v if v == MARKER else scrub.string(v)) for n, v in headers)
+            url = scrub.url(url)
+            body = scrub.text(body)
+        return RecordedRequest(request.method, url, headers, body, request.http_version), scrub
+
+    def learn(self, learned: Iterable[str]) -> Scrubber:
+        """This scrubber plus more values to scrub (too short ones are left out)."""
+        known = set(self.values)
+        fresh = tuple(dict.fromkeys(
+            v for v in (v.strip() for v in learned)
+            if len(v) >= MIN_LEARNED and MARKER not in v and v not in known
+        ))
+        return Scrubber(self._c, self.values + fresh) if fresh else self
+
+
+def _onto_lines(found: list[Span], values: list[tuple[int, int]], gap: int) -> list[Span]:
+    """Map spans of the data lines' values joined (with `gap` bytes between them) back
+    onto the lines: the first part takes the replacement, the others are emptied."""
+    if not found:
+        return []
+    starts: list[int] = []
+    offset = 0
+    for a, b in values:
+        starts.append(offset)
+        offset += b - a + gap
+    spans: list[Span] = []
+    for s, e, replacement in _merge(found):
+        first = True
+        for (a, b), t in zip(values, starts, strict=True):
+            lo, hi = max(s, t), min(e, t + b - a)
+            if lo < hi:
+                spans.append((a + lo - t, a + hi - t, replacement if first else b""))
+                first = False
+    return spans
+
+
+def _originals(data: bytes, spans: list[Span]) -> list[str]:
+    """The plain values that spans took out (strings unquoted), to be scrubbed elsewhere."""
+    out = []
+    for start, end, _ in spans:
+        value = data[start:end].strip(b'"\\')
+        if value[:1] not in (b"{", b"["):
+            out.append(value.decode("utf-8", "replace"))
+            if b"%" in value or b"+" in value:
+                out.append(unquote_plus(value.decode("utf-8", "replace")))
+    return out
+
+
+def _merge(spans: list[Span]) -> list[Span]:
+    """Sorted, non-overlapping spans (overlapping ones become one)."""
+    if len(spans) < 2:
+        return spans
+    spans.sort(key=lambda s: (s[0], -s[1]))
+    out = [spans[0]]
+    for span in spans[1:]:
+        last = out[-1]
+        if span[0] < last[1]:
+            if span[1] > last[1]:
+                out[-1] = (last[0], span[1], last[2] or span[2])
+        else:
+            out.append(span)
+    return out
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def _keep_line_ends(spans: list[Span], region: bytes) -> list[Span]:
+    """A span over several lines replaces each line's part, keeping the line ends (so the
+    stream keeps its events); a line that had text keeps some."""
+    out: list[Span] = []
+    for start, end, replacement in spans:
+        if not _LINE_END.search(region, start, end):
+            out.append((start, end, replacement))
+            continue
+        pos = start
+        for m in _LINE_END.finditer(region, start, end):
+            if m.start() > pos:
+                out.append((pos, m.start(), replacement if pos == start else _MARK))
+            pos = m.end()
+        if end > pos:
+            out.append((pos, end, _MARK))
+    return out
+
+
+def apply(data: bytes, spans: list[Span]) -> bytes:
+    if not spans:
+        return data
+    out = bytearray()
+    cut = 0
+    for start, end, replacement in spans:
+        out += data[cut:start]
+        out += replacement
+        cut = end
+    out += data[cut:]
+    return bytes(out)
+
+
+def split_like(chunks: list[tuple[int, bytes]], spans: list[Span]) -> list[tuple[int, bytes]]:
+    """Apply spans to the concatenation of chunks, keeping the chunk count and timing: a
+    boundary inside a replaced span moves in proportion within the replacement."""
+    region = chunks[0][1] if len(chunks) == 1 else b"".join(d for _, d in chunks)
+    if not spans:
+        return chunks
+    ends: list[int] = []
+    pos = 0
+    for _, data in chunks:
+        pos += len(data)
+        ends.append(pos)
+    boundaries: list[int] = []
+    span_iter = iter(spans)
+    span = next(span_iter, None)
+    shift = 0
+    for end in ends[:-1]:
+        while span is not None and span[1] <= end:
+            shift += len(span[2]) - (span[1] - span[0])
+            span = next(span_iter, None)
+        if span is not None and span[0] < end < span[1]:
+            fraction = (end - span[0]) / (span[1] - span[0])
+            boundaries.append(span[0] + shift + round(fraction * len(span[2])))
+        else:
+            boundaries.append(end + shift)
+    out = apply(region, spans)
+    result = []
+    previous = 0
+    for (offset_ns, _), boundary in zip(chunks, [*boundaries, len(out)], strict=True):
+        result.append((offset_ns, out[previous:boundary]))
+        previous = boundary
+    return result
+
+
+# -- content codings ------------------------------------------------------------------------
+
+
+class _Zlib:
+    """gzip (every member) or deflate (zlib-wrapped, or raw as some servers send it)."""
+
+    def __init__(self, wbits: int) -> None:
+        self.wbits = wbits
+        self.obj: zlib._Decompress | None = None
+
+    def process(self, data: bytes, limit: int) -> bytes:
+        out = bytearray()
+        while data:
+            if self.obj is None:
+                wbits = self.wbits
+                if wbits == zlib.MAX_WBITS and (data[0] & 0x0F) != 8:
+                    wbits = -zlib.MAX_WBITS  # raw deflate
+                self.obj = zlib.decompressobj(wbits)
+            out += self.obj.decompress(data, max(limit - len(out), 1))
+            if len(out) >= limit:
+                raise ValueError("decoded body too large")
+            if self.obj.eof:  # a gzip member ended: another may follow
+                data = self.obj.unused_data
+                self.obj = None
+            else:
+                data = self.obj.unconsumed_tail
+        return bytes(out)
+
+
+class _Brotli:
+    def __init__(self) -> None:
+        assert brotli is not None
+        self.obj = brotli.Decompressor()
+
+    def process(self, data: bytes, limit: int) -> bytes:
+        out: bytes = self.obj.process(data, output_buffer_limit=limit)
+        if not self.obj.can_accept_more_data() and data:
+            raise ValueError("decoded body too large")
+        return out
+
+
+_CODINGS: dict[str, Callable[[], _Zlib | _Brotli]] = {
+    "gzip": lambda: _Zlib(31),
+    "x-gzip": lambda: _Zlib(31),
+    "deflate": lambda: _Zlib(zlib.MAX_WBITS),
+}
+if brotli is not None:
+    _CODINGS["br"] = _Brotli
+
+
+def content_codings(headers: Headers) -> list[str] | None:
+    """The body's content codings in the order applied ([] for identity); None when one of
+    them cannot be decoded here."""
+    codings = [c.strip().lower() for k, v in headers if k.lower() == "content-encoding"
+               for c in v.split(",") if c.strip() and c.strip().lower() != "identity"]
+    return codings if all(c in _CODINGS for c in codings) else None
+
+
+class StreamDecoder:
+    """Decodes a body chunk by chunk (codings undone in reverse order)."""
+
+    def __init__(self, codings: list[str]) -> None:
+        self.steps = [_CODINGS[c]() for c in reversed(codings)]
+        self.failed = False
+
+    def decode(self, data: bytes) -> bytes:
+        if self.failed:
+            return b""
+        limit = MAX_DECODED
+        try:
+            for step in self.steps:
+                data = step.process(data, limit)
+        except Exception:  # noqa: BLE001 - zlib.error, brotli.error, too large
+            self.failed = True
+            return b""
+        return data
+
+
+def decode_body(data: bytes, codings: list[str]) -> bytes | None:
+    """A whole body decoded, or None if it is damaged or decodes to more than MAX_DECODED."""
+    decoder = StreamDecoder(codings)
+    out = decoder.decode(data)
+    return None if decoder.failed else out
+
+
+def without_coding(headers: Headers, size: int | None) -> Headers:
+    """Headers of a body now stored decoded: no Content-Encoding; a Content-Length, if any,
+    set to `size` (None: dropped)."""
+    out = []
+    for name, value in headers:
+        low = name.lower()
+        if low == "content-encoding":
+            continue
+        if low == "content-length":
+            if size is None:
+                continue
+            value = str(size)
+        out.append((name, value))
+    return tuple(out)

@@ -10,11 +10,12 @@ one again or an error. A miss names the closest recording and what differed.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from sse_recorder.errors import ConfigError
 from sse_recorder.model import Headers, Interaction, RecordedRequest
@@ -119,9 +120,30 @@ class Miss:
         return "\n".join(lines) + "\n"
 
 
-def _split(url_or_target: str) -> tuple[str, str, str, str]:
-    parts = urlsplit(url_or_target)
-    return parts.scheme, parts.hostname or "", parts.path or "/", parts.query
+_ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
+
+
+def split_url(url_or_target: str) -> tuple[str, str, str, str]:
+    """(scheme, host, path, query) of a recorded URL or a request target, whatever it holds.
+
+    Never raises: a request target is whatever a client sent (`//[`, `http://[::1/x`), and
+    `urlsplit` raises ValueError for brackets it cannot pair. An origin-form target (`/...`)
+    is a path and a query, never an authority, even when it starts with `//`."""
+    scheme, authority, rest = "", "", url_or_target
+    if not url_or_target.startswith("/"):
+        absolute = _ABSOLUTE.fullmatch(url_or_target)
+        if absolute is not None:
+            scheme, authority, rest = absolute.groups()
+    path, _, query = rest.partition("#")[0].partition("?")
+    return scheme.lower(), host_of(authority), path or "/", query
+
+
+def host_of(authority: str) -> str:
+    """The host of `user@host:port` or `[v6]:port`, lower-case, without brackets."""
+    hostport = authority.rpartition("@")[2]
+    if hostport.startswith("["):
+        return hostport[1:].partition("]")[0].lower()
+    return hostport.partition(":")[0].lower()
 
 
 def _query(query: str, ignored: frozenset[str]) -> list[tuple[str, str]]:
@@ -130,64 +152,82 @@ def _query(query: str, ignored: frozenset[str]) -> list[tuple[str, str]]:
     )
 
 
-def _strip_json(value: Any, ignored: frozenset[str]) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip_json(v, ignored) for k, v in value.items() if k not in ignored}
-    if isinstance(value, list):
-        return [_strip_json(v, ignored) for v in value]
+_NOT_JSON = object()
+
+
+def _load(body: bytes, parsed: dict[bytes, Any]) -> Any:
+    """`body` as JSON, parsed once per request (`parsed` is the request's memo); _NOT_JSON
+    when it is not JSON, or nests deeper than the parser can go (a RecursionError)."""
+    value = parsed.get(body, parsed)
+    if value is parsed:
+        try:
+            value = json.loads(body or b"null")
+        except (ValueError, RecursionError):
+            value = _NOT_JSON
+        parsed[body] = value
     return value
 
 
-def _json_differences(recorded: Any, incoming: Any, where: str = "") -> list[str]:
-    """Differences between two JSON values; a redacted recorded value matches anything."""
-    if recorded == MARKER:
-        return []
-    if isinstance(recorded, dict) and isinstance(incoming, dict):
-        out: list[str] = []
-        for key in sorted(set(recorded) | set(incoming), key=str):
-            path = f"{where}.{key}" if where else str(key)
-            if key not in incoming:
-                out.append(f"body field {path}: missing from the request")
-            elif key not in recorded:
-                out.append(f"body field {path}: not in the recording")
-            else:
-                out.extend(_json_differences(recorded[key], incoming[key], path))
-        return out
-    if isinstance(recorded, list) and isinstance(incoming, list) and len(recorded) == len(
-        incoming
-    ):
-        out = []
-        for index, (a, b) in enumerate(zip(recorded, incoming, strict=True)):
-            out.extend(_json_differences(a, b, f"{where}[{index}]"))
-        return out
-    if recorded != incoming:
-        return [f"body field {where or '(root)'}: recorded {_short(recorded)}, "
-                f"got {_short(incoming)}"]
-    return []
+def _json_differences(recorded: Any, incoming: Any, ignored: frozenset[str]) -> list[str]:
+    """Differences between two JSON values, in document order; keys in `ignored` are
+    skipped at any depth and a redacted recorded value matches anything. Iterative, so
+    that no nesting depth can exhaust the stack."""
+    out: list[str] = []
+    stack: list[tuple[Any, Any, str] | str] = [(recorded, incoming, "")]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):  # a difference found above, kept in its place
+            out.append(item)
+            continue
+        a, b, where = item
+        if a == MARKER:
+            continue
+        todo: list[tuple[Any, Any, str] | str] = []
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted((set(a) | set(b)) - ignored, key=str):
+                path = f"{where}.{key}" if where else str(key)
+                if key not in b:
+                    todo.append(f"body field {path}: missing from the request")
+                elif key not in a:
+                    todo.append(f"body field {path}: not in the recording")
+                else:
+                    todo.append((a[key], b[key], path))
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            todo = [(x, y, f"{where}[{i}]") for i, (x, y) in enumerate(zip(a, b, strict=True))]
+        elif a != b:
+            todo = [f"body field {where or '(root)'}: recorded {_short(a)}, got {_short(b)}"]
+        stack.extend(reversed(todo))
+    return out
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        text = f"(a {type(value).__name__} nested too deep to show)"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _body_differences(recorded: bytes, incoming: bytes, config: MatchConfig) -> list[str]:
+def _body_differences(
+    recorded: bytes, incoming: bytes, config: MatchConfig, parsed: dict[bytes, Any]
+) -> list[str]:
     if recorded == incoming:
         return []
-    try:
-        a, b = json.loads(recorded or b"null"), json.loads(incoming or b"null")
-    except ValueError:
+    a, b = _load(recorded, parsed), _load(incoming, parsed)
+    if a is _NOT_JSON or b is _NOT_JSON:
         return [f"body: recorded {len(recorded)} bytes, got {len(incoming)} bytes that differ"]
-    return _json_differences(_strip_json(a, config.ignore_json), _strip_json(b, config.ignore_json))
+    return _json_differences(a, b, config.ignore_json)
 
 
 def differences(
-    recorded: RecordedRequest, incoming: IncomingRequest, config: MatchConfig
+    recorded: RecordedRequest, incoming: IncomingRequest, config: MatchConfig,
+    parsed: dict[bytes, Any] | None = None,
 ) -> list[str]:
-    """What keeps `incoming` from matching `recorded` under `config` (empty: a match)."""
+    """What keeps `incoming` from matching `recorded` under `config` (empty: a match).
+    `parsed` memoises JSON bodies across the calls for one request."""
     out: list[str] = []
-    scheme, host, path, query = _split(recorded.url)
-    _, _, in_path, in_query = _split(incoming.target)
+    scheme, host, path, query = split_url(recorded.url)
+    _, _, in_path, in_query = split_url(incoming.target)
     c = config.criteria
     if "method" in c and recorded.method.upper() != incoming.method.upper():
         out.append(f"method: recorded {recorded.method}, got {incoming.method}")
@@ -206,7 +246,8 @@ def differences(
             if a != b:
                 out.append(f"query: recorded {_fmt_query(a)}, got {_fmt_query(b)}")
     if "body" in c:
-        out.extend(_body_differences(recorded.body, incoming.body, config))
+        out.extend(_body_differences(recorded.body, incoming.body, config,
+                                       {} if parsed is None else parsed))
     if "headers" in c:
         out.extend(_header_differences(recorded.headers, incoming.headers, config))
     return out
@@ -251,7 +292,7 @@ class Matcher:
     def __post_init__(self) -> None:
         for interaction in self.interactions:
             if interaction.response is not None:
-                key = self._key(interaction.request.method, _split(interaction.request.url)[2])
+                key = self._key(interaction.request.method, split_url(interaction.request.url)[2])
                 self._index.setdefault(key, []).append(interaction)
 
     def _key(self, method: str, path: str) -> tuple[str, str]:
@@ -261,13 +302,14 @@ class Matcher:
 
     def match(self, request: IncomingRequest) -> Interaction | Miss:
         bucket = self._index.get(
-            self._key(request.method, _split(request.target)[2]), []
+            self._key(request.method, split_url(request.target)[2]), []
         )
+        parsed: dict[bytes, Any] = {}
         candidates = [
-            i for i in bucket if not differences(i.request, request, self.config)
+            i for i in bucket if not differences(i.request, request, self.config, parsed)
         ]
         if not candidates:
-            return self._nearest(request)
+            return self._nearest(request, parsed)
         for candidate in candidates:
             if candidate.id not in self._served:
                 self._served[candidate.id] = 1
@@ -278,10 +320,10 @@ class Matcher:
         self._served[last.id] += 1
         return last
 
-    def _nearest(self, request: IncomingRequest) -> Miss:
+    def _nearest(self, request: IncomingRequest, parsed: dict[bytes, Any]) -> Miss:
         best: tuple[int, Interaction, list[str]] | None = None
         for interaction in self.interactions:
-            found = differences(interaction.request, request, self.config)
+            found = differences(interaction.request, request, self.config, parsed)
             # Method and path differences weigh more than a body field or a header.
             weight = sum(3 if d.startswith(("method", "path")) else 1 for d in found)
             if interaction.response is None:

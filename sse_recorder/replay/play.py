@@ -9,7 +9,11 @@ Rules:
   other connections take a turn after each;
 - the recorded ending is reproduced: terminating chunk, a FIN (the close ends a
   close-delimited body, or cuts any other short) or an RST, at the recorded time;
-- with faults, the transform is planned first over the whole body (it is pure), then played.
+- with faults, the transform is planned first over the whole body (it is pure), then played;
+- an HTTP/1.0 client gets a chunked recording close-delimited (it has no chunked coding),
+  and every head says `Connection: close` when the connection ends after it;
+- once the head is out, a failure (a cassette value that cannot be read back) can only cut
+  the response short: it comes out as `Interrupted`, for the server to close and report.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sse_recorder.faults import Ending, FaultRun, Piece, split_at_events
-from sse_recorder.model import Interaction, Outcome, body_framing, header_value
+from sse_recorder.model import Framing, Interaction, Outcome, body_framing, header_value
 from sse_recorder.replay.schedule import Schedule, Timing
 from sse_recorder.replay.sources import CACHE_LIMIT, Bodies, Body
 from sse_recorder.wire import responses
@@ -40,10 +44,28 @@ class Load:
     streams: int = 0  # responses being answered
 
 
-def writer_for(interaction: Interaction) -> BodyWriter:
-    """The body writer for the recorded response's framing."""
+# The framing a client of an HTTP version gets for a recorded one, where they differ.
+FRAMING_FOR_VERSION: dict[str, dict[Framing, Framing]] = {
+    "1.0": {Framing.CHUNKED: Framing.CLOSE},  # RFC 9112 §7: chunked is HTTP/1.1's
+}
+
+
+class Interrupted(Exception):
+    """Playing failed after the head went out: the response can only be cut short."""
+
+    def __init__(self, interaction: Interaction, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.interaction = interaction.id
+        self.status = interaction.response.status if interaction.response else 0
+        self.cause = cause
+
+
+def writer_for(interaction: Interaction, http_version: str = "1.1") -> BodyWriter:
+    """The body writer for the recorded response's framing, as the client's HTTP version
+    can take it."""
     assert interaction.response is not None
-    return WRITERS[body_framing(interaction.response, interaction.request.method)]
+    framing = body_framing(interaction.response, interaction.request.method)
+    return WRITERS[FRAMING_FOR_VERSION.get(http_version, {}).get(framing, framing)]
 
 
 def declared_length(interaction: Interaction, skipped: int = 0) -> int:
@@ -87,12 +109,15 @@ class Player:
     async def play(
         self, interaction: Interaction, last_event_id: str | None,
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, run: FaultRun,
+        persist: bool = True, http_version: str = "1.1",
     ) -> Outcome:
-        """The recorded response (resumed after `last_event_id`, faulted as `run` says)."""
+        """The recorded response (resumed after `last_event_id`, faulted as `run` says), to
+        a client of `http_version` that lets the connection `persist` or not."""
         assert interaction.response is not None
         start = time.monotonic()  # the schedule's clock: loop.time() is whole ms on uvloop
         timing = self.timing
-        body_writer = writer_for(interaction)
+        body_writer = writer_for(interaction, http_version)
+        connection = responses.connection_field(persist, http_version, body_writer.closes)
         body: Body = None  # the whole recorded body
         schedule = Schedule(timing)
         skipped = 0
@@ -109,15 +134,15 @@ class Player:
         else:
             head_due = schedule.due(interaction.head_offset_ns or 0)
         if run.chosen:
-            return await self._faulted(interaction, body_writer, body, schedule, start,
-                                       head_due, skipped, reader, writer, run)
+            return await self._faulted(interaction, body_writer, connection, body, schedule,
+                                       start, head_due, skipped, reader, writer, run)
         if body is None and interaction.body_size <= CACHE_LIMIT:
             await self.bodies.cached(interaction)  # a first use reads it while the head waits
         await wait_until(start + head_due, self.load)
         # The hot loops run once per chunk per stream: a cached body is a plain list.
         transport = writer.transport
         field = body_writer.head_field(declared_length(interaction, skipped))
-        transport.write(responses.head(interaction.response, field))
+        transport.write(responses.head(interaction.response, field, connection))
         frame = body_writer.frame
         load = self.load
         try:
@@ -156,9 +181,12 @@ class Player:
             return await _end(interaction, body_writer, writer, reader)
         except ConnectionError:
             return Outcome.CLIENT_GONE
+        except Exception as exc:
+            raise Interrupted(interaction, exc) from exc
 
     async def _faulted(
-        self, interaction: Interaction, body_writer: BodyWriter, body: Body,
+        self, interaction: Interaction, body_writer: BodyWriter, connection: str | None,
+        body: Body,
         schedule: Schedule, start: float, head_due: float, skipped: int,
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, run: FaultRun,
     ) -> Outcome:
@@ -182,7 +210,8 @@ class Player:
         start = max(start, time.monotonic() - head_due)
         delay = run.head_delay()
         await wait_until(start + head_due + delay, self.load)
-        writer.write(responses.head(interaction.response, body_writer.head_field(length)))
+        writer.write(responses.head(interaction.response, body_writer.head_field(length),
+                                    connection))
         frame = body_writer.frame
         try:
             for action in actions:
@@ -199,6 +228,8 @@ class Player:
             return await _end(interaction, body_writer, writer, reader)
         except ConnectionError:
             return Outcome.CLIENT_GONE
+        except Exception as exc:
+            raise Interrupted(interaction, exc) from exc
 
 
 async def _end(

@@ -8,10 +8,15 @@ the human line; it is only a rendering of the record.
 
 from __future__ import annotations
 
+import atexit
 import json
+import queue
+import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import IO, Any
 
 from sse_recorder.model import Outcome
 
@@ -23,6 +28,7 @@ class Answer(StrEnum):
     FAULT = "fault"  # a fault answered instead (an HTTP error, a refused connection, no head)
     UNMATCHED = "unmatched"  # no recording matches (404), or all were used up (409)
     BAD_REQUEST = "bad-request"  # the request was not valid HTTP/1.1 (4xx, then close)
+    ERROR = "error"  # the server could not answer (a damaged cassette, a bug): 500, or a cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +70,9 @@ class Served:
 
     def line(self) -> str:
         """The human log line."""
-        if self.answer in (Answer.UNMATCHED, Answer.BAD_REQUEST):
+        if self.answer in (Answer.UNMATCHED, Answer.BAD_REQUEST, Answer.ERROR):
             why = "; ".join(part.strip() for part in self.explanation.splitlines()[1:])
-            if self.answer is Answer.BAD_REQUEST:
+            if self.answer is not Answer.UNMATCHED:
                 why = self.explanation.strip()
             return f"{self.method} {self.target} -> {self.status} {self.answer.value}" + (
                 f" ({why})" if why else ""
@@ -86,3 +92,62 @@ def parse_records(text: str) -> list[Served]:
             except (ValueError, KeyError, TypeError):
                 continue
     return served
+
+
+class BackgroundLog:
+    """Log lines written by a thread of their own, so that the server never waits for its
+    log: a stderr pipe nobody reads fills up, and a write to it then blocks (a server that
+    printed each line itself froze after about 1,390 requests).
+
+    Lines wait in a queue of `size`; when it is full, a line is dropped and counted, and the
+    count is written, once, as soon as a line gets through again. At exit, whatever is queued
+    is written for at most `flush_timeout` seconds (a blocked pipe cannot hold the exit)."""
+
+    def __init__(
+        self, stream: IO[str] | None = None, size: int = 10_000, flush_timeout: float = 2.0
+    ) -> None:
+        self.stream = stream
+        self.dropped = 0
+        self._reported = 0
+        self._flush_timeout = flush_timeout
+        self._queue: queue.Queue[str | None] = queue.Queue(size)
+        self._thread = threading.Thread(target=self._write, name="sse-recorder-log",
+                                        daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def __call__(self, line: str) -> None:
+        """Queue a line; never blocks."""
+        try:
+            self._queue.put_nowait(line)
+        except queue.Full:
+            self.dropped += 1
+
+    def _write(self) -> None:
+        while (line := self._queue.get()) is not None:
+            stream = self.stream or sys.stderr  # resolved late: tests swap sys.stderr
+            dropped = self.dropped
+            if dropped > self._reported:
+                stream.write(f"sse-recorder: {dropped - self._reported} log lines dropped "
+                             "(the log was not being read)\n")
+                self._reported = dropped
+            try:
+                stream.write(line + "\n")
+                stream.flush()
+            except (OSError, ValueError):  # a closed or broken stream: the line is lost
+                self.dropped += 1
+
+    def close(self) -> None:
+        """Write what is queued (for at most `flush_timeout` s) and stop the thread."""
+        atexit.unregister(self.close)
+        try:
+            self._queue.put(None, timeout=self._flush_timeout)
+        except queue.Full:
+            return
+        self._thread.join(self._flush_timeout)
+
+
+def log_to_stderr(render: Callable[[Served], str]) -> Callable[[Served], None]:
+    """An `on_served` callback writing `render(served)` to stderr without ever blocking."""
+    log = BackgroundLog()
+    return lambda served: log(render(served))

@@ -1,15 +1,16 @@
 """The Last-Event-ID cut: where a resumed stream starts, as pure functions over chunks.
 
 Rules:
-- the stream restarts just after the end of the first event whose `id:` field is the id
-  the client sent, found by parsing the recorded bytes (so the result does not depend on
-  how the stream was chunked);
+- the stream restarts just after the end of the first event (or id-only block) whose
+  `id:` field is the id the client sent, found by parsing the recorded bytes (so the
+  result does not depend on how the stream was chunked);
 - the cut is at the event's line ending, and a CRLF ending stays whole: the LF goes with
   what was skipped even when it is the first byte of a later chunk;
 - a chunk holding the event's end and the start of the next event is cut there; the
   schedule then counts from that chunk's offset, so the recorded gaps after it stay;
-- only dispatched events count: a block without data (`id: 5` alone) sets no event, so its
-  id is not found here (nor in the cassette's events).
+- a block without data (`id: 5` then a blank line) counts too: it dispatches no event, but
+  a client that read it reconnects with its id (`IdBlock`); the cassette's events table
+  has no row for it, so whether an id is known is decided here, by parsing, never there.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Cut:
         self.last_id = last_id
         self.origin_ns = 0  # offset of the chunk holding the event's end
         self.skipped = 0  # body bytes before the cut
-        self._parser = SSEParser()
+        self._parser = SSEParser(id_blocks=True)
         self._position = 0  # stream position of the next chunk's first byte
         self._lf_pending = False  # cut after a CR ending a chunk: drop a LF that follows
 
@@ -80,7 +81,7 @@ class Resumed:
 
 
 def resume(chunks: Iterable[Chunk], last_id: str) -> Resumed | None:
-    """The stream after the first event whose id is `last_id`; None when no event has it."""
+    """The stream after the first block whose id is `last_id`; None when none has it."""
     cut = Cut(last_id)
     iterator = iter(chunks)
     for chunk in iterator:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sse_recorder.errors import ConfigError
+from sse_recorder.units import parse_duration
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,10 @@ class Timing:
     @classmethod
     def parse(cls, speed: str, max_gap: float | str | None = None) -> Timing:
         """Timing from user text (CLI, ini, markers, addon options): one parser, one set of
-        messages. `speed` is "instant" (any case) or a positive factor; `max_gap` is seconds.
+        messages. `speed` is "instant" (any case) or a positive factor; `max_gap` is a duration
+        (`250ms`, `2s`; a bare number is milliseconds, as everywhere: see `sse_recorder.units`).
         """
-        gap = None if max_gap is None else _number(max_gap, "max gap", "seconds, such as 0.5")
+        gap = None if max_gap is None else parse_duration(max_gap, "max gap")
         text = str(speed).strip().lower()
         if text == "instant":
             return cls(instant=True, max_gap=gap)

@@ -1,12 +1,24 @@
 """The replay server: serves a cassette back over HTTP/1.1 with the recorded timing.
 
 Rules:
-- requests are read with h11 (`wire/requests.py`); responses are written by hand, so the
-  wire shows exactly what was recorded (`replay/play.py`, `wire/responses.py`);
-- each request is matched, answered (unmatched: 404/409 with an explanation; a fault may
-  answer instead; else the recording, maybe faulted) and reported as one `Served` record;
+- requests are read by the one reader (`wire/requests.py`: RFC 9112's rejections, head and
+  body timeouts, a server-wide cap on buffered request bytes); responses are written by
+  hand, so the wire shows exactly what was recorded (`replay/play.py`, `wire/responses.py`);
+- each request is matched, answered (unmatched: 404/409 with an explanation, in the
+  vendor's error shape for a vendor call, see `vendors.py`; a fault may answer instead; else
+  the recording, maybe faulted) and reported as one `Served` record;
+- a request's body is dropped once it is matched: a long stream never holds it;
 - a connection carries the next request only after a clean, framed response when the
-  client did not ask to close; a malformed request gets a 4xx and the close;
+  client lets it persist (HTTP/1.1 without `Connection: close`, HTTP/1.0 with
+  `keep-alive`); every response to a client that will not get another says
+  `Connection: close`; an HTTP/1.0 client never gets a chunked body (it is sent
+  close-delimited);
+- a malformed request gets a 4xx and the close; anything that goes wrong while answering
+  (a damaged cassette, a bug) is a 500 with a one-line explanation, or, once the head is
+  out, the response cut short; either way one `Served` record says why, and the server goes
+  on serving. No traceback ever reaches the log;
+- `served` keeps the last `ReplayOptions.served_kept` records (a ring: memory stays flat in
+  a long-running server), `counts` every answer by kind;
 - faults are drawn per response number, so the same requests in the same order meet the
   same faults.
 """
@@ -14,9 +26,12 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import logging
 import socket
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,24 +39,38 @@ from typing import IO
 
 import h11
 
-from sse_recorder.errors import ConfigError
+from sse_recorder.errors import ConfigError, SSERecorderError
 from sse_recorder.faults import FaultPlan, FaultRun
 from sse_recorder.model import Interaction, Outcome, header_value
-from sse_recorder.replay.matching import IncomingRequest, MatchConfig, Matcher, Miss
-from sse_recorder.replay.play import Load, Player, writer_for
+from sse_recorder.replay import vendors
+from sse_recorder.replay.matching import (
+    IncomingRequest,
+    MatchConfig,
+    Matcher,
+    Miss,
+    host_of,
+    split_url,
+)
+from sse_recorder.replay.play import Interrupted, Load, Player, writer_for
 from sse_recorder.replay.records import Answer, Served
 from sse_recorder.replay.schedule import Timing
 from sse_recorder.replay.sources import Bodies
 from sse_recorder.store.cassette import Cassette
 from sse_recorder.wire import responses
-from sse_recorder.wire.connections import base_url, reset
+from sse_recorder.wire.connections import base_url, close_after_error, keeps_alive, reset
 from sse_recorder.wire.endings import until_closed
-from sse_recorder.wire.requests import BadRequest, read_request
+from sse_recorder.wire.requests import MAX_BUFFERED, BadRequest, Budget, Limits, read_request
 
-__all__ = ["LOOPS", "ReplayOptions", "ReplayServer", "loop_factory"]
+__all__ = ["LOOPS", "SERVED_KEPT", "ReplayOptions", "ReplayServer", "loop_factory"]
+
+log = logging.getLogger("sse_recorder.replay")
 
 MAX_HEAD = 64 * 1024  # request heads (h11's max_incomplete_event_size)
 WRITE_BUFFER_LIMIT = 64 * 1024
+# `served` keeps this many records: far more than one test makes (the pytest plugin reads
+# them per test), a few MB at most however long the server runs.
+SERVED_KEPT = 10_000
+UNMATCHED: dict[bool, int] = {False: 404, True: 409}  # by Miss.exhausted
 
 
 @dataclass(frozen=True)
@@ -50,6 +79,10 @@ class ReplayOptions:
     match: MatchConfig = field(default_factory=MatchConfig)
     faults: FaultPlan = field(default_factory=FaultPlan)
     fault_log: Path | None = None  # JSON lines: one per response, with the faults that fired
+    limits: Limits = field(default_factory=Limits)  # request timeouts and body cap
+    max_buffered: int = MAX_BUFFERED  # request body bytes being received, all connections
+    linger: float = 2.0  # after an error answer: seconds to read what the client still sends
+    served_kept: int = SERVED_KEPT  # records `ReplayServer.served` keeps
 
 
 class ReplayServer:
@@ -66,9 +99,12 @@ class ReplayServer:
         self.options = options or ReplayOptions()
         self.matcher = Matcher(interactions, self.options.match)
         self.on_served = on_served
-        self.served: list[Served] = []
+        self.served: collections.deque[Served] = collections.deque(
+            maxlen=self.options.served_kept)
+        self.counts: collections.Counter[Answer] = collections.Counter()  # every answer
         self.load = Load()
         self.player = Player(Bodies(cassette), self.options.timing, self.load)
+        self.budget = Budget(self.options.max_buffered)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._responses = 0  # numbers responses for fault seeding: same order, same faults
@@ -147,114 +183,193 @@ class ReplayServer:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         try:
             while True:
-                request = await self._read(conn, reader, writer)
+                try:
+                    request = await read_request(conn, reader, self.options.limits,
+                                                 self.budget, writer)
+                except BadRequest as exc:
+                    writer.write(responses.bad_request(exc.status, str(exc)))
+                    self._record(Served("?", "?", None, exc.status, Outcome.CLEAN,
+                                        Answer.BAD_REQUEST, str(exc), time=time.time()))
+                    await close_after_error(reader, writer, self.options.linger)
+                    break
                 if request is None:
                     break
                 # The parser has nothing more to say until the next request (responses never
                 # go through it): keep what the loop needs and let it go while a long stream
                 # plays, which saves memory per open stream.
-                must_close = conn.our_state is h11.MUST_CLOSE
-                leftover, closed = conn.trailing_data
+                leftover, closed = bytes(conn.trailing_data[0]), conn.trailing_data[1]
                 del conn
-                keep_alive = await self._respond(request, reader, writer)
-                if not keep_alive or must_close:
+                incoming = IncomingRequest(
+                    request.method, request.target, request.headers, request.body,
+                    host=host_of(header_value(request.headers, "host") or ""))
+                persist = keeps_alive(request.http_version, request.headers)
+                version = request.http_version
+                del request
+                found = self._match(incoming)
+                # The body is not needed once matched: a long stream never holds it.
+                incoming = dataclasses.replace(incoming, body=b"")
+                served, keep_alive = await self._guarded(incoming, found, persist, version,
+                                                         reader, writer)
+                self._served(served)
+                if not keep_alive:
                     break
                 conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
                 if leftover:  # a pipelined request already read
-                    conn.receive_data(bytes(leftover))
+                    conn.receive_data(leftover)
                 if closed:  # receive_data(b"") means end of stream: only when it was
                     conn.receive_data(b"")
         except (ConnectionError, asyncio.CancelledError):
             pass
+        except Exception as exc:  # the last resort: one record, no traceback
+            self._record(Served("?", "?", None, 0, Outcome.CLOSED, Answer.ERROR,
+                                _internal("serving a connection", exc), time=time.time()))
         finally:
             self._tasks.discard(task)
             self.load.connections -= 1
             if not writer.transport.is_closing():
                 writer.close()
 
-    async def _read(
-        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> IncomingRequest | None:
-        """The next request, or None when the connection is done (closed, or malformed
-        input answered with a 4xx)."""
-        try:
-            request = await read_request(conn, reader)
-        except BadRequest as exc:
-            writer.write(responses.bad_request(exc.status, str(exc)))
-            self._record(Served("?", "?", None, exc.status, Outcome.CLEAN, Answer.BAD_REQUEST,
-                                str(exc), time=time.time()))
-            return None
-        if request is None:
-            return None
-        host = (header_value(request.headers, "host") or "").rsplit(":", 1)[0]
-        return IncomingRequest(request.method, request.target, request.headers, request.body,
-                               host=host)
-
     def _record(self, served: Served) -> None:
         self.served.append(served)
+        self.counts[served.answer] += 1
         if self.on_served is not None:
             self.on_served(served)
-
-    # -- dispatch --------------------------------------------------------------------------
-
-    async def _respond(
-        self, request: IncomingRequest, reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> bool:
-        """Match, answer and report one request; True when the connection can carry another."""
-        number = self._responses
-        self._responses += 1
-        found = self.matcher.match(request)
-        if isinstance(found, Miss):
-            explanation = found.explain(request)
-            status, response = responses.unmatched(explanation, found.exhausted)
-            writer.write(response)
-            await writer.drain()
-            self._served(Served(request.method, request.target, None, status, Outcome.CLEAN,
-                                Answer.UNMATCHED, explanation, number))
-            return True
-        last_event_id = header_value(request.headers, "last-event-id")
-        path = request.target.split("?", 1)[0]
-        run = self.options.faults.for_connection(number, request.method, request.host, path,
-                                                 last_event_id is not None)
-        self.load.streams += 1
-        try:
-            status, answer, outcome = await self._answer(found, last_event_id, reader, writer,
-                                                         run)
-        finally:
-            self.load.streams -= 1
-        self._served(Served(request.method, request.target, found.id, status, outcome, answer,
-                            number=number, faults=tuple(run.log)))
-        wants_close = (header_value(request.headers, "connection") or "").lower() == "close"
-        return outcome is Outcome.CLEAN and not writer_for(found).closes and not wants_close
 
     def _served(self, served: Served) -> None:
         served = dataclasses.replace(served, time=time.time())
         self._record(served)
         if self._fault_log is not None:
-            self._fault_log.write(served.json_line() + "\n")
-            self._fault_log.flush()
+            try:
+                self._fault_log.write(served.json_line() + "\n")
+                self._fault_log.flush()
+            except OSError as exc:  # a full disk: the replay goes on without its fault log
+                log.warning("fault log stopped: %s", exc)
+                self._fault_log = None
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def _match(self, request: IncomingRequest) -> Interaction | Miss | Exception:
+        """The recording for `request`, or why none matches; what matching raised is
+        returned, for `_guarded` to answer."""
+        try:
+            return self.matcher.match(request)
+        except Exception as exc:  # answered by the guard
+            return exc
+
+    async def _guarded(
+        self, request: IncomingRequest, found: Interaction | Miss | Exception, persist: bool,
+        version: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+    ) -> tuple[Served, bool]:
+        """Answer one request whatever happens: what goes wrong becomes a 500 with a
+        one-line explanation (or, once the head is out, a response cut short) and a record.
+        Returns the record and whether the connection can carry another request."""
+        number = self._responses
+        self._responses += 1
+        try:
+            if isinstance(found, Exception):
+                raise found
+            return await self._respond(request, found, persist, version, number, reader,
+                                       writer)
+        except Interrupted as exc:  # the head went out: all that is left is to cut it short
+            writer.close()
+            why = _why(request, exc.cause)
+            return Served(request.method, request.target, exc.interaction, exc.status,
+                          Outcome.CLOSED, Answer.ERROR, why, number), False
+        except ConnectionError:
+            raise
+        except Exception as exc:  # the guard: a 500, never a lost request
+            why = _why(request, exc)
+            headers, body = vendors.explanation(500, why, split_url(request.target)[2],
+                                                request.headers, ())
+            writer.write(responses.whole(500, "Internal Server Error", headers, body,
+                                         "Connection: close", request.method == "HEAD"))
+            await close_after_error(reader, writer, self.options.linger)
+            return Served(request.method, request.target, None, 500, Outcome.CLEAN,
+                          Answer.ERROR, why, number), False
+
+    async def _respond(
+        self, request: IncomingRequest, found: Interaction | Miss, persist: bool, version: str,
+        number: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+    ) -> tuple[Served, bool]:
+        """Answer one matched (or unmatched) request; the record, and whether the
+        connection can carry another request."""
+        path = split_url(request.target)[2]
+        if isinstance(found, Miss):
+            explanation = found.explain(request)
+            status = UNMATCHED[found.exhausted]
+            headers, body = vendors.explanation(status, explanation, path, request.headers,
+                                                (("X-SSE-Recorder", "unmatched"),))
+            writer.write(responses.whole(status, responses.reason_of(status), headers, body,
+                                         responses.connection_field(persist, version),
+                                         request.method == "HEAD"))
+            await writer.drain()
+            return Served(request.method, request.target, None, status, Outcome.CLEAN,
+                          Answer.UNMATCHED, explanation, number), persist
+        last_event_id = _last_event_id(request)
+        run = self.options.faults.for_connection(  # routes name the recorded host
+            number, request.method, split_url(found.request.url)[1], path,
+            last_event_id is not None)
+        self.load.streams += 1
+        try:
+            status, answer, outcome, keep_alive = await self._answer(
+                found, last_event_id, persist, version, reader, writer, run)
+        finally:
+            self.load.streams -= 1
+        return Served(request.method, request.target, found.id, status, outcome, answer,
+                      number=number, faults=tuple(run.log)), keep_alive
 
     async def _answer(
-        self, interaction: Interaction, last_event_id: str | None,
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, run: FaultRun,
-    ) -> tuple[int, Answer, Outcome]:
+        self, interaction: Interaction, last_event_id: str | None, persist: bool,
+        version: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        run: FaultRun,
+    ) -> tuple[int, Answer, Outcome, bool]:
         """Faults that replace the response, else the recorded response (maybe faulted)."""
         assert interaction.response is not None
         if run.refuse():
             reset(writer)
-            return 0, Answer.FAULT, Outcome.RESET
+            return 0, Answer.FAULT, Outcome.RESET, False
         if run.no_head():
             await until_closed(reader)
-            return 0, Answer.FAULT, Outcome.STALLED
+            return 0, Answer.FAULT, Outcome.STALLED, False
         error = run.http_error()
         if error is not None:
-            writer.write(responses.whole(error.status, error.reason, error.headers, error.body))
+            writer.write(responses.whole(error.status, error.reason, error.headers, error.body,
+                                         responses.connection_field(persist, version),
+                                         interaction.request.method == "HEAD"))
             await writer.drain()
-            return error.status, Answer.FAULT, Outcome.CLEAN
-        return interaction.response.status, Answer.RECORDED, await self.player.play(
-            interaction, last_event_id, reader, writer, run
-        )
+            return error.status, Answer.FAULT, Outcome.CLEAN, persist
+        outcome = await self.player.play(interaction, last_event_id, reader, writer, run,
+                                         persist, version)
+        keep_alive = (persist and outcome is Outcome.CLEAN
+                      and not writer_for(interaction, version).closes)
+        return interaction.response.status, Answer.RECORDED, outcome, keep_alive
+
+
+def _last_event_id(request: IncomingRequest) -> str | None:
+    """The Last-Event-ID the client sent, read as UTF-8 (what browsers send; header bytes
+    arrive as latin-1), else as it came."""
+    value = header_value(request.headers, "last-event-id")
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
+def _why(request: IncomingRequest, exc: BaseException) -> str:
+    """One line saying why `request` could not be answered."""
+    if isinstance(exc, SSERecorderError):  # a damaged cassette: its own one-line message
+        return f"sse-recorder: cannot answer {request.method} {request.target}: {exc}"
+    return _internal(f"answering {request.method} {request.target}", exc)
+
+
+def _internal(doing: str, exc: BaseException) -> str:
+    """A bug, in one line: the exception and where it was raised, not a traceback dump."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    message = " ".join(str(exc).split())[:200]
+    return f"sse-recorder: internal error {doing}: {type(exc).__name__}{where}: {message}"
 
 
 LOOPS = ("asyncio", "uvloop")

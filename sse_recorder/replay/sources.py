@@ -35,7 +35,9 @@ class Bodies:
     def __init__(self, cassette: Cassette) -> None:
         self.cassette = cassette
         self._cache: dict[int, list[Chunk]] = {}
-        self._batch_cache: dict[int, list[bytes]] = {}  # instant mode's writes, see `batches`
+        # instant mode's writes by (interaction, frame), see `batches`: an HTTP/1.0 client
+        # gets a chunked recording unframed
+        self._batch_cache: dict[tuple[int, Frame], list[bytes]] = {}
         self._cache_locks: dict[int, asyncio.Lock] = {}
 
     async def cached(self, interaction: Interaction) -> list[Chunk]:
@@ -74,10 +76,10 @@ class Bodies:
         """Instant mode's writes for `body`, in lists like `pages`. A cached body's are made
         once and shared by every stream (about the body's size again in memory)."""
         if body is None and interaction.body_size <= CACHE_LIMIT:
-            batches = self._batch_cache.get(interaction.id)
+            batches = self._batch_cache.get((interaction.id, frame))
             if batches is None:
                 batches = batched(await self.cached(interaction), frame)
-                self._batch_cache[interaction.id] = batches
+                self._batch_cache[(interaction.id, frame)] = batches
             yield batches
             return
         async for page in self.pages(interaction, body):
@@ -86,28 +88,27 @@ class Bodies:
     async def resume(
         self, interaction: Interaction, last_id: str
     ) -> tuple[Body, int, int] | None:
-        """The body after the event whose id is `last_id` (see `resume.py`), the offset the
+        """The body after the block whose id is `last_id` (see `resume.py`), the offset the
         schedule counts from and how many body bytes were skipped; None for an id the
-        cassette never saw (the caller replays from the start)."""
-        if not any(e.id == last_id for e in await self.cassette.events(interaction.id)):
-            log.info("Last-Event-ID %r is not in #%d: replaying from the start", last_id,
-                     interaction.id)
-            return None
+        stream never set (the caller replays from the start). Decided by parsing the body:
+        the events table has no row for an id-only block."""
         if interaction.body_size <= CACHE_LIMIT:
             resumed = resume(await self.cached(interaction), last_id)
             if resumed is not None:
                 return resumed.chunks, resumed.origin_ns, resumed.skipped
-            return [], 0, interaction.body_size
-        cut = Cut(last_id)
-        chunks = self.cassette.chunks(interaction.id).__aiter__()
-        async for chunk in chunks:
-            first = cut.feed(chunk)
+        else:  # a large body is scanned a page at a time; not found, it is read again
+            cut = Cut(last_id)
+            chunks = self.cassette.chunks(interaction.id).__aiter__()
+            async for chunk in chunks:
+                first = cut.feed(chunk)
+                if first is not None:
+                    return _prepend(first, chunks), cut.origin_ns, cut.skipped
+            first = cut.finish()
             if first is not None:
-                return _prepend(first, chunks), cut.origin_ns, cut.skipped
-        first = cut.finish()
-        if first is not None:
-            return first, cut.origin_ns, cut.skipped
-        return [], 0, interaction.body_size
+                return first, cut.origin_ns, cut.skipped
+        log.info("Last-Event-ID %r is not in #%d: replaying from the start", last_id,
+                 interaction.id)
+        return None
 
 
 def batched(chunks: list[Chunk], frame: Frame) -> list[bytes]:

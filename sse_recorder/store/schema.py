@@ -91,7 +91,8 @@ def outcome_on_disk(outcome: Outcome) -> str:
 def outcome_from_disk(stored: str | None) -> Outcome:
     """NULL is an interaction never finalized (the recorder stopped or died). A value this
     release does not know (written by a newer one) reads as CLOSED: the body is there, and
-    whatever the newer ending was, the safe replay is a close before the body's end."""
+    whatever the newer ending was, the safe replay is a close before the body's end. This
+    is the format's forward-compatibility rule for endings (cassettes/FORMAT.md)."""
     if stored is None:
         return Outcome.STOPPED
     found = _FROM_DISK.get(stored)
@@ -106,7 +107,3 @@ def outcome_from_disk(stored: str | None) -> Outcome:
 def headers_on_disk(headers: Headers) -> str:
     """Headers are a JSON list of `[name, value]` pairs, keeping order and repeats."""
     return json.dumps([list(pair) for pair in headers])
-
-
-def headers_from_disk(stored: str | None) -> Headers:
-    return tuple((str(k), str(v)) for k, v in json.loads(stored or "[]"))

@@ -7,6 +7,8 @@ path and what a driver error says. A second database would get a module beside t
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -14,19 +16,24 @@ from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import URL, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+BUSY_TIMEOUT_MS = 5000
 
-def engine(path: Path, *, read_only: bool, create: bool = False) -> AsyncEngine:
+
+def engine(
+    path: Path, *, read_only: bool, create: bool = False, immutable: bool = False
+) -> AsyncEngine:
     """An engine on the file at `path`. SQLite itself refuses writes when `read_only` and a
-    missing file unless `create`, so a reader can never turn a stray path into a cassette."""
+    missing file unless `create`, so a reader can never turn a stray path into a cassette.
+    `immutable` reads the file without locks or side files (see `stranded_in_wal`)."""
     # URL.create keeps the database verbatim (a URL string would be split at '?' and
     # unquoted); quoting keeps '#', '?' and '%' in the path out of SQLite's URI syntax.
-    url = URL.create(
-        "sqlite+aiosqlite",
-        database="file:" + quote(str(path)),
-        query={"mode": "ro" if read_only else "rwc" if create else "rw", "uri": "true"},
-    )
+    query = {"mode": "ro" if read_only else "rwc" if create else "rw", "uri": "true"}
+    if immutable:
+        query["immutable"] = "1"
+    url = URL.create("sqlite+aiosqlite", database="file:" + quote(str(path)), query=query)
     created = create_async_engine(url, connect_args={"uri": True, "check_same_thread": False})
     event.listen(created.sync_engine, "connect", _set_pragmas)
     return created
@@ -34,7 +41,7 @@ def engine(path: Path, *, read_only: bool, create: bool = False) -> AsyncEngine:
 
 def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.close()
 
 
@@ -50,11 +57,60 @@ async def start_recording(conn: AsyncConnection) -> None:
     await conn.commit()
 
 
+FOLD_PATIENCE = 1.0  # seconds finish_recording waits for other connections to let go
+FOLD_BUSY_MS = 50  # a checkpoint's wait for a reader mid-query, per attempt
+
+
 async def finish_recording(conn: AsyncConnection) -> None:
-    """Fold the WAL back into the main file so the cassette is one self-contained file."""
-    await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    await conn.exec_driver_sql("PRAGMA journal_mode=DELETE")
-    await conn.commit()
+    """Fold the WAL back into the main file and leave WAL mode, so the cassette is one
+    self-contained file that opens anywhere, a read-only location included. Another
+    connection that opened the file in WAL mode (even an idle reader) blocks leaving it, so
+    this retries for FOLD_PATIENCE seconds, then gives up: after the checkpoint every commit
+    is in the main file, and `stranded_in_wal` lets readers cope with the header."""
+    deadline = time.monotonic() + FOLD_PATIENCE
+    delay = 0.005
+    await conn.exec_driver_sql(f"PRAGMA busy_timeout={FOLD_BUSY_MS}")
+    try:
+        while not await _fold(conn) and time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 0.1)
+    finally:
+        await conn.commit()
+        await conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+
+async def _fold(conn: AsyncConnection) -> bool:
+    """One try at checkpointing everything and leaving WAL mode."""
+    if (await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).scalar():
+        return False  # a reader is mid-query
+    try:
+        mode = (await conn.exec_driver_sql("PRAGMA journal_mode=DELETE")).scalar()
+    except DBAPIError:  # "database is locked": another connection is open
+        return False
+    return str(mode).lower() == "delete"
+
+
+def stranded_in_wal(path: Path) -> bool:
+    """A file whose header says WAL with no WAL content beside it: a recorder stopped while
+    another connection held the file. Its main file holds every commit, but SQLite needs a
+    writable directory for the `-shm` of a WAL file, so a reader opens it `immutable`."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(20)
+        wal = Path(f"{path}-wal")
+        stranded = not wal.exists() or wal.stat().st_size == 0
+    except OSError:
+        return False
+    return header[:16] == b"SQLite format 3\x00" and header[18:20] == b"\x02\x02" and stranded
+
+
+async def integrity_problem(conn: AsyncConnection) -> str | None:
+    """The first problem `PRAGMA integrity_check` finds, or None for a sound file."""
+    found = (await conn.exec_driver_sql("PRAGMA integrity_check(1)")).scalar()
+    if found == "ok":
+        return None
+    # SQLite's report spans lines ("*** in database main ***\nOn tree page 21 ...")
+    return " ".join(str(found or "failed").replace("*** in database main ***", "").split())
 
 
 @cache

@@ -9,6 +9,11 @@ A request the cassette cannot answer fails the test with the nearest recording a
 differed; a damaged cassette fails it with the one-line cassette error and is never
 re-recorded or read as empty.
 
+Recording runs the first `sse-recorder` whose Python has mitmproxy (`locate`; the report
+header names it), so a test venv's own core-only command is passed over for the pipx one.
+`--sse-block-network` (`network`) fails a test whose client connects anywhere but the
+fixture's own servers.
+
 The hooks, the fixture and the report hook live here; how markers, options and ini values
 merge is in `settings`, the child processes in `processes`.
 """
@@ -24,16 +29,13 @@ from collections.abc import Coroutine, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import pytest
 
-from sse_recorder.testing.processes import (
-    START_TIMEOUT,
-    STOP_TIMEOUT,
-    Process,
-    ProcessError,
-    sse_recorder_executable,
-)
+from sse_recorder.testing import locate
+from sse_recorder.testing.network import Guard
+from sse_recorder.testing.processes import START_TIMEOUT, STOP_TIMEOUT, Process, ProcessError
 from sse_recorder.testing.settings import CassetteSettings, RecordMode, check_speed
 
 if TYPE_CHECKING:
@@ -58,9 +60,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="Upstream to record from. Wins over markers.")
     group.addoption("--sse-speed", metavar="SPEED", default=None,
                     help="Replay speed factor, or 'instant' (the default). Wins over markers.")
+    group.addoption("--sse-recorder-executable", metavar="PATH", default=None,
+                    help="The sse-recorder command that records (default: the first with "
+                         "mitmproxy: this Python's, PATH's, then the pipx / uv tool venvs).")
+    group.addoption("--sse-block-network", action="store_true", default=None,
+                    help="Fail a test that connects anywhere but its cassette's replay "
+                         "server, proxy or recorder (this process only: not subprocesses).")
+    group.addoption("--sse-allowed-hosts", metavar="HOSTS", default=None,
+                    help="With --sse-block-network: comma-separated host or host:port "
+                         "still allowed.")
     parser.addini("sse_record_mode", "Default record mode for SSE cassettes (none).")
     parser.addini("sse_upstream", "Default upstream URL to record SSE cassettes from.")
     parser.addini("sse_speed", "Default replay speed: a factor, or 'instant' (the default).")
+    parser.addini("sse_recorder_executable", "The sse-recorder command that records "
+                  "(default: the first whose Python has mitmproxy).")
+    parser.addini("sse_block_network", "Block connections other than to the cassette's "
+                  "servers (as --sse-block-network).", type="bool", default=False)
+    parser.addini("sse_allowed_hosts", "With sse_block_network: comma-separated host or "
+                  "host:port still allowed.")
     parser.addini("sse_confdir", "mitmproxy confdir (CA) for recording and proxy mode "
                                  "(default: a fresh one per test session).")
 
@@ -70,7 +87,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "sse_cassette(name=None, *, record_mode, upstream, path, speed, max_gap, match, "
         "ignore_json, ignore_query, ignore_headers, when_exhausted, faults, seed): "
-        "the SSE cassette the sse_cassette fixture serves (sse-recorder)",
+        "the SSE cassette the sse_cassette fixture serves (sse-recorder); path= is relative "
+        "to the test file's directory (default: cassettes/<test module>/<name>.sqlite there)",
     )
     speed = config.getoption("sse_speed")
     if speed is not None:
@@ -78,13 +96,50 @@ def pytest_configure(config: pytest.Config) -> None:
             check_speed(speed)
         except ValueError as exc:
             raise pytest.UsageError(f"--sse-speed: {exc}") from None
-    config.stash[_STATE] = _State()
+    state = _State(configured=config.getoption("sse_recorder_executable")
+                   or str(config.getini("sse_recorder_executable")) or None)
+    if config.getoption("sse_block_network") or config.getini("sse_block_network"):
+        allowed = (config.getoption("sse_allowed_hosts")
+                   or str(config.getini("sse_allowed_hosts")))
+        state.guard = Guard(allowed.split(","))
+        state.guard.install()
+    config.stash[_STATE] = state
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(_STATE, None)
     if state is not None:
         state.loop.stop()
+        if state.guard is not None:
+            state.guard.uninstall()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Say which recorder records when this run records, and what the network guard allows."""
+    state = config.stash[_STATE]
+    lines = []
+    mode = config.getoption("sse_record_mode") or str(config.getini("sse_record_mode"))
+    try:
+        records = bool(mode) and RecordMode.parse(mode) is not RecordMode.NONE
+    except ValueError:
+        records = False  # each test says why
+    if records:
+        try:
+            lines.append(f"sse-recorder: recording with {state.recorder()}")
+            state.announced = True
+        except ProcessError as exc:
+            lines.append(f"sse-recorder: cannot record: {exc}")
+    if state.guard is not None:
+        allowed = ", ".join(sorted(state.guard.allowed)) or "nothing else"
+        lines.append("sse-recorder: network blocked except the cassettes' servers on "
+                     f"127.0.0.1 and {allowed}")
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    state = terminalreporter.config.stash.get(_STATE, None)
+    if state is not None and state.found is not None and not state.announced:
+        terminalreporter.write_line(f"sse-recorder: recorded with {state.found}")
 
 
 # -- the background loop -------------------------------------------------------------------
@@ -139,6 +194,21 @@ class _LoopThread:
 class _State:
     loop: _LoopThread = dataclasses.field(default_factory=_LoopThread)
     confdir: Path | None = None
+    configured: str | None = None  # sse_recorder_executable, if set
+    found: locate.Found | None = None  # the recorder, once looked for
+    announced: bool = False  # whether the report header named it
+    guard: Guard | None = None  # with --sse-block-network
+
+    def recorder(self) -> locate.Found:
+        """The `sse-recorder` that records (looked for once per run); ProcessError if none."""
+        if self.found is None:
+            try:
+                self.found = locate.find(needs_mitmproxy=True, configured=self.configured)
+            except locate.RecorderNotFound as exc:
+                hint = "" if self.configured else (
+                    ", or name one with --sse-recorder-executable or ini sse_recorder_executable")
+                raise ProcessError(f"{exc}{hint}") from None
+        return self.found
 
 
 _STATE = pytest.StashKey[_State]()
@@ -178,6 +248,7 @@ class SSECassette:
         self._proxy_url: str | None = None
         self._recording_as = ""  # base_url or proxy_url: what the recorder was started for
         self._reported = 0
+        self._owned: list[int] = []  # ports this fixture's servers listen on
 
     def __repr__(self) -> str:
         mode = "recording" if self.recording else "replaying"
@@ -259,14 +330,25 @@ class SSECassette:
         except ValueError as exc:
             pytest.fail(f"sse-recorder: {exc}", pytrace=False)
         if mode is RecordMode.NONE and not exists:
-            pytest.fail(f"sse-recorder: {self._shown()}: no such cassette (record mode none "
+            pytest.fail(f"sse-recorder: {self._where()}: no such cassette (record mode none "
                         "never records); record it with --sse-record-mode=once "
                         "--sse-upstream=URL", pytrace=False)
         if mode in (RecordMode.NONE, RecordMode.ONCE) and exists:
             try:
-                self._server = self._state.loop.run(self._open_server())
+                server = self._state.loop.run(self._open_server())
             except CassetteError as exc:
                 pytest.fail(f"sse-recorder: {exc}", pytrace=False)
+            if any(i.response is not None for i in server.matcher.interactions):
+                self._server = server
+                self._own(server.port)
+                return
+            self._state.loop.run(server.close())
+            if mode is RecordMode.NONE:
+                pytest.fail(f"sse-recorder: {self._shown()}: the cassette holds no response "
+                            "to replay (a recording that failed?); record it again with "
+                            "--sse-record-mode=once --sse-upstream=URL", pytrace=False)
+            self._remove()  # once: a failed earlier recording is recorded afresh
+            self.recording = True
             return
         if exists:  # new_episodes appends, all replaces: only ever a cassette
             try:
@@ -276,9 +358,26 @@ class SSECassette:
                             "anything but a cassette; move this file away to record afresh)",
                             pytrace=False)
         if mode is RecordMode.ALL:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            self._remove()
         self.recording = True  # the recorder starts when the test asks for a URL
+
+    def _remove(self) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
+    def _where(self) -> str:
+        """The cassette as shown, and where a relative `path=` was looked for."""
+        given = self.settings.kwargs.get("path")
+        if given and not Path(str(given)).expanduser().is_absolute():
+            return (f"{self._shown()} (path={str(given)!r} is relative to the test file's "
+                    f"directory: looked for {self.path})")
+        return self._shown()
+
+    def _own(self, port: int | None) -> None:
+        """Let --sse-block-network allow loopback connections to this server's port."""
+        if self._state.guard is not None and port is not None:
+            self._state.guard.own(port)
+            self._owned.append(port)
 
     async def _open_server(self) -> ReplayServer:
         from sse_recorder.replay.server import ReplayServer
@@ -298,16 +397,21 @@ class SSECassette:
     def _record(self, *where: str) -> Process:
         self._workdir.mkdir(parents=True, exist_ok=True)
         try:
-            args = [sse_recorder_executable(needs_mitmproxy=True), "record", "--cassette",
+            found = self._state.recorder()
+            # the older spellings (--cassette, --upstream, replay's --port), which every
+            # release accepts: a pipx recorder of another release works too
+            args = [found.path, "record", "--cassette",
                     str(self.path), *where, "--listen-port", "0",
                     "--confdir", str(self._confdir())]
             if self.record_mode is RecordMode.NEW_EPISODES:
                 args.append("--replay-matched")
                 if self.settings.kwargs.get("match"):
                     args += ["--match", str(self.settings.kwargs["match"])]
-            return Process(args, self._workdir / f"recorder-{time.monotonic_ns()}.log")
+            process = Process(args, self._workdir / f"recorder-{time.monotonic_ns()}.log")
         except ProcessError as exc:
             pytest.fail(f"sse-recorder: cannot record {self._shown()}: {exc}", pytrace=False)
+        self._own(urlsplit(process.url).port)
+        return process
 
     def _start_proxy(self) -> str:
         self._workdir.mkdir(parents=True, exist_ok=True)
@@ -326,15 +430,15 @@ class SSECassette:
 
                 self._proxy = InProcessProxy(self._server.host, self._server.port,
                                              self._confdir(), START_TIMEOUT, STOP_TIMEOUT)
-                return self._proxy.url
-            # its own replay server in the subprocess, its records on stderr
-            args = [sse_recorder_executable(needs_mitmproxy=True), "replay", str(self.path),
-                    "--proxy", "--port", "0", "--confdir", str(self._confdir()),
-                    "--log-format", "json", *self.settings.replay_arguments(self._options)]
-            self._proxy = Process(args, self._workdir / f"proxy-{time.monotonic_ns()}.log")
-            return self._proxy.url
+            else:  # its own replay server in the subprocess, its records on stderr
+                args = [self._state.recorder().path, "replay", str(self.path),
+                        "--proxy", "--port", "0", "--confdir", str(self._confdir()),
+                        "--log-format", "json", *self.settings.replay_arguments(self._options)]
+                self._proxy = Process(args, self._workdir / f"proxy-{time.monotonic_ns()}.log")
         except RuntimeError as exc:
             pytest.fail(f"sse-recorder: cannot start proxy mode: {exc}", pytrace=False)
+        self._own(urlsplit(self._proxy.url).port)
+        return self._proxy.url
 
     def _stop(self) -> list[str]:
         """Stop everything this test started; returns what went wrong, if anything."""
@@ -352,6 +456,10 @@ class SSECassette:
                                     f"{code}){self._recorder.stderr_tail()}")
         if self._server is not None:
             self._state.loop.run(self._server.close())
+        if self._state.guard is not None:
+            for port in self._owned:
+                self._state.guard.disown(port)
+        self._owned.clear()
         return problems
 
     def take_unmatched_report(self) -> str:
@@ -412,20 +520,37 @@ def sse_cassette(
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Turn a test that passed despite unmatched requests into a failure, and add the
-    explanation to one that failed (usually on the 404 those requests got)."""
+    """Turn a test that passed despite unmatched requests or blocked connections into a
+    failure, and add the explanation to one that failed (usually on the 404 those requests
+    got, or on the connection error)."""
     report = yield
+    guard = item.config.stash[_STATE].guard
+    blocked = guard.take_blocked() if guard is not None else []
+    if report.skipped:
+        return report
+    if blocked:
+        _explain(report, "sse-recorder: blocked connections", _blocked_report(blocked))
     cassette = item.stash.get(_CASSETTE, None)
-    if cassette is None or report.when != "call" or report.skipped:
-        return report
-    text = cassette.take_unmatched_report()
-    if not text:
-        return report
+    if cassette is not None and report.when == "call":
+        text = cassette.take_unmatched_report()
+        if text:
+            _explain(report, "sse-recorder: unmatched requests", text)
+    return report
+
+
+def _explain(report: pytest.TestReport, title: str, text: str) -> None:
+    """Fail a passing report with `text`, or add it to a failing one's traceback."""
     if report.passed:
         report.outcome = "failed"
         report.longrepr = text
     elif callable(add := getattr(report.longrepr, "addsection", None)):
-        add("sse-recorder: unmatched requests", text)  # shown right after the traceback
+        add(title, text)  # shown right after the traceback
     else:
-        report.sections.append(("sse-recorder: unmatched requests", text))
-    return report
+        report.sections.append((title, text))
+
+
+def _blocked_report(blocked: list[str]) -> str:
+    count = f"{len(blocked)} connection{'s' if len(blocked) > 1 else ''}"
+    return (f"sse-recorder: --sse-block-network blocked {count} from this test: "
+            f"{', '.join(blocked)}\npoint the client at sse_cassette.base_url (or proxy_url), "
+            "or allow a host with --sse-allowed-hosts / ini sse_allowed_hosts")

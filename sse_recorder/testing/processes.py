@@ -9,17 +9,16 @@ only, so the pytest plugin, the demo, the tests and the benchmarks share it with
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import select
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+
+from sse_recorder.testing import locate
 
 START_TIMEOUT = 60.0  # seconds for a process to print its URL
 STOP_TIMEOUT = 30.0  # seconds for a recorder to flush its cassette after SIGTERM
@@ -124,16 +123,9 @@ class Process:
 
 
 def sse_recorder_executable(needs_mitmproxy: bool = False) -> str:
-    """`sse-recorder` beside this Python, else on PATH. Recording needs mitmproxy, which is
-    usually an isolated tool (pipx): without it here, a PATH copy is preferred."""
-    local = Path(sys.executable).parent / "sse-recorder"
-    on_path = shutil.which("sse-recorder")
-    if needs_mitmproxy and importlib.util.find_spec("mitmproxy") is None and on_path:
-        if Path(on_path).resolve() != local.resolve():
-            return on_path
-    if local.exists():
-        return str(local)
-    if on_path:
-        return on_path
-    raise ProcessError(f"cannot find the sse-recorder command beside {sys.executable} "
-                       "or on PATH")
+    """The `sse-recorder` command to run; for recording, the first whose Python has
+    mitmproxy (see `locate`). ProcessError naming every candidate if there is none."""
+    try:
+        return locate.find(needs_mitmproxy).path
+    except locate.RecorderNotFound as exc:
+        raise ProcessError(str(exc)) from None

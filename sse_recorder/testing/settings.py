@@ -147,8 +147,8 @@ class CassetteSettings:
         k = self.kwargs
         timing = options.timing
         args = ["--instant"] if timing.instant else ["--speed", str(timing.speed)]
-        if timing.max_gap is not None:
-            args += ["--max-gap", str(timing.max_gap)]
+        if timing.max_gap is not None and not timing.instant:
+            args += ["--max-gap", f"{timing.max_gap * 1000:g}ms"]
         if k.get("match"):
             args += ["--match", str(k["match"])]
         for option, key in (("--ignore-json", "ignore_json"), ("--ignore-query", "ignore_query"),

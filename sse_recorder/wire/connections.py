@@ -35,3 +35,32 @@ def reset(writer: asyncio.StreamWriter) -> None:
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+def keeps_alive(http_version: str, headers: Headers) -> bool:
+    """Whether the client lets the connection carry another request (RFC 9112 §9.3): an
+    HTTP/1.1 one unless it sent `Connection: close`, an HTTP/1.0 one only when it asked
+    for `keep-alive`. Connection is a token list: `keep-alive, Upgrade` counts."""
+    tokens = {token.strip().lower() for name, value in headers if name.lower() == "connection"
+              for token in value.split(",")}
+    return "close" not in tokens and (http_version != "1.0" or "keep-alive" in tokens)
+
+
+async def close_after_error(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, linger: float = 2.0
+) -> None:
+    """Close after an error answer without losing it. Closing with request bytes still
+    unread makes the kernel send an RST, which can discard the answer before the client
+    reads it: so send our FIN first, read what the client still sends (for at most
+    `linger` seconds), then close."""
+    try:
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(linger):
+            while await reader.read(65536):
+                pass
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        writer.close()

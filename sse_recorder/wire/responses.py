@@ -8,7 +8,9 @@ Rules:
   whether the close is the end (so the connection cannot carry another response) and
   whether there is a body at all;
 - a `frame` of None means pieces go out as they are, so the hot loops make no call for them;
-- whole responses (explanations, injected errors, 400s) always carry a Content-Length.
+- whole responses (explanations, injected errors, 400s) always carry a Content-Length;
+- the Connection field says what happens after the response (`connection_field`): `close`
+  whenever the server closes after it, `keep-alive` to an HTTP/1.0 client it keeps.
 """
 
 from __future__ import annotations
@@ -55,44 +57,49 @@ WRITERS: dict[Framing, BodyWriter] = {
 }
 
 
-def head(response: ResponseHead, framing_field: str | None) -> bytes:
-    """A recorded response head as replayed, with `framing_field` (if any) last."""
+def connection_field(keep_alive: bool, http_version: str, closes: bool = False) -> str | None:
+    """The Connection field of a response (RFC 9112 §9.3, §9.6): `close` when the server
+    closes after it (unless the framing field already says so), `keep-alive` for an HTTP/1.0
+    client whose connection persists (it assumes a close otherwise), else none."""
+    if closes:
+        return None
+    if not keep_alive:
+        return "Connection: close"
+    return "Connection: keep-alive" if http_version == "1.0" else None
+
+
+def head(response: ResponseHead, *fields: str | None) -> bytes:
+    """A recorded response head as replayed, with `fields` (the framing field, the
+    Connection field; None: absent) last."""
     lines = [f"HTTP/1.1 {response.status} {response.reason or 'OK'}"]
     lines += [f"{k}: {v}" for k, v in response.headers
               if k.lower() not in HOP_BY_HOP and not k.startswith(":")]
-    if framing_field is not None:
-        lines.append(framing_field)
+    lines += [f for f in fields if f is not None]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def whole(
     status: int, reason: str, headers: Iterable[tuple[str, str]], body: bytes,
-    close: bool = False,
+    connection: str | None = None, bodiless: bool = False,
 ) -> bytes:
-    """A complete response with a Content-Length (and `Connection: close` when `close`)."""
+    """A complete response with a Content-Length (and `connection`, a Connection field);
+    `bodiless` (the answer to a HEAD) says the length and sends no body."""
     lines = [f"HTTP/1.1 {status} {reason}"]
     lines += [f"{k}: {v}" for k, v in headers]
     lines.append(f"Content-Length: {len(body)}")
-    if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    if connection is not None:
+        lines.append(connection)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if bodiless else body)
+
+
+def reason_of(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 def bad_request(status: int, message: str) -> bytes:
-    """The answer to a request h11 rejected; the connection closes after it."""
-    try:
-        reason = HTTPStatus(status).phrase
-    except ValueError:
-        reason = "Bad Request"
+    """The answer to a request the reader rejected; the connection closes after it."""
     body = f"sse-recorder: malformed HTTP request: {message}\n".encode()
-    return whole(status, reason, [("Content-Type", TEXT)], body, close=True)
-
-
-UNMATCHED: dict[bool, tuple[int, str]] = {False: (404, "Not Found"), True: (409, "Conflict")}
-
-
-def unmatched(explanation: str, exhausted: bool) -> tuple[int, bytes]:
-    """The answer when no recording matches (404) or all were used up (409), and its status."""
-    status, reason = UNMATCHED[exhausted]
-    headers = [("Content-Type", TEXT), ("X-SSE-Recorder", "unmatched")]
-    return status, whole(status, reason, headers, explanation.encode())
+    return whole(status, reason_of(status), [("Content-Type", TEXT)], body, "Connection: close")

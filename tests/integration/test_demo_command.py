@@ -1,9 +1,12 @@
-"""`sse-recorder demo`, the README's main job, run exactly as `make demo` runs it."""
+"""`sse-recorder demo`, the README's main job, run exactly as `make demo` runs it: from the
+checkout, with the venv's executable not on PATH."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -12,16 +15,28 @@ import pytest
 from sse_recorder.demo.walkthrough import REQUESTS, _record_problems, _recorded
 from sse_recorder.model import Outcome
 from sse_recorder.replay.records import Answer, parse_records
-from tests.helpers import SSE_RECORDER
+from tests.helpers import BIN, REPO, SSE_RECORDER
 
 pytestmark = pytest.mark.integration
 
 
 def test_demo_records_replays_and_reports_faithful(tmp_path: Path) -> None:
+    # as `make demo` runs it: .venv/bin/sse-recorder, with .venv/bin not on PATH
+    env = {**os.environ, "PATH": os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep)
+        if p and Path(p).resolve() != BIN.resolve())}
     done = subprocess.run([SSE_RECORDER, "demo", "--workdir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
+    # it ends with a command that works from here, as printed
+    suggestion = out.strip().splitlines()[-1].split("; try: ", 1)[1]
+    assert not suggestion.startswith("sse-recorder ")  # not on this PATH
+    shown = subprocess.run(shlex.split(suggestion), capture_output=True, text=True,
+                           timeout=30, env=env, cwd=REPO)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("#2 POST http://127.0.0.1:")
+    assert "/v1/chat/completions -> 200 OK" in shown.stdout.splitlines()[0]
     assert "faithful: every replay has the recorded bytes and ending" in out
     listing = [line.split() for line in out.splitlines() if "/reset" in line and "GET" in line]
     assert listing and listing[0][-1] == "reset"  # the reset stream is recorded as one

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anthropic
 import httpx
@@ -28,9 +29,10 @@ import pytest
 
 from sse_recorder.demo.upstream import TEXT, patterns_writes
 from sse_recorder.faults import SHAPES, FaultPlan
+from sse_recorder.routes import host_and_path
 from sse_recorder.sse import Comment, Event, parse
 from sse_recorder.wire.probe import ProbeResult, probe
-from tests.helpers import SSE_RECORDER, Process, RecordDemo
+from tests.helpers import SSE_RECORDER, Process, RecordDemo, RecorderFactory
 from tests.integration.support import (
     CHAT,
     Recording,
@@ -173,6 +175,26 @@ async def test_latency_delays_the_head_and_every_chunk(
     await retrying(lambda: check(LATE_HEAD))  # a late recorded head delays the body once
 
 
+async def test_a_bare_duration_is_milliseconds(
+    recording: Recording, replay: Callable[..., Process], tmp_path: Path
+) -> None:
+    # `latency:head=300` waited 300 s; it is 300 ms, as in Toxiproxy, in a plan file too.
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[[fault]]\ntype = "pause"\nafter_event = 3\nduration = 400\n')
+    url = replay("--fault", "latency:head=300", "--faults", str(plan)).url + TICKS
+    recorded = recording.get(TICKS)
+    head_ms = (recorded.interaction.head_offset_ns or 0) / 1e6
+
+    async def check() -> None:
+        result = await probe(url)
+        assert result.body == recorded.body
+        assert 300 + head_ms - 1 <= result.head_ns / 1e6 < 300 + head_ms + 150, result.head_ns
+        gap, expected = result.gaps_ms()[2], recorded.gaps_ms()[2]
+        assert 400 + expected - 5 <= gap < 400 + expected + 150, (gap, expected)
+
+    await retrying(check)
+
+
 async def test_pause_after_event_k(recording: Recording, replay: Callable[..., Process]) -> None:
     url = replay("--fault", "pause:after_event=3,duration=1s").url + TICKS
     recorded = recording.get(TICKS)
@@ -234,7 +256,7 @@ async def test_drop_rst_and_fin_are_told_apart(
     recording: Recording, replay: Callable[..., Process], how: str, ending: str,
     error: type[Exception],
 ) -> None:
-    url = replay("--instant", "--fault", f"drop:after_events=3,how={how}").url + TICKS
+    url = replay("--instant", "--fault", f"drop:after_event=3,how={how}").url + TICKS
     recorded = recording.get(TICKS)
     result = await probe(url)
     assert result.outcome == ending
@@ -347,7 +369,7 @@ async def test_anthropic_sdk_raises_on_an_injected_error_event(
     recording: Recording, replay: Callable[..., Process]
 ) -> None:
     # After message_start, content_block_start, ping and two deltas.
-    url = replay("--fault", "inject:at_event=5,shape=anthropic-overloaded").url
+    url = replay("--fault", "inject:after_event=5,shape=anthropic-overloaded").url
     texts: list[str] = []
     with pytest.raises(anthropic.APIStatusError) as info:
         await anthropic_texts(url, texts)
@@ -370,7 +392,7 @@ async def test_injected_events_and_retry_reach_httpx_sse(
     shapes = ["error", "warning", "retry-hint", "backoff", "openai-error"]
     options = ["--instant", "--fault", "retry:value=2500"]
     for k, shape in enumerate(shapes, start=1):
-        options += ["--fault", f"inject:at_event={k},shape={shape}"]
+        options += ["--fault", f"inject:after_event={k},shape={shape}"]
     url = replay(*options).url + TICKS
     received = await sse_events(url)
     assert received[0].retry == 2500 and received[0].data == ""  # the retry: field first
@@ -416,7 +438,7 @@ async def test_reconnecting_client_gets_every_event_once(
     recording: Recording, replay: Callable[..., Process], tmp_path: Path
 ) -> None:
     log = tmp_path / "faults.jsonl"
-    url = replay("--fault", "drop:after_events=4,how=fin,on_resume=none",
+    url = replay("--fault", "drop:after_event=4,how=fin,on_resume=none",
                  "--fault-log", str(log)).url + CI
     seen: list[tuple[str, str, str]] = []
     last_id: str | None = None
@@ -492,7 +514,7 @@ async def test_rechunking_keeps_the_events(
 async def test_same_seed_same_faults_other_seed_other_faults(
     recording: Recording, replay: Callable[..., Process], tmp_path: Path
 ) -> None:
-    specs = ["drop:after_events=3,p=0.5", "inject:shape=warning,per=event,p=0.3"]
+    specs = ["drop:after_event=3,p=0.5", "inject:shape=warning,per=event,p=0.3"]
     options = [option for spec in specs for option in ("--fault", spec)]
     runs = [(3, tmp_path / "a.jsonl"), (3, tmp_path / "b.jsonl"), (4, tmp_path / "c.jsonl")]
     processes = [replay("--instant", "--seed", str(seed), "--fault-log", str(log), *options)
@@ -523,7 +545,7 @@ seed = 9
 
 [[fault]]
 type = "drop"
-after_events = 2
+after_event = 2
 route = "/ci/*"
 
 [[fault]]
@@ -576,9 +598,17 @@ async def test_toml_plan_applies_each_fault_to_its_route_only(
 async def test_faults_apply_in_proxy_mode(
     recording: Recording, replay: Callable[..., Process], mitm_confdir: Path
 ) -> None:
+    # Routes name the recorded host (the demo upstream's), not the one the client asks
+    # the proxy for: a route on api.example.com never fires, and says so at start.
+    recorded_host = host_and_path(recording.get(TICKS).interaction.request.url)[0]
     proxy = replay("--proxy", "--confdir", str(mitm_confdir),
-                   "--fault", "http:status=503,route=POST api.example.com/v1/chat/*",
-                   "--fault", "drop:after_events=3,how=rst,route=/ticks")
+                   "--fault", f"http:status=503,route=POST {recorded_host}/v1/chat/*",
+                   "--fault", "drop:after_event=3,how=rst,route=/ticks",
+                   "--fault", "refuse:route=api.example.com/ci/*")
+    assert [line for line in proxy.stderr().splitlines() if "warning" in line] == [
+        "sse-recorder: warning: refuse:route=api.example.com/ci/*: route api.example.com/ci/* "
+        "never matches, so the fault never fires: no recording is from host api.example.com "
+        f"(recorded: {recorded_host}); routes match the recorded host"]
     context = ssl.create_default_context(cafile=str(mitm_confdir / "mitmproxy-ca-cert.pem"))
     async with httpx.AsyncClient(proxy=proxy.url, verify=context, timeout=10) as client:
         response = await client.post("https://api.example.com/v1/chat/completions",
@@ -597,17 +627,58 @@ async def test_faults_apply_in_proxy_mode(
         assert response.status_code == 200 and response.content == recording.get(CI).body
 
 
+# -- routes name the recorded host; a route that cannot fire is a warning at start -----------
+
+
+async def test_routes_match_the_recorded_host_in_base_url_replay(
+    recorder: RecorderFactory, demo_upstream: str, tmp_path: Path
+) -> None:
+    # Recorded through `record --upstream http://localhost:PORT`: the recorded host is
+    # localhost, while the base-URL replay is asked for 127.0.0.1 (its own address).
+    port = urlsplit(demo_upstream).port
+    cassette = tmp_path / "localhost.sqlite"
+    proxy = recorder("--upstream", f"http://localhost:{port}", cassette=cassette)
+    recorded = await probe(proxy.url + TICKS)
+    assert recorded.status == 200 and proxy.stop() == 0
+    replay = replay_process(cassette, tmp_path / "replay.txt",
+                            "--fault", "drop:after_event=1,route=localhost/ticks",
+                            "--fault", "refuse:route=127.0.0.1/ticks")
+    try:
+        result = await probe(replay.url + TICKS)
+        assert result.outcome == "closed"  # the localhost route fired: one event, then FIN
+        assert events_of(result.body) == events_of(recorded.body)[:1]
+        assert [line for line in replay.stderr().splitlines() if "warning" in line] == [
+            "sse-recorder: warning: refuse:route=127.0.0.1/ticks: route 127.0.0.1/ticks never "
+            "matches, so the fault never fires: no recording is from host 127.0.0.1 "
+            "(recorded: localhost); routes match the recorded host"]
+    finally:
+        replay.stop()
+
+
 # -- bad specs -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--fault", "bogus"], "bogus: unknown fault type 'bogus'"),
-    (["--fault", "drop:after_events=3,color=red"], "drop does not take color"),
+    (["--fault", "drop:after_event=3,color=red"], "drop does not take color"),
     (["--fault", "throttle:rate=fast"], "throttle:rate=fast: throttle.rate: bad size 'fast'"),
-    (["--fault", "drop:after_events=3,p=1.5"], "p must be between 0 and 1"),
+    (["--fault", "drop:after_event=3,p=1.5"], "p must be between 0 and 1"),
     (["--faults", "{bad_toml}"], "not valid TOML"),
     (["--faults", "{missing}"], "cannot read the fault plan: No such file or directory"),
     (["--faults", "{bad_value}"], "fault #1: how must be fin or rst"),
+    # What a new user trips over: each one line naming the cause, before anything listens.
+    (["--fault", "drop:after_events=3"],
+     "drop:after_events=3: drop does not take after_events (did you mean after_event?)"),
+    (["--fault", "drop:after_event=3,route=POST/v1/chat/completions"],
+     "bad route 'POST/v1/chat/completions': POST is a method, not a host "
+     "(did you mean 'POST /v1/chat/completions'?)"),
+    (["--fault", "stall"], "stall: stall needs after_event= or at= (one of them; "
+     "or per=event,p=P)"),
+    (["--fault", "rechunk:mode=adversarial,size=3"],
+     "rechunk mode=adversarial ignores size= (it is for mode=bytes)"),
+    (["--fault", "latency:head=2sec"], "latency.head: bad duration '2sec' (did you mean 2s?): "
+     "durations carry a unit (250ms, 2s, 1m) or are milliseconds (500 = 500ms)"),
+    (["--fault", "rechunk:mode=adversarail"], "(did you mean adversarial?)"),
 ])
 def test_bad_fault_specs_exit_2_before_listening(
     recording: Recording, tmp_path: Path, args: list[str], message: str
@@ -615,7 +686,7 @@ def test_bad_fault_specs_exit_2_before_listening(
     files = {"bad_toml": tmp_path / "bad.toml", "missing": tmp_path / "absent.toml",
              "bad_value": tmp_path / "value.toml"}
     files["bad_toml"].write_text("seed = [\n")
-    files["bad_value"].write_text('[[fault]]\ntype = "drop"\nafter_events = 2\nhow = "maybe"\n')
+    files["bad_value"].write_text('[[fault]]\ntype = "drop"\nafter_event = 2\nhow = "maybe"\n')
     args = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
     run = subprocess.run([SSE_RECORDER, "replay", str(recording.path), "--port", "0", *args],
                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
@@ -631,3 +702,4 @@ def test_faults_command_lists_every_type() -> None:
     for name in ("throttle", "latency", "pause", "stall", "rechunk", "drop", "http", "refuse",
                  "no-head", "inject", "heartbeat", "retry", "corrupt"):
         assert f"\n  {name} " in run.stdout
+    assert "a bare number is milliseconds (500 = 500ms)" in run.stdout

@@ -247,18 +247,19 @@ async def test_ls_and_show_of_a_recording(
     assert len(lines) == 3 and "application/json" in lines[1] and "text/event-stream" in lines[2]
     assert lines[2].split()[4:6] == ["text/event-stream", "3"] and lines[2].endswith("clean")
     code, out, _ = run_cli("show", cassette, "2")
-    assert code == 0 and out.count(" chunk ") == 3 and out.count("event message id=") == 3
+    assert code == 0 and out.count(" chunk ") == 3 and out.count(" event id=") == 3
     code, out, _ = run_cli("ls", cassette, "--json")
     document = json.loads(out)
     assert [i["id"] for i in document["interactions"]] == [1, 2]
     second = document["interactions"][1]
-    assert second["end_reason"] == "clean" and second["complete"] is True
+    assert second["outcome"] == "clean" and second["complete"] is True
     import base64
 
-    assert [base64.b64decode(c["data"]) for c in second["chunks"]] == ticks_writes(3)
-    assert [e["id"] for e in second["events"]] == ["0", "1", "2"]
     code, out, _ = run_cli("show", cassette, "2", "--json")
-    assert [i["id"] for i in json.loads(out)["interactions"]] == [2]
+    (shown,) = json.loads(out)["interactions"]
+    assert shown["id"] == 2
+    assert [base64.b64decode(c["base64"]) for c in shown["chunks"]] == ticks_writes(3)
+    assert [e["id"] for e in shown["events"]] == ["0", "1", "2"]
 
 
 def _bad_cassettes(tmp_path: Path, good: Path) -> dict[str, Path]:
@@ -337,3 +338,95 @@ async def test_storage_failure_stops_the_in_process_recorder(
     assert code == 1
     assert "cannot write the cassette" in proxy.stderr() and str(cassette) in proxy.stderr()
     assert len(received) < len(b"".join(ticks_writes(n, size=1000))) // 2
+
+
+# --------------------------------------------------------------------------------------------
+# redaction end to end (issue 9): a small upstream that hands out secrets
+
+SECRET = "sk-LIVE-9f8e7d6c5b4a"
+ENV_SECRET = "env-S3CR3T-0a1b2c3d"
+
+
+async def _secret_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """GET /split: an event whose blank line comes 80 ms after its secret line;
+    /gzip: a gzip JSON body; /gzip-sse: a gzip event stream; /echo: the request echoed."""
+    import gzip as gzip_module
+    import zlib
+
+    head = await reader.readuntil(b"\r\n\r\n")
+    target = head.split(b" ", 2)[1].decode()
+    if target.startswith("/split"):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        for piece in (b'data: {"newToken":"%s"}\n' % SECRET.encode(), b"\n",
+                      b"data: %s\n\n" % ENV_SECRET.encode()):
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            await asyncio.sleep(0.08)
+        writer.write(b"0\r\n\r\n")
+    elif target.startswith("/gzip-sse"):
+        stream = b'data: {"access_token": "%s"}\n\ndata: two\n\n' % SECRET.encode()
+        compressor = zlib.compressobj(wbits=31)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Content-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for part in (stream[:20], stream[20:]):
+            piece = compressor.compress(part) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        tail = compressor.flush()
+        writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(tail), tail))
+    elif target.startswith("/gzip"):
+        body = gzip_module.compress(json.dumps({"access_token": SECRET, "n": 1}).encode())
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    else:
+        body = json.dumps({"request": head.decode("latin-1")}).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    writer.close()
+
+
+async def test_secrets_split_across_batches_gzip_and_echo_end_to_end(
+    recorder: RecorderFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await asyncio.start_server(_secret_upstream, "127.0.0.1", 0)
+    upstream = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    monkeypatch.setenv("SSE_TEST_ENV_SECRET", ENV_SECRET)  # the recorder inherits it
+    proxy = recorder("--upstream", upstream, "--redact-env", "SSE_TEST_ENV_SECRET")
+    cassette = tmp_path / "cassette.sqlite"
+    try:
+        async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as client:
+            split = await client.get("/split")
+            gzipped = await client.get("/gzip", headers={"Accept-Encoding": "gzip"})
+            gzip_sse = await client.get("/gzip-sse", headers={"Accept-Encoding": "gzip"})
+            echo = await client.get(f"/echo?api_key={SECRET}",
+                                    headers={"Authorization": f"Bearer {SECRET}"})
+        # the client got every secret: recording does not change what passes through
+        assert SECRET in split.text and ENV_SECRET in split.text
+        assert gzipped.json()["access_token"] == SECRET
+        assert SECRET in gzip_sse.text and SECRET in echo.text
+        recordings = await wait_for_interactions(cassette, 4)
+        files = sorted(tmp_path.glob("cassette.sqlite*"))
+        assert {p.name for p in files} >= {"cassette.sqlite-wal", "cassette.sqlite-shm"}
+        for path in files:  # while recording
+            for secret in (SECRET, ENV_SECRET):
+                assert secret.encode() not in path.read_bytes(), (secret, path.name)
+    finally:
+        assert proxy.stop() == 0
+        server.close()
+        await server.wait_closed()
+    for path in tmp_path.glob("cassette.sqlite*"):
+        for secret in (SECRET, ENV_SECRET):
+            assert secret.encode() not in path.read_bytes(), (secret, path.name)
+    by_path = {r[0].request.url.split("/")[-1].split("?")[0]: r for r in recordings}
+    split_events = [e.data for e in by_path["split"][2] if e.kind == "event"]
+    assert split_events == ['{"newToken":"[REDACTED]"}', "[REDACTED]"]
+    gz_interaction, gz_chunks, _ = by_path["gzip"]
+    assert json.loads(b"".join(c.data for c in gz_chunks)) == {"access_token": "[REDACTED]",
+                                                               "n": 1}
+    assert gz_interaction.response is not None
+    assert "content-encoding" not in {k.lower() for k, _ in gz_interaction.response.headers}
+    assert [e.data for e in by_path["gzip-sse"][2]] == ['{"access_token": "[REDACTED]"}',
+                                                         "two"]

@@ -267,7 +267,7 @@ async def test_max_gap_clamps_a_long_pause(
     recorded = recording.get(PAUSED)
     head_ms = (recorded.interaction.head_offset_ns or 0) / 1e6
     assert head_ms > 1400
-    clamped_url, faithful_url = replays("--max-gap", "0.1").url, replays().url
+    clamped_url, faithful_url = replays("--max-gap", "100ms").url, replays().url
 
     async def check() -> None:
         clamped, faithful = await asyncio.gather(
@@ -513,10 +513,11 @@ async def test_unmatched_json_field_gets_an_explanation(
     body["messages"][0]["content"] = "Say goodbye"
     async with httpx.AsyncClient() as client:
         response = await client.post(process.url + "/v1/chat/completions", json=body)
-    assert response.status_code == 404
-    assert f"nearest recording: #{nearest.id} POST" in response.text
+    assert response.status_code == 404  # in OpenAI's error shape: a call to its API
+    explanation = response.json()["error"]["message"]
+    assert f"nearest recording: #{nearest.id} POST" in explanation
     assert ('differs in body field messages[0].content: recorded "Say hello", '
-            'got "Say goodbye"') in response.text
+            'got "Say goodbye"') in explanation
     line = await wait_for_line(process, "POST /v1/chat/completions -> 404")
     assert f"nearest recording: #{nearest.id} POST" in line
 
@@ -537,7 +538,8 @@ async def test_json_key_order_and_redacted_values(
         # the model is not ignored here: another one is a miss naming that field
         other = await client.post(url, json=order_payload("order-3", "sk-x"))
         assert other.status_code == 404
-        assert 'differs in body field model: recorded "order-1", got "order-3"' in other.text
+        assert ('differs in body field model: recorded "order-1", got "order-3"'
+                in other.json()["error"]["message"])
 
 
 async def test_repeated_requests_follow_recorded_order_then_repeat_the_last(
@@ -783,9 +785,10 @@ async def test_bodiless_response_has_no_body_and_keeps_the_connection(
         (k, v) for k, v in headers if k.lower() not in ("content-length", "transfer-encoding")]
     names = {k.lower() for k, _ in fields}
     assert not names & {"content-length", "transfer-encoding", "connection"}
-    # Straight after the head: the second response, with nothing (no `0\r\n\r\n`) between.
+    # Straight after the head: the second response, with nothing (no `0\r\n\r\n`) between,
+    # saying the close its request asked for.
     assert rest == (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: 15\r\n\r\n" + AFTER_BODY)
+                    b"Content-Length: 15\r\nConnection: close\r\n\r\n" + AFTER_BODY)
     # What a client makes of it: h11 reads both responses on one connection, cleanly.
     client = h11.Connection(h11.CLIENT)
     client.send(h11.Request(method=method, target=path, headers=[("Host", "x")]))

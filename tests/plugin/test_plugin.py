@@ -10,16 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from sse_recorder.sse import Event, parse
+from sse_recorder.store.cassette import Cassette
 from tests.helpers import REPO, SSE_RECORDER, RecordDemo, start
 from tests.integration.support import load
 
@@ -285,6 +288,183 @@ def test_the_command_line_record_mode_wins_over_the_marker(
     assert snapshot(cassette) == before  # the marker's "all" would have deleted it
 
 
+def test_once_records_over_a_cassette_a_failed_recording_left_empty(
+    suite: pytest.Pytester, demo_upstream: str
+) -> None:
+    """A `once` run whose upstream was down left a cassette with no interaction: the next
+    `once` run records it instead of answering 404 from it; `none` says what it is."""
+    cassette = suite.path / "cassettes" / "test_refill" / "test_logs.sqlite"
+    cassette.parent.mkdir(parents=True)
+
+    async def empty() -> None:  # what older releases left (this one removes it on close)
+        recording = await Cassette.open_for_recording(suite.path / "failed.sqlite")
+        await recording.finish_recording()
+        shutil.copyfile(suite.path / "failed.sqlite", cassette)
+        await recording.close()
+
+    asyncio.run(empty())
+    assert urls(cassette) == []
+    suite.makepyfile(test_refill='''
+        import httpx
+
+        def test_logs(sse_cassette):
+            assert httpx.get(sse_cassette.base_url + "/ci/logs").status_code == 200
+    ''')
+    emptied = run(suite)  # none: a clear error, not a 404
+    emptied.assert_outcomes(errors=1)
+    emptied.stdout.fnmatch_lines([
+        "sse-recorder: cassettes/test_refill/test_logs.sqlite: the cassette holds no response "
+        "to replay (a recording that failed?); record it again with --sse-record-mode=once*"])
+    recorder = suite.path / "bin" / "my-sse-recorder"
+    recorder.parent.mkdir()
+    recorder.write_text(f"#!{sys.executable}\nfrom sse_recorder.cli import main\nmain()\n")
+    recorder.chmod(0o755)
+    result = run(suite, "--sse-record-mode=once", f"--sse-upstream={demo_upstream}",
+                 f"--sse-recorder-executable={recorder}",
+                 "--sse-block-network")  # the test reaches its recorder, the recorder upstream
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"sse-recorder: recording with {recorder} "
+                                 "(sse_recorder_executable)"])
+    assert urls(cassette) == ["ci/logs"]
+
+
+def test_a_configured_recorder_without_mitmproxy_is_named_not_run(
+    suite: pytest.Pytester
+) -> None:
+    recorder = suite.path / "core-only-sse-recorder"  # `python -S`: no site-packages
+    recorder.write_text(f"#!{sys.executable} -S\nraise SystemExit('ran')\n")
+    recorder.chmod(0o755)
+    suite.makepyfile(test_lacking='''
+        def test_logs(sse_cassette):
+            sse_cassette.base_url
+    ''')
+    result = run(suite, "--sse-record-mode=once", "--sse-upstream=http://127.0.0.1:9",
+                 f"--sse-recorder-executable={recorder}")
+    result.assert_outcomes(failed=1)
+    message = (f"sse_recorder_executable = {recorder}: its Python cannot import mitmproxy; "
+               "install the recorder with `pipx install 'sse-recorder[record]'` (or `uv tool "
+               "install 'sse-recorder[record]'`)")
+    result.stdout.fnmatch_lines([f"sse-recorder: cannot record: {message}",  # the header
+                                 "sse-recorder: cannot record cassettes/test_lacking/"
+                                 f"test_logs.sqlite: {message}"])
+    assert not (suite.path / "cassettes").exists()
+
+
+def test_a_relative_marker_path_that_does_not_exist_says_where_it_was_looked_for(
+    suite: pytest.Pytester
+) -> None:
+    suite.mkpydir("sub")
+    suite.path.joinpath("sub", "test_paths.py").write_text(textwrap.dedent('''
+        import pytest
+
+        @pytest.mark.sse_cassette(path="data/chat.sqlite")
+        def test_chat(sse_cassette):
+            pass
+    '''))
+    result = run(suite)
+    result.assert_outcomes(errors=1)
+    looked = suite.path / "sub" / "data" / "chat.sqlite"
+    result.stdout.fnmatch_lines([
+        "sse-recorder: sub/data/chat.sqlite (path='data/chat.sqlite' is relative to the test "
+        f"file's directory: looked for {looked}): no such cassette (record mode none*"])
+    markers = run(suite, "--markers")
+    markers.stdout.fnmatch_lines(["@pytest.mark.sse_cassette(*path= is relative to the test "
+                                  "file's directory (default: cassettes/<test module>/<name>"
+                                  ".sqlite there)"])
+
+
+# -- --sse-block-network -------------------------------------------------------------------
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[socket.socket]:
+    """A loopback server the fixture does not own: "the network" for these tests."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        yield listener
+
+
+def connections(listener: socket.socket) -> int:
+    """How many connections reached `listener` (all queued ones are accepted)."""
+    count = 0
+    while True:
+        try:
+            listener.accept()[0].close()
+        except BlockingIOError:
+            return count
+        count += 1
+
+
+BLOCKED = '''
+import os, socket
+
+import httpx, openai, pytest
+
+PORT = int(os.environ["ELSEWHERE_PORT"])
+
+
+@pytest.mark.sse_cassette("base")
+def test_replay_passes(sse_cassette):
+    response = httpx.get(sse_cassette.base_url + "/ci/logs")
+    assert response.status_code == 200 and "workflow_run" in response.text
+
+
+@pytest.mark.sse_cassette("base")
+def test_sdk_left_on_another_url(sse_cassette):
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{PORT}/v1", api_key="sk-test",
+                           max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", stream=True,
+                                   messages=[{"role": "user", "content": "Say hello"}])
+
+
+@pytest.mark.sse_cassette("base")
+def test_error_swallowed(sse_cassette):
+    try:
+        socket.create_connection(("localhost", PORT), timeout=5).close()
+    except OSError:
+        pass
+
+
+def test_without_the_fixture():
+    sock = socket.socket()
+    try:
+        assert sock.connect_ex(("127.0.0.1", PORT)) == 0
+    finally:
+        sock.close()
+'''
+
+
+def test_block_network_fails_a_test_that_connects_anywhere_but_its_replay(
+    suite: pytest.Pytester, recorded: Path, elsewhere: socket.socket,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = elsewhere.getsockname()[1]
+    monkeypatch.setenv("ELSEWHERE_PORT", str(port))
+    place(suite, recorded, "test_blocked", "base")
+    suite.makepyfile(test_blocked=BLOCKED)
+    result = run(suite, "--sse-block-network")
+    result.assert_outcomes(passed=1, failed=3)
+    result.stdout.fnmatch_lines(["sse-recorder: network blocked except the cassettes' servers "
+                                 "on 127.0.0.1 and nothing else"])
+    result.stdout.fnmatch_lines_random([
+        "*openai.APIConnectionError: Connection error.*",
+        "*- sse-recorder: blocked connections -*",
+        f"sse-recorder: --sse-block-network blocked 1 connection from this test: "
+        f"127.0.0.1:{port}",
+        f"sse-recorder: --sse-block-network blocked 1 connection from this test: "
+        f"localhost:{port}",
+        f"*NetworkBlocked: sse-recorder: --sse-block-network blocked a connection to "
+        f"127.0.0.1:{port} (no cassette is being served)*",
+    ])
+    assert connections(elsewhere) == 0
+    # an allowed host is reached, and without the option nothing is blocked
+    run(suite, "--sse-block-network", f"--sse-allowed-hosts=localhost,127.0.0.1:{port}",
+        "-k", "swallowed or without").assert_outcomes(passed=2)
+    assert connections(elsewhere) >= 2
+    run(suite, "-k", "without").assert_outcomes(passed=1)
+    assert connections(elsewhere) == 1
+
+
 # -- parallel, deterministic, proxy, faults ------------------------------------------------
 
 
@@ -419,6 +599,8 @@ def test_proxy_mode_serves_clients_that_keep_their_real_https_urls(
     place(suite, recorded, "test_proxy", "base")
     suite.makepyfile(test_proxy=PROXY)
     run(suite).assert_outcomes(passed=2)
+    # the proxies (in-process and subprocess) and the replay server are the fixture's own
+    run(suite, "--sse-block-network").assert_outcomes(passed=2)
 
 
 def test_marker_faults_cut_the_replayed_stream(suite: pytest.Pytester, recorded: Path) -> None:
@@ -426,7 +608,7 @@ def test_marker_faults_cut_the_replayed_stream(suite: pytest.Pytester, recorded:
     suite.makepyfile(test_faults='''
         import httpx, httpx_sse, pytest
 
-        @pytest.mark.sse_cassette("base", faults=["drop:after_events=3,how=rst"], seed=7)
+        @pytest.mark.sse_cassette("base", faults=["drop:after_event=3,how=rst"], seed=7)
         def test_dropped(sse_cassette):
             events = []
             with pytest.raises(httpx.TransportError):
@@ -447,17 +629,25 @@ def test_marker_faults_cut_the_replayed_stream(suite: pytest.Pytester, recorded:
 # -- the examples --------------------------------------------------------------------------
 
 
-def test_the_examples_pass_from_their_committed_cassettes() -> None:
+def test_the_examples_pass_from_their_committed_cassettes(tmp_path: Path) -> None:
+    """From the clone, and from a copy outside it, without pytest-asyncio (disabled with
+    `-p no:asyncio`, as if not installed) and with the network blocked: `examples/pytest.ini`
+    keeps the repository's configuration out, so a user needs only the plugin and SDKs."""
     examples = REPO / "examples"
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]
     assert config["ini_options"]["testpaths"] == ["tests"]  # a bare `pytest` skips examples/
     cassettes = sorted((examples / "cassettes").rglob("*.sqlite"))
     assert len(cassettes) == 3
     before = {p: snapshot(p) for p in cassettes}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "examples", "-p", "no:cacheprovider", "-q"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "4 passed" in done.stdout
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(examples, copy / "examples")
+    for cwd in (REPO, copy):
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "examples", "-p", "no:asyncio", "-p",
+             "no:cacheprovider", "--sse-block-network"],
+            cwd=cwd, capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"rootdir: {cwd / 'examples'}\nconfigfile: pytest.ini" in done.stdout
+        assert "4 passed" in done.stdout
     assert {p: snapshot(p) for p in cassettes} == before  # replayed, never re-recorded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from sse_recorder.errors import CassetteError
 from sse_recorder.mitm.record_addon import Recorder, classify_error
 from sse_recorder.model import Chunk, Interaction, Outcome, RecordedEvent
 from sse_recorder.record.redact import MARKER
+from sse_recorder.record.session import LAG_HIGH_NS
 from sse_recorder.store.cassette import Cassette
 
 with warnings.catch_warnings():
@@ -390,3 +392,89 @@ async def test_a_bad_cassette_is_refused_at_start(tmp_path: Path) -> None:
         assert recorder.session is None
         await recorder.done()
     assert path.read_bytes() == b"hello, I am a text file" * 100
+
+
+# --------------------------------------------------------------------------------------------
+# secret values and backpressure
+
+
+async def test_secret_values_and_env_are_redacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSE_TEST_ADDON_SECRET", "ENV-VALUE-7788")
+    recorder = Recorder()
+    path = tmp_path / "rec.cassette"
+    with taddons.context(recorder) as tctx:
+        tctx.configure(recorder, sse_cassette=str(path), sse_redact_values=["GIVEN-VALUE-99"],
+                       sse_redact_env=["SSE_TEST_ADDON_SECRET"])
+        await recorder.running()
+        flow = tflow.tflow(req=request("/v1/GIVEN-VALUE-99/stream"))
+        recorder.request(flow)
+        flow.response = sse_response()
+        recorder.responseheaders(flow)
+        stream = flow.response.stream
+        assert callable(stream)
+        stream(b"data: ENV-VALUE-7788 and GIVEN-VALUE-99\n\n")
+        recorder.response(flow)
+        await recorder.done()
+    (interaction,), _, events = await stored(path)
+    assert interaction.request.url == f"https://api.example.com/v1/{MARKER}/stream"
+    assert [e.data for e in events[interaction.id]] == [f"{MARKER} and {MARKER}"]
+    raw = path.read_bytes()
+    assert b"ENV-VALUE-7788" not in raw and b"GIVEN-VALUE-99" not in raw
+
+
+async def test_bad_secret_options_are_options_errors(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSE_TEST_UNSET_VARIABLE", raising=False)
+    with pytest.raises(exceptions.OptionsError, match="SSE_TEST_UNSET_VARIABLE is not set"):
+        harness.tctx.configure(harness.recorder, sse_redact_env=["SSE_TEST_UNSET_VARIABLE"])
+    with pytest.raises(exceptions.OptionsError, match="empty value"):
+        harness.tctx.configure(harness.recorder, sse_redact_values=[""])
+
+
+async def test_a_congested_writer_pauses_the_upstream_until_it_drains(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While uncommitted data is older than LAG_HIGH_NS, each streamed chunk pauses
+    reading from its upstream (a real loopback connection here); the commit that brings the
+    lag down resumes it."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def on_connect(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
+
+    class IO:  # what mitmproxy's connection handler keeps per connection
+        writer = upstream_writer
+
+    recorder = harness.recorder
+    monkeypatch.setattr(recorder.transports, "_io", lambda connection: IO())
+    session = recorder.session
+    assert session is not None
+    flow = tflow.tflow(req=request())
+    recorder.request(flow)
+    flow.response = sse_response()
+    recorder.responseheaders(flow)
+    stream = flow.response.stream
+    assert callable(stream)
+    transport = upstream_writer.transport
+    try:
+        stream(b"data: 1\n\n")
+        assert transport.is_reading()  # the writer keeps up: nothing paused
+        session.backlog_since_ns = time.monotonic_ns() - 2 * LAG_HIGH_NS  # it fell behind
+        stream(b"data: 2\n\n")
+        assert not transport.is_reading() and session.congested
+        await session.flush()  # the writer commits, the lag falls: reading resumes
+        assert transport.is_reading() and not session.congested
+        recorder.response(flow)
+    finally:
+        for writer in (upstream_writer, *accepted):
+            writer.close()
+            await writer.wait_closed()
+        server.close()
+        await server.wait_closed()

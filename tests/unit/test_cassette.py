@@ -215,7 +215,7 @@ async def test_open_for_recording_appends_with_continuing_ids(tmp_path: Path) ->
 
 async def test_new_cassette_is_created_with_parent_directories(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "new.cassette"
-    cassette = await Cassette.open_for_recording(path)
+    cassette = await Cassette.open_for_recording(path, keep_if_empty=True)
     try:
         assert cassette.allocate_id() == 1
         await cassette.finish_recording()

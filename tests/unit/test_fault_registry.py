@@ -1,7 +1,8 @@
 """Unit tests for the fault registry: one class per type, parameters typed when the plan loads.
 
 Why: the stages read these fields as they are, so every number must arrive parsed (sizes as
-int bytes, durations as float seconds) and every type must accept its own documented example.
+int bytes, durations as float seconds, from a unit or a bare number of milliseconds) and every
+type must accept its own documented example; one concept has one key name in every type.
 """
 
 from __future__ import annotations
@@ -59,7 +60,18 @@ def test_unknown_keys_are_refused(name: str) -> None:
     spec = f"{name}:colour=red"
     with pytest.raises(ConfigError) as info:
         parse_spec(spec)
-    assert str(info.value) == f"{spec}: {name} does not take colour"
+    takes = ", ".join([*REGISTRY[name].keys, "route", "p", "per", "on_resume"])
+    assert str(info.value) == f"{spec}: {name} does not take colour (it takes {takes})"
+
+
+def test_one_key_name_per_concept() -> None:
+    """"After K events" is after_event everywhere; event K itself is at_event or mid_event."""
+    keys = {key for params in REGISTRY.values() for key in params.keys}
+    assert not {key for key in keys if key.endswith("_events")}
+    for name in ("pause", "stall", "drop", "inject"):
+        assert "after_event" in REGISTRY[name].keys, name
+    for params in REGISTRY.values():  # per=event replaces only keys the type has
+        assert set(params.per_event_replaces or ()) <= set(params.keys), params.name
 
 
 def test_every_key_has_a_kind_and_every_kind_a_use() -> None:
@@ -81,18 +93,26 @@ def test_sizes_are_int_bytes_and_durations_float_seconds() -> None:
     assert parse_spec("stall:at=250ms").params == Stall(None, 0.25)
     drop = parse_spec("drop:after_bytes=2K,how=rst").params
     assert drop == Drop(after_bytes=2048, how="rst") and drop.ending is Outcome.RESET
-    assert parse_spec("drop:after=1.5").params == Drop(after=1.5)
+    assert parse_spec("drop:after=1500").params == Drop(after=1.5)  # bare: milliseconds
+    assert parse_spec("latency:head=250").params == Latency(head=0.25)
     assert parse_spec("heartbeat:every=250ms,style=ping").params == Heartbeat(0.25, "ping")
     assert parse_spec("retry:value=1000").params == Retry(1000)
+    retry = parse_spec("retry:value=2.5s").params
+    assert retry == Retry(2500) and type(retry.value) is int
     assert parse_spec("corrupt:mode=json").params == Corrupt("json", 1)
 
 
 def test_rechunk_defaults_are_resolved_once() -> None:
     assert parse_spec("rechunk:mode=bytes,size=3").params == Rechunk("bytes", 3, 1, 64)
-    assert parse_spec("rechunk:mode=random,min=0,max=0").params == Rechunk("random", 1, 1, 64)
+    assert parse_spec("rechunk:size=3").params == Rechunk("bytes", 3, 1, 64)
+    assert parse_spec("rechunk:mode=random").params == Rechunk("random", 1, 1, 64)
     assert parse_spec("rechunk:mode=random,min=2,max=9").params == Rechunk("random", 1, 2, 9)
-    # size only counts for mode=bytes, and is only read then (as before the registry).
-    assert parse_spec("rechunk:mode=byte,size=x").params == Rechunk("byte", 1, 1, 64)
+    assert parse_spec("rechunk:mode=random,min=9").params == Rechunk("random", 1, 9, 64)
+    # A key the mode ignores is refused, whatever its value; 0 is not "the default".
+    for spec in ("rechunk:mode=byte,size=x", "rechunk:mode=adversarial,size=3",
+                 "rechunk:mode=random,min=0,max=0", "rechunk:mode=random,min=0"):
+        with pytest.raises(ConfigError):
+            parse_spec(spec)
 
 
 def test_http_and_inject_are_rendered_when_the_plan_loads() -> None:
@@ -101,14 +121,14 @@ def test_http_and_inject_are_rendered_when_the_plan_loads() -> None:
     assert http.headers == (("Retry-After", "2"), ("Content-Type", "application/json"))
     assert http.body == b'{"type": "error", "error": {"type": "rate_limit_error", ' \
         b'"message": "Number of requests has exceeded your rate limit."}}'
-    inject = parse_spec("inject:at_event=3,shape=backoff").params
+    inject = parse_spec("inject:after_event=3,shape=backoff").params
     assert inject == Inject(encode_event('{"attempt": 3, "nextRetry": 8000, "maxAttempts": 5}',
                                          event="backoff"), 3)
     assert parse_spec("inject:event=note,data=hi").params == Inject(b"event: note\ndata: hi\n\n")
 
 
 @pytest.mark.parametrize(("spec", "events", "stage"), [
-    ("drop:after_events=1", True, Stage.CUTS), ("drop:mid_event=1", True, Stage.CUTS),
+    ("drop:after_event=1", True, Stage.CUTS), ("drop:mid_event=1", True, Stage.CUTS),
     ("drop:after_bytes=1", False, Stage.CUTS), ("drop:after=1s", False, Stage.DEADLINE),
     ("drop:per=event,p=0.5", True, Stage.CUTS),
     ("rechunk:mode=event", True, Stage.RECHUNK), ("rechunk:mode=byte", False, Stage.RECHUNK),

@@ -30,7 +30,7 @@ from sse_recorder.faults import (
     split_at_events,
 )
 from sse_recorder.faults.registry import REGISTRY, Drop, Http
-from sse_recorder.model import Outcome
+from sse_recorder.model import Interaction, Outcome, RecordedRequest, ResponseHead
 from sse_recorder.sse import Comment, Event, SSEParser, encode_event, parse
 
 HYPOTHESIS = settings(
@@ -109,29 +109,47 @@ STREAM = b"".join(data for _, data in ticks())
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
-    ("250ms", 0.25), ("2s", 2.0), ("1.5", 1.5), ("1m", 60.0), (" 10 ms ", 0.01), ("0", 0.0),
-    (3, 3.0), (0.5, 0.5),
+    ("250ms", 0.25), ("2s", 2.0), ("1m", 60.0), (" 10 ms ", 0.01), ("0", 0.0), ("1.5s", 1.5),
+    # A bare number is milliseconds (Toxiproxy's unit), as text and as a TOML number.
+    ("500", 0.5), ("1.5", 0.0015), (500, 0.5), (3, 0.003), (0.5, 0.0005), (1500.0, 1.5),
 ])
 def test_durations(text: str | float, seconds: float) -> None:
     assert parse_duration(text, "x") == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "soon", "-1s", "1h", "2 s s", "1e3"])
-def test_bad_durations_name_the_key(text: str) -> None:
-    with pytest.raises(ConfigError, match=r"^pause\.duration: bad duration"):
+def test_a_bare_duration_is_milliseconds_in_specs_and_plans(tmp_path: Path) -> None:
+    assert parse_spec("latency:head=500").params.head == 0.5  # type: ignore[attr-defined]
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[[fault]]\ntype = "latency"\nhead = 500\nchunk = 2.5\n')
+    latency = FaultPlan.load([], plan).faults[0].params
+    assert (latency.head, latency.chunk) == (0.5, 0.0025)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("text", "hint"), [
+    ("", ""), ("soon", ""), ("-1s", ""), ("1h", ""), ("2 s s", ""), ("1e3", ""),
+    ("2sec", " (did you mean 2s?)"), ("500 msec", " (did you mean 500ms?)"),
+    ("1.5S", " (did you mean 1.5s?)"), ("3minutes", " (did you mean 3m?)"),
+    (-5, ""), (float("nan"), ""), (float("inf"), ""), (True, ""),
+])
+def test_bad_durations_name_the_key_and_the_rule(text: str | float, hint: str) -> None:
+    with pytest.raises(ConfigError) as info:
         parse_duration(text, "pause.duration")
+    assert str(info.value) == (
+        f"pause.duration: bad duration {text!r}{hint}: durations carry a unit (250ms, 2s, 1m)"
+        " or are milliseconds (500 = 500ms)")
 
 
 @pytest.mark.parametrize(("text", "size"), [
     ("512", 512), ("10K", 10240), ("10k", 10240), ("1M", 1 << 20), ("1.5K", 1536),
     ("2KB", 2048), ("1KiB", 1024), ("20K/s", 20480), ("1G", 1 << 30), (64, 64),
+    (2048.0, 2048),  # a TOML float
 ])
 def test_sizes(text: str | int, size: int) -> None:
     assert parse_size(text, "x") == size
 
 
-@pytest.mark.parametrize("text", ["", "fast", "-5", "1T", "10 K B"])
-def test_bad_sizes(text: str) -> None:
+@pytest.mark.parametrize("text", ["", "fast", "-5", "1T", "10 K B", -5, True, float("inf")])
+def test_bad_sizes(text: str | float) -> None:
     with pytest.raises(ConfigError, match="bad size"):
         parse_size(text, "throttle.rate")
 
@@ -141,22 +159,23 @@ def test_bad_sizes(text: str) -> None:
 GOOD = [
     "throttle:rate=1K", "throttle:rate=20480",
     "latency:head=500ms", "latency:chunk=20ms,jitter=10ms,dist=normal",
-    "latency:chunk=20ms,jitter=5ms,dist=lognormal", "latency:chunk=1ms,dist=uniform",
+    "latency:chunk=20ms,jitter=5ms,dist=lognormal", "latency:chunk=1ms,jitter=1ms,dist=uniform",
+    "latency:chunk=20ms,jitter=5ms", "latency:head=500",
     "pause:after_event=5,duration=30s", "pause:at=2s,duration=1s", "pause:duration=1s,per=event",
-    "stall:after_event=12", "stall:at=1s",
+    "stall:after_event=12", "stall:at=1s", "stall:per=event,p=0.1",
     "rechunk:mode=bytes,size=3", "rechunk:mode=random,min=1,max=8", "rechunk:mode=byte",
     "rechunk:mode=event", "rechunk:mode=coalesce", "rechunk:mode=adversarial",
-    "drop:after_events=12,how=rst", "drop:after_bytes=1K", "drop:after=2s,how=fin",
+    "drop:after_event=12,how=rst", "drop:after_bytes=1K", "drop:after=2s,how=fin",
     "drop:mid_event=3", "drop:per=event,p=0.1",
     "http:status=429,retry_after=2,shape=openai", "http:status=529,shape=anthropic",
     "http:status=503", "http:status=500,body=oops,header=X-Why: testing",
     "refuse", "no-head", "refuse:p=0.5",
-    "inject:at_event=3,shape=anthropic-overloaded", "inject:event=note,data=hello",
+    "inject:after_event=3,shape=anthropic-overloaded", "inject:event=note,data=hello",
     "inject:shape=warning,per=event,p=0.2",
     "heartbeat:every=5s", "heartbeat:every=250ms,style=ping",
-    "retry:value=1000",
+    "retry:value=1000", "retry:value=2s",
     "corrupt:mode=json,at_event=2", "corrupt:mode=omit", "corrupt:mode=utf8,per=event,p=0.5",
-    "drop:after_events=4,on_resume=none,route=/ci/*",
+    "drop:after_event=4,on_resume=none,route=/ci/*",
     "http:status=503,route=POST /v1/chat/*",
 ]
 
@@ -169,9 +188,8 @@ def test_good_specs_parse(spec: str) -> None:
 
 
 def test_spec_fields() -> None:
-    fault = parse_spec("drop:after_events=4,how=rst,p=0.25,per=event,on_resume=none,"
-                       "route=POST */v1/chat/*")
-    assert fault.params == Drop(after_events=4, how="rst")
+    fault = parse_spec("drop:how=rst,p=0.25,per=event,on_resume=none,route=POST */v1/chat/*")
+    assert fault.params == Drop(how="rst")
     assert fault.probability == 0.25 and fault.per_event and fault.on_resume == "none"
     assert fault.applies_to("POST", "api.openai.com", "/v1/chat/completions")
     assert not fault.applies_to("GET", "api.openai.com", "/v1/chat/completions")
@@ -182,48 +200,67 @@ def test_spec_fields() -> None:
 BAD = [
     ("bogus", "unknown fault type 'bogus'"),
     ("", "unknown fault type ''"),
-    ("drop:after_events=3,color=red", "drop does not take color"),
-    ("refuse:after_events=1", "refuse does not take after_events"),
-    ("drop:after_events", "expected key=value, got 'after_events'"),
+    ("drop:after_event=3,color=red", "drop does not take color (it takes after_event, "
+     "after_bytes, after, mid_event, how, route, p, per, on_resume)"),
+    ("refuse:after_event=1", "refuse does not take after_event (it takes route, p, per, "
+     "on_resume)"),
+    ("drop:after_event", "expected key=value, got 'after_event'"),
     ("drop:=3", "expected key=value"),
-    ("drop:after_events=3,p=1.5", "p must be between 0 and 1"),
-    ("drop:after_events=3,p=-0.1", "p must be between 0 and 1"),
-    ("drop:after_events=3,p=often", "p must be a number"),
-    ("drop:after_events=3,per=request", "per must be connection or event"),
-    ("drop:after_events=3,on_resume=later", "on_resume must be fresh or none"),
-    ("drop:after_events=3,route=http://x/y", "routes have no scheme"),
+    ("drop:after_event=3,after_event=4", "after_event is given twice"),
+    ("drop:after_event=3,p=1.5", "p must be between 0 and 1"),
+    ("drop:after_event=3,p=-0.1", "p must be between 0 and 1"),
+    ("drop:after_event=3,p=often", "p must be a number"),
+    ("drop:after_event=3,per=request", "per must be connection or event, not 'request'"),
+    ("drop:after_event=3,on_resume=later", "on_resume must be fresh or none, not 'later'"),
+    ("drop:after_event=3,route=http://x/y", "drop:after_event=3,route=http://x/y: bad route "
+     "'http://x/y': routes have no scheme, use host/path (did you mean 'x/y'?)"),
     ("throttle", "throttle needs rate"),
     ("throttle:rate=0", "throttle needs rate"),
     ("throttle:rate=fast", "throttle:rate=fast: throttle.rate: bad size 'fast'"),
     ("latency:head=soon", "latency:head=soon: latency.head: bad duration 'soon'"),
     ("latency:chunk=1ms,dist=pareto", "dist must be fixed, uniform, normal or lognormal"),
+    ("latency", "latency needs head= or chunk="),
+    ("latency:head=1s,jitter=5ms", "latency jitter= and dist= spread chunk=: give chunk= too"),
+    ("latency:chunk=20ms,jitter=5ms,dist=fixed", "latency dist=fixed ignores jitter="),
+    ("latency:chunk=20ms,dist=normal", "latency dist=normal needs jitter= > 0"),
+    ("latency:chunk=0,jitter=1ms,dist=lognormal", "latency dist=lognormal needs chunk= > 0"),
     ("pause:after_event=2", "pause needs duration="),
     ("pause:duration=1s", "pause needs duration= and after_event= or at="),
+    ("pause:after_event=1,at=1s,duration=1s", "pause needs duration= and after_event= or at= "
+     "(one of them"),
     ("pause:after_event=-1,duration=1s", "after_event must be >= 0"),
     ("pause:after_event=x,duration=1s", "after_event must be a whole number"),
     ("stall:after_event=1.5", "after_event must be a whole number"),
+    ("stall:after_event=1,at=1s", "stall needs after_event= or at= (one of them"),
     ("rechunk:mode=zigzag", "mode must be one of bytes, random, byte"),
     ("rechunk:mode=bytes", "rechunk mode=bytes needs size >= 1"),
     ("rechunk:mode=bytes,size=0", "rechunk mode=bytes needs size >= 1"),
     ("rechunk:mode=random,min=8,max=2", "rechunk random needs 1 <= min <= max"),
-    ("drop:how=rst", "drop needs exactly one of after_events"),
-    ("drop:after_events=1,after_bytes=10", "drop needs exactly one of"),
-    ("drop:after_events=2,how=maybe", "how must be fin or rst"),
+    ("rechunk:mode=random,min=0,max=0", "rechunk random needs 1 <= min <= max"),
+    ("rechunk:mode=byte,size=x", "rechunk mode=byte ignores size= (it is for mode=bytes)"),
+    ("drop:how=rst", "drop needs exactly one of after_event, after_bytes, after, mid_event"),
+    ("drop:after_event=1,after_bytes=10", "drop needs exactly one of"),
+    ("drop:after_event=2,how=maybe", "how must be fin or rst, not 'maybe'"),
+    ("drop:mid_event=0", "drop mid_event= counts events from 1"),
     ("drop:after_bytes=lots", "bad size 'lots'"),
     ("drop:after=later", "bad duration 'later'"),
     ("http", "http needs status=100..599"),
     ("http:status=700", "http needs status=100..599"),
     ("http:status=abc", "status must be a whole number"),
     ("http:status=429,shape=google", "shape must be text, openai or anthropic"),
-    ("inject:at_event=1", "inject needs shape="),
-    ("inject:at_event=1,shape=nope", "shape must be one of error, warning"),
+    ("http:status=500,body=oops,shape=openai", "http takes body= or shape=, not both"),
+    ("inject:after_event=1", "inject needs shape="),
+    ("inject:after_event=1,shape=nope", "shape must be one of error, warning"),
+    ("inject:shape=error,data=x", "inject takes shape= or event=/data=, not both"),
     ("heartbeat", "heartbeat needs every=DURATION > 0"),
     ("heartbeat:every=0s", "heartbeat needs every=DURATION > 0"),
     ("heartbeat:every=1s,style=loud", "style must be comment or ping"),
-    ("retry", "retry needs value=MILLISECONDS"),
-    ("retry:value=soon", "value must be a whole number"),
-    ("corrupt:at_event=2", "mode must be one of field, utf8, json, duplicate, omit"),
+    ("retry", "retry needs value=DURATION"),
+    ("retry:value=soon", "retry.value: bad duration 'soon'"),
+    ("retry:value=1.5", "retry value= is a whole number of milliseconds"),
+    ("corrupt:at_event=2", "corrupt needs mode= (one of field, utf8, json, duplicate, omit)"),
     ("corrupt:mode=scramble", "mode must be one of"),
+    ("corrupt:mode=omit,at_event=0", "corrupt at_event= counts events from 1"),
 ]
 
 
@@ -241,6 +278,139 @@ def test_every_type_is_described_and_has_a_valid_example() -> None:
         assert f"  {name} " in text
         parse_spec(kind.example.split("  ")[0].split(" (")[0])  # the example, without notes
     assert "route=" in text and "on_resume=" in text
+    # The unit rule is stated where users look first.
+    assert ("Durations carry a unit, 250ms, 2s or 1m; a bare number is milliseconds (500 = "
+            "500ms), in a --fault spec and as a TOML number alike.") in text.splitlines()
+
+
+# -- what a new user trips over: one name per concept, suggestions, faults that never fire --
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    # after_event=K is "once K events were sent" in every type (drop took after_events,
+    # inject at_event); the old names are refused with the new one suggested.
+    ("drop:after_events=3", "drop does not take after_events (did you mean after_event?)"),
+    ("inject:at_event=3,shape=error", "inject does not take at_event (did you mean after_event?)"),
+    ("corrupt:mode=json,after_event=2",
+     "corrupt does not take after_event (did you mean at_event?)"),  # event 2 itself
+    ("pause:after_evnt=2,duration=1s",
+     "pause does not take after_evnt (did you mean after_event?)"),
+    ("latency:heed=1s", "latency does not take heed (did you mean head?)"),
+    ("drop:after_event=1,rout=/x", "drop does not take rout (did you mean route?)"),
+    ("latncy:head=1s", "unknown fault type 'latncy' (did you mean latency?); "
+     "see `sse-recorder faults`"),
+    ("nohead", "unknown fault type 'nohead' (did you mean no-head?); see `sse-recorder faults`"),
+    ("rechunk:mode=adversarail", "mode must be one of bytes, random, byte, event, coalesce, "
+     "adversarial, not 'adversarail' (did you mean adversarial?)"),
+    ("drop:after_event=1,how=rts", "how must be fin or rst, not 'rts' (did you mean rst?)"),
+    ("http:status=429,shape=openia",
+     "shape must be text, openai or anthropic, not 'openia' (did you mean openai?)"),
+    ("latency:chunk=1ms,jitter=1ms,dist=normall", "dist must be fixed, uniform, normal or "
+     "lognormal, not 'normall' (did you mean normal?)"),
+    ("heartbeat:every=1s,style=pings", "style must be comment or ping, not 'pings' "
+     "(did you mean ping?)"),
+    ("drop:per=events", "per must be connection or event, not 'events' (did you mean event?)"),
+    ("drop:after_event=1,on_resume=fersh",
+     "on_resume must be fresh or none, not 'fersh' (did you mean fresh?)"),
+    ("inject:shape=anthropic-overload", "shape must be one of error, warning, retry-hint, "
+     "backoff, anthropic-overloaded, openai-error, not 'anthropic-overload' "
+     "(did you mean anthropic-overloaded?)"),
+    ("corrupt:mode=jsn", "mode must be one of field, utf8, json, duplicate, omit, not 'jsn' "
+     "(did you mean json?)"),
+])
+def test_unknown_names_suggest_the_nearest(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_spec(spec)
+    assert str(info.value) == f"{spec}: {message}"
+
+
+PER_EVENT_ONLY = "(only pause, stall, drop, inject, corrupt roll at every event)"
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    # No position: a bare pause was refused, a bare stall accepted and never fired.
+    ("stall", "stall needs after_event= or at= (one of them; or per=event,p=P)"),
+    ("stall:p=0.5", "stall needs after_event= or at= (one of them; or per=event,p=P)"),
+    # A key its mode ignores.
+    ("rechunk:mode=adversarial,size=3",
+     "rechunk mode=adversarial ignores size= (it is for mode=bytes)"),
+    ("rechunk:mode=bytes,size=3,max=9", "rechunk mode=bytes ignores max= (it is for mode=random)"),
+    ("rechunk:mode=event,min=1,max=9", "rechunk mode=event ignores min= (it is for mode=random), "
+     "max= (it is for mode=random)"),
+    ("rechunk:mode=random,size=4", "rechunk mode=random ignores size= (it is for mode=bytes)"),
+    # per=event on a type without a per-event roll: p= was ignored, it always fired.
+    ("refuse:per=event,p=0.1", f"refuse has no per=event form {PER_EVENT_ONLY}; "
+     "p= alone says how often it fires"),
+    ("throttle:rate=1K,per=event", f"throttle has no per=event form {PER_EVENT_ONLY}; "
+     "p= alone says how often it fires"),
+    # per=event with a position: one of them was ignored.
+    ("drop:after_bytes=10,per=event,p=0.5", "per=event rolls p= at every event instead of a "
+     "position, so drop would ignore after_bytes=: give one or the other"),
+    ("drop:after_event=3,per=event", "per=event rolls p= at every event instead of a "
+     "position, so drop would ignore after_event=: give one or the other"),
+    ("inject:after_event=2,shape=error,per=event", "per=event rolls p= at every event instead "
+     "of a position, so inject would ignore after_event=: give one or the other"),
+    ("corrupt:mode=omit,at_event=2,per=event", "per=event rolls p= at every event instead of a "
+     "position, so corrupt would ignore at_event=: give one or the other"),
+    ("stall:at=1s,after_event=2,per=event", "per=event rolls p= at every event instead of a "
+     "position, so stall would ignore after_event=, at=: give one or the other"),
+])
+def test_faults_that_could_never_fire_or_would_ignore_a_key_are_refused(
+    spec: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_spec(spec)
+    assert str(info.value) == f"{spec}: {message}"
+
+
+def recorded(number: int, method: str, url: str, answered: bool = True) -> Interaction:
+    return Interaction(number, 0.0, RecordedRequest(method, url, ()),
+                       ResponseHead(200, "OK", ()) if answered else None, 0, True, answered,
+                       Outcome.CLEAN if answered else Outcome.PROXY_ERROR, 0, None)
+
+
+CASSETTE = [
+    recorded(1, "GET", "http://localhost:8123/ticks?n=3"),
+    recorded(2, "POST", "https://api.openai.com/v1/chat/completions"),
+    recorded(3, "GET", "http://localhost:8123/gone", answered=False),  # never served
+]
+
+
+def test_unreachable_routes_are_named_with_the_reason() -> None:
+    plan = FaultPlan.load([
+        "drop:after_event=1,route=localhost/ticks",  # the recorded host: fires
+        "http:status=500,route=POST */v1/chat/*",  # fires
+        "refuse",  # no route: fires everywhere
+        "drop:after_event=1,route=127.0.0.1/ticks",  # the replayer's address
+        "http:status=429,route=GET api.openai.com/v1/chat/*",  # recorded as a POST
+        "refuse:route=/v2/*",  # no such path
+        "refuse:route=localhost/gone",  # only a failed recording there
+    ])
+    recorded_as = ("(recorded: GET localhost/ticks, POST api.openai.com/v1/chat/completions)")
+    assert plan.unreachable(CASSETTE) == [
+        "drop:after_event=1,route=127.0.0.1/ticks: route 127.0.0.1/ticks never matches, so "
+        "the fault never fires: no recording is from host 127.0.0.1 (recorded: "
+        "api.openai.com, localhost); routes match the recorded host",
+        "http:status=429,route=GET api.openai.com/v1/chat/*: route GET api.openai.com/v1/chat/* "
+        "never matches, so the fault never fires: no GET request is recorded there "
+        + recorded_as,
+        "refuse:route=/v2/*: route */v2/* never matches, so the fault never fires: no recorded "
+        "request has that path " + recorded_as,
+        "refuse:route=localhost/gone: route localhost/gone never matches, so the fault never "
+        "fires: no recorded request has that path " + recorded_as,
+    ]
+    assert FaultPlan.load(["refuse:route=/x"]).unreachable([]) == [
+        "refuse:route=/x: route */x never matches, so the fault never fires: the cassette "
+        "holds no recorded response"]
+    many = [recorded(n, "GET", f"http://h/{n}") for n in range(5)]
+    assert FaultPlan.load(["refuse:route=h/9"]).unreachable(many)[0].endswith(
+        "(recorded: GET h/0, GET h/1, GET h/2 and 2 more)")
+
+
+def test_routes_match_the_host_they_are_given_which_is_the_recorded_one() -> None:
+    plan = FaultPlan.load(["refuse:route=localhost/ticks"])
+    assert plan.for_connection(0, "GET", "localhost", "/ticks", False).refuse()
+    assert not plan.for_connection(0, "GET", "127.0.0.1", "/ticks", False).refuse()
 
 
 # -- plans -----------------------------------------------------------------------------------
@@ -250,7 +420,7 @@ seed = 42
 
 [[fault]]
 type = "drop"
-after_events = 4
+after_event = 4
 how = "rst"
 route = "/ci/*"
 p = 0.5
@@ -286,10 +456,11 @@ def test_toml_plan(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "message"), [
     ("seed = [\n", "not valid TOML"),
     ("colour = 1\n", "unknown top-level key(s) colour"),
+    ('[[faults]]\ntype = "refuse"\n', "unknown top-level key(s) faults (did you mean fault?)"),
     ('seed = "x"\n', "seed must be an integer"),
     ("fault = 3\n", "faults are [[fault]] tables"),
-    ("[[fault]]\nafter_events = 1\n", "fault #1 needs a type"),
-    ('[[fault]]\ntype = "refuse"\n[[fault]]\ntype = "drop"\nafter_events = 2\nhow = "maybe"\n',
+    ("[[fault]]\nafter_event = 1\n", "fault #1 needs a type"),
+    ('[[fault]]\ntype = "refuse"\n[[fault]]\ntype = "drop"\nafter_event = 2\nhow = "maybe"\n',
      "fault #2: how must be fin or rst"),
     ('[[fault]]\ntype = "latency"\nhead = "soon"\n', "fault #1: latency.head: bad duration"),
     ('[[fault]]\ntype = "warp"\n', "unknown fault type 'warp'"),
@@ -317,12 +488,12 @@ def chosen(plan: FaultPlan, number: int, method: str = "GET", path: str = "/s",
 
 
 def test_for_connection_is_a_function_of_seed_and_number() -> None:
-    specs = ["drop:after_events=3,p=0.5", "refuse:p=0.3", "inject:shape=error,per=event,p=0.5"]
+    specs = ["drop:after_event=3,p=0.5", "refuse:p=0.3", "inject:shape=error,per=event,p=0.5"]
     first = [chosen(FaultPlan.load(specs, seed=11), n) for n in range(50)]
     again = [chosen(FaultPlan.load(specs, seed=11), n) for n in range(50)]
     other = [chosen(FaultPlan.load(specs, seed=12), n) for n in range(50)]
     assert first == again and first != other
-    drops = sum("drop:after_events=3,p=0.5" in c for c in first)
+    drops = sum("drop:after_event=3,p=0.5" in c for c in first)
     assert 10 < drops < 40  # p=0.5 over 50 connections
     assert all(specs[2] in c for c in first)  # per=event faults are always in play
     # The draws for one connection do not depend on the order connections are asked for.
@@ -342,7 +513,7 @@ def test_per_event_draws_are_reproducible() -> None:
 
 
 def test_route_and_resume_filters() -> None:
-    plan = FaultPlan.load(["drop:after_events=1,route=/ci/*,on_resume=none",
+    plan = FaultPlan.load(["drop:after_event=1,route=/ci/*,on_resume=none",
                            "http:status=503,route=POST /v1/chat/*", "throttle:rate=1K"])
     assert chosen(plan, 0, "GET", "/ci/logs") == [plan.faults[0].spec, plan.faults[2].spec]
     assert chosen(plan, 0, "GET", "/ci/logs", resumed=True) == [plan.faults[2].spec]
@@ -457,11 +628,11 @@ def test_no_faults_is_the_identity() -> None:
 
 
 @pytest.mark.parametrize(("how", "outcome"), [("fin", Outcome.CLOSED), ("rst", Outcome.RESET)])
-def test_drop_after_events(how: str, outcome: Outcome) -> None:
-    actions, run = transformed(f"drop:after_events=2,how={how}")
+def test_drop_after_event(how: str, outcome: Outcome) -> None:
+    actions, run = transformed(f"drop:after_event=2,how={how}")
     assert ids(body(actions)) == ["0", "1"]
     assert ending(actions) == Ending(outcome, 0.1)
-    assert run.log == [{"fault": f"drop:after_events=2,how={how}", "type": "drop",
+    assert run.log == [{"fault": f"drop:after_event=2,how={how}", "type": "drop",
                         "at_ms": 100.0, "event": 2, "how": how}]
 
 
@@ -487,7 +658,7 @@ def test_drop_after_a_time_counts_pauses_and_throttling() -> None:
     actions, _ = transformed("throttle:rate=100", "drop:after=1s,how=rst", chunks=chunks)
     assert body(actions) == b"x" * 100  # 1 s at 100 B/s, in writes of 2 bytes
     assert ending(actions) == Ending(Outcome.RESET, 1.0)
-    actions, _ = transformed("drop:after=1s", "drop:after_events=2")  # whichever comes first
+    actions, _ = transformed("drop:after=1s", "drop:after_event=2")  # whichever comes first
     assert ids(body(actions)) == ["0", "1"] and ending(actions) == Ending(Outcome.CLOSED, 0.1)
 
 
@@ -527,23 +698,23 @@ def test_pause_shifts_everything_after_event_k() -> None:
 
 
 def test_pause_then_drop_ending_is_shifted() -> None:
-    actions, _ = transformed("pause:after_event=1,duration=2s", "drop:after_events=3,how=rst")
+    actions, _ = transformed("pause:after_event=1,duration=2s", "drop:after_event=3,how=rst")
     assert ending(actions) == Ending(Outcome.RESET, pytest.approx(2.2))
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_inject_a_shape(shape: str) -> None:
-    actions, run = transformed(f"inject:at_event=2,shape={shape}")
+    actions, run = transformed(f"inject:after_event=2,shape={shape}")
     found = events(body(actions))
     name, payload = SHAPES[shape]
     assert [e.id for e in found] == ["0", "1", None, "2", "3", "4"]
     assert found[2].type == (name or "message") and json.loads(found[2].data) == payload
-    assert run.log == [{"fault": f"inject:at_event=2,shape={shape}", "type": "inject",
+    assert run.log == [{"fault": f"inject:after_event=2,shape={shape}", "type": "inject",
                         "at_ms": 100.0, "event": 2}]
 
 
 def test_inject_before_the_first_event_and_custom_events() -> None:
-    actions, _ = transformed("inject:at_event=0,event=note,data=line one\nline two")
+    actions, _ = transformed("inject:after_event=0,event=note,data=line one\nline two")
     found = events(body(actions))
     assert (found[0].type, found[0].data) == ("note", "line one\nline two")
     assert [e.id for e in found[1:]] == ["0", "1", "2", "3", "4"]
@@ -695,7 +866,7 @@ def test_throttle_timing_math() -> None:
 
 def test_throttle_never_sends_early_and_ends_after_the_last_write() -> None:
     chunks = [(0.0, b"a" * 100), (1.0, b"b" * 100)]
-    actions, _ = transformed("throttle:rate=1K", "drop:after_events=0,per=event,p=0",
+    actions, _ = transformed("throttle:rate=1K", "drop:per=event,p=0",
                              chunks=chunks)
     pieces = pieces_of(actions)
     assert pieces[0].due == 0.0
@@ -752,7 +923,7 @@ def test_refuse_and_no_head() -> None:
 @pytest.mark.parametrize(("spec", "needs"), [
     ("throttle:rate=1K", False), ("rechunk:mode=byte", False), ("rechunk:mode=event", True),
     ("rechunk:mode=coalesce", True), ("drop:after_bytes=10", False), ("drop:after=1s", False),
-    ("drop:after_events=1", True), ("drop:mid_event=1", True), ("stall:after_event=1", True),
+    ("drop:after_event=1", True), ("drop:mid_event=1", True), ("stall:after_event=1", True),
     ("inject:shape=error", True), ("heartbeat:every=1s", True), ("retry:value=1", True),
     ("corrupt:mode=omit", True), ("pause:at=1s,duration=1s", True),
     ("latency:chunk=1ms", False),
@@ -762,9 +933,10 @@ def test_needs_events(spec: str, needs: bool) -> None:
 
 
 def test_faults_compose() -> None:
-    actions, run = transformed("inject:at_event=1,shape=error", "corrupt:mode=duplicate,at_event=3",
+    actions, run = transformed("inject:after_event=1,shape=error",
+                               "corrupt:mode=duplicate,at_event=3",
                                "pause:after_event=2,duration=1s", "rechunk:mode=byte",
-                               "throttle:rate=100K", "drop:after_events=4,how=rst")
+                               "throttle:rate=100K", "drop:after_event=4,how=rst")
     found = events(body(actions))
     assert [e.id for e in found] == ["0", None, "1", "2", "2", "3"]
     assert all(len(p.data) == 1 for p in pieces_of(actions))

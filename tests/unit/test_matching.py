@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sse_recorder.errors import ConfigError
 from sse_recorder.model import Headers, Interaction, Outcome, RecordedRequest, ResponseHead
@@ -17,6 +19,7 @@ from sse_recorder.replay.matching import (
     Miss,
     WhenExhausted,
     differences,
+    split_url,
 )
 
 UP = "http://upstream.test:8080"
@@ -343,3 +346,62 @@ def test_long_json_values_are_shortened_in_explanations() -> None:
     (line,) = diff(rec, incoming("POST", "/x", {"prompt": "b" * 200}))
     assert line.startswith('body field prompt: recorded "aaa') and "..." in line
     assert len(line) < 160
+
+
+# -- hostile requests: whatever a client sends, matching answers --------------------------
+
+
+@pytest.mark.parametrize(("url", "parts"), [
+    ("//[", ("", "", "//[", "")),  # origin-form: a path, even when it starts with //
+    ("/a?b=1#frag", ("", "", "/a", "b=1")),
+    ("http://[::1/x", ("http", "::1", "/x", "")),  # unpaired bracket: urlsplit raises
+    ("http://a]b/", ("http", "a]b", "/", "")),
+    ("HTTP://User@Host.Test:8080/p?q", ("http", "host.test", "/p", "q")),
+    ("http://[::1]:8080/v1?x=[", ("http", "::1", "/v1", "x=[")),
+    ("http://host", ("http", "host", "/", "")),
+    ("*", ("", "", "*", "")),
+])
+def test_split_url_takes_anything(url: str, parts: tuple[str, str, str, str]) -> None:
+    assert split_url(url) == parts
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=60)
+       | st.from_regex(r"[a-z]+://[\[\]:@a-z0-9./?#%]*", fullmatch=True))
+def test_split_url_never_raises(url: str) -> None:
+    scheme, host, path, query = split_url(url)
+    assert path and "?" not in path and "#" not in path + query
+
+
+@pytest.mark.parametrize("target", ["//[", "http://[::1/x", "http://a]b/", "/%zz?a=%%&[=]"])
+def test_hostile_targets_are_a_miss_not_an_error(target: str) -> None:
+    matcher = Matcher([recorded(1), recorded(2, "POST", "/v1/chat", CHAT)])
+    miss = matcher.match(incoming(target=target, host="[::1"))
+    assert isinstance(miss, Miss) and miss.nearest is not None
+    assert "no recorded interaction matches" in miss.explain(incoming(target=target))
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_compared_as_bytes() -> None:
+    """5,000 `[`: json.loads raises RecursionError, which used to escape."""
+    matcher = Matcher([recorded(1, "POST", "/v1/chat", CHAT)])
+    miss = matcher.match(incoming("POST", "/v1/chat", b"[" * 5000))
+    assert isinstance(miss, Miss)
+    size = len(json.dumps(CHAT))
+    assert miss.differences == (f"body: recorded {size} bytes, got 5000 bytes that differ",)
+
+
+def test_deep_json_is_compared_without_recursion() -> None:
+    """Nesting the parser accepts is compared all the way down, whatever the stack holds."""
+    depth = 900
+    a, b = ("[" * depth + v + "]" * depth for v in ("1", "2"))
+    found = diff(recorded(1, "POST", "/x", a.encode()), incoming("POST", "/x", b.encode()))
+    assert found == [f"body field {'[0]' * depth}: recorded 1, got 2"]
+    # a deep value is shown short, or said to be too deep, never raised
+    found = diff(recorded(1, "POST", "/x", b'{"k": 1}'), incoming("POST", "/x", a.encode()))
+    assert len(found) == 1 and found[0].startswith("body field (root): recorded {\"k\": 1}, got ")
+
+
+def test_ignored_json_fields_are_skipped_at_any_depth() -> None:
+    rec = recorded(1, "POST", "/x", {"a": {"seed": 1, "b": [{"seed": 2, "c": 3}]}})
+    req = incoming("POST", "/x", {"a": {"seed": 9, "b": [{"seed": 8, "c": 4}]}})
+    config = MatchConfig(ignore_json=frozenset({"seed"}))
+    assert diff(rec, req, config) == ["body field a.b[0].c: recorded 3, got 4"]

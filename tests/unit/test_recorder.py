@@ -4,11 +4,16 @@ and for the per-body event/chunk mapping (sse_recorder.record.body)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
+import json
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import brotli
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,15 +21,17 @@ from hypothesis import strategies as st
 from sse_recorder.errors import CassetteError
 from sse_recorder.model import (
     Chunk,
+    Headers,
     Interaction,
     Outcome,
     RecordedEvent,
     RecordedRequest,
     ResponseHead,
 )
+from sse_recorder.record import session as session_module
 from sse_recorder.record.body import Body
 from sse_recorder.record.redact import MARKER, RedactionRules
-from sse_recorder.record.session import RecorderConfig, RecordingSession
+from sse_recorder.record.session import Recorded, RecorderConfig, RecordingSession
 from sse_recorder.sse import Comment, Item, parse
 from sse_recorder.store.cassette import Cassette, WriteBatch
 
@@ -279,6 +286,170 @@ async def test_redaction_of_request_response_headers_chunks_and_events(tmp_path:
 
 
 # --------------------------------------------------------------------------------------------
+# regressions: each of these was stored in clear (issue 9)
+
+SECRET = "S3KR1T-VALUE-42"
+
+
+def _all_bytes(path: Path) -> bytes:
+    """The cassette and its WAL files, byte for byte."""
+    return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))
+
+
+async def _record_one(
+    tmp_path: Path, request: RecordedRequest, head: ResponseHead, pieces: list[bytes],
+    rules: RedactionRules | None = None, *, batch_between: bool = True,
+) -> ReadBack:
+    """Record one interaction; with `batch_between`, each piece lands in its own writer
+    batch. The secret must be nowhere, in the files even while recording."""
+    path = tmp_path / "rec.cassette"
+    session = RecordingSession(str(path), RecorderConfig(redaction=rules or RedactionRules()))
+    await session.start()
+    iid = session.begin(request, 1.0)
+    session.head(iid, head, 1)
+    for n, piece in enumerate(pieces):
+        session.chunk(iid, (n + 1) * 1000, piece)
+        if batch_between:
+            await session.flush()
+    session.end(iid, Outcome.CLEAN, 99_000)
+    await session.flush()
+    assert SECRET.encode() not in _all_bytes(path)
+    await session.close()
+    assert SECRET.encode() not in path.read_bytes()
+    return await read_back(path)
+
+
+async def test_event_completed_in_a_later_batch_than_its_secret_line(tmp_path: Path) -> None:
+    """The reproduction: `data: {"newToken":"S"}\n`, then the blank line 80 ms later."""
+    got = await _record_one(tmp_path, GET, SSE_HEAD,
+                            [b'data: {"newToken":"%s"}\n' % SECRET.encode(), b"\n"])
+    (event,) = got.events[1]
+    assert event.data == f'{{"newToken":"{MARKER}"}}'
+    assert (event.first_chunk, event.last_chunk) == (0, 1)
+    assert [c.offset_ns for c in got.chunks[1]] == [1000, 2000]
+
+
+@pytest.mark.parametrize(
+    ("url", "headers"),
+    [
+        ("https://h/v1/stream", (("X-Custom-Auth", SECRET),)),
+        ("https://h/v1/stream", (("Referer", f"https://app/?api_key={SECRET}&x=1"),)),
+        (f"https://h/v1/keys/api_key/{SECRET}/stream", ()),
+        (f"https://h/v1/stream?a=1;api_key={SECRET};b=2", ()),
+        (f"https://h/v1/stream;token={SECRET}", ()),
+    ],
+)
+async def test_request_credentials(tmp_path: Path, url: str, headers: Headers) -> None:
+    got = await _record_one(tmp_path, RecordedRequest("GET", url, headers), SSE_HEAD,
+                            [b"data: x\n\n"])
+    assert MARKER in got.interactions[0].request.url + str(got.interactions[0].request.headers)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        f'{{"token": "{SECRET}"}}',
+        f'{{"password": {{"value": "{SECRET}", "n": [1, 2]}}}}',
+        f'{{"arguments": "{{\\"api_key\\": \\"{SECRET}\\"}}"}}',  # escaped key
+        f'{{"refresh_token": "{SECRET[:6]}\ndata: {SECRET[6:]}"}}',  # wrapped over 2 lines
+        f'{{"password":\ndata: "{SECRET}"}}',  # key and value on different lines
+    ],
+)
+async def test_event_data_credentials(tmp_path: Path, data: str) -> None:
+    stream = f"data: {data}\n\n".encode()
+    cut = stream.find(SECRET[:6].encode()) + 3  # the secret split across chunks and batches
+    got = await _record_one(tmp_path, GET, SSE_HEAD, [stream[:cut], stream[cut:]])
+    (event,) = got.events[1]
+    assert MARKER in event.data
+    assert [e.data for e in got.events[1]] == [  # the stored chunks parse to the stored event
+        item.data for item in parse(b"".join(c.data for c in got.chunks[1]))
+        if not isinstance(item, Comment)
+    ]
+
+
+async def test_an_upstream_echoing_the_request(tmp_path: Path) -> None:
+    request = RecordedRequest(
+        "POST", "https://h/echo", (("Authorization", f"Bearer {SECRET}"),),
+        b'{"text": "hi"}')
+    echo = json.dumps({"headers": {"authorization-copy": f"Bearer {SECRET}"},
+                       "plain": SECRET}).encode()
+    got = await _record_one(tmp_path, request, JSON_HEAD, [echo])
+    assert json.loads(got.chunks[1][0].data)["plain"] == MARKER
+
+
+async def test_value_scrub_everywhere(tmp_path: Path) -> None:
+    """--redact-value: in a comment, an id, an event name, plain data, base64."""
+    rules = RedactionRules.with_extra(values=[SECRET])
+    b64 = base64.b64encode(b"user:" + SECRET.encode()).decode()
+    stream = (f": {SECRET}\nid: {SECRET}\nevent: {SECRET}\ndata: a {SECRET} b\n"
+              f"data: {b64}\n\n").encode()
+    got = await _record_one(tmp_path, RecordedRequest("GET", f"https://h/{SECRET}", ()),
+                            SSE_HEAD, [stream[:20], stream[20:]], rules)
+    assert got.interactions[0].request.url == f"https://h/{MARKER}"
+    assert base64.b64encode(SECRET.encode()[3:9]) not in b"".join(
+        c.data for c in got.chunks[1])
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
+async def test_compressed_bodies_are_decoded_to_be_redacted(tmp_path: Path, coding: str
+                                                            ) -> None:
+    body = json.dumps({"access_token": SECRET, "expires_in": 60}).encode()
+    encode = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress}[coding]
+    head = ResponseHead(200, "OK", (("Content-Type", "application/json"),
+                                    ("Content-Encoding", coding), ("Content-Length", "999")))
+    got = await _record_one(tmp_path, GET, head, [encode(body)])
+    stored = got.chunks[1][0].data
+    assert json.loads(stored) == {"access_token": MARKER, "expires_in": 60}
+    response = got.interactions[0].response
+    assert response is not None  # stored decoded, so the head says so
+    assert response.headers == (("Content-Type", "application/json"),
+                                ("Content-Length", str(len(stored))))
+
+
+async def test_a_compressed_body_without_secrets_is_stored_as_received(tmp_path: Path) -> None:
+    raw = gzip.compress(b'{"n": 1}')
+    head = ResponseHead(200, "OK", (("Content-Encoding", "gzip"),))
+    got = await _record_one(tmp_path, GET, head, [raw])
+    assert got.chunks[1][0].data == raw
+    assert got.interactions[0].response == head
+
+
+async def test_a_compressed_event_stream_is_stored_decoded(tmp_path: Path) -> None:
+    stream = b'data: {"token": "%s"}\n\ndata: two\n\n' % SECRET.encode()
+    compressor = zlib.compressobj(wbits=31)
+    pieces = [compressor.compress(stream[:25]) + compressor.flush(zlib.Z_SYNC_FLUSH),
+              compressor.compress(stream[25:]) + compressor.flush()]
+    head = ResponseHead(200, "OK", (("Content-Type", "text/event-stream"),
+                                    ("Content-Encoding", "gzip")))
+    got = await _record_one(tmp_path, GET, head, pieces)
+    assert [e.data for e in got.events[1]] == [f'{{"token": "{MARKER}"}}', "two"]
+    assert got.interactions[0].response is not None
+    assert got.interactions[0].response.headers == (("Content-Type", "text/event-stream"),)
+    assert len(got.chunks[1]) == 2
+
+
+async def test_a_compressed_request_body(tmp_path: Path) -> None:
+    request = RecordedRequest("POST", "https://h/x", (("Content-Encoding", "gzip"),),
+                              gzip.compress(b'{"password": "%s"}' % SECRET.encode()))
+    got = await _record_one(tmp_path, request, JSON_HEAD, [b"{}"])
+    stored = got.interactions[0].request
+    assert json.loads(stored.body) == {"password": MARKER}
+    assert stored.headers == ()  # decoded: no Content-Encoding any more
+
+
+async def test_error_text_is_scrubbed(tmp_path: Path) -> None:
+    path = tmp_path / "rec.cassette"
+    session = RecordingSession(str(path))
+    await session.start()
+    iid = session.begin(RecordedRequest("GET", f"https://h/?api_key={SECRET}", ()), 1.0)
+    session.end(iid, Outcome.PROXY_ERROR, 5, f"cannot connect to https://h/?api_key={SECRET}")
+    await session.close()
+    (interaction,) = (await read_back(path)).interactions
+    assert interaction.error == f"cannot connect to https://h/?api_key={MARKER}"
+    assert SECRET.encode() not in path.read_bytes()
+
+
+# --------------------------------------------------------------------------------------------
 # how interactions end
 
 
@@ -356,6 +527,116 @@ async def test_close_marks_open_interactions_recording_stopped(tmp_path: Path) -
 
 
 # --------------------------------------------------------------------------------------------
+# on_recorded: one report per interaction, after its end is committed
+
+
+async def test_on_recorded_reports_each_interaction_after_its_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "rec.cassette"
+    log: list[tuple[str, int]] = []  # ("committed", id) per end written, ("recorded", id)
+    reports: list[Recorded] = []
+
+    def on_recorded(recorded: Recorded) -> None:
+        reports.append(recorded)
+        log.append(("recorded", recorded.id))
+
+    session = RecordingSession(str(path), RecorderConfig(on_recorded=on_recorded))
+    await session.start()
+    assert session._cassette is not None
+    write = session._cassette.write
+
+    async def logged_write(batch: WriteBatch) -> None:
+        await write(batch)
+        log.extend(("committed", end.id) for end in batch.ends)
+
+    monkeypatch.setattr(session._cassette, "write", logged_write)
+    stream = session.begin(
+        RecordedRequest("GET", "https://api.example.com/s?api_key=QK-1&x=1", ()), 1.0
+    )
+    session.head(stream, SSE_HEAD, 5)
+    body = [b"data: a\n\n: ping\n", b"data: b\n\ndata: c\n\n"]
+    feed(session, stream, body)
+    failed = session.begin(GET, 2.0)
+    still_open = session.begin(GET, 3.0)
+    await wait_until(lambda: session._writer_idle and not session._queue)
+    assert reports == []  # nothing has ended yet
+    session.end(stream, Outcome.CLEAN, 7000)
+    session.end(failed, Outcome.PROXY_ERROR, 900, "connection refused")
+    await wait_until(lambda: len(reports) == 2)
+    await session.close()
+
+    assert reports == [
+        Recorded(
+            id=stream, method="GET", url=f"https://api.example.com/s?api_key={MARKER}&x=1",
+            status=200, events=3, chunks=2, body_size=len(b"".join(body)), duration_ns=7000,
+            outcome=Outcome.CLEAN, error=None,
+        ),
+        Recorded(
+            id=failed, method="GET", url=GET.url, status=None, events=0, chunks=0,
+            body_size=0, duration_ns=900, outcome=Outcome.PROXY_ERROR,
+            error="connection refused",
+        ),
+        Recorded(
+            id=still_open, method="GET", url=GET.url, status=None, events=0, chunks=0,
+            body_size=0, duration_ns=None, outcome=Outcome.STOPPED, error="recording stopped",
+        ),
+    ]
+    for iid in (stream, failed, still_open):  # each reported only after its end committed
+        assert log.index(("committed", iid)) < log.index(("recorded", iid))
+    stored = {i.id: i for i in (await read_back(path)).interactions}
+    assert [(r.events, r.chunks, r.body_size) for r in reports] == [
+        (stored[r.id].event_count, stored[r.id].chunk_count, stored[r.id].body_size)
+        for r in reports
+    ]
+
+
+async def test_on_recorded_counts_match_the_cassette_and_a_failing_hook_is_harmless(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "rec.cassette"
+    seen: list[Recorded] = []
+
+    def on_recorded(recorded: Recorded) -> None:
+        seen.append(recorded)
+        raise RuntimeError("display broke")
+
+    session = RecordingSession(str(path), RecorderConfig(on_recorded=on_recorded))
+    await session.start()
+    for n in range(3):
+        iid = session.begin(GET, float(n))
+        session.head(iid, JSON_HEAD if n == 1 else SSE_HEAD, 1)
+        feed(session, iid, [b'data: {"token": "T-%d"}\n\n' % n] * (n + 1))
+        session.end(iid, Outcome.CLEAN, 10 + n)
+    await session.close()
+    got = await read_back(path)
+    assert [(r.id, r.events, r.chunks, r.body_size, r.status) for r in seen] == [
+        (i.id, i.event_count, i.chunk_count, i.body_size, 200) for i in got.interactions
+    ]
+
+
+async def test_on_recorded_is_not_called_after_a_storage_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Recorded] = []
+    session = RecordingSession(
+        str(tmp_path / "rec.cassette"), RecorderConfig(on_recorded=seen.append)
+    )
+    await session.start()
+    assert session._cassette is not None
+
+    async def broken_write(batch: WriteBatch) -> None:
+        raise CassetteError("rec.cassette: write failed: disk I/O error")
+
+    monkeypatch.setattr(session._cassette, "write", broken_write)
+    iid = session.begin(GET, 1.0)
+    session.end(iid, Outcome.CLEAN, 4)
+    await wait_until(lambda: session.failure is not None)
+    await session.close()
+    assert seen == []
+
+
+# --------------------------------------------------------------------------------------------
 # storage failure and promptness
 
 
@@ -425,6 +706,72 @@ async def test_chunks_are_committed_promptly(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# loss bounded by time: batches cut by size, congestion reported
+
+
+async def test_batches_are_cut_by_body_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session_module, "MAX_BATCH_BYTES", 250)
+    session = RecordingSession(str(tmp_path / "rec.cassette"))
+    await session.start()
+    assert session._cassette is not None
+    write = session._cassette.write
+    sizes: list[int] = []
+
+    async def counting_write(batch: WriteBatch) -> None:
+        sizes.append(sum(len(c[3]) for c in batch.chunks))
+        await write(batch)
+
+    monkeypatch.setattr(session._cassette, "write", counting_write)
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+    feed(session, iid, [b"data: %s\n\n" % (b"x" * 92)] * 10)  # 100 bytes each
+    session.end(iid, Outcome.CLEAN, 99)
+    await session.close()
+    assert sum(sizes) == 1000
+    assert max(sizes) <= 300  # a batch stops once it holds 250 bytes or more
+
+
+async def test_the_backlog_age_is_kept_and_congestion_cleared_by_a_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`backlog_since_ns` bounds how old uncommitted data is: it stays at the first queued
+    item while a write is stuck, advances as batches commit, and is reset once all is."""
+    monkeypatch.setattr(session_module, "MAX_BATCH", 2)  # leave items queued behind a batch
+    changes: list[bool] = []
+    session = RecordingSession(str(tmp_path / "rec.cassette"), on_congestion=changes.append)
+    await session.start()
+    assert session._cassette is not None
+    write = session._cassette.write
+    gate, writing = asyncio.Event(), asyncio.Event()
+
+    async def gated_write(batch: WriteBatch) -> None:
+        writing.set()
+        await gate.wait()
+        await write(batch)
+
+    await wait_until(lambda: session._writer_idle)
+    assert session.backlog_since_ns == session_module.NO_BACKLOG
+    monkeypatch.setattr(session._cassette, "write", gated_write)
+    before = time.monotonic_ns()
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+    feed(session, iid, [b"data: %d\n\n" % n for n in range(6)])
+    after = time.monotonic_ns()
+    await writing.wait()  # the first batch is being written, the rest waits
+    stamped = session.backlog_since_ns
+    assert before <= stamped <= after  # the first item's arrival
+    session.congested = True  # as the proxy marks it when the lag passes LAG_HIGH_NS
+    gate.set()
+    await session.flush()
+    assert session.backlog_since_ns == session_module.NO_BACKLOG
+    assert changes == [False] and not session.congested  # the commit cleared it
+    assert session.max_lag_ns > 0
+    await session.close()
+
+
+# --------------------------------------------------------------------------------------------
 # event-to-chunk attribution for any chunking (the writer's per-body state, without I/O)
 
 HYPOTHESIS = settings(
@@ -458,7 +805,7 @@ def test_event_chunk_attribution_for_any_chunking(
     bounds = [0, *cuts, len(stream)]
     chunks = [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
-    body = Body(1, RedactionRules(), is_sse=True)
+    body = Body(1, RedactionRules().scrubber(), is_sse=True)
     batch = WriteBatch()
     group = data.draw(st.integers(1, 4), label="chunks fed per call (the writer batches)")
     timed = [(seq * 10, chunk) for seq, chunk in enumerate(chunks)]
@@ -484,7 +831,7 @@ def test_event_chunk_attribution_for_any_chunking(
 
 
 def test_writer_state_stays_bounded_on_a_long_stream() -> None:
-    body = Body(1, RedactionRules(), is_sse=True)
+    body = Body(1, RedactionRules().scrubber(), is_sse=True)
     batch = WriteBatch()
     for seq in range(2000):
         body.feed([(seq, b"data: %d\n\n" % seq if seq % 2 else b"data: half")], batch)

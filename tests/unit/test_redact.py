@@ -1,15 +1,31 @@
-"""Unit tests for `sse_recorder.record.redact`: headers, URLs, bodies and chunked SSE streams."""
+"""Unit tests for `sse_recorder.record.redact`: names, values, URLs, headers, bodies, SSE
+regions and content codings."""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
+import zlib
 
+import brotli
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sse_recorder.model import Headers
-from sse_recorder.record.redact import MARKER, RedactionRules, StreamRedactor
+from sse_recorder.model import Headers, RecordedRequest
+from sse_recorder.record.redact import (
+    MARKER,
+    RedactionRules,
+    StreamDecoder,
+    apply,
+    content_codings,
+    decode_body,
+    env_values,
+    split_like,
+    value_forms,
+    without_coding,
+)
 from sse_recorder.sse import Comment, Event, encode_event, parse
 
 HYPOTHESIS = settings(
@@ -19,14 +35,81 @@ HYPOTHESIS = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 RULES = RedactionRules()
-QUOTED_MARKER = f'"{MARKER}"'
+SCRUB = RULES.scrubber()
+QUOTED = f'"{MARKER}"'
+
+
+# --------------------------------------------------------------------------------------------
+# names: what a credential's name looks like
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["token", "Token", "newToken", "access_token", "refreshToken", "id_token", "authToken",
+     "api_key", "apiKey", "API_KEY", "apikey", "x-api-key", "secret_key", "secret",
+     "client_secret", "clientSecret", "password", "Password", "my_password",
+     "password_confirmation", "passwd", "credentials", "authorization", "Authorization",
+     "auth", "cookie", "Set-Cookie", "x-auth-token"],
+)
+def test_credential_shaped_json_keys_are_redacted(key: str) -> None:
+    out = SCRUB.text(json.dumps({key: "S3CRET-VALUE", "n": 1}).encode())
+    assert json.loads(out) == {key: MARKER, "n": 1}
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["max_tokens", "prompt_tokens", "input_tokens", "token_type", "token_count", "monkey",
+     "key", "keys", "hotkey", "content", "model", "tokenizer", "oauth_provider"],
+)
+def test_other_keys_are_kept(key: str) -> None:
+    body = json.dumps({key: "visible", "n": 1}).encode()
+    assert SCRUB.text(body) == body
+
+
+def test_json_values_of_any_type_become_the_marker_and_null_is_kept() -> None:
+    body = {
+        "password": {"value": "OBJ-SECRET", "nested": ["x", {"y": "}"}]},
+        "api_key": ["ARR-SECRET", 1],
+        "token": 12345678901,
+        "secret": True,
+        "client_secret": None,
+        "after": "kept",
+    }
+    out = SCRUB.text(json.dumps(body).encode())
+    assert json.loads(out) == {"password": MARKER, "api_key": MARKER, "token": MARKER,
+                               "secret": MARKER, "client_secret": None, "after": "kept"}
+    pretty = SCRUB.text(json.dumps(body, indent=2).encode())
+    assert json.loads(pretty) == json.loads(out)
+
+
+def test_escaped_json_inside_a_json_string_is_redacted() -> None:
+    inner = json.dumps({"api_key": "ESC-SECRET", "quote": 'a"b', "n": 1})
+    outer = json.dumps({"arguments": inner, "other": "x"}).encode()
+    assert b'\\"api_key\\"' in outer
+    out = SCRUB.text(outer)
+    assert b"ESC-SECRET" not in out
+    assert json.loads(json.loads(out)["arguments"]) == {"api_key": MARKER, "quote": 'a"b',
+                                                        "n": 1}
+    twice = json.dumps({"wrapped": outer.decode()}).encode()  # escaped twice
+    assert b"ESC-SECRET" not in SCRUB.text(twice)
+
+
+def test_extra_names() -> None:
+    rules = RedactionRules.with_extra(headers=["X-Session"], query_params=["sid"],
+                                      json_fields=["sessionKey2"])
+    scrub = rules.scrubber()
+    assert scrub.headers((("x-session", "v"), ("X-Other", "o"))) == (
+        ("x-session", MARKER), ("X-Other", "o"))
+    assert scrub.url("http://h/p?sid=1&a=2") == f"http://h/p?sid={MARKER}&a=2"
+    assert json.loads(scrub.text(b'{"sessionKey2": "v", "sessionkey2": "w"}')) == {
+        "sessionKey2": MARKER, "sessionkey2": "w"}  # JSON extras match exactly
 
 
 # --------------------------------------------------------------------------------------------
 # headers
 
 
-def test_default_credential_headers_are_replaced_in_any_case_and_order_is_kept() -> None:
+def test_credential_headers_and_url_valued_headers() -> None:
     headers: Headers = (
         ("Host", "api.example.com"),
         ("authorization", "Bearer sk-live-123"),
@@ -34,46 +117,31 @@ def test_default_credential_headers_are_replaced_in_any_case_and_order_is_kept()
         ("COOKIE", "session=abc"),
         ("Set-Cookie", "id=xyz; HttpOnly"),
         ("x-API-key", "k-1"),
-        ("Api-Key", "k-2"),
-        ("Content-Type", "application/json"),
+        ("X-Custom-Auth", "custom-1"),
+        ("X-Amz-Security-Token", "amz-1"),
+        ("Referer", "https://app.example.com/page?api_key=REF-1&tab=2"),
+        ("Location", "https://example.com/cb;token=LOC-1"),
         ("Accept", "text/event-stream"),
     )
-    assert RULES.redact_headers(headers) == (
+    assert SCRUB.headers(headers) == (
         ("Host", "api.example.com"),
         ("authorization", MARKER),
         ("Proxy-Authorization", MARKER),
         ("COOKIE", MARKER),
         ("Set-Cookie", MARKER),
         ("x-API-key", MARKER),
-        ("Api-Key", MARKER),
-        ("Content-Type", "application/json"),
+        ("X-Custom-Auth", MARKER),
+        ("X-Amz-Security-Token", MARKER),
+        ("Referer", f"https://app.example.com/page?api_key={MARKER}&tab=2"),
+        ("Location", f"https://example.com/cb;token={MARKER}"),
         ("Accept", "text/event-stream"),
     )
 
 
-def test_repeated_headers_are_each_redacted() -> None:
-    headers: Headers = (("Set-Cookie", "a=1"), ("X-Trace", "t"), ("set-cookie", "b=2"))
-    assert RULES.redact_headers(headers) == (
-        ("Set-Cookie", MARKER),
-        ("X-Trace", "t"),
-        ("set-cookie", MARKER),
-    )
-
-
 def test_headers_without_credentials_are_untouched() -> None:
-    headers: Headers = (("Accept", "*/*"), ("X-Request-Id", "r-1"), ("User-Agent", "ua"))
-    assert RULES.redact_headers(headers) == headers
-
-
-def test_extra_header_names_match_case_insensitively() -> None:
-    rules = RedactionRules.with_extra(headers=["X-Session-Secret"])
-    headers: Headers = (("x-session-secret", "s"), ("Authorization", "a"), ("X-Other", "o"))
-    assert rules.redact_headers(headers) == (
-        ("x-session-secret", MARKER),
-        ("Authorization", MARKER),  # the defaults are kept
-        ("X-Other", "o"),
-    )
-    assert RULES.redact_headers(headers)[0] == ("x-session-secret", "s")  # defaults unchanged
+    headers: Headers = (("Accept", "*/*"), ("X-Request-Id", "r-1"), ("Keep-Alive", "5"),
+                        ("Content-Type", "text/plain; charset=utf-8"))
+    assert SCRUB.headers(headers) == headers
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,258 +151,224 @@ def test_extra_header_names_match_case_insensitively() -> None:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        (
-            "https://api.example.com/v1/chat?api_key=sk-123&model=gpt-4",
-            f"https://api.example.com/v1/chat?api_key={MARKER}&model=gpt-4",
-        ),
-        (
-            "https://maps.example.com/x?key=AIza999&token=t0k&q=paris",
-            f"https://maps.example.com/x?key={MARKER}&token={MARKER}&q=paris",
-        ),
-        (
-            "http://h/p?Access_Token=abc&SIG=zz&stream=true",
-            f"http://h/p?Access_Token={MARKER}&SIG={MARKER}&stream=true",
-        ),
-        (
-            "http://h/p?password=hunter2#frag",
-            f"http://h/p?password={MARKER}#frag",
-        ),
+        ("https://h/v1/chat?api_key=sk-123&model=gpt-4",
+         "https://h/v1/chat?api_key=R&model=gpt-4"),
+        ("https://h/x?key=AIza999&token=t0k&q=paris", "https://h/x?key=R&token=R&q=paris"),
+        ("http://h/p?Access_Token=abc&SIG=zz&stream=true",
+         "http://h/p?Access_Token=R&SIG=R&stream=true"),
+        ("http://h/p?a=1;api_key=SEMI;b=2", "http://h/p?a=1;api_key=R;b=2"),  # ; separators
+        ("http://h/p;jsessionid=x;api_key=MATRIX/y", "http://h/p;jsessionid=x;api_key=R/y"),
+        ("http://h/v1/api_key/PATH-SECRET/stream", "http://h/v1/api_key/R/stream"),
+        ("http://h/token/PATH-2?x=1", "http://h/token/R?x=1"),
+        ("http://user:PW-1@h/p", "http://user:R@h/p"),
+        ("http://h/cb#access_token=FRAG-1&state=s", "http://h/cb#access_token=R&state=s"),
+        ("http://h/p?password=hunter2#frag", "http://h/p?password=R#frag"),
     ],
 )
-def test_secret_query_parameters_are_redacted(url: str, expected: str) -> None:
-    assert RULES.redact_url(url) == expected
+def test_secret_parts_of_urls_are_redacted(url: str, expected: str) -> None:
+    assert SCRUB.url(url) == expected.replace("=R", f"={MARKER}").replace(
+        "/R", f"/{MARKER}").replace(":R@", f":{MARKER}@")
 
 
 @pytest.mark.parametrize(
     "url",
-    [
-        "https://api.example.com/v1/chat",
-        "https://api.example.com/v1/chat?model=gpt-4&stream=true",
-        "https://api.example.com/search?q=a%20b+c&keys=1",  # 'keys' is not 'key'
-    ],
+    ["https://api.example.com/v1/chat",
+     "https://api.example.com/v1/chat?model=gpt-4&stream=true",
+     "https://api.example.com/search?q=a%20b+c&keys=1",  # 'keys' is not 'key', kept as sent
+     "https://h/v1/tokens/count?max_tokens=5"],
 )
-def test_urls_without_secret_parameters_are_returned_unchanged(url: str) -> None:
-    assert RULES.redact_url(url) == url
-
-
-def test_extra_query_parameter_names() -> None:
-    rules = RedactionRules.with_extra(query_params=["SessionId"])
-    url = "https://h/p?sessionid=s1&api_key=k&page=2"
-    assert rules.redact_url(url) == f"https://h/p?sessionid={MARKER}&api_key={MARKER}&page=2"
-    assert RULES.redact_url(url) == f"https://h/p?sessionid=s1&api_key={MARKER}&page=2"
+def test_urls_without_secrets_are_returned_unchanged(url: str) -> None:
+    assert SCRUB.url(url) == url
 
 
 # --------------------------------------------------------------------------------------------
-# bodies
+# values: --redact-value, --redact-env and what a request taught
 
 
-def test_json_fields_are_redacted_at_any_depth_and_numbers_too() -> None:
-    body = {
-        "model": "gpt-4",
-        "api_key": "sk-live-abc",
-        "auth": {"password": "hun\"ter2", "user": "bob", "nested": [{"secret": 123456.5e3}]},
-        "client_secret": True,
-        "count": 3,
-    }
-    out = RULES.redact_body(json.dumps(body).encode(), "application/json")
-    redacted = json.loads(out)
-    assert redacted == {
-        "model": "gpt-4",
-        "api_key": MARKER,
-        "auth": {"password": MARKER, "user": "bob", "nested": [{"secret": MARKER}]},
-        "client_secret": MARKER,
-        "count": 3,
-    }
-    assert b"sk-live-abc" not in out and b"ter2" not in out and b"123456" not in out
+def test_value_forms_cover_encodings() -> None:
+    secret = "sk-proj-ABCDEF123456/+="
+    text = b" | ".join([
+        secret.encode(),
+        b"prefix" + secret.encode() + b"suffix",
+        b"%s" % json.dumps({"v": secret}).encode(),
+        b"q=" + secret.replace("/", "%2F").replace("+", "%2B").replace("=", "%3D").encode(),
+        *(base64.b64encode(b"x" * k + secret.encode() + b"tail") for k in range(3)),
+        *(base64.urlsafe_b64encode(b"Bearer " * k + secret.encode()) for k in range(3)),
+    ])
+    scrub = RedactionRules.with_extra(values=[secret]).scrubber()
+    out = scrub.text(text)
+    assert secret.encode() not in out
+    assert b"ABCDEF123456" not in out
+    for form in value_forms(secret):
+        assert form not in out
+    assert out.count(MARKER.encode()) == 10  # each form, each alignment, once
 
 
-def test_json_keys_match_exactly() -> None:
-    text = b'{"Password": "keep", "password": "drop", "my_password": "keep2"}'
-    out = RULES.redact_json_text(text)
-    assert json.loads(out) == {"Password": "keep", "password": MARKER, "my_password": "keep2"}
+def test_env_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSE_TEST_KEY", "env-secret-1")
+    monkeypatch.delenv("SSE_TEST_MISSING", raising=False)
+    assert env_values(["SSE_TEST_KEY"]) == ["env-secret-1"]
+    with pytest.raises(ValueError, match="SSE_TEST_MISSING is not set"):
+        env_values(["SSE_TEST_MISSING"])
 
 
-def test_extra_json_fields() -> None:
-    rules = RedactionRules.with_extra(json_fields=["sessionKey"])
-    text = b'{"sessionKey": "s-1", "api_key": "k", "other": "o"}'
-    assert json.loads(rules.redact_json_text(text)) == {
-        "sessionKey": MARKER,
-        "api_key": MARKER,
-        "other": "o",
-    }
-    assert json.loads(RULES.redact_json_text(text))["sessionKey"] == "s-1"
+def test_values_a_request_gave_away_are_scrubbed_from_its_echo() -> None:
+    request = RecordedRequest(
+        "POST", "https://h/users/BEARER-TOKEN-1/stream?api_key=QUERY-KEY-2",
+        (("Authorization", "Bearer BEARER-TOKEN-1"), ("X-Custom-Auth", "CUSTOM-3"),
+         ("Content-Type", "application/json")),
+        b'{"password": "BODY-PW-4", "n": 1}',
+    )
+    stored, scrub = SCRUB.request(request)
+    assert stored.url == f"https://h/users/{MARKER}/stream?api_key={MARKER}"
+    assert dict(stored.headers)["Authorization"] == MARKER
+    assert json.loads(stored.body) == {"password": MARKER, "n": 1}
+    echo = json.dumps({"headers": dict(request.headers), "url": request.url,
+                       "body": request.body.decode(), "bare": "BODY-PW-4 CUSTOM-3"}).encode()
+    out = scrub.text(echo)
+    for secret in (b"BEARER-TOKEN-1", b"QUERY-KEY-2", b"CUSTOM-3", b"BODY-PW-4"):
+        assert secret not in out
+    assert SCRUB.text(b"BODY-PW-4") == b"BODY-PW-4"  # learned for that interaction only
 
 
-def test_multi_line_json_split_over_several_data_lines_is_redacted() -> None:
-    # Like the seed's token-refresh event, but pretty-printed: one data: line per JSON line.
-    payload = {
-        "newToken": "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.demo.sig",
-        "expiresIn": 3600,
-        "refreshToken": "refresh_token_demo",
-    }
-    stream = encode_event(json.dumps(payload, indent=2), event="token-refresh", id="7")
-    assert stream.count(b"data: ") == 5  # really split over several lines
-    out = RULES.redact_json_text(stream)
-    assert b"eyJ0eXAi" not in out and b"refresh_token_demo" not in out
-    (event,) = parse(out)
-    assert isinstance(event, Event)
-    assert (event.type, event.id) == ("token-refresh", "7")
-    assert json.loads(event.data) == {
-        "newToken": MARKER,
-        "expiresIn": 3600,
-        "refreshToken": MARKER,
-    }
+def test_short_values_are_not_learned() -> None:
+    _, scrub = SCRUB.request(RecordedRequest("GET", "http://h/?token=1", ()))
+    assert scrub.text(b'{"n": 1}') == b'{"n": 1}'
 
 
-def test_form_encoded_body_loses_secret_parameters() -> None:
+def test_form_bodies_lose_secret_parameters() -> None:
     body = b"grant_type=password&username=bob&password=hunter2&client_secret=cs-1"
-    out = RULES.redact_body(body, "application/x-www-form-urlencoded; charset=utf-8")
-    assert out == (
+    assert SCRUB.text(body) == (
         f"grant_type=password&username=bob&password={MARKER}&client_secret={MARKER}".encode()
     )
+    assert SCRUB.text(b"a=1&b=two+words&c=%2F") == b"a=1&b=two+words&c=%2F"
 
 
-@pytest.mark.parametrize(
-    "content_type",
-    ["application/x-www-form-urlencoded", "Application/X-WWW-Form-URLEncoded; charset=UTF-8"],
-)
-def test_form_content_type_matches_case_insensitively(content_type: str) -> None:
-    out = RULES.redact_body(b"token=t0k&x=1", content_type)  # media types ignore case
-    assert out == f"token={MARKER}&x=1".encode()
-
-
-def test_form_body_without_secrets_is_unchanged() -> None:
-    body = b"a=1&b=two+words&c=%2F"
-    assert RULES.redact_body(body, "application/x-www-form-urlencoded") == body
-
-
-def test_body_without_secrets_is_unchanged() -> None:
+def test_bodies_without_secrets_are_unchanged() -> None:
     body = b'{"messages": [{"role": "user", "content": "password: token"}]}'
-    assert RULES.redact_body(body, "application/json") == body
-    assert RULES.redact_body(b"\x00\xff binary", None) == b"\x00\xff binary"
+    assert SCRUB.text(body) == body
+    assert SCRUB.text(b"\x00\xff binary") == b"\x00\xff binary"
 
 
 # --------------------------------------------------------------------------------------------
-# StreamRedactor: deterministic release rules
+# SSE regions: each event's data as the client sees it
 
 
-def test_chunk_ending_with_newline_is_released_immediately() -> None:
-    redactor = StreamRedactor(RULES)
-    assert redactor.feed(10, b"data: {\"a\": 1}\n") == [(10, b"data: {\"a\": 1}\n")]
-    assert redactor.feed(20, b"\n") == [(20, b"\n")]
-    assert redactor.feed(30, b"data: x\r") == [(30, b"data: x\r")]  # CR ends a line too
-    assert redactor.flush() == []
+def test_a_value_wrapped_over_two_data_lines_is_redacted_and_lines_are_kept() -> None:
+    region = (b'data: {"newToken": "WRAP\ndata: PED-1", "n": 1}\n\n'
+              b'data: {"password":\ndata:   {"v": "OBJ-2"}}\n\n'
+              b': {"token": "COMMENT-3"}\n'
+              b'id: 7\nevent: x\ndata: {"a": 1}\n\n')
+    out = apply(region, SCRUB.stream_spans(region))
+    for secret in (b"WRAP", b"PED-1", b"OBJ-2", b"COMMENT-3"):
+        assert secret not in out
+    items = parse(out)
+    assert [type(i) for i in items] == [Event, Event, Comment, Event]
+    assert isinstance(items[0], Event) and isinstance(items[1], Event)
+    assert json.loads(items[0].data) == {"newToken": MARKER, "n": 1}
+    assert json.loads(items[1].data) == {"password": MARKER}
+    assert out.count(b"\n") == region.count(b"\n")
 
 
-def test_chunk_ending_mid_line_is_held_until_the_line_completes() -> None:
-    redactor = StreamRedactor(RULES)
-    assert redactor.feed(1, b'data: {"password": "hun') == []
-    assert redactor.feed(2, b"") == []
-    assert redactor.feed(3, b'ter2", "x": 1') == []
-    released = redactor.feed(4, b"}\n\n")
-    assert [offset for offset, _ in released] == [1, 2, 3, 4]
-    joined = b"".join(data for _, data in released)
-    assert joined == f'data: {{"password": {QUOTED_MARKER}, "x": 1}}\n\n'.encode()
-    assert all(b"hun" not in data and b"ter2" not in data for _, data in released)
-    assert released[1][1] == b""  # an empty chunk stays empty
+def test_split_like_keeps_chunk_count_and_timing() -> None:
+    chunks = [(1, b'data: {"password": "hun'), (2, b""), (3, b'ter2", "x": 1'), (4, b"}\n\n")]
+    region = b"".join(d for _, d in chunks)
+    out = split_like(chunks, SCRUB.stream_spans(region))
+    assert [ns for ns, _ in out] == [1, 2, 3, 4]
+    assert b"".join(d for _, d in out) == f'data: {{"password": {QUOTED}, "x": 1}}\n\n'.encode()
+    assert all(b"hun" not in d and b"ter2" not in d for _, d in out)
+    assert out[1][1] == b""
 
-
-def test_held_chunks_are_released_by_flush() -> None:
-    redactor = StreamRedactor(RULES)
-    assert redactor.feed(5, b"data: ok\n") == [(5, b"data: ok\n")]
-    assert redactor.feed(6, b'data: {"token_count": 1, "secret": "abc') == []
-    released = redactor.flush()
-    assert released == [(6, f'data: {{"token_count": 1, "secret": {QUOTED_MARKER}'.encode())]
-    assert redactor.flush() == []
-
-
-def test_chunks_without_secrets_pass_through_unchanged() -> None:
-    redactor = StreamRedactor(RULES)
-    chunks = [(1, b"data: he"), (2, b"llo\n"), (3, b"\n: ping\n\n")]
-    out = redactor.feed(*chunks[0]) + redactor.feed(*chunks[1]) + redactor.feed(*chunks[2])
-    assert out == chunks
-
-
-# --------------------------------------------------------------------------------------------
-# StreamRedactor: any chunking gives the same bytes as redacting the whole stream
 
 SECRET_KEYS = ["api_key", "access_token", "refresh_token", "newToken", "password", "secret"]
 PLAIN_KEYS = ["model", "content", "role", "status"]
 hex_secret = st.text("0123456789abcdef", min_size=12, max_size=24).map(lambda s: "s3cr3t" + s)
-number_secret = st.integers(10**11, 10**13)
 plain_value = st.text("GHIJKLMNOPQRSTUVWXYZ ", max_size=12)
 
 
 @st.composite
 def secret_stream(draw: st.DrawFn) -> tuple[bytes, list[str]]:
-    """An SSE stream whose JSON events carry secrets; returns it and the secrets' texts."""
+    """An SSE stream whose JSON events carry secrets, some wrapped over data: lines."""
     secrets: list[str] = []
     newline = draw(st.sampled_from(["\n", "\r\n", "\r"]))
     parts: list[bytes] = []
-    for _ in range(draw(st.integers(1, 5))):
-        obj: dict[str, object] = {}
-        for key in draw(st.lists(st.sampled_from(PLAIN_KEYS), max_size=3, unique=True)):
-            obj[key] = draw(plain_value)
-        secret_keys = st.lists(st.sampled_from(SECRET_KEYS), min_size=1, max_size=3, unique=True)
-        for key in draw(secret_keys):
-            value: object = draw(st.one_of(hex_secret, number_secret))
-            secrets.append(str(value))
-            if draw(st.booleans()):
-                nested = obj.setdefault("nested", {"kind": "inner"})
-                assert isinstance(nested, dict)
-                nested[key] = value
-            else:
-                obj[key] = value
-        indent = draw(st.sampled_from([None, 2]))
-        if draw(st.booleans()):
-            parts.append(encode_event(comment="keep-alive", newline=newline))
-        event_type = draw(st.sampled_from([None, "message", "token-refresh"]))
-        text = json.dumps(obj, indent=indent)
-        parts.append(encode_event(text, event=event_type, newline=newline))
+    for _ in range(draw(st.integers(1, 4))):
+        obj: dict[str, object] = {k: draw(plain_value) for k in
+                                  draw(st.lists(st.sampled_from(PLAIN_KEYS), max_size=2,
+                                                unique=True))}
+        for key in draw(st.lists(st.sampled_from(SECRET_KEYS), min_size=1, max_size=2,
+                                 unique=True)):
+            value = draw(hex_secret)
+            secrets.append(value)
+            obj[key] = {"inner": value} if draw(st.booleans()) else value
+        text = json.dumps(obj, indent=draw(st.sampled_from([None, 2])))
+        if draw(st.booleans()):  # wrap one line in the middle of a value
+            at = text.find(secrets[-1]) + draw(st.integers(1, 10))
+            text = text[:at] + "\n" + text[at:]
+        parts.append(encode_event(text, event=draw(st.sampled_from([None, "refresh"])),
+                                  newline=newline))
     return b"".join(parts), secrets
 
 
-def _cut(stream: bytes, points: list[int]) -> list[bytes]:
-    bounds = [0, *sorted(points), len(stream)]
-    return [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
-
-
 @HYPOTHESIS
-@given(data=st.data(), sample=secret_stream())
-def test_any_chunking_redacts_like_the_whole_stream(
-    data: st.DataObject, sample: tuple[bytes, list[str]]
+@given(sample=secret_stream())
+def test_stream_regions_lose_every_secret_and_keep_their_events(
+    sample: tuple[bytes, list[str]],
 ) -> None:
     stream, secrets = sample
-    points = data.draw(st.lists(st.integers(0, len(stream)), max_size=30), label="cuts")
-    chunks = _cut(stream, points)
-    offsets = [1000 * i + 7 for i in range(len(chunks))]
-
-    redactor = StreamRedactor(RULES)
-    released: list[tuple[int, bytes]] = []
-    last_complete = -1  # index of the last chunk that ended a line
-    for i, (offset, chunk) in enumerate(zip(offsets, chunks, strict=True)):
-        released += redactor.feed(offset, chunk)
-        if chunk.endswith((b"\n", b"\r")):
-            last_complete = i
-        # released as soon as (and only when) every line the chunks touch is complete
-        assert len(released) == last_complete + 1
-    released += redactor.flush()
-
-    assert [offset for offset, _ in released] == offsets
-    output = b"".join(data for _, data in released)
-    assert output == RULES.redact_json_text(stream)
+    out = apply(stream, SCRUB.stream_spans(stream))
     for secret in secrets:
-        needle = secret.encode()
-        assert needle in stream
-        assert needle not in output
-        for _, piece in released:
-            # no piece of the secret either (the marker is split across chunks instead)
-            assert not any(needle[k : k + 8] in piece for k in range(len(needle) - 7))
-    # the stream still parses to the same events, with the secrets replaced
-    items = parse(output)
-    assert len(items) == len(parse(stream))
-    for item in items:
-        if isinstance(item, Event):
-            assert MARKER in item.data
-        else:
-            assert isinstance(item, Comment) and item.text == "keep-alive"
+        assert secret[:12].encode() not in out and secret[-10:].encode() not in out
+    before, after = parse(stream), parse(out)
+    assert len(after) == len(before)
+    assert all(isinstance(item, Event) and MARKER in item.data for item in after)
+
+
+# --------------------------------------------------------------------------------------------
+# content codings
+
+
+def _deflate_raw(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+@pytest.mark.parametrize(
+    ("coding", "encode"),
+    [("gzip", gzip.compress), ("x-gzip", gzip.compress), ("deflate", zlib.compress),
+     ("deflate", _deflate_raw), ("br", brotli.compress),
+     ("gzip", lambda d: gzip.compress(d[:10]) + gzip.compress(d[10:]))],  # two members
+)
+def test_bodies_are_decoded_whole_and_by_chunk(coding: str, encode: object) -> None:
+    body = b'{"access_token": "ZIP-SECRET", "pad": "' + b"x" * 5000 + b'"}'
+    assert callable(encode)
+    raw = encode(body)
+    headers = (("Content-Encoding", coding.upper()),)
+    codings = content_codings(headers)
+    assert codings == [coding]
+    assert decode_body(raw, codings) == body
+    decoder = StreamDecoder(codings)
+    assert b"".join(decoder.decode(raw[i:i + 7]) for i in range(0, len(raw), 7)) == body
+
+
+def test_coding_lists_unknown_codings_and_damage() -> None:
+    assert content_codings((("content-encoding", "gzip, br"),)) == ["gzip", "br"]
+    assert content_codings((("content-encoding", "identity"),)) == []
+    assert content_codings((("content-encoding", "compress"),)) is None
+    assert decode_body(b"not gzip at all", ["gzip"]) is None
+    layered = brotli.compress(gzip.compress(b"both"))
+    assert decode_body(layered, ["gzip", "br"]) == b"both"
+
+
+def test_a_decompression_bomb_is_not_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sse_recorder.record.redact as redact
+
+    monkeypatch.setattr(redact, "MAX_DECODED", 1000)
+    assert decode_body(gzip.compress(b"0" * 100_000), ["gzip"]) is None
+    assert decode_body(gzip.compress(b"0" * 500), ["gzip"]) == b"0" * 500
+
+
+def test_without_coding() -> None:
+    headers = (("Content-Type", "a/b"), ("Content-Encoding", "gzip"), ("Content-Length", "9"))
+    assert without_coding(headers, 42) == (("Content-Type", "a/b"), ("Content-Length", "42"))
+    assert without_coding(headers, None) == (("Content-Type", "a/b"),)

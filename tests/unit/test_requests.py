@@ -7,13 +7,14 @@ request or an error out), and the servers' integration tests cover it on real so
 from __future__ import annotations
 
 import asyncio
+import time
 
 import h11
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sse_recorder.wire.requests import BadRequest, Request, read_request
+from sse_recorder.wire.requests import BadRequest, Budget, Limits, Request, read_request
 
 
 def reader_of(*pieces: bytes, eof: bool = True) -> asyncio.StreamReader:
@@ -37,7 +38,7 @@ async def test_a_request_comes_back_whole() -> None:
     request = await read_request(server(), reader_of(POST))
     assert request == Request("POST", "/v1/chat?stream=1", (
         ("host", "127.0.0.1"), ("content-type", "application/json"), ("content-length", "13"),
-    ), b'{"model":"x"}')
+    ), b'{"model":"x"}', "1.1")
 
 
 async def test_chunked_request_body_is_joined() -> None:
@@ -72,7 +73,7 @@ async def test_malformed_requests_raise_with_a_status(raw: bytes) -> None:
 async def test_a_body_over_the_cap_is_413() -> None:
     raw = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n" + b"x" * 100
     with pytest.raises(BadRequest) as caught:
-        await read_request(server(), reader_of(raw), max_body=10)
+        await read_request(server(), reader_of(raw), Limits(max_body=10))
     assert caught.value.status == 413
 
 
@@ -96,3 +97,121 @@ def test_any_split_of_the_bytes_reads_the_same_request(cuts: list[int]) -> None:
     request = asyncio.run(read())
     assert request is not None and request.body == b'{"model":"x"}'
     assert request.method == "POST" and request.target == "/v1/chat?stream=1"
+
+
+# -- what RFC 9112 says to reject, h11 or not -------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [
+    # both framings: h11 reads it as chunked; a front end reading Content-Length would not
+    b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n"
+    b"0\r\n\r\n",
+    # obsolete line folding (a header value continued on a line starting with SP or HT)
+    b"GET /x HTTP/1.1\r\nHost: a\r\nX-Long: one\r\n two\r\n\r\n",
+    b"GET /x HTTP/1.1\nHost: a\nX-Long: one\n\ttwo\n\n",
+    # bad chunk sizes: a sign, a prefix, whitespace first, not hex, too many digits, none
+    *(b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + size
+      + b"\r\nabc\r\n0\r\n\r\n"
+      for size in (b"-3", b"+3", b"0x3", b" 3", b"g", b"1" * 25, b"")),
+])
+async def test_what_rfc_9112_rejects_is_a_400(raw: bytes) -> None:
+    with pytest.raises(BadRequest) as caught:
+        await read_request(server(), reader_of(raw))
+    assert caught.value.status == 400 and str(caught.value)
+
+
+async def test_folding_is_looked_for_in_the_head_only() -> None:
+    """A body (or a pipelined request) that has a line starting with a space is fine."""
+    raw = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 8\r\n\r\nline\r\n x"
+    request = await read_request(server(), reader_of(raw))
+    assert request is not None and request.body == b"line\r\n x"
+
+
+async def test_a_declared_body_over_the_cap_is_refused_before_it_is_read() -> None:
+    raw = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n"
+    with pytest.raises(BadRequest) as caught:  # no body follows, and no wait for it
+        await read_request(server(), reader_of(raw, eof=False), Limits(max_body=10))
+    assert caught.value.status == 413
+
+
+async def test_http_1_0_is_reported() -> None:
+    request = await read_request(server(), reader_of(b"GET /x HTTP/1.0\r\n\r\n"))
+    assert request is not None and request.http_version == "1.0"
+
+
+# -- time limits ----------------------------------------------------------------------------
+
+
+async def test_a_head_that_trickles_in_is_cut_off_with_a_408() -> None:
+    reader = reader_of(b"GET /x HTTP/1.1\r\nHo", eof=False)
+    start = time.monotonic()
+    with pytest.raises(BadRequest) as caught:
+        await read_request(server(), reader, Limits(head=0.2))
+    assert caught.value.status == 408 and "head" in str(caught.value)
+    assert 0.15 < time.monotonic() - start < 2.0
+
+
+async def test_the_head_limit_counts_from_its_first_byte_not_per_read() -> None:
+    """One byte every 50 ms never leaves the reader idle for long, yet the head's time runs."""
+    reader = asyncio.StreamReader()
+
+    async def trickle() -> None:
+        for byte in b"GET /x HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"z" * 100:
+            reader.feed_data(bytes([byte]))
+            await asyncio.sleep(0.01)
+
+    feeding = asyncio.create_task(trickle())
+    start = time.monotonic()
+    try:
+        with pytest.raises(BadRequest) as caught:
+            await read_request(server(), reader, Limits(head=0.3, body_idle=5, idle=5))
+    finally:
+        feeding.cancel()
+    assert caught.value.status == 408
+    assert 0.25 < time.monotonic() - start < 2.0
+
+
+async def test_a_stalled_body_is_cut_off_with_a_408() -> None:
+    reader = reader_of(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+                       eof=False)
+    with pytest.raises(BadRequest) as caught:
+        await read_request(server(), reader, Limits(body_idle=0.2))
+    assert caught.value.status == 408 and "body" in str(caught.value)
+
+
+async def test_an_idle_connection_past_its_limit_is_a_clean_end() -> None:
+    start = time.monotonic()
+    assert await read_request(server(), reader_of(eof=False), Limits(idle=0.2)) is None
+    assert 0.15 < time.monotonic() - start < 2.0
+
+
+# -- the server-wide budget -----------------------------------------------------------------
+
+
+async def test_the_budget_is_shared_and_given_back() -> None:
+    budget = Budget(100)
+    body = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 80\r\n\r\n" + b"x" * 80
+    slow = reader_of(body[:-10], eof=False)  # a first request holding 70 bytes, unfinished
+    holder = asyncio.create_task(read_request(server(), slow, budget=budget))
+    while budget.used < 70:
+        await asyncio.sleep(0)
+    with pytest.raises(BadRequest) as caught:  # declared 80 > 30 left: refused before reading
+        await read_request(server(), reader_of(body), budget=budget)
+    assert caught.value.status == 503
+    slow.feed_data(body[-10:])
+    first = await holder
+    assert first is not None and len(first.body) == 80
+    assert budget.used == 0  # given back once the request is whole
+    second = await read_request(server(), reader_of(body), budget=budget)
+    assert second is not None and budget.used == 0
+
+
+async def test_a_chunked_body_over_the_budget_is_a_503_and_gives_back_what_it_took() -> None:
+    budget = Budget(10)
+    raw = (b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n")
+    with pytest.raises(BadRequest) as caught:
+        await read_request(server(), reader_of(raw), budget=budget)
+    assert caught.value.status == 503 and budget.used == 0

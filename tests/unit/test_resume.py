@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from sse_recorder.model import Chunk
 from sse_recorder.replay.resume import Cut, Resumed, resume
-from sse_recorder.sse import Event, parse
+from sse_recorder.sse import Event, SSEParser
 
 
 def chunks(*pieces: bytes) -> list[Chunk]:
@@ -53,16 +53,32 @@ def test_the_id_on_the_last_event_leaves_nothing() -> None:
     assert resumed is not None and (resumed.origin_ns, resumed.skipped) == (10, 30)
 
 
+def test_an_id_set_by_a_block_without_data_is_found() -> None:
+    """`id: 5` then a blank line dispatches nothing, yet sets the id a client reconnects
+    with (WHATWG: the last event ID is set before the empty-data check)."""
+    stream = chunks(b"id: 4\ndata: a\n\n", b"id: 5\n\n", b"data: b\n\n")
+    resumed = resume(stream, "5")
+    assert left(resumed) == [b"data: b\n\n"]
+    assert resumed is not None and (resumed.origin_ns, resumed.skipped) == (10, 22)
+    mid = chunks("data: a\n\n: note\nid: \u03a9\nretry: 9\n\ndata: b\n\n".encode())
+    assert left(resume(mid, "\u03a9")) == [b"data: b\n\n"]
+
+
+def test_an_id_only_block_without_its_blank_line_is_not_found() -> None:
+    assert resume(chunks(b"data: a\n\n", b"id: 5\n"), "5") is None
+
+
 def test_an_unknown_id_is_not_found() -> None:
     assert resume(chunks(b"id: 1\ndata: a\n\n", b"id: 2\ndata: b\n\n"), "3") is None
     assert resume(chunks(b"data: no ids at all\n\n"), "1") is None
     assert resume([], "1") is None
 
 
-def test_an_id_without_data_sets_no_event_and_is_not_found() -> None:
-    """Kept as it was: a block without data dispatches nothing, so its id is never matched
-    (the cassette's events do not list it either, and the replay starts over)."""
-    assert resume(chunks(b"id: 5\n\n", b"data: a\n\n"), "5") is None
+def test_an_id_only_block_first_in_the_stream_is_found() -> None:
+    """It used to be skipped (no event, no row in the cassette's events): replayed whole."""
+    resumed = resume(chunks(b"id: 5\n\n", b"data: a\n\n"), "5")
+    assert left(resumed) == [b"data: a\n\n"]
+    assert resumed is not None and (resumed.origin_ns, resumed.skipped) == (0, 7)
 
 
 def test_the_first_event_with_the_id_wins() -> None:
@@ -151,7 +167,8 @@ def streams(draw: st.DrawFn) -> tuple[bytes, str]:
         if event_id is not None:
             lines.append(f"id: {event_id}{eol}")
             ids.append(event_id)
-        lines.extend(f"data: {d}{eol}" for d in draw(st.lists(TEXT, min_size=1, max_size=3)))
+        # no data lines: an id-only block, which a reconnecting client's id can name too
+        lines.extend(f"data: {d}{eol}" for d in draw(st.lists(TEXT, min_size=0, max_size=3)))
         lines.append(eol)
     if not ids:
         ids.append(draw(TEXT))
@@ -173,7 +190,8 @@ def test_any_chunking_leaves_the_bytes_after_the_event(
     case: tuple[bytes, str], cuts: list[int], empties: list[int]
 ) -> None:
     stream, last_id = case
-    event = next(i for i in parse(stream) if isinstance(i, Event) and i.id == last_id)
+    event = next(i for i in SSEParser(id_blocks=True).feed(stream)
+                 if isinstance(i, Event) and i.id == last_id)
     end = event.end
     if stream[end - 1:end] == b"\r" and stream[end:end + 1] == b"\n":
         end += 1  # a CRLF ending is skipped whole

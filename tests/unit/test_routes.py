@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sse_recorder.errors import ConfigError
-from sse_recorder.routes import Route, RouteFilter
+from sse_recorder.routes import Route, RouteFilter, host_and_path
 
 # --------------------------------------------------------------------------------------------
 # Route.parse
@@ -157,3 +157,53 @@ def test_filter_parse_rejects_a_bad_spec_in_either_list() -> None:
 def test_routes_that_could_never_match_are_rejected(spec: str) -> None:
     with pytest.raises(ConfigError):
         Route.parse(spec)
+
+
+# --------------------------------------------------------------------------------------------
+# Specs that read as something else: refused, with the spec they probably meant
+
+
+@pytest.mark.parametrize(("spec", "meant", "why"), [
+    # Without the space, "POST" was read as a host and the route never matched.
+    ("POST/v1/chat/completions", "POST /v1/chat/completions", "POST is a method, not a host"),
+    ("post/v1/messages", "POST /v1/messages", "post is a method, not a host"),
+    ("GET/ci/*", "GET /ci/*", "GET is a method, not a host"),
+    ("GET POST/x", "POST /x", "POST is a method, not a host"),
+    ("localhost:8080/ids", "localhost/ids", "routes match the host name without a port"),
+    ("POST api.example.com:443/v1", "POST api.example.com/v1",
+     "routes match the host name without a port"),
+    ("https://api.openai.com/v1/*", "api.openai.com/v1/*",
+     "routes have no scheme, use host/path"),
+    ("POST http://localhost/ids", "POST localhost/ids", "routes have no scheme, use host/path"),
+])
+def test_misread_specs_suggest_what_was_meant(spec: str, meant: str, why: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Route.parse(spec)
+    assert str(info.value) == f"bad route {spec!r}: {why} (did you mean {meant!r}?)"
+    Route.parse(meant)  # the suggestion is a good route
+
+
+def test_a_host_merely_starting_like_a_method_is_a_host() -> None:
+    assert Route.parse("postgres.internal/x") == Route("*", "postgres.internal/x")
+    assert Route.parse("get.example.com") == Route("*", "get.example.com/*")
+
+
+@pytest.mark.parametrize(("url", "host", "path"), [
+    ("http://localhost:8123/ids?x=1", "localhost", "/ids"),
+    ("https://API.OpenAI.com/v1/chat/completions", "api.openai.com", "/v1/chat/completions"),
+    ("http://127.0.0.1:9", "127.0.0.1", "/"),
+    ("http://[::1]:8080/x", "::1", "/x"),
+    ("http://[::1/x", "", "/"),  # brackets that do not pair: never a traceback
+])
+def test_host_and_path_of_a_recorded_url_are_what_routes_match(
+    url: str, host: str, path: str
+) -> None:
+    assert host_and_path(url) == (host, path)
+    if host and not host.startswith(":"):
+        assert Route.parse(f"{host}{path}").matches("GET", *host_and_path(url))
+
+
+@pytest.mark.parametrize("spec", ["POST */v1/chat/*", "api.example.com/v1/*", "/ci/*"])
+def test_a_route_prints_as_a_spec_that_parses_back(spec: str) -> None:
+    route = Route.parse(spec)
+    assert Route.parse(str(route)) == route

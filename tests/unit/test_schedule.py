@@ -130,13 +130,14 @@ def test_schedule_properties(offsets: list[int], speed: float, max_gap: float | 
 
 @pytest.mark.parametrize(("speed", "max_gap", "expected"), [
     ("instant", None, Timing(instant=True)),
-    (" Instant ", "0.5", Timing(instant=True, max_gap=0.5)),
-    ("INSTANT", 2, Timing(instant=True, max_gap=2.0)),
+    (" Instant ", "500ms", Timing(instant=True, max_gap=0.5)),
+    ("INSTANT", 2000, Timing(instant=True, max_gap=2.0)),  # a bare number is milliseconds
     ("1", None, Timing()),
     ("10", None, Timing(speed=10.0)),
-    (" 0.25 ", 0.1, Timing(speed=0.25, max_gap=0.1)),
+    (" 0.25 ", 100, Timing(speed=0.25, max_gap=0.1)),
     ("2.5", "0", Timing(speed=2.5, max_gap=0.0)),
-    ("1e3", " 3 ", Timing(speed=1000.0, max_gap=3.0)),
+    ("1e3", " 3s ", Timing(speed=1000.0, max_gap=3.0)),
+    ("1", "1m", Timing(max_gap=60.0)),
 ])
 def test_parse_accepts_instant_or_a_positive_factor(
     speed: str, max_gap: float | str | None, expected: Timing
@@ -150,9 +151,14 @@ def test_parse_accepts_instant_or_a_positive_factor(
     ("0", None, "speed must be positive, got 0.0"),
     ("-2", None, "speed must be positive, got -2.0"),
     ("nan", None, "speed must be positive, got nan"),
-    ("1", "soon", "bad max gap 'soon': use seconds, such as 0.5"),
-    ("instant", "-1", "max gap must be >= 0 seconds, got -1.0"),
-    ("1", -0.5, "max gap must be >= 0 seconds, got -0.5"),
+    ("1", "soon", "max gap: bad duration 'soon': durations carry a unit (250ms, 2s, 1m) or"
+                  " are milliseconds (500 = 500ms)"),
+    ("1", "2 sec", "max gap: bad duration '2 sec' (did you mean 2s?): durations carry a unit"
+                   " (250ms, 2s, 1m) or are milliseconds (500 = 500ms)"),
+    ("instant", "-1", "max gap: bad duration '-1': durations carry a unit (250ms, 2s, 1m) or"
+                      " are milliseconds (500 = 500ms)"),
+    ("1", -0.5, "max gap: bad duration -0.5: durations carry a unit (250ms, 2s, 1m) or are"
+                " milliseconds (500 = 500ms)"),
 ])
 def test_parse_rejects_bad_text_with_a_one_line_config_error(
     speed: str, max_gap: float | str | None, message: str

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sse_recorder.sse import Comment, Event, Item, SSEParser, encode_event, parse
+from sse_recorder.sse import Comment, Event, IdBlock, Item, SSEParser, encode_event, parse
 
 BOM = b"\xef\xbb\xbf"
 HYPOTHESIS = settings(
@@ -469,6 +469,26 @@ def test_id_is_set_when_the_line_ends_not_when_the_event_dispatches() -> None:
     assert parser.last_event_id == "9"
     parser.close()  # the event is discarded, the buffer is not rolled back
     assert parser.last_event_id == "9"
+
+
+def test_id_only_blocks_are_reported_only_when_asked() -> None:
+    stream = b"id: 7\n\n: c\n\nretry: 5\n\nid: 8\ndata: x\n\nid\n\n"
+    assert [i for i in parse(stream) if isinstance(i, Event)] == [ev("x", id="8")]
+    items = SSEParser(id_blocks=True).feed(stream)
+    blocks = [i for i in items if isinstance(i, IdBlock)]
+    assert [(b.id, stream[b.start:b.end]) for b in blocks] == [("7", b"id: 7\n\n"),
+                                                               ("", b"id\n\n")]
+    assert [i for i in items if type(i) is Event] == [ev("x", id="8")]
+
+
+@given(st.lists(st.integers(0, 40), max_size=8))
+def test_id_only_blocks_do_not_depend_on_the_chunking(points: list[int]) -> None:
+    stream = b"id: 1\r\n\r\ndata: a\rid: 2\r\rid: 3\n: c\n\n"
+    parser = SSEParser(id_blocks=True)
+    items = [i for chunk in split_at(stream, points) for i in parser.feed(chunk)]
+    assert with_positions(items) == with_positions(SSEParser(id_blocks=True).feed(stream))
+    assert [(i.id, type(i).__name__) for i in items if isinstance(i, Event)] == [
+        ("1", "IdBlock"), ("2", "Event"), ("3", "IdBlock")]
 
 
 def test_later_id_in_block_wins_and_keeps_spaces() -> None:
