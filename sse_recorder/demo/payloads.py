@@ -1,9 +1,9 @@
-"""Vendor error bodies and the seed's error / warning / retry-hint / backoff payloads.
+"""Vendor error bodies, and the error / warning / retry-hint / backoff events big services send.
 
 One source for fault injection (`inject:shape=`, `http:shape=`) and the demo upstream
-(`/patterns`). The seed's four events are one structure in two languages: English where a
-fault injects them, Korean where the demo upstream plays the seed; the structure is shared,
-the texts are not, so the demo's bytes stay the seed's.
+(`/patterns`). The four service events are one structure in two languages: English where a
+fault injects them, Korean where the demo upstream plays its pattern stream; the structure
+is shared, the texts are not, so the demo's bytes stay as they were.
 """
 
 from __future__ import annotations
@@ -15,20 +15,20 @@ JSON = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class SeedTexts:
-    """The human-readable strings of the seed's error and warning events."""
+class EventTexts:
+    """The human-readable strings of the error and warning events."""
 
     rate_limited: str
     slow_network: str
     check_connection: str
 
 
-ENGLISH = SeedTexts("API rate limit exceeded", "Network is slow", "Check the connection")
-KOREAN = SeedTexts("API 호출 한도 초과", "네트워크 속도가 느립니다", "연결 상태를 확인하세요")
+ENGLISH = EventTexts("API rate limit exceeded", "Network is slow", "Check the connection")
+KOREAN = EventTexts("API 호출 한도 초과", "네트워크 속도가 느립니다", "연결 상태를 확인하세요")
 
 
-def seed_events(texts: SeedTexts) -> dict[str, JSON]:
-    """Event name -> data of the seed's error, warning, retry-hint and backoff events."""
+def service_events(texts: EventTexts) -> dict[str, JSON]:
+    """Event name -> data of the error, warning, retry-hint and backoff events."""
     return {
         "error": {"code": "RATE_LIMIT_EXCEEDED", "message": texts.rate_limited,
                   "details": {"limit": 100, "used": 100, "resetAt": "2024-01-15T11:00:00Z"},
@@ -64,7 +64,7 @@ HTTP_BODIES: dict[str, dict[int | None, JSON]] = {
 
 # `inject:shape=` -> (event name, data); a None name is an unnamed (`message`) event.
 SHAPES: dict[str, tuple[str | None, JSON]] = {
-    **{name: (name, data) for name, data in seed_events(ENGLISH).items()},
+    **{name: (name, data) for name, data in service_events(ENGLISH).items()},
     # Mid-stream, the vendors send the same error objects as their HTTP error bodies.
     "anthropic-overloaded": ("error", ANTHROPIC_ERRORS[529]),
     "openai-error": (None, OPENAI_ERRORS[None]),

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import h11
 
-from sse_recorder.demo.payloads import KOREAN, seed_events
+from sse_recorder.demo.payloads import KOREAN, service_events
 from sse_recorder.sse import encode_event
 from sse_recorder.wire.connections import reset
 from sse_recorder.wire.requests import BadRequest, read_request
@@ -121,7 +121,7 @@ def anthropic_message_writes(model: str = "claude-sonnet-4-5") -> list[bytes]:
     return _events(items)
 
 
-# --- CI logs, deploys, heartbeats and the seed's other patterns ------------------------------
+# --- CI logs, deploys, heartbeats and other service patterns -------------------------------
 
 _STEPS = [("Checkout", ["Fetching the repository", "HEAD is now at 1a2b3c4"]),
           ("Install dependencies", ["pip install -e .[dev]", "Successfully installed 42 packages"]),
@@ -191,18 +191,18 @@ def heartbeat_writes() -> list[bytes]:
 
 
 def patterns_writes() -> list[bytes]:
-    """Control, error, retry, metadata and auth patterns of the seed (section 4)."""
-    seed = seed_events(KOREAN)  # the payloads fault injection sends, in the seed's language
+    """Control, error, retry, metadata and auth events as big services send them."""
+    shaped = service_events(KOREAN)  # the payloads fault injection sends, in Korean here
     return _events([
         ("stream-start", {"id": "chatcmpl-123", "model": "gpt-4", "created": CREATED}),
         ("message", {"content": "스트리밍 응답 내용..."}),
         ("stream-pause", {"reason": "buffer_full", "position": 1024}),
         ("stream-resume", {"position": 1024, "buffered": True}),
         ("stream-throttle", {"rate": 0.5, "reason": "network_congestion"}),
-        ("warning", seed["warning"]),
-        ("error", json.dumps(seed["error"], ensure_ascii=False, indent=2)),
-        ("retry-hint", seed["retry-hint"]),
-        ("backoff", seed["backoff"]),
+        ("warning", shaped["warning"]),
+        ("error", json.dumps(shaped["error"], ensure_ascii=False, indent=2)),
+        ("retry-hint", shaped["retry-hint"]),
+        ("backoff", shaped["backoff"]),
         ("system-info", {"serverId": "prod-us-east-1a", "version": "2.5.0", "uptime": 864000}),
         ("performance-metrics", {"cpu": 45.2, "memory": 78.5, "activeStreams": 523}),
         ("debug", {"action": "query_executed", "duration": 123, "affectedRows": 42,

@@ -208,7 +208,7 @@ class Recorder:
         server = flow.server_conn
         transport = self._paused.get(server)
         if transport is None:
-            writer = getattr(self.transports._io(server), "writer", None)
+            writer = getattr(self.transports.io_of(server), "writer", None)
             transport = getattr(writer, "transport", None)
             if transport is None:
                 return

@@ -33,7 +33,8 @@ class Transports:
     def __init__(self) -> None:
         self._readers: weakref.WeakKeyDictionary[Server, Any] = weakref.WeakKeyDictionary()
 
-    def _io(self, connection: Client | Server) -> Any:
+    def io_of(self, connection: Client | Server) -> Any:
+        """mitmproxy's reader/writer pair for a live connection, or None once it is gone."""
         proxyserver = ctx.master.addons.get("proxyserver")
         for handler in list(getattr(proxyserver, "connections", {}).values()):
             transport = getattr(handler, "transports", {}).get(connection)
@@ -42,7 +43,7 @@ class Transports:
         return None
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        io = self._io(data.server)
+        io = self.io_of(data.server)
         if io is not None:
             self._readers[data.server] = io.reader
 
@@ -53,6 +54,6 @@ class Transports:
 
     def reset_client(self, client: Client) -> None:
         """Abort the client's TCP connection with an RST (if its transport is still there)."""
-        writer = getattr(self._io(client), "writer", None)
+        writer = getattr(self.io_of(client), "writer", None)
         if writer is not None:
             reset(writer)

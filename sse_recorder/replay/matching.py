@@ -9,6 +9,7 @@ one again or an error. A miss names the closest recording and what differed.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -235,7 +236,7 @@ def differences(
         out.append(f"scheme: recorded {scheme}, got {incoming.scheme}")
     if "host" in c and incoming.host and host.lower() != incoming.host.lower():
         out.append(f"host: recorded {host}, got {incoming.host}")
-    if "path" in c and path != in_path:
+    if "path" in c and not path_matches(path, in_path):
         out.append(f"path: recorded {path}, got {in_path}")
     if "query" in c:
         a, b = _query(query, config.ignore_query), _query(in_query, config.ignore_query)
@@ -251,6 +252,19 @@ def differences(
     if "headers" in c:
         out.extend(_header_differences(recorded.headers, incoming.headers, config))
     return out
+
+
+def path_matches(recorded: str, incoming: str) -> bool:
+    """Equal paths, where a redacted path segment or parameter value (`/token/[REDACTED]`,
+    `;api_key=[REDACTED]`) stands for any value, as a redacted query value does."""
+    if MARKER not in recorded:
+        return recorded == incoming
+    return _redacted_path(recorded).fullmatch(incoming) is not None
+
+
+@functools.lru_cache(maxsize=1024)
+def _redacted_path(recorded: str) -> re.Pattern[str]:
+    return re.compile(re.escape(recorded).replace(re.escape(MARKER), "[^/;]*"))
 
 
 def _fmt_query(pairs: Sequence[tuple[str, str]]) -> str:
@@ -289,10 +303,18 @@ class Matcher:
     # checked in full only against the few that can match (the rest are a miss anyway).
     _index: dict[tuple[str, str], list[Interaction]] = field(default_factory=dict)
 
+    # Recordings whose path was redacted: their path is a pattern, checked for every request.
+    _patterned: list[Interaction] = field(default_factory=list)
+
     def __post_init__(self) -> None:
         for interaction in self.interactions:
-            if interaction.response is not None:
-                key = self._key(interaction.request.method, split_url(interaction.request.url)[2])
+            if interaction.response is None:
+                continue
+            path = split_url(interaction.request.url)[2]
+            if MARKER in path and "path" in self.config.criteria:
+                self._patterned.append(interaction)
+            else:
+                key = self._key(interaction.request.method, path)
                 self._index.setdefault(key, []).append(interaction)
 
     def _key(self, method: str, path: str) -> tuple[str, str]:
@@ -304,6 +326,8 @@ class Matcher:
         bucket = self._index.get(
             self._key(request.method, split_url(request.target)[2]), []
         )
+        if self._patterned:
+            bucket = sorted([*bucket, *self._patterned], key=lambda i: i.id)
         parsed: dict[bytes, Any] = {}
         candidates = [
             i for i in bucket if not differences(i.request, request, self.config, parsed)

@@ -404,7 +404,7 @@ async def test_injected_events_and_retry_reach_httpx_sse(
         assert injected.event == expected_names[k]
         assert json.loads(injected.data) == SHAPES[shape][1]
     assert [json.loads(e.data)["i"] for e in with_data[10:]] == list(range(5, 10))
-    # The seed's own error, warning, retry-hint and backoff events have the same shape.
+    # The demo's own error, warning, retry-hint and backoff events have the same shape.
     seed = {e.type: json.loads(e.data) for e in events_of(b"".join(patterns_writes()))}
     for shape in ("error", "warning", "retry-hint", "backoff"):
         assert _keys(SHAPES[shape][1]) == _keys(seed[shape]), shape

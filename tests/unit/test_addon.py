@@ -453,7 +453,7 @@ async def test_a_congested_writer_pauses_the_upstream_until_it_drains(
         writer = upstream_writer
 
     recorder = harness.recorder
-    monkeypatch.setattr(recorder.transports, "_io", lambda connection: IO())
+    monkeypatch.setattr(recorder.transports, "io_of", lambda connection: IO())
     session = recorder.session
     assert session is not None
     flow = tflow.tflow(req=request())

@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 
-from sse_recorder.demo.payloads import ENGLISH, HTTP_BODIES, KOREAN, SHAPES, seed_events
+from sse_recorder.demo.payloads import ENGLISH, HTTP_BODIES, KOREAN, SHAPES, service_events
 from sse_recorder.errors import ConfigError
 from sse_recorder.faults import parse_spec
 from sse_recorder.faults.registry import (
@@ -141,7 +141,7 @@ def test_events_and_stage_follow_the_parameters(spec: str, events: bool, stage: 
 
 
 def test_payloads_are_shared_with_the_demo_upstream() -> None:
-    english, korean = seed_events(ENGLISH), seed_events(KOREAN)
+    english, korean = service_events(ENGLISH), service_events(KOREAN)
     assert list(english) == ["error", "warning", "retry-hint", "backoff"]
     assert all(SHAPES[name] == (name, data) for name, data in english.items())
     assert english["backoff"] == korean["backoff"] and english["error"] != korean["error"]

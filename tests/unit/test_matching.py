@@ -405,3 +405,31 @@ def test_ignored_json_fields_are_skipped_at_any_depth() -> None:
     req = incoming("POST", "/x", {"a": {"seed": 9, "b": [{"seed": 8, "c": 4}]}})
     config = MatchConfig(ignore_json=frozenset({"seed"}))
     assert diff(rec, req, config) == ["body field a.b[0].c: recorded 3, got 4"]
+
+
+# -- redacted path segments and parameters ----------------------------------------------------
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="/;?#", blacklist_categories=("Cs",)),
+               min_size=1, max_size=20))
+def test_a_redacted_path_segment_matches_any_value(secret: str) -> None:
+    rec = recorded(1, target="/v1/token/[REDACTED]/stream;api_key=[REDACTED]")
+    matcher = Matcher([rec])
+    assert matcher.match(incoming(target=f"/v1/token/{secret}/stream;api_key={secret}")) is rec
+    assert diff(rec, incoming(target=f"/v1/token/{secret}/stream;api_key={secret}")) == []
+
+
+def test_a_redacted_segment_stands_for_one_segment_only() -> None:
+    rec = recorded(1, target="/v1/token/[REDACTED]/stream")
+    assert diff(rec, incoming(target="/v1/token/a/b/stream")) == [
+        "path: recorded /v1/token/[REDACTED]/stream, got /v1/token/a/b/stream"]
+    assert diff(rec, incoming(target="/v1/token/abc/other")) != []
+    assert isinstance(Matcher([rec]).match(incoming(target="/v2/token/abc/stream")), Miss)
+
+
+def test_redacted_and_plain_recordings_keep_their_recorded_order() -> None:
+    first = recorded(1, target="/v1/token/[REDACTED]/stream")
+    second = recorded(2, target="/v1/token/abc/stream")
+    matcher = Matcher([first, second])
+    assert [matcher.match(incoming(target="/v1/token/abc/stream")) for _ in range(3)] == [
+        first, second, second]
