@@ -48,8 +48,8 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 1024  # items per transaction: ~6 ms of work, so the proxy loop is never held long
 MAX_BATCH_BYTES = 256 * 1024  # body bytes per transaction: a flood's 64 KiB reads are ~600 rows
-LAG_HIGH_NS = 150_000_000  # uncommitted data this old: congested (stop reading upstreams)
-LAG_LOW_NS = 75_000_000  # back under this after a commit: no longer congested
+LAG_HIGH_NS = 100_000_000  # uncommitted data this old: congested (stop reading upstreams)
+LAG_LOW_NS = 50_000_000  # back under this after a commit: no longer congested
 NO_BACKLOG = 1 << 62  # `backlog_since_ns` when everything is committed
 
 
