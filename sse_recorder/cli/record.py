@@ -133,16 +133,17 @@ def record(
     sys.exit(status)
 
 
+SECRET_OPTIONS = {"values": "--redact-value", "env": "--redact-env"}
+
+
 def secret_values(values: tuple[str, ...], env_names: tuple[str, ...]) -> list[str]:
     """--redact-value and the values of --redact-env variables; an empty one is an error."""
-    from sse_recorder.record.redact import env_values
+    from sse_recorder.record import redact
 
-    if "" in values:
-        _fail("--redact-value: an empty value cannot be redacted")
     try:
-        return [*values, *env_values(env_names)]
-    except ValueError as exc:
-        _fail(f"--redact-env: {exc}")
+        return redact.secret_values(values, env_names)
+    except redact.SecretOptionError as exc:
+        _fail(f"{SECRET_OPTIONS[exc.option]}: {exc}")
 
 
 PAIRINGS = (

@@ -24,9 +24,9 @@ from mitmproxy.connection import ConnectionState, Server
 from mitmproxy.proxy import server_hooks
 
 from sse_recorder.errors import ConfigError
-from sse_recorder.mitm.transports import Transports, headers_of
+from sse_recorder.mitm.transports import REPLAYED, Transports, headers_of
 from sse_recorder.model import Framing, Outcome, RecordedRequest, ResponseHead, body_framing
-from sse_recorder.record.redact import RedactionRules, env_values
+from sse_recorder.record.redact import RedactionRules, SecretOptionError, secret_values
 from sse_recorder.record.session import LAG_HIGH_NS, RecorderConfig, RecordingSession
 from sse_recorder.routes import RouteFilter
 
@@ -136,14 +136,11 @@ class Recorder:
         except ConfigError as exc:
             raise exceptions.OptionsError(str(exc)) from None
         if updated & {"sse_redact_values", "sse_redact_env"}:
-            if "" in ctx.options.sse_redact_values:
-                raise exceptions.OptionsError("sse_redact_values: an empty value cannot be "
-                                              "redacted")
             try:
-                self.secret_values = [*ctx.options.sse_redact_values,
-                                      *env_values(ctx.options.sse_redact_env)]
-            except ValueError as exc:
-                raise exceptions.OptionsError(f"sse_redact_env: {exc}") from None
+                self.secret_values = secret_values(ctx.options.sse_redact_values,
+                                                   ctx.options.sse_redact_env)
+            except SecretOptionError as exc:
+                raise exceptions.OptionsError(f"sse_redact_{exc.option}: {exc}") from None
         if self.session is not None and updated & {"sse_cassette"}:
             raise exceptions.OptionsError("sse_cassette cannot change while recording")
 
@@ -245,7 +242,7 @@ class Recorder:
                 flow.kill()
             return
         request = flow.request
-        if flow.metadata.get("sse_recorder_replayed"):
+        if flow.metadata.get(REPLAYED):
             return  # answered from the cassette (record mode new_episodes)
         if not self.filter.allows(request.method, request.pretty_host, request.path):
             return

@@ -18,7 +18,7 @@ from mitmproxy import ctx, http
 from mitmproxy.proxy import server_hooks
 
 from sse_recorder.errors import ConfigError, SSERecorderError
-from sse_recorder.mitm.transports import Transports, headers_of
+from sse_recorder.mitm.transports import REPLAYED, Transports, headers_of
 from sse_recorder.replay.matching import IncomingRequest, MatchConfig
 from sse_recorder.replay.schedule import Timing
 from sse_recorder.replay.server import ReplayOptions, ReplayServer
@@ -140,7 +140,7 @@ class MatchedReplayRouter(ReplayRouter):
     """Record mode `new_episodes`: requests the cassette already answers are rerouted to the
     replay server (and marked, so the recorder skips them); the rest go upstream."""
 
-    MARK = "sse_recorder_replayed"
+    MARK = REPLAYED
 
     def __init__(
         self, host: str, port: int, answers: Callable[[IncomingRequest], bool]

@@ -23,6 +23,11 @@ def headers_of(message: http.Message) -> Headers:
     return decode_headers(message.headers.fields)
 
 
+# Flow metadata key: this flow was answered from the cassette (`record --replay-matched`),
+# so the recorder leaves it out.
+REPLAYED = "sse_recorder_replayed"
+
+
 class Transports:
     """Finds mitmproxy's asyncio transports for a connection (internal API).
 

@@ -159,16 +159,28 @@ def _needle_pattern(values: Iterable[str]) -> re.Pattern[bytes] | None:
     return re.compile(b"|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)))
 
 
-def env_values(names: Iterable[str]) -> list[str]:
-    """The values of environment variables never to store; ValueError names one that is
-    unset or empty (most likely a typo: there would be nothing to redact)."""
-    values = []
-    for name in names:
+class SecretOptionError(ValueError):
+    """A secret value option that cannot work; `option` says which ("values" or "env"),
+    so the CLI and the addon can name it in their own spelling."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+def secret_values(values: Iterable[str], env_names: Iterable[str]) -> list[str]:
+    """The values never to store: given ones, and those of environment variables. An empty
+    value, or a variable unset or empty (most likely a typo: there would be nothing to
+    redact), is an error."""
+    given = list(values)
+    if "" in given:
+        raise SecretOptionError("values", "an empty value cannot be redacted")
+    for name in env_names:
         value = os.environ.get(name, "")
         if not value:
-            raise ValueError(f"{name} is not set in the environment (or is empty)")
-        values.append(value)
-    return values
+            raise SecretOptionError("env", f"{name} is not set in the environment (or is empty)")
+        given.append(value)
+    return given
 
 
 # -- the rules ------------------------------------------------------------------------------

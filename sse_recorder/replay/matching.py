@@ -21,15 +21,13 @@ from urllib.parse import parse_qsl
 from sse_recorder.errors import ConfigError
 from sse_recorder.model import Headers, Interaction, RecordedRequest
 from sse_recorder.record.redact import MARKER
+from sse_recorder.wire.connections import HOP_BY_HOP
 
 CRITERIA = ("method", "scheme", "host", "path", "query", "body", "headers")
 DEFAULT_CRITERIA = frozenset({"method", "path", "query", "body"})
 # Never compared by a bare "headers" criterion: they describe the connection, not the
 # request (Last-Event-ID is served by resuming the recorded stream).
-UNCOMPARED_HEADERS = frozenset({
-    "host", "content-length", "connection", "keep-alive", "proxy-connection",
-    "transfer-encoding", "te", "trailer", "upgrade", "last-event-id",
-})
+UNCOMPARED_HEADERS = HOP_BY_HOP | {"host", "last-event-id"}
 
 
 class WhenExhausted(StrEnum):
@@ -239,11 +237,12 @@ def differences(
     if "path" in c and not path_matches(path, in_path):
         out.append(f"path: recorded {path}, got {in_path}")
     if "query" in c:
-        a, b = _query(query, config.ignore_query), _query(in_query, config.ignore_query)
-        if a != b:
-            a = [(k, v) for k, v in a if not (v == MARKER and any(k == k2 for k2, _ in b))]
-            b = [(k, v) for k, v in b if not any(k == k2 and v2 == MARKER for k2, v2 in
-                                                 _query(query, config.ignore_query))]
+        ours, theirs = _query(query, config.ignore_query), _query(in_query, config.ignore_query)
+        if ours != theirs:  # a recorded [REDACTED] value stands for any value of that name
+            a = [(k, v) for k, v in ours
+                 if not (v == MARKER and any(k == k2 for k2, _ in theirs))]
+            b = [(k, v) for k, v in theirs
+                 if not any(k == k2 and v2 == MARKER for k2, v2 in ours)]
             if a != b:
                 out.append(f"query: recorded {_fmt_query(a)}, got {_fmt_query(b)}")
     if "body" in c:
@@ -298,7 +297,7 @@ class Matcher:
 
     interactions: Sequence[Interaction]
     config: MatchConfig = field(default_factory=MatchConfig)
-    _served: dict[int, int] = field(default_factory=dict)  # interaction id -> times served
+    _served: set[int] = field(default_factory=set)  # interaction ids served at least once
     # Recordings by (method, path) as far as the criteria compare them, so a request is
     # checked in full only against the few that can match (the rest are a miss anyway).
     _index: dict[tuple[str, str], list[Interaction]] = field(default_factory=dict)
@@ -336,13 +335,11 @@ class Matcher:
             return self._nearest(request, parsed)
         for candidate in candidates:
             if candidate.id not in self._served:
-                self._served[candidate.id] = 1
+                self._served.add(candidate.id)
                 return candidate
         if self.config.when_exhausted is WhenExhausted.ERROR:
             return Miss(candidates[-1], (), exhausted=True)
-        last = candidates[-1]
-        self._served[last.id] += 1
-        return last
+        return candidates[-1]
 
     def _nearest(self, request: IncomingRequest, parsed: dict[bytes, Any]) -> Miss:
         best: tuple[int, Interaction, list[str]] | None = None

@@ -51,10 +51,11 @@ from sse_recorder.replay.matching import (
     host_of,
     split_url,
 )
-from sse_recorder.replay.play import Interrupted, Load, Player, writer_for
+from sse_recorder.replay.play import WRITE_BUFFER_HIGH, Interrupted, Load, Player, writer_for
 from sse_recorder.replay.records import Answer, Served
 from sse_recorder.replay.schedule import Timing
 from sse_recorder.replay.sources import Bodies
+from sse_recorder.routes import host_and_path
 from sse_recorder.store.cassette import Cassette
 from sse_recorder.wire import responses
 from sse_recorder.wire.connections import base_url, close_after_error, keeps_alive, reset
@@ -66,7 +67,6 @@ __all__ = ["LOOPS", "SERVED_KEPT", "ReplayOptions", "ReplayServer", "loop_factor
 log = logging.getLogger("sse_recorder.replay")
 
 MAX_HEAD = 64 * 1024  # request heads (h11's max_incomplete_event_size)
-WRITE_BUFFER_LIMIT = 64 * 1024
 # `served` keeps this many records: far more than one test makes (the pytest plugin reads
 # them per test), a few MB at most however long the server runs.
 SERVED_KEPT = 10_000
@@ -179,7 +179,7 @@ class ReplayServer:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_LIMIT)
+        writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         try:
             while True:
@@ -307,7 +307,7 @@ class ReplayServer:
                           Answer.UNMATCHED, explanation, number), persist
         last_event_id = _last_event_id(request)
         run = self.options.faults.for_connection(  # routes name the recorded host
-            number, request.method, split_url(found.request.url)[1], path,
+            number, request.method, host_and_path(found.request.url)[0], path,
             last_event_id is not None)
         self.load.streams += 1
         try:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sse_recorder.model import Headers
+from sse_recorder.wire import responses
 
-TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
 
 # The vendors' error `type` by status (their documented names); others: the fallback.
@@ -71,7 +71,7 @@ def explanation(
     vendor call, else the text."""
     shape = shape_for(path, headers)
     if shape is None:
-        content_type, body = TEXT, message.encode()
+        content_type, body = responses.TEXT, message.encode()
     else:
         content_type = JSON
         body = json.dumps(shape.body(status, message.rstrip("\n")), ensure_ascii=False).encode()

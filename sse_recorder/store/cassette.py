@@ -387,36 +387,33 @@ class Cassette:
         return found[0]
 
     async def _interactions(self, only: int | None) -> list[Interaction]:
-        chunk_stats = (
-            select(
-                ChunkRow.interaction_id.label("iid"),
-                func.count().label("n"),
-                func.coalesce(func.sum(func.length(ChunkRow.data)), 0).label("size"),
-                func.sum(case((rows.screen(_CHUNKS), 1), else_=0)).label("bad"),
-            )
-            .group_by(ChunkRow.interaction_id)
-            .subquery()
+        chunk_stats = select(
+            ChunkRow.interaction_id.label("iid"),
+            func.count().label("n"),
+            func.coalesce(func.sum(func.length(ChunkRow.data)), 0).label("size"),
+            func.sum(case((rows.screen(_CHUNKS), 1), else_=0)).label("bad"),
         )
-        event_stats = (
-            select(
-                EventRow.interaction_id.label("iid"),
-                func.sum(case((EventRow.kind == "event", 1), else_=0)).label("n"),
-                func.sum(case((rows.screen(_EVENTS), 1), else_=0)).label("bad"),
-            )
-            .group_by(EventRow.interaction_id)
-            .subquery()
+        event_stats = select(
+            EventRow.interaction_id.label("iid"),
+            func.sum(case((EventRow.kind == "event", 1), else_=0)).label("n"),
+            func.sum(case((rows.screen(_EVENTS), 1), else_=0)).label("bad"),
         )
+        if only is not None:  # one interaction: aggregate its rows only, not every table's
+            chunk_stats = chunk_stats.where(ChunkRow.interaction_id == only)
+            event_stats = event_stats.where(EventRow.interaction_id == only)
+        chunks = chunk_stats.group_by(ChunkRow.interaction_id).subquery()
+        events = event_stats.group_by(EventRow.interaction_id).subquery()
         query = (
             select(
                 *_raw(_INTERACTION),
-                func.coalesce(chunk_stats.c.n, 0).label("chunk_count"),
-                func.coalesce(chunk_stats.c.size, 0).label("body_size"),
-                func.coalesce(event_stats.c.n, 0).label("event_count"),
-                func.coalesce(chunk_stats.c.bad, 0).label("bad_chunks"),
-                func.coalesce(event_stats.c.bad, 0).label("bad_events"),
+                func.coalesce(chunks.c.n, 0).label("chunk_count"),
+                func.coalesce(chunks.c.size, 0).label("body_size"),
+                func.coalesce(events.c.n, 0).label("event_count"),
+                func.coalesce(chunks.c.bad, 0).label("bad_chunks"),
+                func.coalesce(events.c.bad, 0).label("bad_events"),
             )
-            .outerjoin(chunk_stats, chunk_stats.c.iid == InteractionRow.id)
-            .outerjoin(event_stats, event_stats.c.iid == InteractionRow.id)
+            .outerjoin(chunks, chunks.c.iid == InteractionRow.id)
+            .outerjoin(events, events.c.iid == InteractionRow.id)
             .order_by(InteractionRow.id)
         )
         if only is not None:

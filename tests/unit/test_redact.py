@@ -17,11 +17,12 @@ from sse_recorder.model import Headers, RecordedRequest
 from sse_recorder.record.redact import (
     MARKER,
     RedactionRules,
+    SecretOptionError,
     StreamDecoder,
     apply,
     content_codings,
     decode_body,
-    env_values,
+    secret_values,
     split_like,
     value_forms,
     without_coding,
@@ -204,12 +205,16 @@ def test_value_forms_cover_encodings() -> None:
     assert out.count(MARKER.encode()) == 10  # each form, each alignment, once
 
 
-def test_env_values(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SSE_TEST_KEY", "env-secret-1")
     monkeypatch.delenv("SSE_TEST_MISSING", raising=False)
-    assert env_values(["SSE_TEST_KEY"]) == ["env-secret-1"]
-    with pytest.raises(ValueError, match="SSE_TEST_MISSING is not set"):
-        env_values(["SSE_TEST_MISSING"])
+    assert secret_values(["given"], ["SSE_TEST_KEY"]) == ["given", "env-secret-1"]
+    with pytest.raises(SecretOptionError, match="SSE_TEST_MISSING is not set") as missing:
+        secret_values([], ["SSE_TEST_MISSING"])
+    assert missing.value.option == "env"
+    with pytest.raises(SecretOptionError, match="an empty value cannot be redacted") as empty:
+        secret_values([""], ["SSE_TEST_KEY"])
+    assert empty.value.option == "values"
 
 
 def test_values_a_request_gave_away_are_scrubbed_from_its_echo() -> None:
