@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/sse-recorder demo
 
 test: $(STAMP)
+	.ci/system-packages
 	$(BIN)/ruff check sse_recorder addons tests bench
 	$(BIN)/mypy sse_recorder addons
 	$(BIN)/python -m pytest -n 2

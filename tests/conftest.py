@@ -59,3 +59,18 @@ def record_demo(
         return path
 
     return record
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[object]:
+    """One headless system Chromium per test worker (Playwright's sync API, so only sync
+    tests use it); each test opens its own context with `chromium.new_context()`."""
+    from playwright.sync_api import sync_playwright
+
+    from sse_recorder.testing.browser import CHROMIUM_ARGS, find_chromium
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(find_chromium()), args=list(CHROMIUM_ARGS))
+        yield browser
+        browser.close()
