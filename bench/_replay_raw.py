@@ -1,7 +1,8 @@
 """Baseline for bench/replay_bench.py: the least an asyncio server can do to send the same bytes.
 
 `python bench/_replay_raw.py STREAMS.json [--instant [--batch BYTES] [--turns]]
-[--loop asyncio|uvloop]`; prints its URL.
+[--loop asyncio|uvloop] [--port N --reuse-port]`; prints its URL. With --reuse-port, several
+of them share one port (SO_REUSEPORT): the baseline for `replay --workers N`.
 STREAMS.json maps a path to {"head": str, "head_due": s, "chunks": [[due_s, str], ...]} (latin-1
 text). No parsing beyond the request line, no matching, no cassette, frames encoded up front;
 the replay server's write pattern: at 1x each chunk is one write due at `start + due` on an
@@ -18,7 +19,8 @@ import sys
 import time
 
 
-async def main(path: str, instant: bool, batch: int, turns: bool) -> None:
+async def main(path: str, instant: bool, batch: int, turns: bool, port: int = 0,
+               reuse_port: bool = False) -> None:
     def frame(data: str) -> bytes:
         return b"%x\r\n%b\r\n" % (len(data), data.encode("latin-1"))
 
@@ -55,7 +57,8 @@ async def main(path: str, instant: bool, batch: int, turns: bool) -> None:
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, backlog=4096)
+    server = await asyncio.start_server(serve, "127.0.0.1", port, backlog=4096,
+                                        reuse_port=reuse_port or None)
     print(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
     await server.serve_forever()
 
@@ -68,4 +71,6 @@ if __name__ == "__main__":
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         batch = int(sys.argv[sys.argv.index("--batch") + 1]) if "--batch" in sys.argv else 4096
-        runner.run(main(sys.argv[1], "--instant" in sys.argv, batch, "--turns" in sys.argv))
+        port = int(sys.argv[sys.argv.index("--port") + 1]) if "--port" in sys.argv else 0
+        runner.run(main(sys.argv[1], "--instant" in sys.argv, batch, "--turns" in sys.argv,
+                        port, "--reuse-port" in sys.argv))

@@ -32,6 +32,15 @@ arrival offset from the request as the chunk offsets, exactly what a recording c
    request is out, the least-served stream must get at least half the median stream's share.
 4. memory: server RSS growth per idle stream with 10,000 open (one event, then a 60 s gap;
    4 workers x 2,500 connections), raw server beside it. Target <= 10 KiB per stream.
+5. workers (`sse-recorder replay --workers 2`, the command itself, on asyncio; all servers
+   started fresh): a. 1,000 concurrent 1x streams at 100 events/s (the /load stream): p99
+   lateness <= 1.5x a raw asyncio server run as 2 processes on one port (SO_REUSEPORT,
+   `_replay_raw.py --reuse-port`), and well below (< 0.75x) `--workers 1`; b. 10,000
+   concurrent 1x streams at 1 event/s: p99 lateness <= 5 ms, and the peak RSS growth of
+   every process (supervisor and workers) per stream <= 10 KiB; c. `--instant` to 100
+   clients: events/s >= 0.8x the raw server as 2 processes on one port, ratio to
+   `--workers 1` reported. The clients share the 2 cores with the servers: every figure
+   has its baseline measured beside it, in the same run.
 
 Usage: `python bench/replay_bench.py [--quick] [--strict] [--seed N] [--only PARTS]
 [--loops asyncio,uvloop]`. Exit status 1 if a run fails; with --strict, also on any MISS.
@@ -46,9 +55,11 @@ import dataclasses
 import json
 import math
 import random
+import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,6 +83,7 @@ from _common import (
     percentile,
     ratio,
     table,
+    venv_bin,
 )
 
 from sse_recorder.demo.upstream import tick_event
@@ -96,6 +108,9 @@ RAW_TARGET = 0.8
 STARLETTE_TARGET = 2.0
 MEMORY_TARGET_KIB = 10.0
 IDLE_GAP_S = 60
+SLOW_EVENTS = 5  # /slow: one event a second
+WORKERS = 2  # 5. the processes of `replay --workers` and of the raw baseline on one port
+SLOW_P99_MS = 5.0
 HEADERS = (("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
            ("transfer-encoding", "chunked"))
 # What the replay server sends for these interactions; the raw server sends the same head.
@@ -120,10 +135,14 @@ class Plan:
     slow_reps: int  # instant, sse-starlette: repetitions (its rate is a small fraction)
     idle_conns: int
     bound_s: float
+    workers_conns: int = 1000  # 5. workers: concurrent 1x streams at 100 events/s
+    workers_reps: int = 2
+    slow_conns: int = 10_000  # 5. workers: concurrent 1x streams at 1 event/s
 
 
-FULL = Plan(4, ("asyncio", "uvloop"), (250, 1000), 4, 2, 100_000, 9, 100, 5_000, 3, 1, 10_000, 330)
-QUICK = Plan(1, ("asyncio", "uvloop"), (200,), 2, 1, 20_000, 2, 20, 5_000, 1, 1, 1_000, 90)
+FULL = Plan(4, ("asyncio", "uvloop"), (250, 1000), 4, 2, 100_000, 9, 100, 5_000, 3, 1, 10_000, 450)
+QUICK = Plan(1, ("asyncio", "uvloop"), (200,), 2, 1, 20_000, 2, 20, 5_000, 1, 1, 1_000, 115,
+             workers_conns=200, workers_reps=1, slow_conns=1_000)
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -287,6 +306,7 @@ def streams(recorded: list[Live], plan: Plan) -> dict[str, tuple[int, list[int]]
     out["/fast"] = (0, [i * INTERVAL_MS * 1_000_000 for i in range(plan.fast_events)])
     out["/multi"] = (0, [i * INTERVAL_MS * 1_000_000 for i in range(plan.multi_events)])
     out["/idle"] = (0, [0, IDLE_GAP_S * 1_000_000_000])
+    out["/slow"] = (0, [i * 1_000_000_000 for i in range(SLOW_EVENTS)])
     return out
 
 
@@ -377,6 +397,17 @@ class Lateness:
     def cpu_us(self) -> str:
         return f"{self.cpu_s / self.events * 1e6:.1f}" if self.events else "n/a"
 
+    def add(self, streams_: list[list[Any]], offsets: list[int]) -> None:
+        """Streams as a client worker returns them: each event's lateness against the
+        response head's arrival + its recorded offset."""
+        for sent, head, times, complete in streams_:
+            self.events += len(times)
+            if not complete or len(times) != len(offsets):
+                self.incomplete += 1
+                continue
+            self.start.append(head - sent)
+            self.late += [t - head - o for t, o in zip(times, offsets, strict=True)]
+
 
 def bench_load(offsets: list[int], workers: Workers, servers: Servers, plan: Plan,
                summary: Summary) -> None:
@@ -391,13 +422,7 @@ def bench_load(offsets: list[int], workers: Workers, servers: Servers, plan: Pla
             streams_ = workers.streams(servers.ports[name], "/load", conns, plan.load_workers, 30)
             after = cpu_seconds(servers.pid(name))
             got.cpu_s += (after or 0.0) - (before or 0.0)
-            for sent, head, times, complete in streams_:
-                got.events += len(times)
-                if not complete or len(times) != len(offsets):
-                    got.incomplete += 1
-                    continue
-                got.start.append(head - sent)
-                got.late += [t - head - o for t, o in zip(times, offsets, strict=True)]
+            got.add(streams_, offsets)
     rows = []
     for (name, conns), got in sorted(results.items(), key=lambda item: item[0][1]):
         base = results[name.replace("replay", "raw"), conns]
@@ -572,10 +597,219 @@ def bench_memory(workers: Workers, servers: Servers, plan: Plan, summary: Summar
                     value <= MEMORY_TARGET_KIB)
 
 
+# --- 5. workers --------------------------------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a supervisor's workers), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+class Group:
+    """One server as the clients see it: one port, served by one or more processes.
+
+    `cli-N`: `sse-recorder replay --workers N` (the command itself: its per-request log
+    included); `raw-N`: N `_replay_raw.py` processes sharing one port with SO_REUSEPORT."""
+
+    def __init__(self, name: str, mode: str, workdir: Path) -> None:
+        self.name = name
+        kind, count = name.split("-")
+        self.services: list[Service] = []
+        instant = mode == "instant"
+        if kind == "cli":
+            args = [venv_bin("sse-recorder"), "replay", str(workdir / "replay.db"),
+                    "--listen-port", "0", "--workers", count, *(["--instant"] * instant)]
+            self.services.append(Service(f"{name}-{mode}", args, workdir).start())
+            self.port = port_of(self.services[0].wait_for(r"^(http://\S+)$", 60)[1])
+            return
+        raw = [sys.executable, str(BENCH_DIR / "_replay_raw.py"), str(workdir / "streams.json"),
+               "--reuse-port", *(["--instant", "--batch", str(INSTANT_BATCH)] * instant)]
+        first = Service(f"{name}-{mode}-0", raw, workdir).start()
+        self.services.append(first)
+        self.port = port_of(first.wait_for(r"^(http://\S+)$", 60)[1])
+        for i in range(1, int(count)):
+            other = Service(f"{name}-{mode}-{i}", [*raw, "--port", str(self.port)],
+                            workdir).start()
+            other.wait_for(r"^(http://\S+)$", 60)
+            self.services.append(other)
+
+    def pids(self) -> list[int]:
+        """Every process serving, a supervisor's workers included."""
+        pids = []
+        for service in self.services:
+            assert service.popen is not None
+            pids += [service.popen.pid, *children(service.popen.pid)]
+        return pids
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(pid) or 0.0 for pid in self.pids())
+
+    def rss_kb(self) -> int:
+        return sum(rss_kb(pid) for pid in self.pids())
+
+    def stop(self) -> None:
+        for service in self.services:
+            service.stop()
+
+
+class PeakRss:
+    """The highest RSS of a group while a run goes on, sampled by a thread every 100 ms."""
+
+    def __init__(self, group: Group) -> None:
+        self.group = group
+        self.peak = group.rss_kb()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.1):
+            self.peak = max(self.peak, self.group.rss_kb())
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return self.peak
+
+
+def bench_workers(plan_streams: dict[str, tuple[int, list[int]]], clients: Workers,
+                  workdir: Path, parts: set[str], plan: Plan, summary: Summary) -> None:
+    """`replay --workers 2` beside a raw asyncio server run as 2 processes on one port and
+    beside `replay --workers 1`, all started fresh, on asyncio."""
+    groups: dict[tuple[str, str], Group] = {}
+    try:
+        wanted = [("1x", name) for name in (f"raw-{WORKERS}", f"cli-{WORKERS}", "cli-1")
+                  if "workers-load" in parts]
+        wanted += [("1x", f"cli-{WORKERS}")] if "workers-slow" in parts else []
+        wanted += [("instant", name) for name in (f"raw-{WORKERS}", f"cli-{WORKERS}", "cli-1")
+                   if "workers-instant" in parts]
+        for mode, name in dict.fromkeys(wanted):
+            groups[mode, name] = Group(name, mode, workdir)
+        for (mode, _), group in groups.items():  # warm-up: every worker, every path
+            for path in ["/load", "/slow"] if mode == "1x" else ["/multi"]:
+                clients.streams(group.port, path, 8, 1, 60)
+        if "workers-load" in parts:
+            bench_workers_load(plan_streams["/load"][1], clients, groups, plan, summary)
+        if "workers-slow" in parts:
+            bench_workers_slow(plan_streams["/slow"][1], clients, groups[("1x", f"cli-{WORKERS}")],
+                               plan, summary)
+        if "workers-instant" in parts:
+            bench_workers_instant(clients, groups, plan, summary)
+    finally:
+        for group in groups.values():
+            try:
+                group.stop()
+            except BenchError as exc:
+                print(f"warning: {exc}", file=sys.stderr)
+
+
+def bench_workers_load(offsets: list[int], clients: Workers, groups: dict[tuple[str, str], Group],
+                       plan: Plan, summary: Summary) -> None:
+    names = [f"raw-{WORKERS}", f"cli-{WORKERS}", "cli-1"]
+    results = {name: Lateness() for name in names}
+    load = ForeignLoad([pid for n in names for pid in groups["1x", n].pids()] + clients.pids())
+    for _ in range(plan.workers_reps):
+        for name in random.sample(names, len(names)):
+            group, got = groups["1x", name], results[name]
+            before = group.cpu()
+            got.add(clients.streams(group.port, "/load", plan.workers_conns, plan.load_workers,
+                                    30), offsets)
+            got.cpu_s += group.cpu() - before
+    p99 = {name: percentile(got.late, 99) for name, got in results.items()}
+    raw = f"raw-{WORKERS}"
+    print(f"\n5a. workers: {plan.workers_conns:,} concurrent 1x replays at 100 events/s "
+          f"({plan.load_workers} client processes, {plan.workers_reps} repetitions); "
+          "lateness as in 2., ms")
+    print(table(["server", "events", "incomplete", "p50", "p99", "max", "start p99",
+                 "CPU us/ev", "p99 / raw-2"],
+                [[name, len(got.late), got.incomplete, ms(median(got.late)), ms(p99[name]),
+                  ms(max(got.late, default=math.nan)), ms(percentile(got.start, 99)),
+                  got.cpu_us(), fmt_ratio(ratio(p99[name], p99[raw]))]
+                 for name, got in results.items()]))
+    print(load.describe())
+    cli = f"cli-{WORKERS}"
+    to_raw, to_one = ratio(p99[cli], p99[raw]), ratio(p99[cli], p99["cli-1"])
+    complete = not results[cli].incomplete
+    summary.add(f"{plan.workers_conns} x 1x p99, --workers {WORKERS} / raw x {WORKERS}",
+                f"{ms(p99[cli])} ms = {fmt_ratio(to_raw)}x raw {ms(p99[raw])} ms (target <= "
+                f"{LOAD_FACTOR}x)", to_raw <= LOAD_FACTOR and complete)
+    summary.add(f"{plan.workers_conns} x 1x p99, --workers {WORKERS} / --workers 1",
+                f"{fmt_ratio(to_one)} ({ms(p99['cli-1'])} ms with one process; target: well "
+                "below, < 0.75)", to_one < 0.75 and complete)
+
+
+def bench_workers_slow(offsets: list[int], clients: Workers, group: Group, plan: Plan,
+                       summary: Summary) -> None:
+    got = Lateness()
+    load = ForeignLoad(group.pids() + clients.pids())
+    before = group.rss_kb()
+    peak = PeakRss(group)
+    try:
+        got.add(clients.streams(group.port, "/slow", plan.slow_conns, plan.load_workers,
+                                SLOW_EVENTS + 60), offsets)
+    finally:
+        after = peak.stop()
+    p99 = percentile(got.late, 99)
+    per_stream = (after - before) / plan.slow_conns
+    print(f"\n5b. workers: {plan.slow_conns:,} concurrent 1x replays at 1 event/s "
+          f"({SLOW_EVENTS} events) on --workers {WORKERS}; lateness ms, RSS of every process")
+    print(table(["server", "events", "incomplete", "p50", "p99", "max", "start p99",
+                 "RSS before MiB", "peak MiB", "KiB / stream"],
+                [[group.name, len(got.late), got.incomplete, ms(median(got.late)), ms(p99),
+                  ms(max(got.late, default=math.nan)), ms(percentile(got.start, 99)),
+                  f"{before / 1024:.1f}", f"{after / 1024:.1f}", f"{per_stream:.2f}"]]))
+    print(load.describe())
+    summary.add(f"{plan.slow_conns} x 1 event/s p99, --workers {WORKERS}",
+                f"{ms(p99)} ms (target <= {SLOW_P99_MS} ms)",
+                p99 / 1e6 <= SLOW_P99_MS and not got.incomplete)
+    summary.add(f"RSS per stream, {plan.slow_conns} streams, --workers {WORKERS}",
+                f"{per_stream:.2f} KiB (target <= {MEMORY_TARGET_KIB} KiB)",
+                per_stream <= MEMORY_TARGET_KIB)
+
+
+def bench_workers_instant(clients: Workers, groups: dict[tuple[str, str], Group], plan: Plan,
+                          summary: Summary) -> None:
+    names = [f"raw-{WORKERS}", f"cli-{WORKERS}", "cli-1"]
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    load = ForeignLoad([pid for n in names for pid in groups["instant", n].pids()]
+                       + clients.pids())
+    for _ in range(plan.multi_reps):
+        for name in random.sample(names, len(names)):
+            got = clients.streams(groups["instant", name].port, "/multi", plan.multi_clients,
+                                  min(2, len(clients.procs)), 60)
+            bad = [s for s in got if not s[3] or len(s[2]) != plan.multi_events]
+            if bad:
+                raise BenchError(f"{name}: {len(bad)} of {len(got)} streams incomplete")
+            first, last = min(s[0] for s in got), max(s[2][-1] for s in got)
+            rates[name].append(sum(len(s[2]) for s in got) / ((last - first) / 1e9))
+    rate = {name: median(values) for name, values in rates.items()}
+    raw, cli = f"raw-{WORKERS}", f"cli-{WORKERS}"
+    print(f"\n5c. workers: --instant to {plan.multi_clients} concurrent clients "
+          f"({plan.multi_events:,} events each, median of {plan.multi_reps}), events/s")
+    print(table(["server", "events/s", "/ raw-2", "/ cli-1"],
+                [[name, f"{rate[name]:,.0f}", fmt_ratio(ratio(rate[name], rate[raw])),
+                  fmt_ratio(ratio(rate[name], rate["cli-1"]))] for name in names]))
+    print(load.describe())
+    to_raw = ratio(rate[cli], rate[raw])
+    summary.add(f"instant {plan.multi_clients} clients, --workers {WORKERS} / raw x {WORKERS}",
+                f"{fmt_ratio(to_raw)} (target >= {RAW_TARGET}; / --workers 1: "
+                f"{fmt_ratio(ratio(rate[cli], rate['cli-1']))})", to_raw >= RAW_TARGET)
+
+
 # --- main --------------------------------------------------------------------------------------
 
 
-PARTS = ("fidelity", "load", "instant", "memory")
+WORKER_PARTS = ("workers-load", "workers-slow", "workers-instant")
+PARTS = ("fidelity", "load", "instant", "memory", *WORKER_PARTS)
 
 
 def run(plan: Plan, parts: set[str], workdir: Path, summary: Summary) -> None:
@@ -613,6 +847,8 @@ def run(plan: Plan, parts: set[str], workdir: Path, summary: Summary) -> None:
             servers.stop(name)
         if "memory" in parts:
             bench_memory(workers, servers, plan, summary)
+        if parts & set(WORKER_PARTS):
+            bench_workers(plan_streams, workers, workdir, parts, plan, summary)
     finally:
         workers.close()
         servers.close()
@@ -637,6 +873,8 @@ def main(argv: list[str] | None = None) -> int:
     if set(loops) - {"asyncio", "uvloop"} or not loops:
         parser.error("--loops takes asyncio and/or uvloop")
     plan = dataclasses.replace(QUICK if args.quick else FULL, loops=loops)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # 10,000 streams: every server
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # started here inherits it
     random.seed(args.seed)
     summary = Summary()
     started = time.monotonic()

@@ -106,12 +106,16 @@ class Chunk(NamedTuple):
     data: bytes
 
 
+EventKind = Literal["event", "comment", "frame", "error", "invalid"]  # the last three: framing/
+
+
 class RecordedEvent(NamedTuple):
-    """A parsed SSE event or comment with where and when it completed (a tuple, and so
-    also the row the cassette stores after the interaction id)."""
+    """A parsed SSE event or comment, or a frame of another stream type, with where and when
+    it completed (a tuple, and so also the row the cassette stores after the interaction
+    id)."""
 
     seq: int
-    kind: Literal["event", "comment"]
+    kind: EventKind
     type: str | None  # None for comments
     data: str  # the event's data, or the comment's text
     id: str | None

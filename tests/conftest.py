@@ -15,6 +15,27 @@ import pytest
 from tests.helpers import SSE_RECORDER, RecordDemo, RecorderFactory, record_args, start
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--replay-workers", metavar="N",
+        help="Serve every `sse-recorder replay` process the tests start from N worker "
+             "processes (sets SSE_RECORDER_WORKERS; see tests/integration/"
+             "test_workers_suites.py).")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workers = config.getoption("--replay-workers")
+    if workers:
+        import os
+
+        os.environ["SSE_RECORDER_WORKERS"] = workers
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    workers = config.getoption("--replay-workers")
+    return f"replay workers: {workers}" if workers else None
+
+
 @pytest.fixture(scope="session")
 def demo_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The built-in demo upstream in its own process; yields its base URL."""
@@ -61,10 +82,12 @@ def record_demo(
     return record
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[object]:
-    """One headless system Chromium per test worker (Playwright's sync API, so only sync
-    tests use it); each test opens its own context with `chromium.new_context()`."""
+    """One headless system Chromium per test module (Playwright's sync API, so only sync
+    tests use it); each test opens its own context with `chromium.new_context()`. Per
+    module, not per session: while Playwright's sync API runs, its event loop counts as
+    running in this thread, so every later asyncio test of the process would fail."""
     from playwright.sync_api import sync_playwright
 
     from sse_recorder.testing.browser import CHROMIUM_ARGS, find_chromium
@@ -74,3 +97,33 @@ def chromium() -> Iterator[object]:
             executable_path=str(find_chromium()), args=list(CHROMIUM_ARGS))
         yield browser
         browser.close()
+
+
+# -- a throwaway PostgreSQL server (the shared cassette store) -------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for this test worker (`store.throwaway`: Debian's binaries,
+    as `nobody` when we are root, 127.0.0.1, a free port, password authentication); yields
+    the store URL with no cassette named."""
+    from sse_recorder.store.throwaway import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], str]:
+    """The suites that run on both backends: `store(name)` is where cassette `name` lives,
+    a SQLite file or a cassette of the PostgreSQL store (unique per module and backend)."""
+    if request.param == "sqlite":
+        directory = tmp_path_factory.mktemp("store")
+        return lambda name: str(directory / f"{name}.sqlite")
+    import uuid
+
+    url = request.getfixturevalue("postgres_url")
+    prefix = uuid.uuid4().hex[:12]
+    return lambda name: f"{url}?cassette=t{prefix}_{name}"

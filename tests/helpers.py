@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from sse_recorder.record.session import RecorderConfig, RecordingSession, WriterMode
 from sse_recorder.testing.processes import Process, ProcessError, read_line
 
 __all__ = ["BIN", "MITMDUMP", "REPO", "SSE_RECORDER", "Process", "RecordDemo", "RecorderFactory",
@@ -57,3 +58,12 @@ class RecorderFactory:
 
 # `record_demo(name, traffic)`, the session fixture: see tests/conftest.py
 RecordDemo = Callable[[str, Callable[[str], object]], Path]
+
+
+def task_session(
+    path: str, config: RecorderConfig | None = None, **callbacks: Any
+) -> RecordingSession:
+    """A session whose writer is a task on this loop: the writer's logic without a process
+    per test (tests/unit/test_writer_process.py runs the flows through the real process)."""
+    config = replace(config or RecorderConfig(), writer=WriterMode.TASK)
+    return RecordingSession(path, config, **callbacks)

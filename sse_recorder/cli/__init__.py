@@ -3,7 +3,17 @@
 Importing the command modules registers their commands on `main`.
 """
 
-from sse_recorder.cli import addons, demo, inspect, record, replay  # noqa: F401
+from sse_recorder.cli import (  # noqa: F401
+    addons,
+    copy,
+    demo,
+    experiment,
+    inspect,
+    record,
+    replay,
+    report,
+    transfer,
+)
 from sse_recorder.cli.app import main
 
 __all__ = ["main"]

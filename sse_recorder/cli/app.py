@@ -143,9 +143,37 @@ def listen_options(what: str) -> Callable[[F], F]:
     return decorate
 
 
+class CassetteTarget(click.Path):
+    """A cassette: a SQLite file path, or a store URL (`postgresql://...?cassette=NAME`),
+    which becomes a `store.Location` whose str() hides the password. Anything that does
+    not start with `scheme://` is a path, as it always was."""
+
+    name = "cassette"
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path, dir_okay=False)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        from sse_recorder.store.location import locate, looks_like_url
+
+        if isinstance(value, str) and looks_like_url(value):
+            try:
+                location = locate(value)
+            except SSERecorderError as exc:
+                self.fail(str(exc), param, ctx)
+            if not isinstance(location, Path) and location.password:
+                # what is handed on (other processes, log lines) is str(location), which
+                # has no password: it goes by the environment, as libpq's PGPASSWORD
+                os.environ["PGPASSWORD"] = location.password
+            return location
+        return super().convert(value, param, ctx)
+
+
 def cassette_argument(command: F) -> F:
-    """The cassette every command works on, always the first argument."""
-    return click.argument("cassette", type=click.Path(path_type=Path, dir_okay=False))(command)
+    """The cassette every command works on, always the first argument: a file or a store
+    URL (`CassetteTarget`)."""
+    return click.argument("cassette", type=CassetteTarget())(command)
 
 
 def confdir_option(help_prefix: str = "") -> Callable[[F], F]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,16 @@ import click
 from sse_recorder.cli.app import _run, cassette_argument, json_option, main
 from sse_recorder.cli.formats import count, local_time, seconds, size
 from sse_recorder.cli.previews import event_previews
+from sse_recorder.framing.base import FRAME_KINDS
 from sse_recorder.model import Interaction, RecordedEvent, header_value
+from sse_recorder.report.timeline import (
+    Recording,
+    density,
+    gap_points,
+    histogram,
+    sparkline,
+    stats,
+)
 
 BODY_LINES = 40  # of a pretty-printed body in `show` (--json has everything)
 
@@ -159,14 +169,26 @@ def _echo_table(rows: list[list[str]]) -> None:
 @cassette_argument
 @json_option("a summary of each interaction")
 def list_interactions(cassette: Path, as_json: bool) -> None:
-    """List CASSETTE's interactions, one row each (errors below the table).
+    """List CASSETTE's interactions, one row each (errors below the table; on a terminal,
+    a summary line of the whole cassette last).
 
     The --json document is below (for the full timeline: `show --json`).
     """
 
     async def go() -> None:
+        from sse_recorder.store import Location, list_cassettes
         from sse_recorder.store.cassette import Cassette
 
+        if isinstance(cassette, Location) and cassette.name is None:  # a store: its cassettes
+            stored = await list_cassettes(cassette)
+            if as_json:
+                _print_json({"store": cassette.store, "cassettes": [
+                    {"name": c.name, "interactions": c.interactions} for c in stored]})
+            for c in [] if as_json else stored:
+                click.echo(f"{c.name}\t{count(c.interactions, 'interaction')}")
+            if not stored and not as_json:
+                click.echo(f"{cassette.store}: no cassettes")
+            return
         async with await Cassette.open(cassette) as opened:
             found = await opened.interactions()
             version = opened.version
@@ -180,11 +202,49 @@ def list_interactions(cassette: Path, as_json: bool) -> None:
             for i in found:
                 if i.error:
                     click.echo(f"#{i.id}: {i.error}")
+            if sys.stdout.isatty():  # for a reader: a script reads the table alone
+                click.echo(cassette_summary(str(cassette), found))
 
     _run(go())
 
 
+def cassette_summary(name: str, found: Sequence[Interaction]) -> str:
+    """One line for a whole cassette: interactions, events, bytes, endings, time spanned."""
+    endings = Counter(i.outcome.value for i in found)
+    span = max(i.started_at + (i.end_offset_ns or 0) / 1e9 for i in found) - min(
+        i.started_at for i in found)
+    return (f"{name}: {count(len(found), 'interaction')} ({sum(i.is_sse for i in found)} SSE), "
+            f"{count(sum(i.event_count for i in found), 'event')}, "
+            f"{size(sum(i.body_size for i in found))}, endings "
+            + ", ".join(f"{n} {outcome}" for outcome, n in endings.most_common())
+            + f", recorded over {seconds(span)}")
+
+
 # -- show ------------------------------------------------------------------------------------
+
+SKETCH_COLUMNS = 60
+
+
+def sketch(rec: Recording) -> list[str]:
+    """`show`'s compact timeline: activity along the response and the spread of its gaps,
+    as sparklines a terminal can show."""
+    figures = stats(rec)
+    of, points = gap_points(rec)
+    columns = density(points, figures.duration_ms, SKETCH_COLUMNS)
+    lines = [f"  activity |{sparkline(columns)}| 0-{seconds(figures.duration_ms / 1000)}, "
+             f"{of} per 1/{SKETCH_COLUMNS} of the response, ended {rec.interaction.outcome}"]
+    bins = histogram(figures.gaps_ms)
+    if bins:
+        hi = bins[-1].hi_ms
+        top = "" if hi == float("inf") else f"-{seconds(hi / 1000)}"
+        lines.append(
+            f"  gaps     |{sparkline([b.count for b in bins])}| {seconds(bins[0].lo_ms / 1000)}"
+            f"{top} on a 1-2-5 scale: {count(len(figures.gaps_ms), 'gap')}, median "
+            f"{seconds((figures.gap_median_ms or 0) / 1000)}, p95 "
+            f"{seconds((figures.gap_p95_ms or 0) / 1000)}, max "
+            f"{seconds((figures.gap_max_ms or 0) / 1000)}"
+            + (f", {len(figures.long_gaps)} long" if figures.long_gaps else ""))
+    return lines
 
 
 @main.command(epilog=SHOW_SCHEMA)
@@ -223,7 +283,8 @@ async def _print_interaction(cassette: Any, i: Interaction) -> None:
                            bold=True))
     head = "-" if i.head_offset_ns is None else seconds(i.head_offset_ns / 1e9)
     duration = "-" if i.end_offset_ns is None else seconds(i.end_offset_ns / 1e9)
-    events = f"{count(i.event_count, 'event')}, " if i.is_sse else ""
+    events = (f"{count(i.event_count, 'event')}, " if i.is_sse
+              else f"{count(i.event_count, 'frame')}, " if i.event_count else "")
     click.echo(f"  started {local_time(i.started_at)}, head after {head}, {events}"
                f"{count(i.chunk_count, 'chunk')} ({size(i.body_size)}), {duration}, ended "
                f"{i.outcome.value}" + ("" if i.complete else " (incomplete)"))
@@ -239,6 +300,9 @@ async def _print_interaction(cassette: Any, i: Interaction) -> None:
     recorded = await cassette.events(i.id)
     if not chunks and not recorded:
         return
+    for line in sketch(Recording(i, tuple(c.offset_ns for c in chunks),
+                                 tuple(len(c.data) for c in chunks), tuple(recorded))):
+        click.echo(line)
     click.echo("  timeline (ms from the request):")
     previews = event_previews(recorded)
     completed: dict[int, list[RecordedEvent]] = {}
@@ -289,6 +353,8 @@ def _escaped(data: bytes) -> str:
 def _event_label(event: RecordedEvent) -> str:
     if event.kind == "comment":
         return "comment"
+    if event.kind in FRAME_KINDS:  # a frame of a stream that is not SSE (sse_recorder.framing)
+        return event.kind + (f" {event.type}" if event.type else "")
     fields = (("id", event.id), ("retry", event.retry))
     kind = f" {event.type}" if event.type and event.type != "message" else ""
     return "event" + kind + "".join(f" {k}={v}" for k, v in fields if v is not None)

@@ -13,6 +13,7 @@ import click
 
 from sse_recorder.cli.app import (
     AliasedOption,
+    CassetteTarget,
     Pairing,
     _fail,
     _run,
@@ -27,14 +28,13 @@ from sse_recorder.cli.formats import count, seconds, size
 from sse_recorder.errors import SSERecorderError
 
 if TYPE_CHECKING:
-    from sse_recorder.record.session import Recorded
+    from sse_recorder.record.writer import Recorded
 
 
 @main.command()
-@click.argument("cassette", required=False, metavar="CASSETTE",
-                type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("cassette", required=False, metavar="CASSETTE", type=CassetteTarget())
 @click.option("--cassette", "cassette_option", hidden=True,
-              type=click.Path(path_type=Path, dir_okay=False))  # the older spelling
+              type=CassetteTarget())  # the older spelling
 @click.option("--reverse", cls=AliasedOption, aliases=["--upstream"], metavar="URL",
               callback=lambda _ctx, _param, value: reverse_target(value),
               help="Reverse proxy in front of URL, as mitmproxy's --mode reverse:URL: clients "
@@ -93,6 +93,8 @@ def record(
                                "give it once", ctx)
     cassette = cassette or cassette_option
     assert cassette is not None
+    if replay_matched and not isinstance(cassette, Path):
+        raise click.UsageError("--replay-matched needs a cassette file, not a store URL", ctx)
     try:
         from sse_recorder.mitm.runner import ListenFailed, Listening, ProxySettings
         from sse_recorder.mitm.runner import record as run_proxy
@@ -207,7 +209,7 @@ class Tally:
 
         self.log = BackgroundLog()  # the proxy's loop never waits for stderr
         self.cassette = cassette
-        self.existed = cassette.exists()
+        self.existed = not isinstance(cassette, Path) or cassette.exists()  # a store: kept
         self.outcomes: Counter[str] = Counter()
         self.unanswered = 0  # interactions without a response
         self.unreached = 0  # connections that failed before any request

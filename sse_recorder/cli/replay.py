@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +24,9 @@ from sse_recorder.cli.app import (
     needs_mitmproxy,
 )
 from sse_recorder.errors import SSERecorderError
+
+if TYPE_CHECKING:
+    from sse_recorder.replay.workers import Seat
 
 
 @main.command()
@@ -56,9 +61,29 @@ from sse_recorder.errors import SSERecorderError
               show_default=True,
               help="The per-request log on stderr: a line to read, or the JSON record that "
                    "--fault-log writes.")
+@click.option("--workers", default="1", show_default=True, metavar="N|auto",
+              envvar="SSE_RECORDER_WORKERS", show_envvar=True,
+              help="Serve from N processes on the one address (auto: one per CPU); see "
+                   "the README's Scale section for what each keeps to itself.")
+@click.option("--pin-clients", is_flag=True,
+              help="With --workers: every connection from one client address meets the "
+                   "same worker (Linux).")
 @click.option("--loop", "loop_name", type=click.Choice(["asyncio", "uvloop"]),
               default="asyncio", show_default=True,
               help="Event loop to serve on (uvloop must be installed; not with --proxy).")
+@click.option("--cors", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="Let web pages at ORIGIN (scheme://host[:port], or '*') read the replay: "
+                   "answers CORS preflights, sets Access-Control-* (repeatable; off by "
+                   "default).")
+@click.option("--control-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve the control API (HTTP/JSON: add, list and remove faults, read the "
+                   "served records) on this port; 0 picks a free one. Off by default.")
+@click.option("--control-host", default="127.0.0.1", show_default=True, metavar="ADDRESS",
+              help="Address the control API listens on: loopback only, unless "
+                   "--control-allow-remote.")
+@click.option("--control-allow-remote", is_flag=True,
+              help="Let the control API listen on a non-loopback address (whoever reaches "
+                   "it decides every client's faults).")
 @click.option("--proxy", "as_proxy", is_flag=True,
               help="Be an HTTP(S) proxy (mitmproxy) answering every request from CASSETTE.")
 @confdir_option("With --proxy: ")
@@ -80,24 +105,34 @@ def replay(
     fault_log: Path | None,
     log_format: str,
     loop_name: str,
+    workers: str,
+    pin_clients: bool,
     as_proxy: bool,
     confdir: Path,
+    cors_origins: tuple[str, ...],
+    control_port: int | None,
+    control_host: str,
+    control_allow_remote: bool,
 ) -> None:
     """Serve CASSETTE over HTTP with the recorded chunks, timing and endings.
 
     The first line printed is the base URL (with --proxy: the proxy URL, then the CA to
-    trust); then one line per request on stderr says what matched and how it ended.
-    Ctrl-C stops.
+    trust; with --control-port, then `control API: URL`); then one line per request on
+    stderr says what matched and how it ended. Ctrl-C stops.
     """
     check_pairings(click.get_current_context(), PAIRINGS)
+    _check_control(click.get_current_context(), control_port, control_host,
+                   control_allow_remote)
     from sse_recorder.faults import FaultPlan
+    from sse_recorder.replay.cors import Cors
     from sse_recorder.replay.matching import MatchConfig
     from sse_recorder.replay.records import Served, log_to_stderr
     from sse_recorder.replay.schedule import Timing
     from sse_recorder.replay.server import ReplayOptions, ReplayServer, loop_factory
+    from sse_recorder.transfer.exchange import replay_source
     from sse_recorder.units import parse_duration
 
-    async def go() -> None:
+    async def go(seat: Seat | None = None) -> None:
         options = ReplayOptions(
             timing=Timing(speed=speed, instant=instant, max_gap=None if max_gap is None
                           else parse_duration(max_gap, "--max-gap")),
@@ -105,20 +140,34 @@ def replay(
                                     when_exhausted),
             faults=FaultPlan.load(fault_specs, fault_file, seed),
             fault_log=fault_log,
+            cors=Cors.parse(cors_origins),
         )
-        render = Served.json_line if log_format == "json" else Served.line
+        render = Served.json_line if log_format == "json" else _human_line
+        # a .sse file is imported first, into a temporary cassette removed on return
+        source, _imported = await replay_source(cassette)
         server = await ReplayServer.open(
-            str(cassette), options, log_to_stderr(render)  # never blocks on a full pipe
+            str(source), options, log_to_stderr(render)  # never blocks on a full pipe
         )
-        for warning in options.faults.unreachable(server.matcher.interactions):
+        warnings = [*options.cors.warnings,
+                    *options.faults.unreachable(server.matcher.interactions)]
+        for warning in warnings if seat is None or seat.first else []:  # once, not per worker
             click.echo(f"sse-recorder: warning: {warning}", err=True)
         fresh_log = fault_log is not None and not fault_log.exists()
+        control = None
         try:
+            if control_port is not None:
+                control = await _start_control(server, control_host, control_port,
+                                               control_allow_remote)
             if as_proxy:
-                await _replay_as_proxy(server, listen_host, listen_port, confdir)
+                await _replay_as_proxy(server, listen_host, listen_port, confdir,
+                                       lambda: _announce_control(control))
                 return
-            await _start(server, listen_host, listen_port)
+            if seat is None:
+                await _start(server, listen_host, listen_port)
+            else:  # a worker: the supervisor listens, and prints the URL once all are ready
+                await _start_on(server, seat.sock)
             click.echo(server.base_url)
+            _announce_control(control)
             sys.stdout.flush()
             await _until_signalled()
         except SSERecorderError:  # failed to start: no fault log created for nothing
@@ -126,13 +175,23 @@ def replay(
                 fault_log.unlink()
             raise
         finally:
+            if control is not None:
+                await control.close()
             await server.close()
 
     try:
         factory = None if as_proxy else loop_factory(loop_name)
+        count = _workers(workers, pin_clients, as_proxy)
     except SSERecorderError as exc:
         _fail(str(exc))
-    _run(go(), factory)
+    if count > 1 and control_port is not None:
+        _fail("--control-port needs one process, not --workers " + workers + ": each worker "
+              "would have faults of its own")
+    if count == 1:
+        _run(go(), factory)
+    else:
+        sys.exit(_supervise(count, pin_clients, listen_host, listen_port,
+                            lambda seat: _run(go(seat), factory)))
 
 
 PAIRINGS = (
@@ -141,7 +200,78 @@ PAIRINGS = (
             why="--instant sends everything without waiting"),
     Pairing("confdir", "as_proxy", needs=True, why="only the proxy uses mitmproxy's CA"),
     Pairing("loop_name", "as_proxy", needs=False, why="the proxy runs on mitmproxy's loop"),
+    Pairing("pin_clients", "as_proxy", needs=False, why="the proxy is one process"),
 )
+
+
+def _workers(text: str, pin: bool, as_proxy: bool) -> int:
+    """How many processes serve. The proxy is one process: --workers on the command line is
+    refused with --proxy, from the environment it does not apply (so SSE_RECORDER_WORKERS
+    can be set for a whole test run)."""
+    from sse_recorder.replay.workers import worker_count
+
+    count = worker_count(text)
+    if as_proxy:
+        ctx = click.get_current_context()
+        typed = ctx.get_parameter_source("workers") is click.core.ParameterSource.COMMANDLINE
+        if typed and count > 1:
+            raise click.UsageError("--workers does nothing with --proxy: the proxy is one "
+                                   "process", ctx)
+        return 1
+    if pin and count == 1:
+        raise SSERecorderError("--pin-clients needs --workers 2 or more: one worker serves "
+                               "every client anyway")
+    return count
+
+
+def _supervise(count: int, pin: bool, host: str, port: int,
+               serve: Callable[[Seat], None]) -> int:
+    """Listen once for `count` workers, each running `serve(seat)`; print the URL when all
+    serve; the exit status (0 when stopped by a signal)."""
+    from sse_recorder.replay.workers import Supervisor, listen
+    from sse_recorder.wire.connections import base_url
+
+    try:
+        listeners = listen(host, port, count, pin)
+    except OSError as exc:
+        _fail(cannot_listen(host, port, exc))
+    except SSERecorderError as exc:
+        _fail(str(exc))
+
+    def ready() -> None:
+        click.echo(base_url(listeners.host, listeners.port))
+        sys.stdout.flush()
+
+    def worker(seat: Seat) -> int:
+        serve(seat)
+        return 0
+
+    def report(line: str) -> None:
+        click.echo(f"sse-recorder: {line}", err=True)
+
+    return Supervisor(listeners, count, worker, ready, report).run()
+
+
+async def _start_on(server: Any, sock: socket.socket) -> None:
+    """A worker's start: the listening socket is there already; only the fault log can
+    fail."""
+    try:
+        await server.start(sock=sock)
+    except OSError as exc:
+        raise SSERecorderError(f"cannot write the fault log {exc.filename}: "
+                               f"{exc.strerror}") from None
+
+
+def _human_line(served: Any) -> str:
+    """The human log line, with the CORS note of an answer a page could not read."""
+    from sse_recorder.replay.records import Answer
+
+    if served.answer is Answer.RECORDED and served.interaction_id is None:  # a preflight
+        return f"{served.method} {served.target} -> {served.status} ({served.explanation})"
+    line = str(served.line())
+    if served.answer in (Answer.RECORDED, Answer.FAULT) and served.explanation:
+        line += f" ({served.explanation})"
+    return line
 
 
 async def _start(server: Any, host: str, port: int) -> None:
@@ -156,7 +286,42 @@ async def _start(server: Any, host: str, port: int) -> None:
         raise SSERecorderError(cannot_listen(host, port, exc)) from None
 
 
-async def _replay_as_proxy(server: Any, host: str, port: int, confdir: Path) -> None:
+def _check_control(ctx: click.Context, port: int | None, host: str,
+                   allow_remote: bool) -> None:
+    """The control API's options: they need --control-port, and a loopback address."""
+    from sse_recorder.replay.control import check_host
+
+    for name, param in (("--control-host", "control_host"),
+                        ("--control-allow-remote", "control_allow_remote")):
+        if port is None and ctx.get_parameter_source(param) not in (
+                click.core.ParameterSource.DEFAULT, None):
+            raise click.UsageError(f"{name} needs --control-port: the control API is off "
+                                   "without it", ctx)
+    try:
+        check_host(host, allow_remote)
+    except SSERecorderError as exc:
+        _fail(str(exc))
+
+
+async def _start_control(server: Any, host: str, port: int, allow_remote: bool) -> Any:
+    from sse_recorder.replay.control import ControlServer
+
+    try:
+        return await ControlServer(server, allow_remote).start(host, port)
+    except OSError as exc:  # the hints name the control API's options
+        reason = cannot_listen(host, port, exc).replace("--listen-", "--control-")
+        raise SSERecorderError(f"control API: {reason}") from None
+
+
+def _announce_control(control: Any) -> None:
+    """The control API's line, after the line(s) saying where the replay listens."""
+    if control is not None:
+        click.echo(f"control API: {control.url}")
+        sys.stdout.flush()
+
+
+async def _replay_as_proxy(server: Any, host: str, port: int, confdir: Path,
+                           announce: Callable[[], None] = lambda: None) -> None:
     try:
         from sse_recorder.mitm.runner import ListenFailed, Listening, ProxySettings
         from sse_recorder.mitm.runner import replay as run_proxy
@@ -167,6 +332,7 @@ async def _replay_as_proxy(server: Any, host: str, port: int, confdir: Path) -> 
         click.echo(listening.url)
         click.echo(f"set HTTPS_PROXY={listening.url} HTTP_PROXY={listening.url}")
         click.echo(f"mitmproxy CA certificate to trust: {listening.ca_cert}")
+        announce()
         sys.stdout.flush()
 
     await _start(server, "127.0.0.1", 0)

@@ -1,4 +1,4 @@
-"""Vendor error bodies, and the error / warning / retry-hint / backoff events big services send.
+"""Vendor error bodies, and the events big services send (the seed document's families).
 
 One source for fault injection (`inject:shape=`, `http:shape=`) and the demo upstream
 (`/patterns`). The four service events are one structure in two languages: English where a
@@ -62,9 +62,50 @@ HTTP_BODIES: dict[str, dict[int | None, JSON]] = {
     "openai": OPENAI_ERRORS, "anthropic": ANTHROPIC_ERRORS,
 }
 
+# The seed's other event families, by event name, with its sample data (English where it
+# has text): what `inject:shape=NAME` sends, and the templates signalled faults fill in
+# (stream-pause / stream-resume / stream-throttle, the keep-alive and connection-status
+# heartbeats).
+SEED_EVENTS: dict[str, JSON] = {
+    "ping": {"timestamp": "2024-01-15T10:30:00Z"},
+    "heartbeat": {"status": "alive", "uptime": 3600},
+    "keep-alive": {"connectionId": "abc123", "duration": 120, "nextPing": 30},
+    "connection-status": {"active": True, "latency": 15, "region": "us-east-1"},
+    "stream-start": {"id": "chatcmpl-123", "model": "gpt-4", "created": 1704094800},
+    "stream-end": {"finish_reason": "stop", "usage": {"total_tokens": 150}},
+    "stream-pause": {"reason": "buffer_full", "position": 1024},
+    "stream-resume": {"position": 1024, "buffered": True},
+    "stream-throttle": {"rate": 0.5, "reason": "network_congestion"},
+    "status": {"state": "building", "step": 2, "total": 5},
+    "state-change": {"from": "pending", "to": "running", "trigger": "manual"},
+    "state-transition": {"workflow": "ci-pipeline", "previousState": "testing",
+                         "currentState": "deploying", "duration": 145000, "success": True},
+    "progress": {"percent": 25, "bytes": 262144, "total": 1048576},
+    "complete": {"fileId": "file123", "size": 1048576, "duration": 2500},
+    "step-progress": {"currentStep": "Validate data", "stepNumber": 1, "totalSteps": 4,
+                      "stepProgress": 100, "overallProgress": 25},
+    "system-info": {"serverId": "prod-us-east-1a", "version": "2.5.0", "uptime": 864000,
+                    "connections": 1523},
+    "performance-metrics": {"cpu": 45.2, "memory": 78.5, "activeStreams": 523,
+                            "queueLength": 12},
+    "debug": {"action": "query_executed", "duration": 123,
+              "query": "SELECT * FROM users WHERE active = true", "affectedRows": 42},
+    "trace": {"requestId": "req-123", "spanId": "span-456", "operation": "database_query",
+              "duration": 15},
+    "token-refresh": {"newToken": "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.injected.sig",
+                      "expiresIn": 3600, "refreshToken": "refresh_token_injected"},
+    "session-update": {"sessionId": "sess_123", "remainingTime": 1800, "autoExtended": True},
+    "permission-change": {"userId": "user123", "changes": {
+        "added": ["write", "delete"], "removed": ["admin"],
+        "current": ["read", "write", "delete"]}},
+    "access-granted": {"resource": "/api/premium-features", "level": "full",
+                       "validUntil": "2024-12-31T23:59:59Z"},
+}
+
 # `inject:shape=` -> (event name, data); a None name is an unnamed (`message`) event.
 SHAPES: dict[str, tuple[str | None, JSON]] = {
     **{name: (name, data) for name, data in service_events(ENGLISH).items()},
+    **{name: (name, data) for name, data in SEED_EVENTS.items()},
     # Mid-stream, the vendors send the same error objects as their HTTP error bodies.
     "anthropic-overloaded": ("error", ANTHROPIC_ERRORS[529]),
     "openai-error": (None, OPENAI_ERRORS[None]),

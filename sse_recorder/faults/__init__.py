@@ -5,7 +5,14 @@ type); run.py applies one connection's faults, through the stages of stages.py.
 """
 
 from sse_recorder.demo.payloads import HTTP_BODIES, SHAPES
-from sse_recorder.faults.run import Ending, FaultRun, HttpError, Piece, split_at_events
+from sse_recorder.faults.run import (
+    Ending,
+    FaultRun,
+    HttpError,
+    Piece,
+    split_at_events,
+    split_at_frames,
+)
 from sse_recorder.faults.spec import (
     Fault,
     FaultPlan,
@@ -17,4 +24,5 @@ from sse_recorder.units import parse_duration, parse_size
 __all__ = [
     "HTTP_BODIES", "SHAPES", "Ending", "Fault", "FaultPlan", "FaultRun", "HttpError", "Piece",
     "describe_types", "parse_duration", "parse_size", "parse_spec", "split_at_events",
+    "split_at_frames",
 ]

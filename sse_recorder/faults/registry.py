@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar, Self
 
-from sse_recorder.demo.payloads import HTTP_BODIES, SHAPES
+from sse_recorder.demo.payloads import HTTP_BODIES, SEED_EVENTS, SHAPES
 from sse_recorder.errors import ConfigError
+from sse_recorder.framing.registry import FRAME_SHAPES
 from sse_recorder.model import Outcome
 from sse_recorder.sse import encode_event
 
@@ -34,6 +35,7 @@ class Kind(Enum):
     COUNT = "count"  # a whole number >= 0
     SIZE = "size"  # bytes from 512, 10K, 1M
     WHOLE = "whole"  # a whole number
+    FLAG = "flag"  # true or false (also yes/no, on/off, 1/0, a TOML boolean)
     TEXT = "text"
 
 
@@ -47,6 +49,7 @@ class Stage(Enum):
     RECHUNK = "rechunk"  # how the bytes are cut into writes
     THROTTLE = "throttle"  # the byte rate
     DEADLINE = "deadline"  # drop:after=T, last, so T counts the time the others add
+    CLOSE = "close"  # slow_close: after everything, it delays whatever close ends the body
 
 
 Values = Mapping[str, Any]  # key -> value as its Kind reads it; `in` does not read it
@@ -99,20 +102,32 @@ def _one_position(values: Values, keys: tuple[str, ...], per_event: bool) -> boo
     return not given if per_event else len(given) == 1
 
 
+def _signal(values: Values, type_: str, event: str, default_reason: str) -> tuple[bool, str]:
+    """`signal=` and its `reason=`: whether the fault announces itself with the seed's
+    `event`, and the reason that event carries (reason= alone would be ignored)."""
+    signal = bool(values.get("signal", False))
+    if "reason" in values and not signal:
+        raise ConfigError(f"{type_} reason= is the {event} event's: give signal=true too")
+    return signal, values.get("reason", default_reason)
+
+
 @dataclass(frozen=True)
 class Throttle(Params):
     name = "throttle"
-    keys = {"rate": Kind.SIZE}
-    example = "throttle:rate=1K"
+    keys = {"rate": Kind.SIZE, "signal": Kind.FLAG, "reason": Kind.TEXT}
+    example = "throttle:rate=1K,signal=true  (signal: a stream-throttle event first)"
     stage = Stage.THROTTLE
 
     rate: int  # bytes per second
+    signal: bool = False  # announce it with a `stream-throttle` event before the body
+    reason: str = "network_congestion"
 
     @classmethod
     def parse(cls, values: Values, per_event: bool) -> Self:
         if values.get("rate", 0) <= 0:
             raise ConfigError("throttle needs rate=BYTES_PER_SECOND > 0")
-        return cls(values["rate"])
+        return cls(values["rate"], *_signal(values, "throttle", "stream-throttle",
+                                            "network_congestion"))
 
 
 DISTRIBUTIONS = ("fixed", "uniform", "normal", "lognormal")
@@ -153,8 +168,10 @@ class Latency(Params):
 @dataclass(frozen=True)
 class Pause(Params):
     name = "pause"
-    keys = {"duration": Kind.DURATION, "at": Kind.DURATION, "after_event": Kind.COUNT}
-    example = "pause:after_event=5,duration=30s"
+    keys = {"duration": Kind.DURATION, "at": Kind.DURATION, "after_event": Kind.COUNT,
+            "signal": Kind.FLAG, "reason": Kind.TEXT}
+    example = ("pause:after_event=5,duration=30s  (signal=true: stream-pause and "
+               "stream-resume events around it)")
     stage = Stage.TIMING
     cut_at_events = True
     per_event_replaces = ("after_event", "at")
@@ -162,6 +179,8 @@ class Pause(Params):
     duration: float
     after_event: int | None = None
     at: float | None = None
+    signal: bool = False  # a `stream-pause` event as it starts, `stream-resume` as it ends
+    reason: str = "buffer_full"
 
     @classmethod
     def parse(cls, values: Values, per_event: bool) -> Self:
@@ -169,7 +188,8 @@ class Pause(Params):
                                                          per_event):
             raise ConfigError("pause needs duration= and after_event= or at= (one of them; "
                               "or per=event,p=P)")
-        return cls(values["duration"], values.get("after_event"), values.get("at"))
+        return cls(values["duration"], values.get("after_event"), values.get("at"),
+                   *_signal(values, "pause", "stream-pause", "buffer_full"))
 
 
 @dataclass(frozen=True)
@@ -191,6 +211,58 @@ class Stall(Params):
         return cls(values.get("after_event"), values.get("at"))
 
 
+@dataclass(frozen=True)
+class Timeout(Params):
+    """Toxiproxy's timeout: nothing more gets through, and the connection closes later."""
+
+    name = "timeout"
+    keys = {"duration": Kind.DURATION, "at": Kind.DURATION, "after_event": Kind.COUNT,
+            "how": Kind.TEXT}
+    example = ("timeout:after_event=3,duration=2s  (stall, then close duration later; "
+               "how=fin|rst; no position: before the first byte)")
+    stage = Stage.CUTS
+    cut_at_events = True
+    per_event_replaces = ("after_event", "at")
+
+    duration: float  # the silence before the close
+    after_event: int | None = None  # 0 (the default): no byte of the body gets through
+    at: float | None = None
+    how: str = "fin"
+
+    @classmethod
+    def parse(cls, values: Values, per_event: bool) -> Self:
+        if values.get("duration", 0) <= 0:
+            raise ConfigError("timeout needs duration= > 0 (the silence before the close; "
+                              "a stall that never closes is `stall`)")
+        if "after_event" in values and "at" in values:
+            raise ConfigError("timeout takes after_event= or at=, not both")
+        after_event = values.get("after_event", None if "at" in values or per_event else 0)
+        return cls(values["duration"], after_event, values.get("at"),
+                   choice("how", values.get("how", "fin"), DROP_HOW))
+
+    @property
+    def ending(self) -> Outcome:
+        return DROP_HOW[self.how]
+
+
+@dataclass(frozen=True)
+class SlowClose(Params):
+    """Toxiproxy's slow_close: whatever close ends the response comes `delay` late."""
+
+    name = "slow_close"
+    keys = {"delay": Kind.DURATION}
+    example = "slow_close:delay=2s  (after the last byte, hold the connection, then close)"
+    stage = Stage.CLOSE
+
+    delay: float
+
+    @classmethod
+    def parse(cls, values: Values, per_event: bool) -> Self:
+        if values.get("delay", 0) <= 0:
+            raise ConfigError("slow_close needs delay= > 0")
+        return cls(values["delay"])
+
+
 RECHUNK_MODES: dict[str, tuple[str, ...]] = {  # mode -> the keys it reads
     "bytes": ("size",), "random": ("min", "max"), "byte": (), "event": (), "coalesce": (),
     "adversarial": (),
@@ -201,15 +273,17 @@ RECHUNK_KEY_MODE = {key: mode for mode, keys in RECHUNK_MODES.items() for key in
 @dataclass(frozen=True)
 class Rechunk(Params):
     name = "rechunk"
-    keys = {"mode": Kind.TEXT, "size": Kind.WHOLE, "min": Kind.WHOLE, "max": Kind.WHOLE}
+    keys = {"mode": Kind.TEXT, "size": Kind.WHOLE, "min": Kind.WHOLE, "max": Kind.WHOLE,
+            "delay": Kind.DURATION}
     example = ("rechunk:mode=adversarial  (bytes,size=N | random,min=1,max=64 | byte | event"
-               " | coalesce | adversarial)")
+               " | coalesce | adversarial; delay=T between the writes: Toxiproxy's slicer)")
     stage = Stage.RECHUNK
 
     mode: str = "bytes"
     size: int = 1  # mode=bytes
     low: int = 1  # mode=random: sizes from low to high
     high: int = 64
+    delay: float = 0.0  # seconds after each write before the next may go (Toxiproxy's slicer)
 
     @classmethod
     def parse(cls, values: Values, per_event: bool) -> Self:
@@ -225,7 +299,11 @@ class Rechunk(Params):
         low, high = values.get("min", 1), values.get("max", 64)
         if mode == "random" and not 1 <= low <= high:
             raise ConfigError("rechunk random needs 1 <= min <= max")
-        return cls(mode, size, low, high)
+        delay = values.get("delay", 0.0)
+        if mode == "coalesce" and "delay" in values:
+            raise ConfigError("rechunk mode=coalesce makes one write, so delay= would do "
+                              "nothing")
+        return cls(mode, size, low, high, delay)
 
     def needs_events(self) -> bool:
         return self.mode in ("event", "coalesce")
@@ -342,7 +420,7 @@ class Inject(Params):
     name = "inject"
     keys = {"after_event": Kind.COUNT, "shape": Kind.TEXT, "event": Kind.TEXT,
             "data": Kind.TEXT}
-    example = "inject:after_event=3,shape=anthropic-overloaded  (shape=" + "|".join(SHAPES) + ")"
+    example = "inject:after_event=3,shape=anthropic-overloaded  (shape=NAME: see below)"
     stage = Stage.CONTENT
     cut_at_events = True
     per_event_replaces = ("after_event",)
@@ -356,22 +434,48 @@ class Inject(Params):
             raise ConfigError("inject needs shape= (or event= and data=)")
         if "shape" in values and {"event", "data"} & set(values):
             raise ConfigError("inject takes shape= or event=/data=, not both")
-        if "shape" in values:
-            name, payload = SHAPES[choice("shape", values["shape"], SHAPES, one_of=True)]
+        if values.get("shape") in FRAME_SHAPES:  # a frame of a vendor's own stream format
+            event = FRAME_SHAPES[values["shape"]]
+        elif "shape" in values:
+            name, payload = SHAPES[choice("shape", values["shape"], [*SHAPES, *FRAME_SHAPES],
+                                          one_of=True)]
             event = encode_event(json.dumps(payload), event=name)
         else:
             event = encode_event(values.get("data", ""), event=values.get("event"))
         return cls(event, values.get("after_event", 0))
 
 
-HEARTBEATS = {"comment": b": heartbeat\n\n", "ping": b"event: ping\ndata: {}\n\n"}
+def _seconds(value: float) -> float | int:
+    """A number of seconds as the seed writes them: whole when it is."""
+    return int(value) if float(value).is_integer() else round(value, 3)
+
+
+def _keep_alive(at: float, every: float) -> bytes:
+    """The seed's keep-alive: how long the stream has run, and when the next one comes."""
+    data = {**SEED_EVENTS["keep-alive"], "duration": _seconds(at), "nextPing": _seconds(every)}
+    return encode_event(json.dumps(data), event="keep-alive")
+
+
+def _seed_event(name: str) -> Callable[[float, float], bytes]:
+    event = encode_event(json.dumps(SEED_EVENTS[name]), event=name)
+    return lambda at, every: event
+
+
+# style -> the beat sent at `at` seconds into the body, every `every` seconds
+HEARTBEATS: dict[str, Callable[[float, float], bytes]] = {
+    "comment": lambda at, every: b": heartbeat\n\n",
+    "ping": lambda at, every: b"event: ping\ndata: {}\n\n",
+    "heartbeat": _seed_event("heartbeat"),
+    "keep-alive": _keep_alive,
+    "connection-status": _seed_event("connection-status"),
+}
 
 
 @dataclass(frozen=True)
 class Heartbeat(Params):
     name = "heartbeat"
     keys = {"every": Kind.DURATION, "style": Kind.TEXT}
-    example = "heartbeat:every=5s,style=comment (or ping)"
+    example = ("heartbeat:every=5s,style=comment  (style=" + "|".join(HEARTBEATS) + ")")
     stage = Stage.TIMING
     cut_at_events = True
 
@@ -384,9 +488,9 @@ class Heartbeat(Params):
             raise ConfigError("heartbeat needs every=DURATION > 0")
         return cls(values["every"], choice("style", values.get("style", "comment"), HEARTBEATS))
 
-    @property
-    def data(self) -> bytes:
-        return HEARTBEATS[self.style]
+    def beat(self, at: float) -> bytes:
+        """The heartbeat sent `at` seconds into the body."""
+        return HEARTBEATS[self.style](at, self.every)
 
 
 @dataclass(frozen=True)
@@ -409,7 +513,8 @@ class Retry(Params):
         return cls(round(milliseconds))
 
 
-CORRUPT_MODES = ("field", "utf8", "json", "duplicate", "omit")
+# crc and truncate are for frames of other streams (framing.registry.Dialect.corrupt)
+CORRUPT_MODES = ("field", "utf8", "json", "duplicate", "omit", "crc", "truncate")
 
 
 @dataclass(frozen=True)
@@ -436,6 +541,6 @@ class Corrupt(Params):
 
 # In the order `sse-recorder faults` lists them.
 REGISTRY: dict[str, type[Params]] = {cls.name: cls for cls in (
-    Throttle, Latency, Pause, Stall, Rechunk, Drop, Http, Refuse, NoHead, Inject, Heartbeat,
-    Retry, Corrupt,
+    Throttle, Latency, Pause, Stall, Timeout, Rechunk, Drop, SlowClose, Http, Refuse, NoHead,
+    Inject, Heartbeat, Retry, Corrupt,
 )}

@@ -5,7 +5,10 @@ Rules:
   head, then `transform(pieces)` on the recorded body, cut at events first when
   `needs_events()` says so (`split_at_events`);
 - `transform` is pure: it turns timed pieces into timed pieces and at most one `Ending`;
-- `log` gets one entry per fault that fired, for `--fault-log`.
+- `log` gets one entry per fault that fired, for `--fault-log`;
+- `slow_close` acts last, on the close that ends the body: a fault's (drop, timeout), the
+  recorded one (`ends`: a recorded FIN or RST, or a close-delimited body's close), or, for
+  a body its framing ends, the close the server makes after it (`late_close`).
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sse_recorder.faults.registry import Http, Latency, NoHead, Params, Refuse
-from sse_recorder.faults.stages import PIPELINE, Ending, Log, Piece, fired, of
+from sse_recorder.faults.registry import Http, Latency, NoHead, Params, Refuse, SlowClose, Stage
+from sse_recorder.faults.stages import FRAMED, PIPELINE, Ending, Log, Piece, close_late, fired, of
+from sse_recorder.framing.registry import Dialect
+from sse_recorder.model import Outcome
 from sse_recorder.sse import Comment, Event, Item, SSEParser
 
 if TYPE_CHECKING:  # spec.py builds FaultRun
     from sse_recorder.faults.spec import Fault
 
-__all__ = ["Ending", "FaultRun", "HttpError", "Piece", "split_at_events"]
+__all__ = ["Ending", "FaultRun", "HttpError", "Piece", "split_at_events", "split_at_frames"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +45,12 @@ class FaultRun:
     """The faults chosen for one connection, applied to its stream; `log` says what fired."""
 
     chosen: list[tuple[Fault, random.Random]]
+    # How the recorded body ends on this connection when a close ends it (CLOSED: a recorded
+    # FIN or a close-delimited body; RESET: a recorded RST); None: its framing ends it.
+    ends: Outcome | None = None
+    # The framing of a stream that is not SSE (NDJSON, AWS event stream...): corrupt, inject
+    # and rechunk:mode=adversarial then act on its frames; the body is cut by `split_at_frames`.
+    dialect: Dialect | None = None
     log: Log = field(default_factory=list)
 
     # -- before any body -------------------------------------------------------------------
@@ -70,6 +81,22 @@ class FaultRun:
                 fired(self.log, fault, 0.0, head_delay_ms=round(latency.head * 1000, 3))
         return delay
 
+    def late_close(self) -> float | None:
+        """Seconds to hold the connection after a response its framing ends, then close it
+        (the sum of every slow_close's delay); None: no slow_close, the connection may
+        persist. The server asks after the response ended complete."""
+        armed = of(self.chosen, SlowClose)
+        if not armed:
+            return None
+        delay = sum(params.delay for _, params, _ in armed)
+        for fault, params, _ in armed:
+            fired(self.log, fault, 0.0, delay_ms=round(params.delay * 1000, 3), close="framed")
+        return delay
+
+    def closes_late(self) -> bool:
+        """Whether a slow_close is in play (the response then says Connection: close)."""
+        return bool(of(self.chosen, SlowClose))
+
     def needs_events(self) -> bool:
         return any(fault.params.needs_events() for fault, _ in self.chosen)
 
@@ -88,8 +115,32 @@ class FaultRun:
         for stage, apply in PIPELINE:
             faults = [(f, rng) for f, rng in self.chosen if f.params.acts_at() is stage]
             if faults:
-                stream = apply(stream, faults, self.log)
+                framed = FRAMED.get(stage) if self.dialect is not None else None
+                stream = (framed(stream, faults, self.log, self.dialect) if framed is not None
+                          else apply(stream, faults, self.log))
+        slow = [(f, rng) for f, rng in self.chosen if f.params.acts_at() is Stage.CLOSE]
+        if slow:
+            stream = close_late(stream, slow, self.log, self.ends)
         yield from stream
+
+
+def split_at_frames(chunks: Iterable[tuple[float, bytes]], dialect: Dialect) -> Iterator[Piece]:
+    """Cut timed chunks at every frame end of a stream that is not SSE; `events` then counts
+    frames (error frames too), so at_event=K / after_event=K name frame K."""
+    parser = dialect.parser()
+    position = frames = 0
+    for due, data in chunks:
+        start = position
+        position += len(data)
+        cursor = 0
+        for frame in parser.feed(data):
+            frames += 1
+            cut = frame.end - start
+            if cut > cursor:
+                yield Piece(due, data[cursor:cut], frames, True)
+                cursor = cut
+        if cursor < len(data):
+            yield Piece(due, data[cursor:], frames, parser.open_start >= position)
 
 
 def split_at_events(chunks: Iterable[tuple[float, bytes]]) -> Iterator[Piece]:

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sse_recorder.demo.payloads import SHAPES
 from sse_recorder.errors import ConfigError
 from sse_recorder.faults.registry import REGISTRY, Kind, Params, choice, did_you_mean
 from sse_recorder.faults.run import FaultRun
-from sse_recorder.model import Interaction
+from sse_recorder.model import Interaction, Outcome
 from sse_recorder.routes import Route, host_and_path
 from sse_recorder.units import parse_duration, parse_size
 
@@ -42,6 +43,20 @@ def _whole(value: Any, key: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{key} must be a whole number") from None
+
+
+FLAGS = {"true": True, "yes": True, "on": True, "1": True,
+         "false": False, "no": False, "off": False, "0": False}
+
+
+def _flag(value: Any, key: str) -> bool:
+    """True or false, from a TOML boolean or the words people write."""
+    if isinstance(value, bool):
+        return value
+    flag = FLAGS.get(str(value).strip().lower())
+    if flag is None:
+        raise ConfigError(f"{key} must be true or false, not {value!r}")
+    return flag
 
 
 def _count(value: Any, key: str) -> int:
@@ -57,13 +72,14 @@ _READERS: dict[Kind, Callable[[Any, str, str], Any]] = {
     Kind.COUNT: lambda value, type_, key: _count(value, key),
     Kind.SIZE: lambda value, type_, key: parse_size(value, f"{type_}.{key}"),
     Kind.WHOLE: lambda value, type_, key: _whole(value, key),
+    Kind.FLAG: lambda value, type_, key: _flag(value, key),
     Kind.TEXT: lambda value, type_, key: str(value),
 }
 COMMON_KEYS = ("route", "p", "per", "on_resume")
 PER = ("connection", "event")
 ON_RESUME = ("fresh", "none")  # fresh: reconnections roll again; none: no faults on resume
 PER_EVENT_TYPES = tuple(n for n, kind in REGISTRY.items() if kind.per_event_replaces is not None)
-_UP_FRONT = (Kind.DURATION, Kind.COUNT)
+_UP_FRONT = (Kind.DURATION, Kind.COUNT, Kind.FLAG)
 
 
 class _Values(Mapping[str, Any]):
@@ -166,12 +182,48 @@ def parse_spec(spec: str) -> Fault:
     return _fault(type_.strip(), raw, spec.strip())
 
 
+def parse_table(table: Mapping[str, Any]) -> Fault:
+    """A fault from a `[[fault]]`-style table (`type` and the spec's keys as values, as a
+    TOML plan or a JSON object holds them); its spec text is written back from the table."""
+    if "type" not in table:
+        raise ConfigError("a fault table needs a type")
+    raw = {key: value for key, value in table.items() if key != "type"}
+    text = ",".join(f"{key}={_spec_value(value)}" for key, value in raw.items())
+    type_ = str(table["type"])
+    return _fault(type_, raw, f"{type_}:{text}" if text else type_)
+
+
+def _spec_value(value: Any) -> str:
+    """A table value as a spec writes it (true, not True)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 @dataclass(frozen=True)
 class FaultPlan:
-    """The faults of one replay server and the seed their dice are rolled from."""
+    """The faults of one replay server and the seed their dice are rolled from.
+
+    Each fault has an id (1, 2, ... in plan order; the control API adds and removes faults
+    by id): its dice depend on the seed, the response number and its id alone, so adding or
+    removing a fault leaves the others' draws as they were."""
 
     faults: tuple[Fault, ...] = ()
     seed: int = 0
+    ids: tuple[int, ...] = ()  # one per fault; empty: 1, 2, ... in order
+
+    def __post_init__(self) -> None:
+        if not self.ids:
+            object.__setattr__(self, "ids", tuple(range(1, len(self.faults) + 1)))
+        if len(self.ids) != len(self.faults) or len(set(self.ids)) != len(self.ids):
+            raise ValueError("a FaultPlan needs one distinct id per fault")
+
+    def adding(self, fault: Fault, fault_id: int) -> FaultPlan:
+        """This plan with `fault` last, as `fault_id`."""
+        return FaultPlan((*self.faults, fault), self.seed, (*self.ids, fault_id))
+
+    def removing(self, fault_id: int) -> FaultPlan:
+        """This plan without the fault `fault_id` (the same plan when it has none)."""
+        kept = [(i, f) for i, f in zip(self.ids, self.faults, strict=True) if i != fault_id]
+        return FaultPlan(tuple(f for _, f in kept), self.seed, tuple(i for i, _ in kept))
 
     @classmethod
     def load(cls, specs: Iterable[str] = (), plan_file: Path | None = None,
@@ -186,12 +238,14 @@ class FaultPlan:
         return cls(tuple(faults), seed if seed is not None else file_seed)
 
     def for_connection(self, number: int, method: str, host: str, path: str,
-                       resumed: bool) -> FaultRun:
+                       resumed: bool, ends: Outcome | None = None) -> FaultRun:
         """The faults this response gets: a function of the seed and `number` alone.
-        `host` is the recorded one (the host of the matched recording's URL)."""
+        `host` is the recorded one (the host of the matched recording's URL); `ends` is the
+        close that ends the recorded body on this connection (CLOSED, RESET), None when
+        its framing ends it (see `FaultRun.ends`)."""
         chosen: list[tuple[Fault, random.Random]] = []
-        for index, fault in enumerate(self.faults):
-            rng = random.Random(f"{self.seed}:{number}:{index}")
+        for fault_id, fault in zip(self.ids, self.faults, strict=True):
+            rng = random.Random(f"{self.seed}:{number}:{fault_id - 1}")
             if not fault.applies_to(method, host, path):
                 continue
             if resumed and fault.on_resume == "none":
@@ -199,7 +253,7 @@ class FaultPlan:
             if not fault.per_event and rng.random() >= fault.probability:
                 continue
             chosen.append((fault, rng))
-        return FaultRun(chosen)
+        return FaultRun(chosen, ends)
 
     def unreachable(self, interactions: Iterable[Interaction]) -> list[str]:
         """One line per fault whose route no recording matches, saying why: it never fires."""
@@ -266,5 +320,6 @@ def describe_types() -> str:
         "Sizes are bytes, or with K, M, G (powers of 1024): 512, 10K, 1M.",
         "after_event=K acts once K events were sent; per=event,p=P instead rolls P at every"
         f" event ({', '.join(PER_EVENT_TYPES)}).",
+        f"inject:shape= takes {', '.join(SHAPES)}.",
     ]
     return "\n".join(lines)

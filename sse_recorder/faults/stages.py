@@ -1,9 +1,10 @@
 """The pure body stages: each turns a stream of timed pieces into another.
 
 Rules:
-- `PIPELINE` runs in a fixed order: content (inject, corrupt, retry), cuts (drop, stall),
-  timing (pause, latency, heartbeat), rechunk, throttle, and last the `drop:after=` deadline,
-  so a deadline counts the time the others add;
+- `PIPELINE` runs in a fixed order: content (inject, corrupt, retry), cuts (drop, stall,
+  timeout), timing (pause, latency, heartbeat), rechunk, throttle, and the `drop:after=`
+  deadline, so a deadline counts the time the others add; `close_late` (slow_close) comes
+  after all of them, as it needs to know how the recorded body ends (`FaultRun.ends`);
 - a stage gets only the faults of its `Stage`, reads their typed parameters and appends one
   log entry per firing; it performs no I/O;
 - an `Ending` is the last thing a stage yields; per=event faults roll their own generator
@@ -12,12 +13,14 @@ Rules:
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sse_recorder.demo.payloads import SEED_EVENTS
 from sse_recorder.faults.registry import (
     Corrupt,
     Drop,
@@ -28,11 +31,15 @@ from sse_recorder.faults.registry import (
     Pause,
     Rechunk,
     Retry,
+    SlowClose,
     Stage,
     Stall,
     Throttle,
+    Timeout,
 )
+from sse_recorder.framing.registry import Dialect
 from sse_recorder.model import Outcome
+from sse_recorder.sse import encode_event
 
 if TYPE_CHECKING:  # spec.py builds FaultRun, which runs these stages
     from sse_recorder.faults.spec import Fault
@@ -83,7 +90,8 @@ def _roll(fault: Fault, rng: random.Random) -> bool:
 # -- content: inject, corrupt, retry ---------------------------------------------------------
 
 
-def content(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterator[Action]:
+def content(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log,
+            dialect: Dialect | None = None) -> Iterator[Action]:
     """`retry:` first, injected events after their event, corruption of whole events."""
     injects, corrupts = of(chosen, Inject), of(chosen, Corrupt)
     started = False
@@ -107,7 +115,7 @@ def content(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Ite
         is_event = piece.events > events_before
         events_before = piece.events
         if is_event:
-            yield from _corrupt(corrupts, log, block, piece.events)
+            yield from _corrupt(corrupts, log, block, piece.events, dialect)
             yield from _inject(injects, log, piece.due, piece.events)
         else:
             yield from block
@@ -129,7 +137,8 @@ def _inject(injects: list[tuple[Fault, Inject, random.Random]], log: Log, due: f
 
 
 def _corrupt(corrupts: list[tuple[Fault, Corrupt, random.Random]], log: Log,
-             pieces: list[Piece], completed: int) -> Iterator[Piece]:
+             pieces: list[Piece], completed: int, dialect: Dialect | None = None
+             ) -> Iterator[Piece]:
     """The event in `pieces`, corrupted by the first fault that fires on it."""
     for fault, corrupt, rng in corrupts:
         if not (_roll(fault, rng) if fault.per_event else corrupt.at_event == completed):
@@ -142,6 +151,12 @@ def _corrupt(corrupts: list[tuple[Fault, Corrupt, random.Random]], log: Log,
         if mode == "duplicate":
             yield from pieces
             yield Piece(due, data, completed, True)
+            return
+        if dialect is not None:  # a frame of another stream: its own corruptions
+            changed = dialect.corrupt(data, mode)
+            if changed is None:
+                log[-1]["applied"] = False  # e.g. crc on a text frame
+            yield Piece(due, data if changed is None else changed, completed, True)
             return
         marker = data.find(b"data:")
         if marker >= 0:
@@ -161,13 +176,21 @@ def _corrupt(corrupts: list[tuple[Fault, Corrupt, random.Random]], log: Log,
 
 
 def cuts(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterator[Action]:
-    """End the body after N bytes, inside event N, after event N, or stall after event N."""
-    drops, stalls = of(chosen, Drop), of(chosen, Stall)
+    """End the body after N bytes, inside event N, after event N, or stall after event N
+    (a timeout: and close `duration` later)."""
+    drops, stalls, timeouts = of(chosen, Drop), of(chosen, Stall), of(chosen, Timeout)
     sent = 0
+    started = False
     for piece in stream:
         if isinstance(piece, Ending):
             yield piece
             return
+        if not started:
+            started = True
+            for fault, timeout, _ in timeouts:  # after_event=0: before the first byte
+                if timeout.after_event == 0 and not fault.per_event:
+                    yield _time_out(fault, timeout, log, piece.due, 0)
+                    return
         for fault, drop, _ in drops:
             if drop.after_bytes is not None and sent + len(piece.data) >= drop.after_bytes:
                 cut = piece.data[: drop.after_bytes - sent]
@@ -207,6 +230,28 @@ def cuts(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterat
                 fired(log, fault, piece.due, event=piece.events)
                 yield Ending(Outcome.STALLED, piece.due)
                 return
+        for fault, timeout, rng in timeouts:
+            if fault.per_event:
+                fire = _roll(fault, rng)
+            elif timeout.at is not None:
+                fire = piece.due >= timeout.at
+            else:
+                fire = piece.events == timeout.after_event
+            if fire:
+                yield _time_out(fault, timeout, log, piece.due, piece.events)
+                return
+    if not started:  # an empty body: the timeout still closes it
+        for fault, timeout, _ in timeouts:
+            if timeout.after_event == 0 and not fault.per_event:
+                yield _time_out(fault, timeout, log, 0.0, 0)
+                return
+
+
+def _time_out(fault: Fault, timeout: Timeout, log: Log, due: float, events: int) -> Ending:
+    """Nothing more after `due`, and the close `timeout.duration` later."""
+    fired(log, fault, due, event=events, how=timeout.how,
+          close_ms=round((due + timeout.duration) * 1000, 3))
+    return Ending(timeout.ending, due + timeout.duration)
 
 
 # -- timing: pause, latency, heartbeat -------------------------------------------------------
@@ -214,7 +259,9 @@ def cuts(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterat
 
 def timing(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterator[Action]:
     """Pauses shift everything after them; latency delays each piece; heartbeats fill gaps
-    between events. Order is kept: nothing is due before what came before it."""
+    between events. Order is kept: nothing is due before what came before it. A signalled
+    pause sends `stream-pause` as it starts and `stream-resume` as it ends (heartbeats due
+    during the pause come between them)."""
     pauses = of(chosen, Pause)
     latencies = [(latency, rng) for _, latency, rng in of(chosen, Latency)
                  if latency.chunk is not None]
@@ -224,11 +271,27 @@ def timing(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iter
         return
     shift = 0.0
     last_due = 0.0
+    sent = 0  # body bytes passed on: a signalled pause's position
     paused: set[int] = set()
     next_tick = [beat.every for _, beat, _ in beats]
+    resumes: list[Piece] = []  # stream-resume events, due when their pause ends
     at_boundary = True
+
+    def fillers(until: float, events: int) -> list[Piece]:
+        """The heartbeats due before `until` and the pending resumes, in time order."""
+        due: list[Piece] = []
+        for index, (fault, beat, _) in enumerate(beats):
+            while next_tick[index] < until:
+                fired(log, fault, next_tick[index], style=beat.style)
+                due.append(Piece(next_tick[index], beat.beat(next_tick[index]), events, True))
+                next_tick[index] += beat.every
+        due += resumes
+        resumes.clear()
+        return sorted(due, key=lambda filler: filler.due)
+
     for piece in stream:
         if isinstance(piece, Ending):
+            yield from fillers(0.0, 0)  # the resumes still due
             yield Ending(piece.outcome, max(piece.due + shift, last_due))
             return
         due = piece.due + shift
@@ -236,13 +299,12 @@ def timing(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iter
             due += _draw(latency, rng)
         due = max(due, last_due)
         if at_boundary:
-            for index, (fault, beat, _) in enumerate(beats):
-                while next_tick[index] < due:
-                    fired(log, fault, next_tick[index], style=beat.style)
-                    yield Piece(next_tick[index], beat.data, piece.events, True)
-                    last_due = next_tick[index]
-                    next_tick[index] += beat.every
+            for filler in fillers(due, piece.events):
+                yield filler
+                last_due = max(last_due, filler.due)
+            due = max(due, last_due)
         yield Piece(due, piece.data, piece.events, piece.boundary)
+        sent += len(piece.data)
         last_due = due
         at_boundary = piece.boundary
         if not piece.boundary:
@@ -260,7 +322,19 @@ def timing(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iter
                 paused.add(index)
                 shift += pause.duration
                 fired(log, fault, due, event=piece.events,
-                      duration_ms=round(pause.duration * 1000, 3))
+                      duration_ms=round(pause.duration * 1000, 3),
+                      **({"signal": True} if pause.signal else {}))
+                if pause.signal:
+                    yield Piece(due, _announce("stream-pause", reason=pause.reason,
+                                               position=sent), piece.events, True)
+                    resumes.append(Piece(due + pause.duration, _announce(
+                        "stream-resume", position=sent), piece.events, True))
+    yield from fillers(0.0, 0)
+
+
+def _announce(name: str, **fields: Any) -> bytes:
+    """The seed's `name` event, its sample data updated with `fields`."""
+    return encode_event(json.dumps({**SEED_EVENTS[name], **fields}), event=name)
 
 
 def _draw(latency: Latency, rng: random.Random) -> float:
@@ -280,10 +354,31 @@ def _draw(latency: Latency, rng: random.Random) -> float:
 # -- rechunk, throttle, deadline -------------------------------------------------------------
 
 
-def rechunk(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterator[Action]:
-    """Re-cut the bytes into other writes (the first rechunk fault only); events unchanged."""
+def rechunk(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log,
+            dialect: Dialect | None = None) -> Iterator[Action]:
+    """Re-cut the bytes into other writes (the first rechunk fault only); events unchanged.
+    With delay=, Toxiproxy's slicer: each write waits `delay` after the one before it (the
+    wait follows every write, so it also holds back the next recorded chunk and the close),
+    and a write is never due before its recorded time."""
     fault, params, rng = of(chosen, Rechunk)[0]
-    fired(log, fault, 0.0, mode=params.mode)
+    fired(log, fault, 0.0, mode=params.mode,
+          **({"delay_ms": round(params.delay * 1000, 3)} if params.delay else {}))
+    writes = _recut(stream, params, rng, dialect)
+    if not params.delay:
+        yield from writes
+        return
+    ready = -math.inf  # when the next write may go
+    for action in writes:
+        due = max(action.due, ready)
+        if isinstance(action, Ending):
+            yield Ending(action.outcome, due)
+            return
+        yield Piece(due, action.data, action.events, action.boundary)
+        ready = due + params.delay
+
+
+def _recut(stream: Iterable[Action], params: Rechunk, rng: random.Random,
+           dialect: Dialect | None) -> Iterator[Action]:
     held: list[Piece] = []
     for piece in stream:
         if isinstance(piece, Ending):
@@ -297,7 +392,8 @@ def rechunk(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Ite
                 yield _merge(held)
                 held = []
             continue
-        cut_at = (_adversarial_cuts(piece.data) if params.mode == "adversarial"
+        adversarial = _adversarial_cuts if dialect is None else dialect.adversarial_cuts
+        cut_at = (adversarial(piece.data) if params.mode == "adversarial"
                   else _size_cuts(len(piece.data), lambda: _piece_size(params, rng)))
         bounds = [0, *cut_at, len(piece.data)]
         for index, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
@@ -357,8 +453,8 @@ def throttle(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> It
     rate = float(params.rate)
     burst = max(1, int(rate / 50))
     clock = 0.0
-    fired(log, fault, 0.0, rate=rate)
-    for piece in stream:
+    fired(log, fault, 0.0, rate=rate, **({"signal": True} if params.signal else {}))
+    for piece in _announced(stream, params):
         if isinstance(piece, Ending):
             yield Ending(piece.outcome, max(piece.due, clock))
             return
@@ -369,6 +465,18 @@ def throttle(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> It
             last = start + burst >= len(data)
             yield Piece(clock, part, piece.events, piece.boundary if last else False)
             clock += len(part) / rate
+
+
+def _announced(stream: Iterable[Action], params: Throttle) -> Iterator[Action]:
+    """A signalled throttle's `stream-throttle` event (its rate in bytes per second) before
+    the first piece, at the same rate as the rest."""
+    announce = params.signal
+    for action in stream:
+        if announce and isinstance(action, Piece):
+            announce = False
+            yield Piece(action.due, _announce("stream-throttle", rate=params.rate,
+                                              reason=params.reason), 0, True)
+        yield action
 
 
 def deadline(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterator[Action]:
@@ -392,3 +500,36 @@ PIPELINE: tuple[tuple[Stage, StageFn], ...] = (
     (Stage.THROTTLE, throttle),
     (Stage.DEADLINE, deadline),
 )
+# The stages whose work depends on the stream's framing when it is not SSE (`FaultRun.dialect`).
+FramedFn = Callable[[Iterable[Action], Sequence[Chosen], Log, Dialect | None], Iterator[Action]]
+FRAMED: dict[Stage, FramedFn] = {Stage.CONTENT: content, Stage.RECHUNK: rechunk}
+
+
+def close_late(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log,
+               ends: Outcome | None) -> Iterator[Action]:
+    """slow_close, after every other stage: the close that ends the body comes the sum of
+    the delays late. That is a fault's ending (drop, timeout, a deadline) or, when the body
+    ends complete, the recorded close `ends` (a FIN, an RST, a close-delimited body's end),
+    counted from the last byte. A stall never closes; a body its framing ends is closed
+    by the server (`FaultRun.late_close`)."""
+    armed = of(chosen, SlowClose)
+    delay = sum(params.delay for _, params, _ in armed)
+    last = 0.0
+    for action in stream:
+        if isinstance(action, Ending):
+            if action.outcome is Outcome.STALLED:
+                yield action
+                return
+            yield _closed_late(armed, log, action.outcome, max(action.due, last), delay)
+            return
+        last = action.due
+        yield action
+    if ends is not None:
+        yield _closed_late(armed, log, ends, last, delay)
+
+
+def _closed_late(armed: list[tuple[Fault, SlowClose, random.Random]], log: Log,
+                 outcome: Outcome, due: float, delay: float) -> Ending:
+    for fault, params, _ in armed:
+        fired(log, fault, due, delay_ms=round(params.delay * 1000, 3), close=outcome.value)
+    return Ending(outcome, due + delay)

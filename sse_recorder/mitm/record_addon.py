@@ -1,8 +1,9 @@
 """The mitmproxy recording addon: a thin shell over `RecordingSession`.
 
 Rules it keeps (see the project notes on mitmproxy 11/12):
-- streaming is switched on in `responseheaders` for `text/event-stream` only; other
-  responses are buffered by mitmproxy as usual and stored whole in `response`;
+- streaming is switched on in `responseheaders` when `framing.policy.streams` says so (an
+  event stream, a known stream type, a chunked or close-delimited body, a large one); other
+  responses (small JSON answers) are buffered by mitmproxy and stored whole in `response`;
 - the stream callable stamps, queues and returns the chunk untouched; it never returns
   `b""` or `None` for a non-final chunk, never awaits and never raises;
 - each flow is finalized in exactly one of `response` or `error`, not on the final `b""`;
@@ -24,6 +25,7 @@ from mitmproxy.connection import ConnectionState, Server
 from mitmproxy.proxy import server_hooks
 
 from sse_recorder.errors import ConfigError
+from sse_recorder.framing.policy import StreamPolicy, streams
 from sse_recorder.mitm.transports import REPLAYED, Transports, headers_of
 from sse_recorder.model import Framing, Outcome, RecordedRequest, ResponseHead, body_framing
 from sse_recorder.record.redact import RedactionRules, SecretOptionError, secret_values
@@ -85,6 +87,7 @@ class Recorder:
             session.on_failure = self._storage_failed
             session.on_congestion = self._congestion
         self.filter = routes or RouteFilter()
+        self.stream_policy = StreamPolicy()  # which responses stream through (framing.policy)
         self._preconfigured = session is not None
         self._flows: dict[str, _Flow] = {}
         self._live: dict[str, http.HTTPFlow] = {}
@@ -105,6 +108,10 @@ class Recorder:
         )
         loader.add_option(
             "sse_exclude", Sequence[str], [], "Never record requests matching these routes."
+        )
+        loader.add_option(
+            "sse_stream_types", Sequence[str], [],
+            "More media types to stream through and record chunk by chunk, whatever their size.",
         )
         loader.add_option(
             "sse_redact_headers", Sequence[str], [],
@@ -135,6 +142,8 @@ class Recorder:
                 self.filter = RouteFilter.parse(ctx.options.sse_include, ctx.options.sse_exclude)
         except ConfigError as exc:
             raise exceptions.OptionsError(str(exc)) from None
+        if "sse_stream_types" in updated:
+            self.stream_policy = StreamPolicy().with_types(ctx.options.sse_stream_types)
         if updated & {"sse_redact_values", "sse_redact_env"}:
             try:
                 self.secret_values = secret_values(ctx.options.sse_redact_values,
@@ -273,7 +282,8 @@ class Recorder:
             headers=headers_of(response),
             http_version=response.http_version,
         )
-        if session.head(state.iid, head, time.monotonic_ns() - state.anchor_ns):
+        is_sse = session.head(state.iid, head, time.monotonic_ns() - state.anchor_ns)
+        if is_sse or streams(head, flow.request.method, self.stream_policy):
             state.streamed = True
             state.close_delimited = body_framing(head, flow.request.method) is Framing.CLOSE
             response.stream = _stream_callable(session, flow, state, self._pause)

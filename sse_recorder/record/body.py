@@ -14,6 +14,9 @@ from __future__ import annotations
 import bisect
 import logging
 
+from sse_recorder.framing.base import Frame
+from sse_recorder.framing.base import Parser as FrameParser
+from sse_recorder.framing.registry import Dialect
 from sse_recorder.model import RecordedEvent
 from sse_recorder.record.redact import (
     MAX_HELD,
@@ -38,14 +41,23 @@ class Body:
         scrub: Scrubber,
         is_sse: bool,
         codings: list[str] | None = None,
+        dialect: Dialect | None = None,
     ) -> None:
         """`codings`: the body's content codings. An event stream is decoded as it comes
         (the caller stores its head without them); any other body is decoded at its end,
-        and stored decoded only if redaction changed it (then `decoded_size` is set)."""
+        and stored decoded only if redaction changed it (then `decoded_size` is set).
+        `dialect`: the framing of a stream that is not SSE (`framing.registry.dialect_for`);
+        such a body without a content coding is stored a run of whole frames at a time."""
         self.iid = iid
         self.scrub = scrub
         self.parser = SSEParser() if is_sse else None
         self.codings = codings or []
+        framed = dialect is not None and not is_sse and not self.codings
+        self.dialect = dialect if framed else None
+        self.framer: FrameParser | None = dialect.parser() if framed and dialect else None
+        self._scout = dialect.parser() if framed and dialect else None  # finds frame ends
+        self._raw_position = 0  # bytes fed to the scout
+        self._aligned = 0  # held chunks that end where a frame ends
         self.decoder = StreamDecoder(self.codings) if is_sse and self.codings else None
         self.decoded_size: int | None = None
         self._held: list[tuple[int, bytes]] = []  # not stored yet
@@ -70,10 +82,15 @@ class Body:
         self._held.extend(chunks)
         if self.parser is not None:
             self._redact_complete_events(batch)
+        elif self._scout is not None:
+            self._release_whole_frames(chunks, batch)
         # other bodies are stored whole by finish()
 
     def finish(self, batch: WriteBatch) -> bool:
         """Store what is held; returns whether the body ended in the middle of an event."""
+        if self.framer is not None:
+            self._release_frames(len(self._held), batch, final=True)
+            return False
         if self.parser is None:
             self._finish_whole(batch)
             return False
@@ -185,6 +202,74 @@ class Body:
         if drop > 0:
             del self.chunk_starts[:drop]
             self.first_seq += drop
+
+    # -- streams of other framings (NDJSON, AWS event stream...) -------------------------
+
+    def _release_whole_frames(self, chunks: list[tuple[int, bytes]], batch: WriteBatch) -> None:
+        """Store the held chunks up to the last one that ends where a frame ends (redacted
+        as whole frames); past MAX_HELD, whatever is held."""
+        scout = self._scout
+        assert scout is not None
+        first_new = len(self._held) - len(chunks)
+        for index, (_, data) in enumerate(chunks, first_new):
+            scout.feed(data)
+            self._raw_position += len(data)
+            if scout.open_start >= self._raw_position:
+                self._aligned = index + 1
+        if self._aligned:
+            self._release_frames(self._aligned, batch)
+        elif sum(len(data) for _, data in self._held) > MAX_HELD:
+            self._release_frames(len(self._held), batch)
+
+    def _release_frames(self, count: int, batch: WriteBatch, final: bool = False) -> None:
+        framer, dialect = self.framer, self.dialect
+        assert framer is not None and dialect is not None
+        released = self._held[:count]
+        del self._held[:count]
+        self._aligned = 0
+        if not released:
+            if final:
+                self._frame_events(framer.finish(), [], batch)
+            return
+        region = b"".join(data for _, data in released)
+        spans = dialect.redact(region, self.scrub)
+        stored = split_like(released, spans) if spans else released
+        first_new = self.next_stored
+        starts, position = self.chunk_starts, self.position
+        if not starts:
+            self.first_seq = first_new
+        for _, data in stored:
+            starts.append(position)
+            position += len(data)
+        self.position = position
+        frames = framer.feed(b"".join(data for _, data in stored))
+        if final:
+            frames += framer.finish()
+        self._store(stored, batch)
+        self._frame_events(frames, stored, batch)
+
+    def _frame_events(self, frames: list[Frame], stored: list[tuple[int, bytes]],
+                      batch: WriteBatch) -> None:
+        """Frames as event rows: kind frame, error or invalid, with the chunks they span."""
+        starts, base, iid = self.chunk_starts, self.first_seq, self.iid
+        seq = self.next_event
+        last_ns = stored[-1][0] if stored else 0
+        for frame in frames:
+            first = max(bisect.bisect_right(starts, frame.start) - 1, 0)
+            last = max(bisect.bisect_right(starts, max(frame.end - 1, frame.start)) - 1, 0)
+            stored_index = last - (len(starts) - len(stored))
+            offset_ns = stored[stored_index][0] if 0 <= stored_index < len(stored) else last_ns
+            batch.events.append((iid, RecordedEvent(seq, frame.kind, frame.type, frame.data, None,
+                                                    None, offset_ns, base + first,
+                                                    base + last)))
+            seq += 1
+        self.events += seq - self.next_event
+        self.next_event = seq
+        if self.framer is not None:  # chunks before the open frame can no longer be needed
+            drop = bisect.bisect_right(starts, self.framer.open_start) - 1
+            if drop > 0:
+                del starts[:drop]
+                self.first_seq += drop
 
     # -- other bodies --------------------------------------------------------------------
 

@@ -23,7 +23,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sse_recorder.faults import Ending, FaultRun, Piece, split_at_events
+from sse_recorder.faults import Ending, FaultRun, Piece, split_at_events, split_at_frames
+from sse_recorder.framing.registry import dialect_for
 from sse_recorder.model import Framing, Interaction, Outcome, body_framing, header_value
 from sse_recorder.replay.schedule import Schedule, Timing
 from sse_recorder.replay.sources import CACHE_LIMIT, Bodies, Body
@@ -195,8 +196,12 @@ class Player:
         assert interaction.response is not None
         timed = [(schedule.due(c.offset_ns), c.data)
                  async for page in self.bodies.pages(interaction, body) for c in page if c.data]
+        # a stream that is not SSE is cut at its own frames (framing.registry)
+        run.dialect = None if interaction.is_sse else dialect_for(interaction.response.headers)
         pieces: Iterable[Piece] = (
-            split_at_events(timed) if run.needs_events() else (Piece(d, b) for d, b in timed)
+            (Piece(d, b) for d, b in timed) if not run.needs_events()
+            else split_at_frames(timed, run.dialect) if run.dialect is not None
+            else split_at_events(timed)
         )
         actions = list(run.transform(pieces))
         if any(isinstance(a, Ending) for a in actions):

@@ -20,7 +20,10 @@ Rules:
 - `served` keeps the last `ReplayOptions.served_kept` records (a ring: memory stays flat in
   a long-running server), `counts` every answer by kind;
 - faults are drawn per response number, so the same requests in the same order meet the
-  same faults.
+  same faults;
+- CORS (`cors.py`, off unless `--cors`) answers preflights before matching and sets the
+  Access-Control fields of every answer; a page that could not read an answer gets a note
+  in its record naming the `--cors` that would let it.
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ import h11
 
 from sse_recorder.errors import ConfigError, SSERecorderError
 from sse_recorder.faults import FaultPlan, FaultRun
-from sse_recorder.model import Interaction, Outcome, header_value
+from sse_recorder.model import Headers, Interaction, Outcome, header_value
 from sse_recorder.replay import vendors
+from sse_recorder.replay.cors import Cors, Preflight
 from sse_recorder.replay.matching import (
     IncomingRequest,
     MatchConfig,
@@ -83,6 +87,7 @@ class ReplayOptions:
     max_buffered: int = MAX_BUFFERED  # request body bytes being received, all connections
     linger: float = 2.0  # after an error answer: seconds to read what the client still sends
     served_kept: int = SERVED_KEPT  # records `ReplayServer.served` keeps
+    cors: Cors = field(default_factory=Cors)  # off: which pages may read (replay/cors.py)
 
 
 class ReplayServer:
@@ -108,7 +113,8 @@ class ReplayServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._responses = 0  # numbers responses for fault seeding: same order, same faults
-        self._fault_log: IO[str] | None = None
+        self.faults = self.options.faults  # in play now: the control API replaces the plan
+        self._fault_log: IO[bytes] | None = None
 
     @classmethod
     async def open(
@@ -125,11 +131,24 @@ class ReplayServer:
             raise
         return cls(cassette, interactions, options, on_served)
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> ReplayServer:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None
+    ) -> ReplayServer:
+        """Listen on `host:port`, or serve `sock`, a listening socket (a worker's)."""
         if self.options.fault_log is not None and self._fault_log is None:
-            self._fault_log = open(self.options.fault_log, "a", encoding="utf-8")  # noqa: SIM115
-        self._server = await asyncio.start_server(self._connection, host, port, backlog=4096)
+            # unbuffered append: a line is one write(2), whole even when workers share the file
+            self._fault_log = open(self.options.fault_log, "ab", buffering=0)  # noqa: SIM115
+        if sock is not None:
+            self._server = await asyncio.start_server(self._connection, sock=sock,
+                                                      backlog=4096)
+        else:
+            self._server = await asyncio.start_server(self._connection, host, port,
+                                                      backlog=4096)
         return self
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
 
     @property
     def port(self) -> int:
@@ -240,24 +259,27 @@ class ReplayServer:
         self._record(served)
         if self._fault_log is not None:
             try:
-                self._fault_log.write(served.json_line() + "\n")
-                self._fault_log.flush()
+                self._fault_log.write((served.json_line() + "\n").encode())
             except OSError as exc:  # a full disk: the replay goes on without its fault log
                 log.warning("fault log stopped: %s", exc)
                 self._fault_log = None
 
     # -- dispatch --------------------------------------------------------------------------
 
-    def _match(self, request: IncomingRequest) -> Interaction | Miss | Exception:
-        """The recording for `request`, or why none matches; what matching raised is
-        returned, for `_guarded` to answer."""
+    def _match(self, request: IncomingRequest) -> Interaction | Miss | Preflight | Exception:
+        """The recording for `request`, or why none matches, or (CORS on) the answer to a
+        preflight, never matched; what matching raised is returned, for `_guarded`."""
         try:
+            preflight = self.options.cors.preflight(request.method, request.headers)
+            if preflight is not None:
+                return preflight
             return self.matcher.match(request)
         except Exception as exc:  # answered by the guard
             return exc
 
     async def _guarded(
-        self, request: IncomingRequest, found: Interaction | Miss | Exception, persist: bool,
+        self, request: IncomingRequest, found: Interaction | Miss | Preflight | Exception,
+        persist: bool,
         version: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     ) -> tuple[Served, bool]:
         """Answer one request whatever happens: what goes wrong becomes a 500 with a
@@ -281,50 +303,70 @@ class ReplayServer:
             why = _why(request, exc)
             headers, body = vendors.explanation(500, why, split_url(request.target)[2],
                                                 request.headers, ())
-            writer.write(responses.whole(500, "Internal Server Error", headers, body,
+            writer.write(responses.whole(500, "Internal Server Error",
+                                         self.options.cors.response_headers(request.headers,
+                                                                            headers), body,
                                          "Connection: close", request.method == "HEAD"))
             await close_after_error(reader, writer, self.options.linger)
             return Served(request.method, request.target, None, 500, Outcome.CLEAN,
                           Answer.ERROR, why, number), False
 
     async def _respond(
-        self, request: IncomingRequest, found: Interaction | Miss, persist: bool, version: str,
+        self, request: IncomingRequest, found: Interaction | Miss | Preflight, persist: bool,
+        version: str,
         number: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     ) -> tuple[Served, bool]:
         """Answer one matched (or unmatched) request; the record, and whether the
         connection can carry another request."""
         path = split_url(request.target)[2]
+        cors = self.options.cors
+        if isinstance(found, Preflight):  # CORS on: answered by the policy, never matched
+            writer.write(responses.whole(found.status, responses.reason_of(found.status),
+                                         found.headers, found.body,
+                                         responses.connection_field(persist, version)))
+            await writer.drain()
+            return Served(request.method, request.target, None, found.status, Outcome.CLEAN,
+                          Answer.RECORDED if found.status < 300 else Answer.UNMATCHED,
+                          found.explanation, number), persist
+        note = cors.note(request.method, request.headers, found.response.headers
+                         if isinstance(found, Interaction) and found.response else ())
         if isinstance(found, Miss):
-            explanation = found.explain(request)
+            explanation = found.explain(request) + (f"  {note}\n" if note else "")
             status = UNMATCHED[found.exhausted]
             headers, body = vendors.explanation(status, explanation, path, request.headers,
                                                 (("X-SSE-Recorder", "unmatched"),))
-            writer.write(responses.whole(status, responses.reason_of(status), headers, body,
+            writer.write(responses.whole(status, responses.reason_of(status),
+                                         cors.response_headers(request.headers, headers), body,
                                          responses.connection_field(persist, version),
                                          request.method == "HEAD"))
             await writer.drain()
             return Served(request.method, request.target, None, status, Outcome.CLEAN,
                           Answer.UNMATCHED, explanation, number), persist
         last_event_id = _last_event_id(request)
-        run = self.options.faults.for_connection(  # routes name the recorded host
+        run = self.faults.for_connection(  # routes name the recorded host
             number, request.method, host_and_path(found.request.url)[0], path,
-            last_event_id is not None)
+            last_event_id is not None, _closing_end(found, version))
+        if cors.enabled and found.response is not None:  # the recorded CORS fields replaced
+            found = dataclasses.replace(found, response=dataclasses.replace(
+                found.response,
+                headers=cors.response_headers(request.headers, found.response.headers)))
         self.load.streams += 1
         try:
             status, answer, outcome, keep_alive = await self._answer(
-                found, last_event_id, persist, version, reader, writer, run)
+                found, last_event_id, persist, version, reader, writer, run, request.headers)
         finally:
             self.load.streams -= 1
-        return Served(request.method, request.target, found.id, status, outcome, answer,
+        return Served(request.method, request.target, found.id, status, outcome, answer, note,
                       number=number, faults=tuple(run.log)), keep_alive
 
     async def _answer(
         self, interaction: Interaction, last_event_id: str | None, persist: bool,
         version: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-        run: FaultRun,
+        run: FaultRun, request_headers: Headers = (),
     ) -> tuple[int, Answer, Outcome, bool]:
         """Faults that replace the response, else the recorded response (maybe faulted)."""
         assert interaction.response is not None
+        persist = persist and not run.closes_late()  # slow_close: the connection ends after
         if run.refuse():
             reset(writer)
             return 0, Answer.FAULT, Outcome.RESET, False
@@ -333,16 +375,36 @@ class ReplayServer:
             return 0, Answer.FAULT, Outcome.STALLED, False
         error = run.http_error()
         if error is not None:
-            writer.write(responses.whole(error.status, error.reason, error.headers, error.body,
+            headers = self.options.cors.response_headers(request_headers, error.headers)
+            writer.write(responses.whole(error.status, error.reason, headers, error.body,
                                          responses.connection_field(persist, version),
                                          interaction.request.method == "HEAD"))
             await writer.drain()
+            await _close_late(run)
             return error.status, Answer.FAULT, Outcome.CLEAN, persist
         outcome = await self.player.play(interaction, last_event_id, reader, writer, run,
                                          persist, version)
+        if outcome is Outcome.CLEAN and not writer_for(interaction, version).closes:
+            await _close_late(run)
         keep_alive = (persist and outcome is Outcome.CLEAN
                       and not writer_for(interaction, version).closes)
         return interaction.response.status, Answer.RECORDED, outcome, keep_alive
+
+
+async def _close_late(run: FaultRun) -> None:
+    """slow_close after a response its framing ended: the connection stays open and silent
+    for the delay, then closes (a close the body makes itself is delayed by the faults)."""
+    delay = run.late_close()
+    if delay is not None:
+        await asyncio.sleep(delay)
+
+
+def _closing_end(interaction: Interaction, version: str) -> Outcome | None:
+    """The close that ends the recorded body on this connection, which slow_close delays:
+    a recorded FIN or RST, or a close-delimited body's close; None when framing ends it."""
+    if interaction.outcome is not Outcome.CLEAN:
+        return interaction.outcome.as_replayed
+    return Outcome.CLOSED if writer_for(interaction, version).closes else None
 
 
 def _last_event_id(request: IncomingRequest) -> str | None:

@@ -1,8 +1,10 @@
 """The cassette API: open or create a cassette, write batches, read interactions back.
 
-Portable SQLAlchemy Core over the tables in `schema`; what only holds for SQLite lives in
-`sqlite`; every value read back is checked in `rows`. Everyone outside `sse_recorder.store`
-sees `model` values, never rows.
+Portable SQLAlchemy Core over the tables in `schema`; what only holds for SQLite files lives
+in `sqlite`, for PostgreSQL stores in `postgres`; schema versions are Alembic's (`migrate`);
+every value read back is checked in `rows`. Everyone outside `sse_recorder.store` sees
+`model` values, never rows. A target is a path or a store URL (`location`); `open_store`
+is the one entry point commands use.
 Invariants:
 - a file is never created, truncated or overwritten unless the caller asked to record into a
   path that does not exist yet; an existing file must be a valid v1 cassette, sound under
@@ -18,7 +20,12 @@ Invariants:
 - writes come in batches, one transaction each (WAL while recording, a single file after
   close); a file left in WAL mode (another connection held it at the finish) still opens
   read-only from a read-only location;
-- chunks are read back in pages, so a huge cassette streams without being loaded whole.
+- chunks are read back in pages, so a huge cassette streams without being loaded whole;
+- `allocate_id` numbers interactions in this process only; the stored id is the one the
+  database gives the start row (`write` translates), so concurrent writers into one
+  cassette never collide; with a single writer the two are the same numbers;
+- on a PostgreSQL store a reader sees only finalized interactions (others may still be
+  being recorded) unless `in_progress`; a SQLite file, one writer's, shows all of them.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import case, func, insert, inspect, select, type_coerce, update
+from sqlalchemy import case, func, insert, inspect, literal, select, type_coerce, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import NullType
@@ -45,7 +52,8 @@ from sse_recorder.model import (
     RecordedRequest,
     ResponseHead,
 )
-from sse_recorder.store import rows, sqlite
+from sse_recorder.store import migrate, postgres, rows, sqlite
+from sse_recorder.store.location import Location, locate
 from sse_recorder.store.schema import (
     CHUNK_COLUMNS,
     EVENT_COLUMNS,
@@ -115,23 +123,44 @@ _INTERACTION, _CHUNKS, _EVENTS = (Base.metadata.tables[row.__tablename__]
 
 
 class Cassette:
-    """An open cassette. Use `Cassette.open` to read, `Cassette.open_for_recording` to write."""
+    """An open cassette. Use `Cassette.open` to read, `Cassette.open_for_recording` to write
+    (or `open_store` for either)."""
 
-    def __init__(self, path: Path, engine: AsyncEngine, conn: AsyncConnection, version: int):
-        self.path = path
+    def __init__(self, path: Path | Location, engine: AsyncEngine, conn: AsyncConnection,
+                 version: int, *, in_progress: bool = True):
+        self.path = path  # str() is what messages show: never a password
         self.version = version
+        self.in_progress = in_progress  # readers see interactions not finalized yet
         self._engine = engine
         self._conn = conn
         self._next_id = 1
+        self._ids: dict[int, int] = {}  # allocated number -> stored id, where they differ
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) while recording
         self._created: list[Path] = []  # what recording created: the file, then new dirs
+        self._created_schema = False  # a PostgreSQL cassette this recording created
+
+    @property
+    def location(self) -> Location | None:
+        return self.path if isinstance(self.path, Location) else None
+
+    @property
+    def _schema(self) -> str | None:
+        location = self.location
+        return location.name if location is not None else None
 
     # -- opening -------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: str | Path) -> Cassette:
-        """Open an existing cassette read-only, checking that it is one we understand."""
-        path = Path(path)
+    async def open(
+        cls, target: str | Path | Location, name: str | None = None, *,
+        in_progress: bool | None = None,
+    ) -> Cassette:
+        """Open an existing cassette read-only, checking that it is one we understand.
+        `in_progress` (default: the URL's `in_progress`, always on for a file) also shows
+        interactions not finalized yet."""
+        path = locate(target, name)
+        if isinstance(path, Location):
+            return await cls._open_server(path, record=False, in_progress=in_progress)
         if not path.exists():
             raise CassetteError(f"{path}: no such cassette")
         if path.is_dir():
@@ -146,11 +175,18 @@ class Cassette:
         return await cls._connect(path, read_only=True, immutable=True)
 
     @classmethod
-    async def open_for_recording(cls, path: str | Path, *, keep_if_empty: bool = False) -> Cassette:
+    async def open_for_recording(
+        cls, target: str | Path | Location, name: str | None = None, *,
+        keep_if_empty: bool = False,
+    ) -> Cassette:
         """Create a new cassette, or append to an existing sound v1 one; never overwrite.
         A cassette created here that still holds no interaction at `close` is removed,
         unless `keep_if_empty` (an empty cassette wanted as such, e.g. by a test)."""
-        path = Path(path)
+        path = locate(target, name)
+        if isinstance(path, Location):
+            cassette = await cls._open_server(path, record=True, in_progress=True)
+            cassette._created_schema = cassette._created_schema and not keep_if_empty
+            return cassette
         if path.is_dir():
             raise CassetteError(f"{path}: is a directory, not a cassette")
         created = not path.exists()
@@ -173,6 +209,8 @@ class Cassette:
                     raise CassetteError(f"{path}: damaged cassette, not appending to it: "
                                         f"integrity check: {problem}")
                 await cassette.interactions()  # every value readable, or a CassetteError
+                await cassette._conn.run_sync(_upgrade, None)
+                await cassette._conn.commit()
             await sqlite.start_recording(cassette._conn)
             row = (await cassette._conn.execute(select(func.max(InteractionRow.id)))).scalar()
         except Exception as exc:
@@ -183,6 +221,54 @@ class Cassette:
                 raise CassetteError(f"{path}: cannot record: {exc.strerror or exc}") from None
             raise
         cassette._next_id = (row or 0) + 1
+        return cassette
+
+    @classmethod
+    async def _open_server(
+        cls, location: Location, *, record: bool, in_progress: bool | None
+    ) -> Cassette:
+        """A cassette in a PostgreSQL store: created (schema and tables) when recording
+        into a name the store does not hold yet."""
+        if location.name is None:
+            raise CassetteError(f"{location}: which cassette? Name it in the URL "
+                                "(?cassette=NAME); `sse-recorder ls URL` lists them")
+        engine = postgres.engine(location)
+        if not record:
+            engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            conn = await engine.connect()
+        except Exception as exc:  # the driver's and the network's errors alike
+            await engine.dispose()
+            raise CassetteError(
+                f"{location}: cannot connect: {postgres.describe(exc, location)}") from None
+        shown = in_progress if in_progress is not None else location.in_progress
+        cassette = cls(location, engine, conn, FORMAT_VERSION, in_progress=shown)
+        try:
+            if record:
+                await postgres.lock_for_creation(conn, location.name)
+                if not await postgres.exists(conn, location.name):
+                    await postgres.create_schema(conn, location.name)
+                    cassette._created_schema = True
+                    await conn.run_sync(_create, location.name)
+            elif not await postgres.exists(conn, location.name):
+                raise CassetteError(f"{location}: no such cassette in this store")
+            cassette.version = await cls._check_format(conn, location, location.name)
+            if record:
+                await conn.run_sync(_upgrade, location.name)
+                await conn.commit()
+                await postgres.start_recording(conn, location.name)
+                # numbered as the database will most likely number them: no translation
+                last = (await conn.execute(select(func.max(InteractionRow.id)))).scalar()
+                await conn.commit()
+                cassette._next_id = (last or 0) + 1
+        except BaseException as exc:
+            cassette._created_schema = False
+            await conn.close()
+            await engine.dispose()
+            if isinstance(exc, DBAPIError | OSError):
+                raise CassetteError(
+                    f"{location}: cannot open: {postgres.describe(exc, location)}") from None
+            raise
         return cassette
 
     @classmethod
@@ -198,18 +284,9 @@ class Cassette:
             raise CassetteError(f"{path}: cannot open: {sqlite.describe(exc)}") from None
         try:
             if create:
-                await conn.run_sync(Base.metadata.create_all)
-                meta = {
-                    "format": FORMAT_NAME,
-                    "version": str(FORMAT_VERSION),
-                    "created_at": str(time.time()),
-                    "created_by": f"sse-recorder {__version__}",
-                }
-                await conn.execute(
-                    insert(MetaRow), [{"key": k, "value": v} for k, v in meta.items()]
-                )
+                await conn.run_sync(_create, None)
                 await conn.commit()
-            version = await cls._check_format(conn, path)
+            version = await cls._check_format(conn, path, None)
         except BaseException as exc:
             await conn.close()
             await engine.dispose()
@@ -221,10 +298,13 @@ class Cassette:
         return cls(path, engine, conn, version)
 
     @staticmethod
-    async def _check_format(conn: AsyncConnection, path: Path) -> int:
-        tables = set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
+    async def _check_format(
+        conn: AsyncConnection, path: Path | Location, schema: str | None
+    ) -> int:
+        tables = set(await conn.run_sync(
+            lambda sync: inspect(sync).get_table_names(schema=schema)))
         if MetaRow.__tablename__ not in tables:
-            kind = sqlite.what_it_is(tables)
+            kind = (sqlite if schema is None else postgres).what_it_is(tables)
             raise CassetteError(f"{path}: {kind}, not an sse-recorder cassette")
         meta: dict[Any, Any] = dict((await conn.execute(select(*_raw(MetaRow.__table__)))).all())
         if meta.get("format") != FORMAT_NAME:
@@ -240,12 +320,17 @@ class Cassette:
             )
         if version < 1:
             raise CassetteError(f"{path}: unknown cassette format version {version}")
+        revision = await conn.run_sync(migrate.current, schema)
+        if revision is not None and not migrate.known(revision):
+            raise CassetteError(
+                f"{path}: cassette schema revision {revision} is newer than this sse-recorder "
+                f"understands (revision {migrate.head()}); upgrade sse-recorder")
         missing = set(Base.metadata.tables) - tables
         if missing:
             raise CassetteError(f"{path}: damaged cassette, missing {', '.join(sorted(missing))}")
         # Columns a newer release added are ignored; a missing one is damage.
         have = await conn.run_sync(lambda sync: {
-            name: {c["name"] for c in inspect(sync).get_columns(name)}
+            name: {c["name"] for c in inspect(sync).get_columns(name, schema=schema)}
             for name in Base.metadata.tables
         })
         for name, table in Base.metadata.tables.items():
@@ -257,9 +342,15 @@ class Cassette:
 
     async def close(self) -> None:
         """Close. A cassette `open_for_recording` created that holds no interaction is
-        removed, with the directories made for it, if it is still the file created."""
+        removed, with the directories made for it, if it is still the file created (on a
+        store: if no other recorder holds it)."""
         try:
             empty = bool(self._created) and self._still_ours() and not await self._holds_any()
+            if self._created_schema and self._schema is not None:
+                try:
+                    await postgres.drop_if_alone_and_empty(self._conn, self._schema)
+                except SQLAlchemyError:
+                    pass  # when in doubt, a cassette is kept
         finally:
             try:
                 await self._conn.close()
@@ -270,6 +361,8 @@ class Cassette:
 
     async def finish_recording(self) -> None:
         """Leave the cassette as one self-contained file (call before `close`)."""
+        if self.location is not None:
+            return  # a store's cassette is complete at every commit
         self._check_still_there()
         try:
             await sqlite.finish_recording(self._conn)
@@ -283,6 +376,8 @@ class Cassette:
         await self.close()
 
     def _still_ours(self) -> bool:
+        if not isinstance(self.path, Path):
+            return False
         try:
             stat = self.path.stat()
         except OSError:
@@ -293,6 +388,7 @@ class Cassette:
         """SQLite keeps writing into a file deleted or replaced under it, where nobody will
         ever read it: stop instead, loudly."""
         if self._identity is not None and not self._still_ours():
+            assert isinstance(self.path, Path)
             what = "replaced" if self.path.exists() else "deleted"
             raise CassetteError(f"{self.path}: the cassette was {what} while recording; "
                                 "recording stopped")
@@ -307,11 +403,21 @@ class Cassette:
 
     # -- writing -------------------------------------------------------------------------
 
+    def peek_next_id(self) -> int:
+        """The id `allocate_id` will give next (a writer process tells its proxy)."""
+        return self._next_id
+
     def allocate_id(self) -> int:
-        """Reserve the next interaction id without touching the database (hot path)."""
+        """Number the next interaction without touching the database (hot path). The
+        stored id is the database's, given when the start is written (`stored_id`)."""
         allocated = self._next_id
         self._next_id += 1
         return allocated
+
+    def stored_id(self, allocated: int) -> int:
+        """The id the database gave the interaction `allocate_id` numbered (once its
+        start is written; the same number unless another writer took that one)."""
+        return self._ids.get(allocated, allocated)
 
     async def write(self, batch: WriteBatch) -> None:
         """Write one batch in one transaction."""
@@ -319,11 +425,11 @@ class Cassette:
         conn = self._conn
         try:
             if batch.starts:
-                await conn.execute(
-                    insert(InteractionRow),
+                given = (await conn.execute(
+                    insert(InteractionRow).returning(
+                        InteractionRow.id, sort_by_parameter_order=True),
                     [
                         {
-                            "id": s.id,
                             "started_at": s.started_at,
                             "method": s.request.method,
                             "url": s.request.url,
@@ -335,7 +441,14 @@ class Cassette:
                         }
                         for s in batch.starts
                     ],
-                )
+                )).scalars().all()
+                for start, stored in zip(batch.starts, given, strict=True):
+                    if stored != start.id:
+                        self._ids[start.id] = stored
+            if self._ids:  # another writer took some numbers: write the stored ids
+                batch = self._translated(batch)
+            elif self._schema is not None and not (batch.starts or batch.heads):
+                await conn.exec_driver_sql("SELECT 1")  # begin: COPY joins this transaction
             for head in batch.heads:
                 await conn.execute(
                     update(InteractionRow)
@@ -350,12 +463,10 @@ class Cassette:
                     )
                 )
             if batch.chunks:
-                await sqlite.insert_many(
-                    conn, ChunkRow.__tablename__, CHUNK_COLUMNS, batch.chunks
-                )
+                await self._insert_many(ChunkRow.__tablename__, CHUNK_COLUMNS, batch.chunks)
             if batch.events:
-                await sqlite.insert_many(
-                    conn, EventRow.__tablename__, EVENT_COLUMNS,
+                await self._insert_many(
+                    EventRow.__tablename__, EVENT_COLUMNS,
                     [(iid, *event) for iid, event in batch.events],
                 )
             for end in batch.ends:
@@ -371,7 +482,35 @@ class Cassette:
                 )
             await conn.commit()
         except DBAPIError as exc:
-            raise CassetteError(f"{self.path}: write failed: {sqlite.describe(exc)}") from exc
+            raise CassetteError(f"{self.path}: write failed: {self._describe(exc)}") from exc
+
+    def _translated(self, batch: WriteBatch) -> WriteBatch:
+        """`batch` with allocated numbers replaced by stored ids (the starts are written)."""
+        ids = self._ids
+        return WriteBatch(
+            starts=[],
+            heads=[HeadUpdate(ids.get(h.id, h.id), h.head, h.head_offset_ns, h.is_sse)
+                   for h in batch.heads],
+            chunks=[(ids.get(i, i), seq, ns, data) for i, seq, ns, data in batch.chunks],
+            events=[(ids.get(i, i), event) for i, event in batch.events],
+            ends=[EndUpdate(ids.get(e.id, e.id), e.complete, e.outcome, e.end_offset_ns,
+                            e.error) for e in batch.ends],
+        )
+
+    async def _insert_many(
+        self, table: str, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        schema = self._schema
+        if schema is None:
+            await sqlite.insert_many(self._conn, table, columns, rows)
+        else:
+            await postgres.insert_many(self._conn, schema, table, columns, rows)
+
+    def _describe(self, exc: BaseException) -> str:
+        location = self.location
+        if location is None:
+            return sqlite.describe(exc)
+        return postgres.describe(exc, location)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -391,12 +530,12 @@ class Cassette:
             ChunkRow.interaction_id.label("iid"),
             func.count().label("n"),
             func.coalesce(func.sum(func.length(ChunkRow.data)), 0).label("size"),
-            func.sum(case((rows.screen(_CHUNKS), 1), else_=0)).label("bad"),
+            self._screened(_CHUNKS),
         )
         event_stats = select(
             EventRow.interaction_id.label("iid"),
             func.sum(case((EventRow.kind == "event", 1), else_=0)).label("n"),
-            func.sum(case((rows.screen(_EVENTS), 1), else_=0)).label("bad"),
+            self._screened(_EVENTS),
         )
         if only is not None:  # one interaction: aggregate its rows only, not every table's
             chunk_stats = chunk_stats.where(ChunkRow.interaction_id == only)
@@ -418,6 +557,8 @@ class Cassette:
         )
         if only is not None:
             query = query.where(InteractionRow.id == only)
+        if not self.in_progress:
+            query = query.where(InteractionRow.end_reason.is_not(None))
         found = []
         for row in await self._read(query):
             interaction = rows.interaction(row._mapping, self.path)
@@ -427,6 +568,13 @@ class Cassette:
                 await self._first_bad(_EVENTS, interaction.id)
             found.append(interaction)
         return found
+
+    def _screened(self, table: Any) -> Any:
+        """How many rows break a rule, by SQL (see `rows.screen`): on SQLite, where a column
+        holds any value; PostgreSQL's typed columns cannot, and `check` runs on each read."""
+        if self.location is not None:
+            return literal(0).label("bad")
+        return func.sum(case((rows.screen(table), 1), else_=0)).label("bad")
 
     async def _first_bad(self, table: Any, interaction_id: int) -> None:
         """Raise the CassetteError that the first row the screen flagged deserves."""
@@ -469,7 +617,7 @@ class Cassette:
             return (await self._conn.execute(query)).all()
         except DBAPIError as exc:
             raise CassetteError(
-                f"{self.path}: damaged cassette: {sqlite.describe(exc)}"
+                f"{self.path}: damaged cassette: {self._describe(exc)}"
             ) from None
 
 
@@ -502,3 +650,68 @@ def _remove(files: list[Path], dirs: list[Path]) -> None:
             directory.rmdir()
         except OSError:
             return  # not empty, or not ours to remove: neither are its parents
+
+
+def _create(connection: Any, schema: str | None) -> None:
+    """An empty database (or PostgreSQL schema) becomes a new cassette: the tables of the
+    head revision, then the format's `cassette_meta` rows."""
+    migrate.upgrade(connection, schema, stamp_baseline=False)
+    meta = {
+        "format": FORMAT_NAME,
+        "version": str(FORMAT_VERSION),
+        "created_at": str(time.time()),
+        "created_by": f"sse-recorder {__version__}",
+    }
+    connection.execute(insert(MetaRow), [{"key": k, "value": v} for k, v in meta.items()])
+
+
+def _upgrade(connection: Any, schema: str | None) -> None:
+    """Bring a cassette about to be recorded into to the head revision (a v1 file from
+    before Alembic is stamped as revision 0001 first)."""
+    revision = migrate.current(connection, schema)
+    if revision != migrate.head():
+        migrate.upgrade(connection, schema, stamp_baseline=revision is None)
+
+
+async def open_store(
+    target: str | Path | Location, name: str | None = None, *, record: bool = False,
+    in_progress: bool | None = None,
+) -> Cassette:
+    """The one way commands open a cassette: a SQLite path, or a store URL with the
+    cassette named in it (`?cassette=NAME`) or by `name`. `record`: create or append."""
+    if record:
+        return await Cassette.open_for_recording(target, name)
+    return await Cassette.open(target, name, in_progress=in_progress)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCassette:
+    name: str
+    interactions: int
+
+
+async def list_cassettes(target: str | Path | Location) -> list[StoredCassette]:
+    """The cassettes of a store (a SQLite file holds one, named after the file)."""
+    where = locate(target)
+    if not isinstance(where, Location):
+        async with await Cassette.open(where) as cassette:
+            return [StoredCassette(where.name, len(await cassette.interactions()))]
+    found = []
+    for name in await stored_names(where):
+        async with await Cassette.open(where.named(name), in_progress=False) as cassette:
+            found.append(StoredCassette(name, len(await cassette.interactions())))
+    return found
+
+
+async def stored_names(location: Location) -> list[str]:
+    """The names of the cassettes a store holds."""
+    engine = postgres.engine(location.named(None)).execution_options(
+        isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            return await postgres.cassettes(conn)
+    except Exception as exc:  # the driver's and the network's errors alike
+        raise CassetteError(
+            f"{location.store}: cannot connect: {postgres.describe(exc, location)}") from None
+    finally:
+        await engine.dispose()

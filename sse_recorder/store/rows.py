@@ -38,9 +38,11 @@ from sse_recorder.model import (
 )
 from sse_recorder.store.schema import ChunkRow, EventRow, InteractionRow, outcome_from_disk
 
-# The Python type sqlite3 returns for each SQLite storage class (`typeof()` names).
+# The Python type sqlite3 returns for each SQLite storage class (`typeof()` names); a
+# PostgreSQL boolean column gives a bool where SQLite gives 0 or 1.
 STORAGE: dict[type, str] = {
-    int: "integer", float: "real", str: "text", bytes: "blob", type(None): "null",
+    int: "integer", bool: "integer", float: "real", str: "text", bytes: "blob",
+    type(None): "null",
 }
 LATEST_TIME = 253402214400.0  # 9999-12-31 UTC: later cannot be shown as a local date
 _UNSAFE = frozenset("\r\n\0")  # would split or end a header line on the wire
@@ -164,7 +166,8 @@ RULES: dict[str, dict[str, Rule]] = {
     },
     EventRow.__tablename__: {
         "seq": _NATURAL,
-        "kind": Rule(("text",), choices=("event", "comment")),
+        # SSE events and comments; frames of other streams (sse_recorder.framing)
+        "kind": Rule(("text",), choices=("event", "comment", "frame", "error", "invalid")),
         "type": _MAYBE_TEXT,
         "data": _TEXT,
         "event_id": _MAYBE_TEXT,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sse_recorder.model import Headers, Outcome
@@ -22,6 +22,12 @@ class Base(DeclarativeBase):
     pass
 
 
+# Ids and nanosecond offsets outgrow 32 bits: BIGINT on PostgreSQL, and on SQLite the
+# INTEGER that every v1 file has (64-bit there; an INTEGER PRIMARY KEY is the rowid).
+# The tables are created by the Alembic revisions in migrations/, which spell them the same.
+BIG = BigInteger().with_variant(Integer(), "sqlite")
+
+
 class MetaRow(Base):
     __tablename__ = "cassette_meta"
     key: Mapped[str] = mapped_column(String, primary_key=True)
@@ -30,7 +36,7 @@ class MetaRow(Base):
 
 class InteractionRow(Base):
     __tablename__ = "interactions"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BIG, primary_key=True)
     started_at: Mapped[float] = mapped_column(Float)
     method: Mapped[str] = mapped_column(String)
     url: Mapped[str] = mapped_column(Text)
@@ -41,34 +47,36 @@ class InteractionRow(Base):
     reason: Mapped[str | None] = mapped_column(String)
     response_headers: Mapped[str | None] = mapped_column(Text)
     response_http_version: Mapped[str | None] = mapped_column(String)
-    head_offset_ns: Mapped[int | None] = mapped_column(Integer)
+    head_offset_ns: Mapped[int | None] = mapped_column(BIG)
     is_sse: Mapped[bool] = mapped_column(Boolean, default=False)
     complete: Mapped[bool] = mapped_column(Boolean, default=False)
     end_reason: Mapped[str | None] = mapped_column(String)  # NULL: never finalized
-    end_offset_ns: Mapped[int | None] = mapped_column(Integer)
+    end_offset_ns: Mapped[int | None] = mapped_column(BIG)
     error: Mapped[str | None] = mapped_column(Text)
 
 
 class ChunkRow(Base):
     __tablename__ = "chunks"
-    interaction_id: Mapped[int] = mapped_column(ForeignKey("interactions.id"), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
-    offset_ns: Mapped[int] = mapped_column(Integer)
+    interaction_id: Mapped[int] = mapped_column(BIG, ForeignKey("interactions.id"),
+                                                primary_key=True)
+    seq: Mapped[int] = mapped_column(BIG, primary_key=True)
+    offset_ns: Mapped[int] = mapped_column(BIG)
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class EventRow(Base):
     __tablename__ = "events"
-    interaction_id: Mapped[int] = mapped_column(ForeignKey("interactions.id"), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    interaction_id: Mapped[int] = mapped_column(BIG, ForeignKey("interactions.id"),
+                                                primary_key=True)
+    seq: Mapped[int] = mapped_column(BIG, primary_key=True)
     kind: Mapped[str] = mapped_column(String)  # "event" or "comment"
     type: Mapped[str | None] = mapped_column(String)
     data: Mapped[str] = mapped_column(Text)
     event_id: Mapped[str | None] = mapped_column(String)
-    retry: Mapped[int | None] = mapped_column(Integer)
-    offset_ns: Mapped[int] = mapped_column(Integer)
-    first_chunk: Mapped[int] = mapped_column(Integer)
-    last_chunk: Mapped[int] = mapped_column(Integer)
+    retry: Mapped[int | None] = mapped_column(BIG)
+    offset_ns: Mapped[int] = mapped_column(BIG)
+    first_chunk: Mapped[int] = mapped_column(BIG)
+    last_chunk: Mapped[int] = mapped_column(BIG)
 
 
 # Bulk inserts pass rows as tuples in these column orders: a chunk is (id, seq, ns, data),

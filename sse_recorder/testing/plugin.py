@@ -33,6 +33,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from sse_recorder.experiment.pytest_support import MARKER as EXPERIMENT_MARKER
+from sse_recorder.experiment.pytest_support import (  # sse_scenario: the fixture
+    generate_tests,
+    sse_scenario,  # noqa: F401
+)
 from sse_recorder.testing import locate
 from sse_recorder.testing.network import Guard
 from sse_recorder.testing.processes import START_TIMEOUT, STOP_TIMEOUT, Process, ProcessError
@@ -44,6 +49,10 @@ if TYPE_CHECKING:
     from sse_recorder.replay.server import ReplayOptions, ReplayServer
 
 T = TypeVar("T")
+
+# Playwright fixtures (sse_browser, sse_context, sse_page): Playwright is imported only when
+# one is used.
+pytest_plugins = ("sse_recorder.testing.playwright",)
 
 
 # -- options -------------------------------------------------------------------------------
@@ -78,11 +87,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   "servers (as --sse-block-network).", type="bool", default=False)
     parser.addini("sse_allowed_hosts", "With sse_block_network: comma-separated host or "
                   "host:port still allowed.")
+    parser.addini("sse_store", "A cassette store URL (postgresql+asyncpg://USER@HOST/DB; "
+                  "password in it or in PGPASSWORD): each test's cassette is the store's "
+                  "cassette of the test's name instead of a file.")
     parser.addini("sse_confdir", "mitmproxy confdir (CA) for recording and proxy mode "
                                  "(default: a fresh one per test session).")
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`@pytest.mark.sse_experiment(PLAN)`: one test per scenario (experiment/pytest_support)."""
+    generate_tests(metafunc)
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", EXPERIMENT_MARKER)
     config.addinivalue_line(
         "markers",
         "sse_cassette(name=None, *, record_mode, upstream, path, speed, max_gap, match, "
@@ -301,6 +319,24 @@ class SSECassette:
             served += parse_records(self._proxy.stderr())
         return served
 
+    def allow_origin(self, *origins: str) -> None:
+        """Let web pages at `origins` read `base_url` (the replay's `--cors`; `*`: any page).
+        Recording, the upstream's own CORS headers are what the page gets, as recorded."""
+        if self._server is None:
+            return
+        from sse_recorder.errors import ConfigError
+        from sse_recorder.replay.cors import Cors
+
+        try:
+            cors = Cors.parse([*self._server.options.cors.origins, *origins])
+        except ConfigError as exc:
+            pytest.fail(f"sse-recorder: {exc}", pytrace=False)
+        if isinstance(self._proxy, Process) and cors != self._server.options.cors:
+            pytest.fail("sse-recorder: allow_origin must come before proxy_url is first used "
+                        "(sse_page and sse_context use it): the proxy runs in a process of "
+                        "its own here, started with the origins allowed then", pytrace=False)
+        self._server.options = dataclasses.replace(self._server.options, cors=cors)
+
     @property
     def unmatched(self) -> list[Served]:
         """Requests the cassette had no answer for (each fails the test)."""
@@ -311,6 +347,8 @@ class SSECassette:
     # -- life cycle --
 
     def _shown(self) -> str:
+        if not isinstance(self.path, Path):  # a store's cassette: its URL, no password
+            return str(self.path)
         try:
             return str(self.path.relative_to(Path.cwd()))
         except ValueError:
@@ -324,7 +362,7 @@ class SSECassette:
         from sse_recorder.errors import CassetteError
 
         mode = self.record_mode
-        exists = self.path.exists()
+        exists = self._exists()
         try:
             self._options = self.settings.replay_options()
         except ValueError as exc:
@@ -361,7 +399,22 @@ class SSECassette:
             self._remove()
         self.recording = True  # the recorder starts when the test asks for a URL
 
+    def _exists(self) -> bool:
+        if isinstance(self.path, Path):
+            return self.path.exists()
+        from sse_recorder.errors import CassetteError
+        from sse_recorder.store.cassette import stored_names
+
+        try:
+            return self.path.name in self._state.loop.run(stored_names(self.path))
+        except CassetteError as exc:  # the store cannot be read
+            pytest.fail(f"sse-recorder: {exc}", pytrace=False)
+
     def _remove(self) -> None:
+        if not isinstance(self.path, Path):
+            pytest.fail(f"sse-recorder: {self._shown()}: a store's cassette is never "
+                        "replaced by a test (record mode all, or a failed recording): "
+                        "`sse-recorder copy` or drop it yourself", pytrace=False)
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
@@ -433,7 +486,9 @@ class SSECassette:
             else:  # its own replay server in the subprocess, its records on stderr
                 args = [self._state.recorder().path, "replay", str(self.path),
                         "--proxy", "--port", "0", "--confdir", str(self._confdir()),
-                        "--log-format", "json", *self.settings.replay_arguments(self._options)]
+                        "--log-format", "json", *self.settings.replay_arguments(self._options),
+                        *(arg for origin in sorted(self._server.options.cors.origins)
+                          for arg in ("--cors", origin))]
                 self._proxy = Process(args, self._workdir / f"proxy-{time.monotonic_ns()}.log")
         except RuntimeError as exc:
             pytest.fail(f"sse-recorder: cannot start proxy mode: {exc}", pytrace=False)

@@ -64,6 +64,24 @@ def _default_name(item: pytest.Item) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(names)).strip("-.") or "cassette"
 
 
+def store_cassette(url: str, name: str | None) -> Any:
+    """Cassette `name` (or the one the URL names) of a store URL, as a `store.Location`.
+    A password in the URL goes to PGPASSWORD: what is handed to a recorder process is the
+    URL without it. Raises ValueError (with why) for a URL that cannot be used."""
+    import os
+
+    from sse_recorder.errors import CassetteError
+    from sse_recorder.store.location import locate
+
+    try:
+        location = locate(url, name)
+    except CassetteError as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(location, Path) and location.password:
+        os.environ["PGPASSWORD"] = location.password
+    return location
+
+
 def check_speed(speed: str) -> None:
     """Raise ValueError (with why) unless `speed` is 'instant' or a positive factor."""
     from sse_recorder.errors import ConfigError
@@ -80,7 +98,7 @@ class CassetteSettings:
     """What one test's marker, the command line and the ini file decided, merged."""
 
     name: str
-    path: Path
+    path: Path  # or a `store.Location`: a cassette in the `sse_store` ini's store
     record_mode: RecordMode
     upstream: str | None
     kwargs: dict[str, Any]
@@ -110,8 +128,13 @@ class CassetteSettings:
         kwargs["speed"] = speed or "instant"
         name = name or _default_name(item)
         module_dir = item.path.parent
-        if kwargs.get("path"):
+        store = config.getini("sse_store") or None
+        if kwargs.get("path") and "://" in str(kwargs["path"]):
+            path = store_cassette(str(kwargs["path"]), None)
+        elif kwargs.get("path"):
             path = module_dir / Path(str(kwargs["path"])).expanduser()
+        elif store:
+            path = store_cassette(str(store), name)
         else:
             path = module_dir / "cassettes" / item.path.stem / f"{name}.sqlite"
         return cls(name, path, mode, upstream, kwargs)

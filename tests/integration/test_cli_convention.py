@@ -33,8 +33,11 @@ from tests.helpers import SSE_RECORDER, RecordDemo
 pytestmark = pytest.mark.integration
 
 LISTENERS = {"record", "replay", "demo-upstream"}
-ON_A_CASSETTE = {"record", "replay", "ls", "show"}
-WITH_JSON = {"ls", "show"}
+ON_A_CASSETTE = {"record", "replay", "ls", "show", "export", "report"}
+WITH_JSON = {"ls", "show", "diff"}
+# A second listener of its own, named for what it serves (as mitmproxy's --web-host/--web-port).
+SECOND_LISTENERS = {"replay": {"control_host": ["--control-host"],
+                               "control_port": ["--control-port"]}}
 ALIASES = {  # older spellings that must keep parsing, out of sight
     ("record", "reverse"): ("--upstream",),
     ("record", "listen_host"): ("--host",), ("record", "listen_port"): ("--port",),
@@ -53,7 +56,8 @@ def documented(option: click.Option) -> list[str]:
 
 def test_every_command_is_listed() -> None:
     assert set(main.commands) == {"record", "replay", "ls", "show", "faults", "demo",
-                                  "demo-upstream", "addon-path"}
+                                  "demo-upstream", "addon-path", "copy", "diff", "experiment",
+                                  "export", "import", "report"}
 
 
 @pytest.mark.parametrize("name", sorted(main.commands))
@@ -64,11 +68,13 @@ def test_options_follow_the_convention(name: str) -> None:
         if option.hidden:
             continue
         assert option.help, f"{name} {option.opts} has no help"
-        assert all(re.fullmatch(r"--[a-z][a-z0-9]*(-[a-z0-9]+)*|-h", o) for o in option.opts)
+        # -o: the output file, as in curl and every compiler
+        assert all(re.fullmatch(r"--[a-z][a-z0-9]*(-[a-z0-9]+)*|-h|-o", o) for o in option.opts)
     # listening: mitmproxy's names, the old ones as hidden aliases, nothing else
     listen = {n: documented(o) for n, o in found.items() if "host" in n or "port" in n}
     if name in LISTENERS:
-        assert listen == {"listen_host": ["--listen-host"], "listen_port": ["--listen-port"]}
+        assert listen == {"listen_host": ["--listen-host"], "listen_port": ["--listen-port"],
+                          **SECOND_LISTENERS.get(name, {})}
         assert found["listen_host"].default == "127.0.0.1" and found["listen_port"].default == 0
     else:
         assert listen == {}
@@ -138,8 +144,8 @@ FAILURES = {
     # usage errors, one line instead of click's four
     "unknown-command": Failure(("frobnicate",), "No such command 'frobnicate'. (see "
                                                 "sse-recorder --help)"),
-    "unknown-option": Failure(("replay", "{cassette}", "--bogus"),
-                              "--bogus'. (see sse-recorder replay --help)"),
+    "unknown-option": Failure(("replay", "{cassette}", "--zzz"),
+                              "--zzz'. (see sse-recorder replay --help)"),
     "misspelt-option": Failure(("replay", "{cassette}", "--listen-prot", "0"),
                                "'--listen-port'?) (see sse-recorder replay --help)"),
     "no-cassette": Failure(("record",), "Missing argument 'CASSETTE'. (see sse-recorder record"),

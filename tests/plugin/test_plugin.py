@@ -636,8 +636,8 @@ def test_the_examples_pass_from_their_committed_cassettes(tmp_path: Path) -> Non
     examples = REPO / "examples"
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]
     assert config["ini_options"]["testpaths"] == ["tests"]  # a bare `pytest` skips examples/
-    cassettes = sorted((examples / "cassettes").rglob("*.sqlite"))
-    assert len(cassettes) == 3
+    cassettes = sorted(examples.glob("**/cassettes/**/*.sqlite"))
+    assert len(cassettes) == 4  # three SDK streams and the browser page's
     before = {p: snapshot(p) for p in cassettes}
     copy = tmp_path / "elsewhere"
     shutil.copytree(examples, copy / "examples")
@@ -649,5 +649,5 @@ def test_the_examples_pass_from_their_committed_cassettes(tmp_path: Path) -> Non
         )
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"rootdir: {cwd / 'examples'}\nconfigfile: pytest.ini" in done.stdout
-        assert "4 passed" in done.stdout
+        assert "5 passed" in done.stdout  # four SDK tests and one browser test
     assert {p: snapshot(p) for p in cassettes} == before  # replayed, never re-recorded

@@ -13,7 +13,6 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.flow import Error
 
-from sse_recorder.errors import CassetteError
 from sse_recorder.mitm.record_addon import Recorder, classify_error
 from sse_recorder.model import Chunk, Interaction, Outcome, RecordedEvent
 from sse_recorder.record.redact import MARKER
@@ -185,7 +184,8 @@ async def test_non_sse_flow_is_stored_whole(harness: Harness) -> None:
     recorder.request(flow)
     body = b'{"data": [{"id": "m1"}], "refresh_token": "JSON-SECRET"}'
     flow.response = tutils.tresp(
-        headers=http.Headers([(b"content-type", b"application/json")]), content=body
+        headers=http.Headers([(b"content-type", b"application/json"),
+                              (b"content-length", str(len(body)).encode())]), content=body
     )
     recorder.responseheaders(flow)
     assert flow.response.stream is False  # buffered by mitmproxy as usual
@@ -323,14 +323,10 @@ async def test_cassette_cannot_change_while_recording(harness: Harness) -> None:
 async def test_storage_failure_kills_flows_and_stops_the_proxy(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A real storage failure in the writer process (the cassette deleted under it)."""
     recorder = harness.recorder
-    session = recorder.session
-    assert session is not None and session._cassette is not None
-
-    async def broken_write(batch: object) -> None:
-        raise CassetteError("rec.cassette: write failed: disk is full")
-
-    monkeypatch.setattr(session._cassette, "write", broken_write)
+    assert recorder.session is not None
+    harness.path.unlink()
     live = tflow.tflow(req=request())
     recorder.request(live)
     # the writer fails on its first batch and asks mitmproxy to shut down

@@ -35,13 +35,12 @@ from sse_recorder.model import (
     RecordedRequest,
     body_framing,
 )
-from sse_recorder.record.session import RecordingSession
 from sse_recorder.store import sqlite as store_sqlite
 from sse_recorder.store.cassette import Cassette, EndUpdate, InteractionStart, WriteBatch
 from sse_recorder.store.schema import Base
 from sse_recorder.wire.probe import probe
 from sse_recorder.wire.responses import head as wire_head
-from tests.helpers import SSE_RECORDER, RecorderFactory
+from tests.helpers import SSE_RECORDER, RecorderFactory, task_session
 from tests.unit.test_cassette import record_sample, side_files
 
 # --------------------------------------------------------------------------------------------
@@ -474,7 +473,7 @@ async def test_session_stops_on_a_deleted_cassette(tmp_path: Path) -> None:
     """The recorder's failure path: the write raises, `on_failure` hears it once."""
     path = tmp_path / "c.sqlite"
     failures: list[Exception] = []
-    session = RecordingSession(str(path), on_failure=failures.append)
+    session = task_session(str(path), on_failure=failures.append)
     await session.start()
     first = session.begin(RecordedRequest("GET", "http://h/1", ()), 1.0)
     session.end(first, Outcome.PROXY_ERROR, 1, "x")
@@ -644,7 +643,7 @@ async def test_existing_dirs_are_kept_when_the_cassette_goes(tmp_path: Path) -> 
 
 async def test_session_that_recorded_nothing_leaves_no_file(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite"
-    session = RecordingSession(str(path))
+    session = task_session(str(path))
     await session.start()
     assert path.exists()
     await session.close()

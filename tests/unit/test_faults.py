@@ -254,11 +254,13 @@ BAD = [
     ("inject:shape=error,data=x", "inject takes shape= or event=/data=, not both"),
     ("heartbeat", "heartbeat needs every=DURATION > 0"),
     ("heartbeat:every=0s", "heartbeat needs every=DURATION > 0"),
-    ("heartbeat:every=1s,style=loud", "style must be comment or ping"),
+    ("heartbeat:every=1s,style=loud",
+     "style must be comment, ping, heartbeat, keep-alive or connection-status"),
     ("retry", "retry needs value=DURATION"),
     ("retry:value=soon", "retry.value: bad duration 'soon'"),
     ("retry:value=1.5", "retry value= is a whole number of milliseconds"),
-    ("corrupt:at_event=2", "corrupt needs mode= (one of field, utf8, json, duplicate, omit)"),
+    ("corrupt:at_event=2",
+     "corrupt needs mode= (one of field, utf8, json, duplicate, omit, crc, truncate)"),
     ("corrupt:mode=scramble", "mode must be one of"),
     ("corrupt:mode=omit,at_event=0", "corrupt at_event= counts events from 1"),
 ]
@@ -307,16 +309,13 @@ def test_every_type_is_described_and_has_a_valid_example() -> None:
      "shape must be text, openai or anthropic, not 'openia' (did you mean openai?)"),
     ("latency:chunk=1ms,jitter=1ms,dist=normall", "dist must be fixed, uniform, normal or "
      "lognormal, not 'normall' (did you mean normal?)"),
-    ("heartbeat:every=1s,style=pings", "style must be comment or ping, not 'pings' "
-     "(did you mean ping?)"),
+    ("heartbeat:every=1s,style=pings", "style must be comment, ping, heartbeat, keep-alive or "
+     "connection-status, not 'pings' (did you mean ping?)"),
     ("drop:per=events", "per must be connection or event, not 'events' (did you mean event?)"),
     ("drop:after_event=1,on_resume=fersh",
      "on_resume must be fresh or none, not 'fersh' (did you mean fresh?)"),
-    ("inject:shape=anthropic-overload", "shape must be one of error, warning, retry-hint, "
-     "backoff, anthropic-overloaded, openai-error, not 'anthropic-overload' "
-     "(did you mean anthropic-overloaded?)"),
-    ("corrupt:mode=jsn", "mode must be one of field, utf8, json, duplicate, omit, not 'jsn' "
-     "(did you mean json?)"),
+    ("corrupt:mode=jsn", "mode must be one of field, utf8, json, duplicate, omit, crc, truncate, "
+     "not 'jsn' (did you mean json?)"),
 ])
 def test_unknown_names_suggest_the_nearest(spec: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -324,7 +323,18 @@ def test_unknown_names_suggest_the_nearest(spec: str, message: str) -> None:
     assert str(info.value) == f"{spec}: {message}"
 
 
-PER_EVENT_ONLY = "(only pause, stall, drop, inject, corrupt roll at every event)"
+def test_an_unknown_inject_shape_lists_every_shape_and_the_nearest() -> None:
+    from sse_recorder.demo.payloads import SHAPES
+    from sse_recorder.framing.registry import FRAME_SHAPES
+
+    with pytest.raises(ConfigError) as info:
+        parse_spec("inject:shape=anthropic-overload")
+    shapes = ", ".join([*SHAPES, *FRAME_SHAPES])
+    assert str(info.value) == (f"inject:shape=anthropic-overload: shape must be one of {shapes}, "
+                               "not 'anthropic-overload' (did you mean anthropic-overloaded?)")
+
+
+PER_EVENT_ONLY = "(only pause, stall, timeout, drop, inject, corrupt roll at every event)"
 
 
 @pytest.mark.parametrize(("spec", "message"), [

@@ -29,11 +29,13 @@ from sse_recorder.model import (
     ResponseHead,
 )
 from sse_recorder.record import session as session_module
+from sse_recorder.record import writer as writer_module
 from sse_recorder.record.body import Body
 from sse_recorder.record.redact import MARKER, RedactionRules
 from sse_recorder.record.session import Recorded, RecorderConfig, RecordingSession
 from sse_recorder.sse import Comment, Item, parse
 from sse_recorder.store.cassette import Cassette, WriteBatch
+from tests.helpers import task_session
 
 SSE_HEAD = ResponseHead(200, "OK", (("Content-Type", "text/event-stream"),))
 JSON_HEAD = ResponseHead(200, "OK", (("Content-Type", "application/json"),))
@@ -58,7 +60,7 @@ async def read_back(path: Path) -> ReadBack:
 
 @pytest.fixture
 async def session(tmp_path: Path) -> AsyncIterator[RecordingSession]:
-    recording = RecordingSession(str(tmp_path / "rec.cassette"))
+    recording = task_session(str(tmp_path / "rec.cassette"))
     await recording.start()
     try:
         yield recording
@@ -90,7 +92,7 @@ def comment(seq: int, text: str, chunk: int) -> RecordedEvent:
 
 async def test_begin_head_chunk_end_flow(tmp_path: Path) -> None:
     path = tmp_path / "rec.cassette"
-    session = RecordingSession(str(path))
+    session = task_session(str(path))
     await session.start()
     iid = session.begin(GET, started_at=1700000000.5)
     assert iid == 1
@@ -125,7 +127,7 @@ async def test_interleaved_streams_in_one_batch_stay_apart(tmp_path: Path) -> No
     """The writer feeds each body's chunks of a batch together; interleaving (and an end
     arriving while the other stream goes on) must not mix or reorder anything."""
     path = tmp_path / "rec.cassette"
-    session = RecordingSession(str(path))
+    session = task_session(str(path))
     await session.start()
     a, b = session.begin(GET, 1.0), session.begin(GET, 2.0)
     session.head(a, SSE_HEAD, 10)
@@ -159,7 +161,7 @@ async def test_head_reports_whether_the_body_is_an_event_stream(
 
 async def test_events_spanning_chunks_and_several_events_per_chunk(tmp_path: Path) -> None:
     path = tmp_path / "rec.cassette"
-    session = RecordingSession(str(path))
+    session = task_session(str(path))
     await session.start()
     iid = session.begin(GET, 1.0)
     session.head(iid, SSE_HEAD, 1)
@@ -191,7 +193,7 @@ async def test_events_spanning_chunks_and_several_events_per_chunk(tmp_path: Pat
 
 async def test_non_sse_body_is_stored_as_given_without_events(tmp_path: Path) -> None:
     path = tmp_path / "rec.cassette"
-    session = RecordingSession(str(path))
+    session = task_session(str(path))
     await session.start()
     iid = session.begin(GET, 1.0)
     assert session.head(iid, JSON_HEAD, 1) is False
@@ -214,7 +216,7 @@ async def test_non_sse_body_is_stored_as_given_without_events(tmp_path: Path) ->
 async def test_redaction_of_request_response_headers_chunks_and_events(tmp_path: Path) -> None:
     path = tmp_path / "rec.cassette"
     rules = RedactionRules.with_extra(headers=["X-Custom-Auth"], json_fields=["sessionKey"])
-    session = RecordingSession(str(path), RecorderConfig(redaction=rules))
+    session = task_session(str(path), RecorderConfig(redaction=rules))
     await session.start()
     request = RecordedRequest(
         method="POST",
@@ -303,7 +305,7 @@ async def _record_one(
     """Record one interaction; with `batch_between`, each piece lands in its own writer
     batch. The secret must be nowhere, in the files even while recording."""
     path = tmp_path / "rec.cassette"
-    session = RecordingSession(str(path), RecorderConfig(redaction=rules or RedactionRules()))
+    session = task_session(str(path), RecorderConfig(redaction=rules or RedactionRules()))
     await session.start()
     iid = session.begin(request, 1.0)
     session.head(iid, head, 1)
@@ -439,7 +441,7 @@ async def test_a_compressed_request_body(tmp_path: Path) -> None:
 
 async def test_error_text_is_scrubbed(tmp_path: Path) -> None:
     path = tmp_path / "rec.cassette"
-    session = RecordingSession(str(path))
+    session = task_session(str(path))
     await session.start()
     iid = session.begin(RecordedRequest("GET", f"https://h/?api_key={SECRET}", ()), 1.0)
     session.end(iid, Outcome.PROXY_ERROR, 5, f"cannot connect to https://h/?api_key={SECRET}")
@@ -468,7 +470,7 @@ async def test_truncation_check(
     tmp_path: Path, chunks: list[bytes], check: bool, reason: Outcome, complete: bool
 ) -> None:
     path = tmp_path / "rec.cassette"
-    session = RecordingSession(str(path))
+    session = task_session(str(path))
     await session.start()
     iid = session.begin(GET, 1.0)
     session.head(iid, SSE_HEAD, 1)
@@ -485,7 +487,7 @@ async def test_truncation_check(
 
 async def test_truncation_check_keeps_an_error_reason(tmp_path: Path) -> None:
     path = tmp_path / "rec.cassette"
-    session = RecordingSession(str(path))
+    session = task_session(str(path))
     await session.start()
     iid = session.begin(GET, 1.0)
     session.head(iid, SSE_HEAD, 1)
@@ -500,7 +502,7 @@ async def test_truncation_check_keeps_an_error_reason(tmp_path: Path) -> None:
 
 async def test_close_marks_open_interactions_recording_stopped(tmp_path: Path) -> None:
     path = tmp_path / "rec.cassette"
-    session = RecordingSession(str(path))
+    session = task_session(str(path))
     await session.start()
     done = session.begin(GET, 1.0)
     session.head(done, SSE_HEAD, 1)
@@ -541,16 +543,16 @@ async def test_on_recorded_reports_each_interaction_after_its_commit(
         reports.append(recorded)
         log.append(("recorded", recorded.id))
 
-    session = RecordingSession(str(path), RecorderConfig(on_recorded=on_recorded))
+    session = task_session(str(path), RecorderConfig(on_recorded=on_recorded))
     await session.start()
-    assert session._cassette is not None
-    write = session._cassette.write
+    assert session._channel.cassette is not None
+    write = session._channel.cassette.write
 
     async def logged_write(batch: WriteBatch) -> None:
         await write(batch)
         log.extend(("committed", end.id) for end in batch.ends)
 
-    monkeypatch.setattr(session._cassette, "write", logged_write)
+    monkeypatch.setattr(session._channel.cassette, "write", logged_write)
     stream = session.begin(
         RecordedRequest("GET", "https://api.example.com/s?api_key=QK-1&x=1", ()), 1.0
     )
@@ -559,7 +561,7 @@ async def test_on_recorded_reports_each_interaction_after_its_commit(
     feed(session, stream, body)
     failed = session.begin(GET, 2.0)
     still_open = session.begin(GET, 3.0)
-    await wait_until(lambda: session._writer_idle and not session._queue)
+    await session.flush()
     assert reports == []  # nothing has ended yet
     session.end(stream, Outcome.CLEAN, 7000)
     session.end(failed, Outcome.PROXY_ERROR, 900, "connection refused")
@@ -601,7 +603,7 @@ async def test_on_recorded_counts_match_the_cassette_and_a_failing_hook_is_harml
         seen.append(recorded)
         raise RuntimeError("display broke")
 
-    session = RecordingSession(str(path), RecorderConfig(on_recorded=on_recorded))
+    session = task_session(str(path), RecorderConfig(on_recorded=on_recorded))
     await session.start()
     for n in range(3):
         iid = session.begin(GET, float(n))
@@ -619,16 +621,16 @@ async def test_on_recorded_is_not_called_after_a_storage_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[Recorded] = []
-    session = RecordingSession(
+    session = task_session(
         str(tmp_path / "rec.cassette"), RecorderConfig(on_recorded=seen.append)
     )
     await session.start()
-    assert session._cassette is not None
+    assert session._channel.cassette is not None
 
     async def broken_write(batch: WriteBatch) -> None:
         raise CassetteError("rec.cassette: write failed: disk I/O error")
 
-    monkeypatch.setattr(session._cassette, "write", broken_write)
+    monkeypatch.setattr(session._channel.cassette, "write", broken_write)
     iid = session.begin(GET, 1.0)
     session.end(iid, Outcome.CLEAN, 4)
     await wait_until(lambda: session.failure is not None)
@@ -651,9 +653,9 @@ async def test_storage_failure_is_reported_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     failures: list[Exception] = []
-    session = RecordingSession(str(tmp_path / "rec.cassette"), on_failure=failures.append)
+    session = task_session(str(tmp_path / "rec.cassette"), on_failure=failures.append)
     await session.start()
-    assert session._cassette is not None
+    assert session._channel.cassette is not None
     calls = 0
 
     async def broken_write(batch: WriteBatch) -> None:
@@ -661,7 +663,7 @@ async def test_storage_failure_is_reported_once(
         calls += 1
         raise CassetteError("rec.cassette: write failed: disk I/O error")
 
-    monkeypatch.setattr(session._cassette, "write", broken_write)
+    monkeypatch.setattr(session._channel.cassette, "write", broken_write)
     iid = session.begin(GET, 1.0)
     session.head(iid, SSE_HEAD, 1)
     session.chunk(iid, 2, b"data: 1\n\n")
@@ -681,7 +683,7 @@ async def test_storage_failure_is_reported_once(
 
 async def test_chunks_are_committed_promptly(tmp_path: Path) -> None:
     path = tmp_path / "rec.cassette"
-    session = RecordingSession(str(path))
+    session = task_session(str(path))
     await session.start()
     try:
         warm = await read_back(path)  # pay the reader's first-open costs outside the clock
@@ -712,18 +714,18 @@ async def test_chunks_are_committed_promptly(tmp_path: Path) -> None:
 async def test_batches_are_cut_by_body_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(session_module, "MAX_BATCH_BYTES", 250)
-    session = RecordingSession(str(tmp_path / "rec.cassette"))
+    monkeypatch.setattr(writer_module, "MAX_BATCH_BYTES", 250)
+    session = task_session(str(tmp_path / "rec.cassette"))
     await session.start()
-    assert session._cassette is not None
-    write = session._cassette.write
+    assert session._channel.cassette is not None
+    write = session._channel.cassette.write
     sizes: list[int] = []
 
     async def counting_write(batch: WriteBatch) -> None:
         sizes.append(sum(len(c[3]) for c in batch.chunks))
         await write(batch)
 
-    monkeypatch.setattr(session._cassette, "write", counting_write)
+    monkeypatch.setattr(session._channel.cassette, "write", counting_write)
     iid = session.begin(GET, 1.0)
     session.head(iid, SSE_HEAD, 1)
     feed(session, iid, [b"data: %s\n\n" % (b"x" * 92)] * 10)  # 100 bytes each
@@ -738,12 +740,12 @@ async def test_the_backlog_age_is_kept_and_congestion_cleared_by_a_commit(
 ) -> None:
     """`backlog_since_ns` bounds how old uncommitted data is: it stays at the first queued
     item while a write is stuck, advances as batches commit, and is reset once all is."""
-    monkeypatch.setattr(session_module, "MAX_BATCH", 2)  # leave items queued behind a batch
+    monkeypatch.setattr(writer_module, "MAX_BATCH", 2)  # leave items queued behind a batch
     changes: list[bool] = []
-    session = RecordingSession(str(tmp_path / "rec.cassette"), on_congestion=changes.append)
+    session = task_session(str(tmp_path / "rec.cassette"), on_congestion=changes.append)
     await session.start()
-    assert session._cassette is not None
-    write = session._cassette.write
+    assert session._channel.cassette is not None
+    write = session._channel.cassette.write
     gate, writing = asyncio.Event(), asyncio.Event()
 
     async def gated_write(batch: WriteBatch) -> None:
@@ -751,9 +753,8 @@ async def test_the_backlog_age_is_kept_and_congestion_cleared_by_a_commit(
         await gate.wait()
         await write(batch)
 
-    await wait_until(lambda: session._writer_idle)
     assert session.backlog_since_ns == session_module.NO_BACKLOG
-    monkeypatch.setattr(session._cassette, "write", gated_write)
+    monkeypatch.setattr(session._channel.cassette, "write", gated_write)
     before = time.monotonic_ns()
     iid = session.begin(GET, 1.0)
     session.head(iid, SSE_HEAD, 1)

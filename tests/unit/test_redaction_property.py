@@ -28,6 +28,7 @@ from sse_recorder.model import Outcome, RecordedRequest, ResponseHead
 from sse_recorder.record.redact import RedactionRules, value_forms
 from sse_recorder.record.session import RecorderConfig, RecordingSession
 from sse_recorder.sse import Event, parse
+from tests.helpers import task_session
 
 SETTINGS = settings(max_examples=60, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -151,7 +152,7 @@ def _tables(path: Path) -> bytes:
 
 async def _record(case: Case, path: Path, cuts: list[int], batch_after: set[int]) -> None:
     rules = RedactionRules.with_extra(values=[case.by_value])
-    session = RecordingSession(str(path), RecorderConfig(redaction=rules))
+    session = task_session(str(path), RecorderConfig(redaction=rules))
     await session.start()
     try:
         await _feed(session, case, path, cuts, batch_after)

@@ -1,0 +1,150 @@
+"""The writer process: `python -m sse_recorder.record.child`, started by a recording session.
+
+Why a process: parsing, redaction and SQLite work cost the proxy's own process about as much
+CPU as forwarding the traffic, and every microsecond of it is taken from the traffic. Here
+the proxy only stamps and pickles; this process does the rest on the other core.
+
+Messages are length-prefixed pickles (`FRAME`), between two processes of the same
+installation only. The proxy sends `Start` first, then lists of writer items; this process
+answers `Ready` (or `Refused`: the cassette could not be opened), then a `Commit` per batch,
+`Failed` once if storage fails, and `Closed` when it has finished the cassette.
+
+It reads its pipe eagerly, so what the proxy handed over survives the proxy: on end of input
+without a STOP (the proxy was killed) it ends the interactions still open as stopped,
+writes everything and finishes the cassette. It ignores SIGINT and SIGTERM for the same
+reason: the proxy, which gets them too, stops it by closing the pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import struct
+import sys
+from dataclasses import dataclass
+
+from sse_recorder.model import Outcome
+from sse_recorder.record.redact import RedactionRules
+from sse_recorder.record.writer import END, STOP, Commit, Writer
+
+FRAME = struct.Struct(">I")
+PROXY_GONE = "the proxy exited without closing the recording"
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    cassette: str
+    rules: tuple[frozenset[str], frozenset[str], frozenset[str], tuple[str, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    next_id: int  # the cassette's next interaction id: the proxy's first token
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    pass
+
+
+def encode(message: object) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return FRAME.pack(len(data)) + data
+
+
+async def read_message(reader: asyncio.StreamReader) -> object | None:
+    """The next message, or None at the end of input. A frame cut short is the last write
+    of a process killed while writing it: what it held never fully arrived."""
+    try:
+        size = FRAME.unpack(await reader.readexactly(FRAME.size))[0]
+        return pickle.loads(await reader.readexactly(size))
+    except asyncio.IncompleteReadError:
+        return None
+
+
+def rules_message(rules: RedactionRules) -> tuple[frozenset[str], frozenset[str],
+                                                    frozenset[str], tuple[str, ...]]:
+    """What rebuilds the rules here (their compiled form does not pickle)."""
+    return rules.headers, rules.query_params, rules.json_fields, rules.values
+
+
+async def _serve() -> int:
+    from sse_recorder.store.cassette import Cassette
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 30)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                 os.fdopen(0, "rb", buffering=0))
+    out_transport, out_protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(1, "wb", buffering=0))
+    out = asyncio.StreamWriter(out_transport, out_protocol, None, loop)
+
+    start = await read_message(reader)
+    if not isinstance(start, Start):
+        return 2
+    try:
+        cassette = await Cassette.open_for_recording(start.cassette)
+    except Exception as exc:  # noqa: BLE001 - CassetteError or an OS error: told to the proxy
+        out.write(encode(Refused(str(exc))))
+        await out.drain()
+        return 2
+
+    def send(message: object) -> None:
+        if not out_transport.is_closing():  # closed: the proxy is gone, nobody to tell
+            out.write(encode(message))
+
+    def committed(commit: Commit) -> None:
+        send(commit)
+
+    def failed(exc: Exception) -> None:
+        send(Failed(str(exc)))
+
+    writer = Writer(cassette, RedactionRules(*start.rules), committed, failed)
+    send(Ready(cassette.peek_next_id()))
+    running = loop.create_task(writer.run())
+    stopped = False
+    while not stopped:
+        message = await read_message(reader)
+        if message is None:  # the proxy is gone: keep what it handed over
+            writer.feed([(END, token, None, Outcome.STOPPED, PROXY_GONE, False)
+                         for token in writer.open_tokens()] + [(STOP,)])
+            break
+        assert isinstance(message, list)
+        stopped = any(item[0] == STOP for item in message[-2:])  # STOP, then the frame's ACK
+        writer.feed(message)
+    await running
+    try:
+        if not writer.failed:
+            await cassette.finish_recording()
+    finally:
+        await cassette.close()
+    send(Closed())
+    try:
+        await out.drain()
+    except ConnectionError:
+        pass  # the proxy is gone: nobody to tell
+    return 1 if writer.failed else 0
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(asyncio.run(_serve()))
+
+
+if __name__ == "__main__":  # run as the module itself, so pickled classes are these
+    from sse_recorder.record.child import main as module_main
+
+    module_main()

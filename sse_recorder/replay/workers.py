@@ -1,0 +1,366 @@
+"""`replay --workers N`: one listening address served by N processes.
+
+Why processes: one Python process tops out near 100,000 timed sends per second and cannot
+use a second core. Each worker is a fork of the supervising process with its own event loop
+and its own cassette reader; the supervisor only holds the listening sockets, prints the URL
+once every worker is ready, reports and replaces a worker that dies, and stops them all on
+SIGINT or SIGTERM.
+
+How connections reach the workers:
+- SO_REUSEPORT (Linux, the BSDs): one listening socket per worker on the same address; the
+  kernel spreads connections over them by a hash of both ends. The supervisor keeps every
+  socket open, so the connections hashed to a worker that died wait in its queue for its
+  replacement instead of being refused;
+- a shared listening socket where SO_REUSEPORT is missing: every worker accepts from it;
+- `pin` (Linux): a classic BPF program picks the socket by the client's address (its last
+  32 bits, modulo N), so every connection from one client address meets the same worker and
+  that worker's per-server state (the order of repeated identical requests, the response
+  numbers faults are drawn from).
+
+Logs: the workers write to the stderr they inherit, a whole line per write(2); the fault log
+is opened by each worker in append mode and gets a whole line per write(2), so lines never
+interleave within a line.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+from sse_recorder.errors import ConfigError
+
+__all__ = ["AUTO", "Listeners", "Seat", "Supervisor", "listen", "worker_count"]
+
+AUTO = "auto"
+BACKLOG = 4096
+STOP_TIMEOUT = 10.0  # seconds for the workers to stop after SIGTERM, then SIGKILL
+QUICK_DEATH = 1.0  # a worker that dies sooner than this is restarted after a growing delay
+MAX_DELAY = 8.0
+
+
+def worker_count(text: str) -> int:
+    """`N` (at least 1) or `auto`: the CPUs this process may run on."""
+    if text.strip().lower() == AUTO:
+        affinity = getattr(os, "sched_getaffinity", None)
+        return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ConfigError(f"--workers takes a number of processes (1 or more) or {AUTO}, "
+                          f"not {text!r}")
+    return count
+
+
+# -- listening -------------------------------------------------------------------------------
+
+
+@dataclass
+class Listeners:
+    """The listening sockets: one per worker (SO_REUSEPORT), or one they share."""
+
+    host: str
+    port: int
+    sockets: list[socket.socket]
+
+    def for_worker(self, index: int) -> socket.socket:
+        """Its own socket, or the shared one."""
+        return self.sockets[index % len(self.sockets)]
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+REUSEPORT = hasattr(socket, "SO_REUSEPORT")
+SO_ATTACH_REUSEPORT_CBPF = 51  # Linux, <asm-generic/socket.h>
+SKF_NET_OFF = -0x100000  # classic BPF: loads relative to the network header
+# struct sock_filter {u16 code; u8 jt; u8 jf; u32 k}: load a word, A %= k, return A
+LD_W_ABS, ALU_MOD_K, RET_A = 0x20, 0x94, 0x16
+# where the last 32 bits of the source address are in the IP header
+SOURCE_WORD: dict[int, int] = {socket.AF_INET: 12, socket.AF_INET6: 20}
+
+
+def listen(host: str, port: int, count: int, pin: bool = False) -> Listeners:
+    """Listening sockets on `host:port` (port 0: a free one) for `count` workers.
+
+    Raises OSError when the address cannot be listened on, ConfigError when `pin` is
+    asked where the kernel cannot do it."""
+    if pin and not (REUSEPORT and sys.platform.startswith("linux")):
+        raise ConfigError("--pin-clients needs Linux (SO_REUSEPORT with a BPF program)")
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count if REUSEPORT else 1):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if REUSEPORT:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            address = sock.getsockname()  # port 0: the others join the port it got
+            sock.listen(BACKLOG)  # the kernel numbers the group's sockets in listen order
+        if pin:
+            _pin_by_source(sockets[0], family, count)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return Listeners(host, int(address[1]), sockets)
+
+
+def _pin_by_source(sock: socket.socket, family: int, count: int) -> None:
+    """Attach to the reuseport group the program that picks socket `source % count`."""
+    program = [(LD_W_ABS, 0, 0, (SKF_NET_OFF + SOURCE_WORD[family]) & 0xFFFFFFFF),
+               (ALU_MOD_K, 0, 0, count), (RET_A, 0, 0, 0)]
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *op) for op in program))
+    fprog = struct.pack("HL", len(program), ctypes.addressof(code))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+    except OSError as exc:
+        raise ConfigError(f"--pin-clients: the kernel refused the BPF program "
+                          f"({exc.strerror})") from None
+
+
+# -- supervising -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Seat:
+    """What one worker serves from."""
+
+    index: int  # 0..N-1
+    sock: socket.socket  # listening: serve it with `asyncio.start_server(sock=...)`
+    first: bool  # the first worker's first start: it alone prints start-up warnings
+
+
+@dataclass
+class _Worker:
+    index: int
+    pid: int = 0
+    status: int = -1  # the read end of the worker's stdout: its URL line says it is ready
+    ready: bool = False
+    started: float = 0.0
+    delay: float = 0.0  # before the next restart when it keeps dying quickly
+    due: float | None = None  # when to start it again
+
+
+@dataclass
+class Supervisor:
+    """Start `count` forks running `serve(seat)` (which returns an exit status), print the
+    URL once all are ready, replace those that die, stop all on SIGINT/SIGTERM."""
+
+    listeners: Listeners
+    count: int
+    serve: Callable[[Seat], int]
+    ready: Callable[[], None]  # every worker is serving: print the URL
+    report: Callable[[str], None]  # one line about the workers
+    workers: list[_Worker] = field(default_factory=list)
+    _selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
+    _stopping: bool = False
+    _announced: bool = False
+    _wake: tuple[int, int] = (-1, -1)  # the signal wake-up pipe
+
+    def run(self) -> int:
+        """Supervise until signalled (0), or until the first worker fails to start (its
+        exit status: it printed why)."""
+        wake_r, wake_w = self._wake = os.pipe()
+        os.set_blocking(wake_w, False)
+        previous = {sig: signal.signal(sig, self._signalled)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        self._selector.register(wake_r, selectors.EVENT_READ)
+        self.workers = [_Worker(i) for i in range(self.count)]
+        try:
+            self._start(self.workers[0])  # alone first: a bad cassette is reported once
+            return self._loop(wake_r)
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._stop_all()
+            self._selector.close()
+            os.close(wake_r)
+            os.close(wake_w)
+            self.listeners.close()
+
+    def _signalled(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def _loop(self, wake_r: int) -> int:
+        while not self._stopping:
+            now = time.monotonic()
+            dues = [w.due for w in self.workers if w.due is not None]
+            timeout = max(0.0, min(dues) - now) if dues else None
+            for key, _ in self._selector.select(timeout):
+                if key.fd == wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 512)
+                    continue
+                worker: _Worker = key.data
+                ended = self._read(worker)
+                if ended is not None and not self._stopping:
+                    failed = self._ended(worker, *ended)
+                    if failed is not None:
+                        return failed
+            now = time.monotonic()
+            for worker in self.workers:
+                if worker.due is not None and worker.due <= now and not self._stopping:
+                    worker.due = None
+                    self._start(worker)
+        return 0
+
+    def _read(self, worker: _Worker) -> tuple[int, int] | None:
+        """Read what the worker printed; once it ended, its pid and exit status."""
+        data = os.read(worker.status, 4096)
+        if data:  # it prints one line, its URL, once it serves
+            if not worker.ready:
+                worker.ready = True
+                self._on_ready(worker)
+            return None
+        self._selector.unregister(worker.status)
+        os.close(worker.status)
+        worker.status = -1
+        pid, worker.pid = worker.pid, 0
+        return pid, os.waitpid(pid, 0)[1]
+
+    def _on_ready(self, worker: _Worker) -> None:
+        if self._stopping:
+            return
+        if not self._announced:
+            if worker.index == 0:  # the cassette opens: start the others all at once
+                for other in self.workers[1:]:
+                    self._start(other)
+            if all(w.ready for w in self.workers):
+                self._announced = True
+                self.ready()
+        else:
+            self.report(f"worker {worker.index + 1} of {self.count} (pid {worker.pid}) "
+                        "is serving again")
+
+    def _ended(self, worker: _Worker, pid: int, status: int) -> int | None:
+        """A worker ended on its own: the exit status to stop with (a start-up failure),
+        else None, with its replacement scheduled."""
+        how = _how(status)
+        if not self._announced:  # it printed why it could not start
+            if worker.index != 0:
+                self.report(f"worker {worker.index + 1} of {self.count} {how} while starting")
+            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1
+        lived = time.monotonic() - worker.started
+        worker.delay = (min(max(worker.delay * 2, 0.25), MAX_DELAY)
+                        if lived < QUICK_DEATH else 0.0)
+        worker.ready = False
+        worker.due = time.monotonic() + worker.delay
+        after = f" in {worker.delay:g} s" if worker.delay else ""
+        self.report(f"worker {worker.index + 1} of {self.count} (pid {pid}) {how}; "
+                    f"starting another{after}")
+        return None
+
+    def _start(self, worker: _Worker) -> None:
+        read, write = os.pipe()
+        seat = Seat(worker.index, self.listeners.for_worker(worker.index),
+                    first=worker.index == 0 and worker.started == 0.0)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # or the child would write the parent's buffer again
+        pid = os.fork()
+        if pid == 0:  # the worker
+            os.close(read)
+            os._exit(self._child(seat, write))
+        os.close(write)
+        worker.pid, worker.status, worker.started = pid, read, time.monotonic()
+        self._selector.register(read, selectors.EVENT_READ, worker)
+
+    def _child(self, seat: Seat, status: int) -> int:
+        """In the fork: leave the supervisor's state behind, serve, return the exit status."""
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_DFL)  # until the worker's loop takes them
+            _die_with_parent()
+            self._selector.close()
+            for fd in self._wake:
+                os.close(fd)
+            for other in self.workers:
+                if other.status >= 0:
+                    os.close(other.status)
+            for sock in self.listeners.sockets:
+                if sock is not seat.sock:
+                    sock.close()
+            os.dup2(status, 1)  # the worker's first stdout line (its URL) says it is ready
+            os.close(status)
+            code = self.serve(seat)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(BaseException):
+                atexit._run_exitfuncs()  # the worker's log is flushed at exit
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(BaseException):
+                    stream.flush()
+        return code
+
+    def _stop_all(self) -> None:
+        """SIGTERM to every worker, SIGKILL to those still there after STOP_TIMEOUT; a
+        worker has ended when its stdout pipe closes."""
+        for worker in self.workers:
+            if worker.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while any(w.status >= 0 for w in self.workers):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for key, _ in self._selector.select(remaining):
+                if isinstance(key.data, _Worker):
+                    self._read(key.data)
+                else:  # the signal wake-up pipe
+                    os.read(key.fd, 512)
+        for worker in self.workers:
+            if worker.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGKILL)
+                os.waitpid(worker.pid, 0)
+                worker.pid = 0
+            if worker.status >= 0:
+                self._selector.unregister(worker.status)
+                os.close(worker.status)
+                worker.status = -1
+
+
+def _how(status: int) -> str:
+    """How a worker ended, in words."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        return f"was killed by {signal.Signals(number).name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM if the supervisor dies, even by SIGKILL."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the call
+        os._exit(1)

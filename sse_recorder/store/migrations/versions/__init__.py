@@ -1,0 +1,1 @@
+"""Alembic revisions of the cassette schema (a package so that it is installed)."""

@@ -1,0 +1,177 @@
+"""The recorder's writer process (sse_recorder.record.child), exercised for real: the flows of
+test_recorder.py through a child process, what a dead writer or a dead proxy leaves behind,
+and secrets cut at every kind of boundary between proxy and writer (frame, batch, flush)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sse_recorder.errors import CassetteError
+from sse_recorder.model import Outcome, RecordedRequest
+from sse_recorder.record.child import PROXY_GONE
+from sse_recorder.record.redact import MARKER, RedactionRules
+from sse_recorder.record.session import (
+    Recorded,
+    RecorderConfig,
+    RecordingSession,
+    WriterMode,
+)
+from tests.unit.test_recorder import GET, SSE_HEAD, feed, read_back
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_a_recording_through_the_writer_process(tmp_path: Path) -> None:
+    path = tmp_path / "rec.cassette"
+    reports: list[Recorded] = []
+    session = RecordingSession(str(path), RecorderConfig(on_recorded=reports.append))
+    assert session.config.writer is WriterMode.PROCESS  # what the proxy uses by default
+    await session.start()
+    first = session.begin(GET, 1.0)
+    session.head(first, SSE_HEAD, 10)
+    feed(session, first, [b"data: one\n\n", b"data: t", b"wo\n\n"])
+    await session.flush()
+    assert session.chunks_written == 3 and session.backlog_since_ns > 1 << 61
+    second = session.begin(GET, 2.0)
+    session.end(first, Outcome.CLEAN, 5000)
+    await session.close()  # `second` is still open: stopped
+
+    got = await read_back(path)
+    assert [i.id for i in got.interactions] == [first, second] == [1, 2]
+    assert [c.data for c in got.chunks[first]] == [b"data: one\n\n", b"data: t", b"wo\n\n"]
+    assert [(e.data, e.first_chunk, e.last_chunk) for e in got.events[first]] == [
+        ("one", 0, 0), ("two", 1, 2)]
+    assert [(r.id, r.outcome, r.events, r.chunks) for r in reports] == [
+        (first, Outcome.CLEAN, 2, 3), (second, Outcome.STOPPED, 0, 0)]
+
+
+async def test_appending_numbers_tokens_as_the_cassette_does(tmp_path: Path) -> None:
+    path = tmp_path / "rec.cassette"
+    for started in (1.0, 2.0):
+        session = RecordingSession(str(path))
+        await session.start()
+        iid = session.begin(GET, started)
+        session.end(iid, Outcome.CLEAN, 10)
+        await session.close()
+    assert [i.id for i in (await read_back(path)).interactions] == [1, 2]
+    assert iid == 2
+
+
+async def test_a_cassette_the_writer_cannot_open_is_one_line(tmp_path: Path) -> None:
+    session = RecordingSession(str(tmp_path))  # a directory
+    with pytest.raises(CassetteError, match="is a directory") as info:
+        await session.start()
+    assert "\n" not in str(info.value)
+
+
+async def test_a_writer_process_that_dies_is_a_storage_failure(tmp_path: Path) -> None:
+    failures: list[Exception] = []
+    session = RecordingSession(str(tmp_path / "rec.cassette"), on_failure=failures.append)
+    await session.start()
+    iid = session.begin(GET, 1.0)
+    await session.flush()
+    process = session._channel._process  # type: ignore[attr-defined]
+    process.kill()
+    await process.wait()
+    session.chunk(iid, 20, b"data: lost\n\n")
+    await session.close()
+    assert len(failures) == 1 and session.failure is failures[0]
+    assert "writer process exited" in str(failures[0])
+
+
+PROXY = textwrap.dedent("""
+    import asyncio, os, signal, sys
+    from sse_recorder.model import Outcome, RecordedRequest, ResponseHead
+    from sse_recorder.record.session import RecordingSession
+
+    async def main() -> None:
+        session = RecordingSession(sys.argv[1])
+        await session.start()
+        head = ResponseHead(200, "OK", (("Content-Type", "text/event-stream"),))
+        iid = session.begin(RecordedRequest("GET", "https://api.example.com/s", ()), 1.0)
+        session.head(iid, head, 1)
+        for n in range(2000):
+            session.chunk(iid, n + 2, b"data: %d\\n\\n" % n)
+            if n % 100 == 99:
+                session._send()  # the outbox goes out as a frame, as its timer would
+        print(session._channel._process.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # the proxy dies with frames in flight
+
+    asyncio.run(main())
+""")
+
+
+def test_what_the_proxy_handed_over_survives_its_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "rec.cassette"
+    proxy = subprocess.run([sys.executable, "-c", PROXY, str(path)], capture_output=True,
+                           text=True, timeout=60, cwd=ROOT)
+    assert proxy.returncode == -signal.SIGKILL, proxy.stderr
+    writer_pid = int(proxy.stdout.split()[0])
+    _wait_gone(writer_pid)  # the orphaned writer finishes the cassette and exits
+
+    got = asyncio.run(read_back(path))
+    (interaction,) = got.interactions
+    assert [c.data for c in got.chunks[interaction.id]] == [
+        b"data: %d\n\n" % n for n in range(2000)]
+    assert interaction.outcome is Outcome.STOPPED and interaction.error == PROXY_GONE
+
+
+def _wait_gone(pid: int, timeout: float = 30.0) -> None:
+    """Wait for a process that is not our child to exit (pidfd: no polling)."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        assert select.select([fd], [], [], timeout)[0], f"writer {pid} still running"
+    finally:
+        os.close(fd)
+
+
+SECRET = "sk-live-0123456789abcdef"
+
+
+@pytest.mark.parametrize("boundary", ["frame", "flush"])
+@pytest.mark.parametrize("cut", [1, 8, 14, len(SECRET) - 1])
+async def test_a_secret_cut_between_frames_never_reaches_the_disk(
+    tmp_path: Path, boundary: str, cut: int
+) -> None:
+    """The secret's event is split across two frames (two loop turns) or two commits
+    (a flush between), at several points inside the value: the writer redacts whole
+    events, whatever the proxy's framing."""
+    path = tmp_path / "rec.cassette"
+    rules = RedactionRules.with_extra(values=[SECRET])
+    session = RecordingSession(str(path), RecorderConfig(redaction=rules))
+    await session.start()
+    request = RecordedRequest("GET", "https://api.example.com/s", ())
+    iid = session.begin(request, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+    event = f'data: {{"newToken":"{SECRET}"}}\n'.encode()
+    split = event.index(SECRET.encode()) + cut
+    session.chunk(iid, 2, event[:split])
+    if boundary == "flush":
+        await session.flush()
+    else:
+        session._send()  # the frame goes now, as its timer would: the rest is in the next
+    session.chunk(iid, 3, event[split:])
+    await session.flush()
+    session.chunk(iid, 4, b"\n")
+    session.end(iid, Outcome.CLEAN, 5)
+    await session.close()
+
+    raw = path.read_bytes()
+    assert SECRET.encode() not in raw
+    if cut >= 8:  # the part the first frame carried is not on disk either
+        assert SECRET[:cut].encode() not in raw
+    got = await read_back(path)
+    assert [e.data for e in got.events[iid]] == [f'{{"newToken":"{MARKER}"}}']
