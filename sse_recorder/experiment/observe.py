@@ -178,10 +178,14 @@ class Tap:
         return self
 
     @property
-    def base_url(self) -> str:
+    def address(self) -> tuple[str, int]:
         assert self._server is not None
         host, port = self._server.sockets[0].getsockname()[:2]
-        return base_url(host, port)
+        return host, port
+
+    @property
+    def base_url(self) -> str:
+        return base_url(*self.address)
 
     async def wind_down(self, timeout: float) -> None:
         """Wait (at most `timeout` s) for the relayed connections to end by themselves."""

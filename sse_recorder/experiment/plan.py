@@ -100,6 +100,10 @@ class Plan:
     speed: float = 1.0
     hypothesis: Hypothesis = field(default_factory=Hypothesis)
     scenarios: tuple[Scenario, ...] = ()
+    # Proxy mode: the client also gets a mitmproxy URL and its CA (in `confdir`), and may
+    # then ask for the recorded URLs themselves, as an unmodified client would.
+    proxy: bool = False
+    confdir: Path = field(default_factory=lambda: Path("~/.mitmproxy").expanduser())
 
     def baseline(self) -> Run:
         scenario = Scenario(BASELINE, hypothesis=self.hypothesis,
@@ -231,7 +235,7 @@ SCENARIO_KEYS: dict[str, Reader] = {
 TOP_KEYS: dict[str, Reader] = {
     "cassette": _TEXT, "seed": _INT, "repeats": _positive(_INT),
     "timeout": _positive(_duration), "speed": _positive(_NUMBER), "client": _TABLE,
-    "hypothesis": _TABLE, "scenario": _list_of(_TABLE),
+    "hypothesis": _TABLE, "scenario": _list_of(_TABLE), "proxy": _BOOL, "confdir": _TEXT,
 }
 REQUIRED = ("cassette", "client")
 
@@ -326,7 +330,17 @@ def _plan(path: Path, document: dict[str, Any]) -> Plan:
         raise ConfigError(f"scenario {twice[0]!r} is defined twice")
     if "speed" in values:
         values["speed"] = float(values["speed"])
+    if "confdir" in values:
+        values["confdir"] = here / Path(values["confdir"]).expanduser()
+    if values.get("proxy") and not proxy_available():
+        raise ConfigError("proxy = true needs mitmproxy: install sse-recorder[record]")
     return Plan(path, cassette, client, hypothesis=hypothesis, scenarios=scenarios, **values)
+
+
+def proxy_available() -> bool:
+    from sse_recorder.mitm import inprocess
+
+    return inprocess.load()
 
 
 def check_command(client: Client) -> None:

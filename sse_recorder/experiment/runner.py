@@ -24,7 +24,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sse_recorder.errors import ConfigError
 from sse_recorder.experiment.measures import ClientResult, Measures, judge, measure
@@ -37,9 +37,16 @@ from sse_recorder.replay.schedule import Timing
 from sse_recorder.replay.server import ReplayOptions, ReplayServer
 from sse_recorder.sse import Event, SSEParser
 
+if TYPE_CHECKING:
+    from sse_recorder.mitm.inprocess import InProcessProxy
+
 OUTPUT_KEPT = 4000  # characters of the client's output kept per run
 SETTLE = 2.0  # seconds to wait for the last served records after the client exits
 ENV_BASE_URL = "SSE_RECORDER_BASE_URL"
+ENV_PROXY_URL = "SSE_RECORDER_PROXY_URL"
+ENV_CA_PATH = "SSE_RECORDER_CA_PATH"
+CA_FILE = "mitmproxy-ca-cert.pem"
+PROXY_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -139,22 +146,29 @@ async def prepare(plan: Plan) -> Recorded:
         await server.close()
 
 
-def client_env(plan: Plan, run: Run, base_url: str) -> dict[str, str]:
-    """The client's environment: ours, the plan's (`{base_url}` filled in), and the run's."""
+def client_env(plan: Plan, run: Run, base_url: str, proxy_url: str | None = None
+               ) -> dict[str, str]:
+    """The client's environment: ours, the plan's (`{base_url}` filled in), and the run's;
+    in proxy mode also the proxy and the CA to trust, under our names and the usual ones."""
     env = dict(os.environ)
     env.update({name: value.replace("{base_url}", base_url) for name, value in plan.client.env})
     env.update({ENV_BASE_URL: base_url, "SSE_RECORDER_RUN_ID": run.id,
                 "SSE_RECORDER_SCENARIO": run.scenario.name,
                 "SSE_RECORDER_SEED": str(run.seed)})
+    if proxy_url is not None:
+        ca = str(plan.confdir / CA_FILE)
+        env.update({ENV_PROXY_URL: proxy_url, ENV_CA_PATH: ca, "HTTP_PROXY": proxy_url,
+                    "HTTPS_PROXY": proxy_url, "SSL_CERT_FILE": ca, "REQUESTS_CA_BUNDLE": ca,
+                    "NO_PROXY": ""})
     return env
 
 
-async def _client(plan: Plan, run: Run, base_url: str) -> ClientResult:
+async def _client(plan: Plan, run: Run, base_url: str, proxy_url: str | None) -> ClientResult:
     argv = [arg.replace("{base_url}", base_url) for arg in plan.client.command]
     started = time.monotonic()
     try:
         process = await asyncio.create_subprocess_exec(
-            *argv, cwd=plan.client.cwd, env=client_env(plan, run, base_url),
+            *argv, cwd=plan.client.cwd, env=client_env(plan, run, base_url, proxy_url),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, start_new_session=True)
     except OSError as exc:
@@ -201,16 +215,29 @@ async def run_one(plan: Plan, run: Run, recorded: Recorded) -> RunResult:
     try:
         await server.start("127.0.0.1", 0)
         tap = await Tap(server.host, server.port).start()
+        proxy = await _start_proxy(plan, tap) if plan.proxy else None
         try:
-            client = await _client(plan, run, tap.base_url)
+            client = await _client(plan, run, tap.base_url, proxy.url if proxy else None)
             await _settle(tap, served, arrived)
         finally:
+            if proxy is not None:
+                await asyncio.to_thread(proxy.stop)
             await tap.close()
     finally:
         await server.close()
     measures = measure(tap.exchanges, served, recorded)
     return RunResult(run, client, measures, served,
                      judge(measures, client, run.scenario.hypothesis), wall)
+
+
+async def _start_proxy(plan: Plan, tap: Tap) -> InProcessProxy:
+    """mitmproxy in front of the tap, rerouting every request to it (as `replay --proxy`
+    does), so what the client asks of the proxy is measured like a base-URL client's."""
+    from sse_recorder.mitm.inprocess import InProcessProxy
+
+    plan.confdir.mkdir(parents=True, exist_ok=True)
+    return await asyncio.to_thread(InProcessProxy, *tap.address, plan.confdir,
+                                   PROXY_TIMEOUT_S, PROXY_TIMEOUT_S)
 
 
 async def _settle(tap: Tap, served: list[Served], arrived: asyncio.Event) -> None:

@@ -360,3 +360,47 @@ def test_a_run_matches_a_replay_process_with_the_same_faults_and_seed(tmp_path: 
                   for record in parse_records(log.read_text())]
     assert by_process == in_process.fault_log()
     assert any(record["faults"] for record in by_process)
+
+
+PROXY_CLIENT = textwrap.dedent('''\
+    """An unmodified-style client: the recorded host over HTTPS, through HTTPS_PROXY,
+    trusting SSL_CERT_FILE (both set by the runner in proxy mode); resumes with
+    Last-Event-ID after a broken stream."""
+    import os, sys, time
+    import httpx
+    last = None
+    for attempt in range(4):
+        headers = {"Last-Event-ID": last} if last else {}
+        try:
+            with httpx.Client(timeout=10) as client:  # trust_env: the proxy and the CA
+                with client.stream("GET", "https://ci.example.test/ci/logs",
+                                   headers=headers) as response:
+                    for line in response.iter_lines():
+                        if line.startswith("id:"):
+                            last = line[3:].strip()
+            print("done", last, os.environ["SSE_RECORDER_CA_PATH"])
+            sys.exit(0)
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    sys.exit(1)
+''')
+
+
+def test_proxy_mode_gives_the_client_a_proxy_and_a_ca(tmp_path: Path) -> None:
+    """`proxy = true`: the client asks for the recorded URL over HTTPS through mitmproxy,
+    trusting its CA from the environment, and the runner measures it like any client."""
+    plan = write_plan(tmp_path, '''
+        [[scenario]]
+        name = "reset"
+        faults = ["drop:after_event=4,how=rst"]
+        times = 1
+        ''', extra=f'proxy = true\nconfdir = "{tmp_path / "mitmproxy"}"')
+    (tmp_path / "client.py").write_text(PROXY_CLIENT)
+    result = experiment(plan)
+    assert result.baseline is not None and result.baseline.held, result.baseline.reasons
+    (run,) = result.results
+    assert run.held, run.reasons
+    assert run.measures.requests == 2 and run.measures.resumed_with_id == 1
+    assert run.measures.missed == [] and run.measures.duplicated == 0
+    assert str(tmp_path / "mitmproxy" / "mitmproxy-ca-cert.pem") in run.client.output
+    assert [entry["type"] for entry in run.served[0].faults] == ["drop"]
