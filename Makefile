@@ -23,7 +23,7 @@ test: $(STAMP)
 	.ci/system-packages
 	$(BIN)/ruff check sse_recorder addons tests bench
 	$(BIN)/mypy sse_recorder addons
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 # The recorder on Python 3.11 with mitmproxy 11.0.2 (and the older httpx/openai/anthropic
 # that its pins allow), beside the main suite's Python 3.12+ and mitmproxy 12.
