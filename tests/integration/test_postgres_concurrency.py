@@ -22,7 +22,8 @@ from tests.integration.support import events_of
 pytestmark = pytest.mark.integration
 
 RECORDERS, STREAMS = 4, 50
-N, INTERVAL_MS = 40, 40  # each stream: 40 events 40 ms apart, ~1.6 s
+N, INTERVAL_MS = 100, 40  # each stream: 100 events 40 ms apart, ~4 s: the kill lands
+# mid-stream even when a loaded box runs the kill a second or two late
 KILL_AFTER = 0.5  # seconds after the killed recorder's last stream began
 LOSS_BOUND_NS = 250_000_000
 TICKS = f"/ticks?n={N}&interval_ms={INTERVAL_MS}"
