@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import h11
 
 from sse_recorder.sse import Event, SSEParser
-from sse_recorder.wire.connections import base_url
+from sse_recorder.wire.connections import base_url, stop_serving
 
 READ_SIZE = 65536
 
@@ -198,11 +198,7 @@ class Tap:
             if exchange.ended is None:
                 exchange.ended, exchange.ending = self.clock(), "open"
         if self._server is not None:
-            self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self._server.wait_closed()
+            await stop_serving(self._server, self._tasks)
             self._server = None
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -87,6 +87,17 @@ def _roll(fault: Fault, rng: random.Random) -> bool:
     return rng.random() < fault.probability
 
 
+def _fires(fault: Fault, rng: random.Random, due: float, events: int, at: float | None,
+           after_event: int | None) -> bool:
+    """Whether a fault fires at the event boundary `events` events and `due` s into the
+    body: a draw per event (per=event), else at its time (at=), else after its event."""
+    if fault.per_event:
+        return _roll(fault, rng)
+    if at is not None:
+        return due >= at
+    return events == after_event
+
+
 # -- content: inject, corrupt, retry ---------------------------------------------------------
 
 
@@ -211,33 +222,17 @@ def cuts(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterat
         if not piece.boundary:
             continue
         for fault, drop, rng in drops:
-            if fault.per_event:
-                fire = _roll(fault, rng)
-            else:
-                fire = drop.after_event is not None and piece.events == drop.after_event
-            if fire:
+            if _fires(fault, rng, piece.due, piece.events, None, drop.after_event):
                 fired(log, fault, piece.due, event=piece.events, how=drop.how)
                 yield Ending(drop.ending, piece.due)
                 return
         for fault, stall, rng in stalls:
-            if fault.per_event:
-                fire = _roll(fault, rng)
-            elif stall.at is not None:
-                fire = piece.due >= stall.at
-            else:
-                fire = piece.events == stall.after_event
-            if fire:
+            if _fires(fault, rng, piece.due, piece.events, stall.at, stall.after_event):
                 fired(log, fault, piece.due, event=piece.events)
                 yield Ending(Outcome.STALLED, piece.due)
                 return
         for fault, timeout, rng in timeouts:
-            if fault.per_event:
-                fire = _roll(fault, rng)
-            elif timeout.at is not None:
-                fire = piece.due >= timeout.at
-            else:
-                fire = piece.events == timeout.after_event
-            if fire:
+            if _fires(fault, rng, piece.due, piece.events, timeout.at, timeout.after_event):
                 yield _time_out(fault, timeout, log, piece.due, piece.events)
                 return
     if not started:  # an empty body: the timeout still closes it
@@ -312,13 +307,7 @@ def timing(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iter
         for index, (fault, pause, rng) in enumerate(pauses):
             if index in paused and not fault.per_event:
                 continue
-            if fault.per_event:
-                fire = _roll(fault, rng)
-            elif pause.at is not None:
-                fire = due >= pause.at
-            else:
-                fire = piece.events == pause.after_event
-            if fire:
+            if _fires(fault, rng, due, piece.events, pause.at, pause.after_event):
                 paused.add(index)
                 shift += pause.duration
                 fired(log, fault, due, event=piece.events,

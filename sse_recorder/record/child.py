@@ -125,11 +125,7 @@ async def _serve() -> int:
         stopped = any(item[0] == STOP for item in message[-2:])  # STOP, then the frame's ACK
         writer.feed(message)
     await running
-    try:
-        if not writer.failed:
-            await cassette.finish_recording()
-    finally:
-        await cassette.close()
+    await writer.finish()
     send(Closed())
     try:
         await out.drain()

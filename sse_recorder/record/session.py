@@ -317,12 +317,7 @@ class _TaskChannel:
     async def close(self) -> None:
         assert self._writer is not None and self._task is not None
         await self._task
-        cassette = self._writer.cassette
-        try:
-            if not self._writer.failed:
-                await cassette.finish_recording()
-        finally:
-            await cassette.close()
+        await self._writer.finish()
 
 
 class _ProcessChannel:

@@ -144,6 +144,14 @@ class Writer:
             commit.recorded = [replace(r, id=stored_id(r.id)) for r in recorded]
             self.on_commit(commit)
 
+    async def finish(self) -> None:
+        """After `run`: leave the cassette one whole file (unless storage failed), close it."""
+        try:
+            if not self.failed:
+                await self.cassette.finish_recording()
+        finally:
+            await self.cassette.close()
+
     def _take(self) -> tuple[list[Item], Commit, bool]:
         """The next batch: up to MAX_BATCH items or MAX_BATCH_BYTES of body, or up to a
         FLUSH or STOP; ACKs passed on the way are reported with it."""

@@ -39,7 +39,7 @@ from sse_recorder.replay.records import Served
 from sse_recorder.replay.server import ReplayServer
 from sse_recorder.units import parse_duration
 from sse_recorder.wire import responses
-from sse_recorder.wire.connections import base_url, close_after_error, keeps_alive
+from sse_recorder.wire.connections import base_url, close_after_error, keeps_alive, stop_serving
 from sse_recorder.wire.requests import BadRequest, Limits, Request, read_request
 
 __all__ = ["ControlServer", "check_host"]
@@ -125,11 +125,7 @@ class ControlServer:
 
     async def close(self) -> None:
         if self._server is not None:
-            self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self._server.wait_closed()
+            await stop_serving(self._server, self._tasks)
             self._server = None
 
     # -- HTTP ------------------------------------------------------------------------------

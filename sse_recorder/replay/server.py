@@ -62,7 +62,13 @@ from sse_recorder.replay.sources import Bodies
 from sse_recorder.routes import host_and_path
 from sse_recorder.store.cassette import Cassette
 from sse_recorder.wire import responses
-from sse_recorder.wire.connections import base_url, close_after_error, keeps_alive, reset
+from sse_recorder.wire.connections import (
+    base_url,
+    close_after_error,
+    keeps_alive,
+    reset,
+    stop_serving,
+)
 from sse_recorder.wire.endings import until_closed
 from sse_recorder.wire.requests import MAX_BUFFERED, BadRequest, Budget, Limits, read_request
 
@@ -171,11 +177,7 @@ class ReplayServer:
 
     async def close(self) -> None:
         if self._server is not None:
-            self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self._server.wait_closed()
+            await stop_serving(self._server, self._tasks)
             self._server = None
         if self._fault_log is not None:
             self._fault_log.close()

@@ -29,6 +29,16 @@ def base_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+async def stop_serving(server: asyncio.Server, connections: set[asyncio.Task[None]]) -> None:
+    """Stop listening and end every connection handler still running (each server keeps
+    its handlers' tasks in `connections`)."""
+    server.close()
+    for task in list(connections):
+        task.cancel()
+    await asyncio.gather(*connections, return_exceptions=True)
+    await server.wait_closed()
+
+
 def reset(writer: asyncio.StreamWriter) -> None:
     """Abort the connection with a TCP RST: SO_LINGER {on, 0}, then close."""
     sock = writer.get_extra_info("socket")
