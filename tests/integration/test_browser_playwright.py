@@ -107,7 +107,13 @@ def test_record_once_then_replay_in_proxy_and_base_url_modes(
         shutil.copyfile(cassette, cassettes / f"{name}.sqlite")
     second = run(pytester)
     second.assert_outcomes(passed=3)
-    second.stdout.fnmatch_lines(["*mode=replaying served=[[]('/ci/logs', 'clean')[]]*"])
+    # One stream served from the cassette. Its ending is the framing of the proxy's hop to
+    # the replay: chunked ('clean'), or a close-delimited body ('closed') when mitmproxy asks
+    # for `Connection: close`, which it did in about 1 of 6 suite runs; both end the body.
+    served = [line for line in second.stdout.lines if "mode=replaying served=" in line]
+    assert len(served) == 1, second.stdout.str()
+    assert served[0].endswith(("served=[('/ci/logs', 'clean')]",
+                               "served=[('/ci/logs', 'closed')]")), served
     assert cassette.read_bytes() == before
 
 
