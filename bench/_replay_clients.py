@@ -7,9 +7,10 @@ bottleneck by looking at the raw baseline's lateness. Garbage collection is off 
 streams run, so a GC pause does not read as server lateness.
 
 One JSON command per stdin line, one JSON reply per stdout line ({"error": str} on failure):
-  {"op": "run", "port", "path", "conns", "start_ns", "timeout"}
+  {"op": "run", "port", "path", "conns", "start_ns", "timeout"[, "ramp_s"]}
      Connect `conns` connections, send every request at `start_ns` (CLOCK_MONOTONIC is shared
-     by all processes), read each response to its end, close.
+     by all processes), or with `ramp_s`, one every ramp_s / conns seconds from then; read
+     each response to its end, close.
      -> {"streams": [[sent_ns, head_ns, [event_ns, ...], complete], ...]}
   {"op": "hold", "port", "path", "conns", "timeout"}
      Connect and request; reply once every stream has its first event, keeping them open.
@@ -104,6 +105,12 @@ def request(path: str, port: int) -> bytes:
         .encode()
 
 
+def send(stream: Stream, wire: bytes) -> None:
+    assert stream.transport is not None
+    stream.sent = time.monotonic_ns()
+    stream.transport.write(wire)
+
+
 async def run(command: dict[str, Any]) -> dict[str, Any]:
     streams, failed = await connect(command["port"], command["conns"])
     if failed:
@@ -112,10 +119,17 @@ async def run(command: dict[str, Any]) -> dict[str, Any]:
     delay = (command.get("start_ns", 0) - time.monotonic_ns()) / 1e9
     if delay > 0:
         await asyncio.sleep(delay)
-    for stream in streams:
-        assert stream.transport is not None
-        stream.sent = time.monotonic_ns()
-        stream.transport.write(wire)
+    ramp = command.get("ramp_s", 0.0)
+    if ramp:  # one request every ramp / conns seconds, on an absolute schedule
+        begin = time.monotonic()
+        for i, stream in enumerate(streams):
+            due = begin + ramp * i / len(streams)
+            if due > time.monotonic():
+                await asyncio.sleep(due - time.monotonic())
+            send(stream, wire)
+    else:
+        for stream in streams:
+            send(stream, wire)
     await asyncio.wait([s.done for s in streams], timeout=command["timeout"])
     for stream in streams:
         if stream.transport is not None:

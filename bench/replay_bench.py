@@ -88,6 +88,7 @@ from _common import (
 
 from sse_recorder.demo.upstream import tick_event
 from sse_recorder.model import Outcome, RecordedRequest, ResponseHead
+from sse_recorder.replay.play import TURN_BYTES
 from sse_recorder.replay.sources import INSTANT_BATCH
 from sse_recorder.store.cassette import (
     Cassette,
@@ -182,13 +183,15 @@ class Workers:
         return [self._read(p) for p in procs]
 
     def streams(self, port: int, path: str, conns: int, workers: int,
-                timeout: float) -> list[list[Any]]:
-        """`conns` requests spread over `workers`, all sent 0.5 s from now (after connecting);
-        each stream as [sent_ns, head_ns, [event_ns...], complete]."""
+                timeout: float, ramp_s: float = 0.0) -> list[list[Any]]:
+        """`conns` requests spread over `workers`, all sent 0.5 s from now (after connecting),
+        or from then on over `ramp_s` seconds at an even rate; each stream as
+        [sent_ns, head_ns, [event_ns...], complete]."""
         share = [conns // workers + (1 if i < conns % workers else 0) for i in range(workers)]
         start_ns = time.monotonic_ns() + int((0.3 + conns / 2000) * 1e9)
         replies = self.ask([{"op": "run", "port": port, "path": path, "conns": n,
-                             "start_ns": start_ns, "timeout": timeout} for n in share])
+                             "start_ns": start_ns, "timeout": timeout + ramp_s,
+                             "ramp_s": ramp_s} for n in share])
         return [s for reply in replies for s in reply["streams"]]
 
     def pids(self) -> list[int]:
@@ -241,7 +244,7 @@ class Servers:
                 args += ["--instant"]
             elif mode == "instant" and kind.startswith("raw"):
                 args += ["--instant", "--batch", str(INSTANT_BATCH)]
-                args += ["--turns"] if kind == "rawturns" else []
+                args += ["--turns", "--turn", str(TURN_BYTES)] if kind == "rawturns" else []
             self.services[name] = Service(name, args, self.workdir).start()
             started.append(name)
         for name in started:
@@ -531,7 +534,8 @@ def bench_instant(workers: Workers, servers: Servers, plan: Plan, summary: Summa
     print(table(["server", "1 client ev/s", "/ raw", f"{plan.multi_clients} clients ev/s",
                  "/ raw", "/ rawturns", "fairness min/median"], rows))
     print(f"raw and rawturns write what the replay writes ({INSTANT_BATCH} B batches); raw "
-          "never lets other streams run, rawturns does after every write, as the replay does")
+          f"never lets other streams run, rawturns does every {TURN_BYTES} B, as the replay "
+          "does")
     print(load.describe())
     for loop in plan.loops:
         label = "" if loop == "asyncio" else f" ({loop})"

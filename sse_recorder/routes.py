@@ -10,6 +10,7 @@ naming the spec it probably meant.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -20,6 +21,7 @@ from sse_recorder.errors import ConfigError
 _METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "*"}
 
 
+@functools.lru_cache(maxsize=4096)  # a recorded URL is asked about once per response served
 def host_and_path(url: str) -> tuple[str, str]:
     """What a route matches in a recorded URL: the host name (lower case, without port)
     and the path; ('', '/') for a URL whose brackets do not pair."""

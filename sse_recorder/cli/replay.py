@@ -128,7 +128,12 @@ def replay(
     from sse_recorder.replay.matching import MatchConfig
     from sse_recorder.replay.records import Served, log_to_stderr
     from sse_recorder.replay.schedule import Timing
-    from sse_recorder.replay.server import ReplayOptions, ReplayServer, loop_factory
+    from sse_recorder.replay.server import (
+        ReplayOptions,
+        ReplayServer,
+        loop_factory,
+        settle_for_serving,
+    )
     from sse_recorder.transfer.exchange import replay_source
     from sse_recorder.units import parse_duration
 
@@ -166,6 +171,7 @@ def replay(
                 await _start(server, listen_host, listen_port)
             else:  # a worker: the supervisor listens, and prints the URL once all are ready
                 await _start_on(server, seat.sock)
+            settle_for_serving()  # before the URL: from then on, a client may be waiting
             click.echo(server.base_url)
             _announce_control(control)
             sys.stdout.flush()

@@ -122,6 +122,7 @@ class Miss:
 _ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
 
 
+@functools.lru_cache(maxsize=4096)  # the same recorded URLs and targets, request after request
 def split_url(url_or_target: str) -> tuple[str, str, str, str]:
     """(scheme, host, path, query) of a recorded URL or a request target, whatever it holds.
 
@@ -146,6 +147,8 @@ def host_of(authority: str) -> str:
 
 
 def _query(query: str, ignored: frozenset[str]) -> list[tuple[str, str]]:
+    if not query:
+        return []
     return sorted(
         (k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k.lower() not in ignored
     )

@@ -9,10 +9,12 @@ the human line; it is only a rendering of the record.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -94,6 +96,9 @@ def parse_records(text: str) -> list[Served]:
     return served
 
 
+COALESCE = 0.01  # seconds a log line may wait for the others of its burst
+
+
 class BackgroundLog:
     """Log lines written by a thread of their own, so that the server never waits for its
     log: a stderr pipe nobody reads fills up, and a write to it then blocks (a server that
@@ -124,18 +129,31 @@ class BackgroundLog:
             self.dropped += 1
 
     def _write(self) -> None:
-        while (line := self._queue.get()) is not None:
+        """Lines in batches: after the first line of a burst, wait COALESCE for the rest and
+        write them all at once, so a burst of requests costs the server one wake-up of this
+        thread and one write, not one of each per line (measured: 40-100 us per request)."""
+        while True:
+            lines = [self._queue.get()]
+            if lines[0] is not None:
+                time.sleep(COALESCE)
+                with contextlib.suppress(queue.Empty):
+                    while lines[-1] is not None:
+                        lines.append(self._queue.get_nowait())
+            stopping = lines[-1] is None
+            text = "".join(f"{line}\n" for line in lines if line is not None)
             stream = self.stream or sys.stderr  # resolved late: tests swap sys.stderr
             dropped = self.dropped
             if dropped > self._reported:
-                stream.write(f"sse-recorder: {dropped - self._reported} log lines dropped "
-                             "(the log was not being read)\n")
+                text = (f"sse-recorder: {dropped - self._reported} log lines dropped "
+                        "(the log was not being read)\n") + text
                 self._reported = dropped
             try:
-                stream.write(line + "\n")
+                stream.write(text)
                 stream.flush()
-            except (OSError, ValueError):  # a closed or broken stream: the line is lost
-                self.dropped += 1
+            except (OSError, ValueError):  # a closed or broken stream: the lines are lost
+                self.dropped += len(lines) - stopping
+            if stopping:
+                return
 
     def close(self) -> None:
         """Write what is queued (for at most `flush_timeout` s) and stop the thread."""

@@ -99,6 +99,7 @@ async def read_request(
     (or left an idle connection silent past `limits.idle`). With `writer`, a client waiting
     for `100 Continue` gets it; `budget` is held only while the body is being received."""
     head: h11.Request | None = None
+    fields: list[tuple[bytes, bytes]] = []
     parts: list[bytes] = []
     size = 0
     held = 0
@@ -124,7 +125,8 @@ async def read_request(
                 conn.receive_data(data)  # b"": end of stream, which h11 judges
             elif isinstance(event, h11.Request):
                 head = event
-                declared = _check_head(head, bytes(raw), limits)
+                fields = list(head.headers)  # h11's Headers iterate slowly: once, here
+                declared = _check_head(fields, bytes(raw), limits)
                 raw.clear()
                 if budget is not None and declared:  # reserved whole, before it arrives
                     if not budget.take(declared):
@@ -142,7 +144,7 @@ async def read_request(
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None
                 return Request(head.method.decode("ascii"), head.target.decode("latin-1"),
-                               decode_headers(head.headers), b"".join(parts),
+                               decode_headers(fields), b"".join(parts),
                                head.http_version.decode("ascii"))
             else:  # ConnectionClosed (PAUSED cannot happen: callers start a new cycle)
                 return None
@@ -184,10 +186,11 @@ def _loop_time(deadline: float | None) -> float | None:
     return asyncio.get_running_loop().time() + (deadline - time.monotonic())
 
 
-def _check_head(head: h11.Request, raw: bytes, limits: Limits) -> int:
-    """What RFC 9112 says to reject that h11 accepts, and a body declared too large;
-    returns the declared Content-Length (0 when none)."""
-    names = {name for name, _ in head.headers}
+def _check_head(fields: list[tuple[bytes, bytes]], raw: bytes, limits: Limits) -> int:
+    """What RFC 9112 says to reject that h11 accepts in a head with these `fields` (and
+    `raw` bytes), and a body declared too large; returns the declared Content-Length (0 when
+    none)."""
+    names = {name for name, _ in fields}
     if b"transfer-encoding" in names and b"content-length" in names:
         raise BadRequest("both Content-Length and Transfer-Encoding (RFC 9112 §6.1: "
                          "a request smuggling shape)")
@@ -195,7 +198,7 @@ def _check_head(head: h11.Request, raw: bytes, limits: Limits) -> int:
     end = _BLANK_LINE.search(region)
     if _FOLD.search(region[:end.start() if end else len(region)]):
         raise BadRequest("obsolete line folding in a header (RFC 9112 §5.2)")
-    declared = next((int(v) for k, v in head.headers if k == b"content-length"), 0)
+    declared = next((int(v) for k, v in fields if k == b"content-length"), 0)
     if declared > limits.max_body:
         raise BadRequest(f"request body over {limits.max_body} bytes", 413)
     return declared

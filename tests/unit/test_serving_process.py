@@ -1,0 +1,65 @@
+"""What a serving process does for its own speed: the log written in batches, the garbage
+collector kept out of the streams' schedule."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+
+from sse_recorder.replay.records import BackgroundLog
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts the writes it gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_a_burst_of_lines_goes_out_whole_in_order_and_in_few_writes() -> None:
+    stream = CountingStream()
+    log = BackgroundLog(stream)
+    lines = [f"GET /stream/{i} -> #1 200, ended clean" for i in range(500)]
+    for line in lines:
+        log(line)
+    log.close()
+    assert stream.getvalue() == "".join(f"{line}\n" for line in lines)
+    assert log.dropped == 0
+    assert stream.writes < len(lines) / 2  # batched: one wake-up and write per burst
+
+
+def test_lines_logged_after_a_quiet_spell_are_written_too() -> None:
+    stream = CountingStream()
+    log = BackgroundLog(stream)
+    log("first")
+    deadline = time.monotonic() + 10
+    while stream.getvalue() != "first\n":  # the thread wrote it and waits again
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    log("second")
+    log.close()
+    assert stream.getvalue() == "first\nsecond\n"
+
+
+def test_a_serving_process_freezes_its_start_up_objects_and_makes_full_passes_rare() -> None:
+    script = (
+        "import gc, json\n"
+        "from sse_recorder.replay.server import FULL_COLLECTION_EVERY, settle_for_serving\n"
+        "before = gc.get_threshold()\n"
+        "settle_for_serving()\n"
+        "print(json.dumps({'before': before, 'after': gc.get_threshold(),\n"
+        "                  'frozen': gc.get_freeze_count(), 'every': FULL_COLLECTION_EVERY}))\n"
+    )
+    out = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                    text=True, check=True).stdout)
+    assert out["frozen"] > 1000  # the modules loaded to serve are out of every pass
+    assert out["after"][:2] == out["before"][:2]  # young collections unchanged
+    assert out["after"][2] == out["every"] > out["before"][2]
