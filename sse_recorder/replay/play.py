@@ -4,8 +4,9 @@ Rules:
 - piece i is due at `start + offset_i / speed` on an absolute schedule (see `schedule.py`),
   and each goes out as one write with TCP_NODELAY, framed by the writer for the recorded
   framing (`wire/responses.py`): one HTTP chunk per recorded chunk, or the raw bytes;
-- paced, the loop sends one chunk per iteration over a plain list, with no call per chunk
-  but the write (and the frame, for chunked bodies); instant, it writes batches and lets
+- paced, the loop sends one chunk per iteration over a plain list of (due time, wire bytes),
+  with no call per chunk but the write (a cached body's list is made once, for every
+  stream); instant, it writes batches and lets
   other connections take a turn after every TURN_BYTES (measured with 100 clients: a turn
   per 4 KiB batch cost a third of the throughput of a server that never turns);
 - the recorded ending is reproduced: terminating chunk, a FIN (the close ends a
@@ -28,7 +29,7 @@ from sse_recorder.faults import Ending, FaultRun, Piece, split_at_events, split_
 from sse_recorder.framing.registry import dialect_for
 from sse_recorder.model import Framing, Interaction, Outcome, body_framing, header_value
 from sse_recorder.replay.schedule import Schedule, Timing
-from sse_recorder.replay.sources import CACHE_LIMIT, Bodies, Body
+from sse_recorder.replay.sources import CACHE_LIMIT, Bodies, Body, Timed, ending_due, timed
 from sse_recorder.wire import responses
 from sse_recorder.wire.endings import end_early
 from sse_recorder.wire.responses import WRITERS, BodyWriter
@@ -138,14 +139,16 @@ class Player:
         if run.chosen:
             return await self._faulted(interaction, body_writer, connection, body, schedule,
                                        start, head_due, skipped, reader, writer, run)
-        if body is None and interaction.body_size <= CACHE_LIMIT:
-            await self.bodies.cached(interaction)  # a first use reads it while the head waits
+        frame = body_writer.frame
+        shared = body is None and interaction.body_size <= CACHE_LIMIT  # one copy for all
+        if shared and not timing.instant:  # a first use reads it while the head waits
+            pieces, end_due = await self.bodies.paced(interaction, frame, timing)
+        elif shared:
+            await self.bodies.cached(interaction)
         await wait_until(start + head_due, self.load)
-        # The hot loops run once per chunk per stream: a cached body is a plain list.
         transport = writer.transport
         field = body_writer.head_field(declared_length(interaction, skipped))
         transport.write(responses.head(interaction.response, field, connection))
-        frame = body_writer.frame
         load = self.load
         try:
             if timing.instant:
@@ -164,22 +167,17 @@ class Player:
                             since_turn = 0
                             await asyncio.sleep(0)
             else:
-                async for page in self.bodies.pages(interaction, body):
-                    for chunk in page:
-                        if not chunk.data:
-                            continue
-                        due = start + schedule.due(chunk.offset_ns)
-                        if due > time.monotonic():
-                            await wait_until(due, load)
-                        transport.write(frame(chunk.data) if frame is not None else chunk.data)
-                        if transport.is_closing():
+                if not shared:  # paged from the cassette, or resumed: timed page by page
+                    async for page in self.bodies.pages(interaction, body):
+                        gone = await _send_paced(timed(page, schedule, frame), start, load,
+                                                 writer)
+                        if gone:
                             return Outcome.CLIENT_GONE
-                        if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
-                            await writer.drain()
-            if interaction.end_offset_ns is not None and interaction.outcome is not (
-                Outcome.CLEAN
-            ):
-                await wait_until(start + schedule.due(interaction.end_offset_ns), load)
+                    end_due = ending_due(interaction, schedule)
+                elif await _send_paced(pieces, start, load, writer):
+                    return Outcome.CLIENT_GONE
+                if end_due is not None:
+                    await wait_until(start + end_due, load)
             return await _end(interaction, body_writer, writer, reader)
         except ConnectionError:
             return Outcome.CLIENT_GONE
@@ -195,14 +193,14 @@ class Player:
         """The recorded stream through the connection's faults. The transform is pure, so
         the whole plan is computed first (the body is read whole; fine for fault runs)."""
         assert interaction.response is not None
-        timed = [(schedule.due(c.offset_ns), c.data)
-                 async for page in self.bodies.pages(interaction, body) for c in page if c.data]
+        planned = [(schedule.due(c.offset_ns), c.data)
+                   async for page in self.bodies.pages(interaction, body) for c in page if c.data]
         # a stream that is not SSE is cut at its own frames (framing.registry)
         run.dialect = None if interaction.is_sse else dialect_for(interaction.response.headers)
         pieces: Iterable[Piece] = (
-            (Piece(d, b) for d, b in timed) if not run.needs_events()
-            else split_at_frames(timed, run.dialect) if run.dialect is not None
-            else split_at_events(timed)
+            (Piece(d, b) for d, b in planned) if not run.needs_events()
+            else split_at_frames(planned, run.dialect) if run.dialect is not None
+            else split_at_events(planned)
         )
         actions = list(run.transform(pieces))
         if any(isinstance(a, Ending) for a in actions):
@@ -236,6 +234,30 @@ class Player:
             return Outcome.CLIENT_GONE
         except Exception as exc:
             raise Interrupted(interaction, exc) from exc
+
+
+async def _send_paced(pieces: Timed, start: float, load: Load,
+                      writer: asyncio.StreamWriter) -> bool:
+    """The hot loop, once per chunk per stream: each piece at `start` + its due time.
+    Returns True when the client went away. Under load (more than PRECISE_MAX_STREAMS
+    playing) it sleeps inline: no call per chunk but the sleep and the write."""
+    transport = writer.transport
+    for due_s, data in pieces:
+        due = start + due_s
+        now = time.monotonic()
+        if due > now:
+            if load.streams > PRECISE_MAX_STREAMS:
+                while due > now:  # a timer can fire early (uvloop's ms steps): sleep again
+                    await asyncio.sleep(due - now)
+                    now = time.monotonic()
+            else:
+                await wait_until(due, load)
+        transport.write(data)
+        if transport.is_closing():
+            return True
+        if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+            await writer.drain()
+    return False
 
 
 async def _end(

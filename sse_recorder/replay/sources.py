@@ -4,8 +4,9 @@ Rules:
 - a body up to CACHE_LIMIT bytes is read from the cassette once, on first use, and shared
   by every stream that plays it; a larger one streams a page (CHUNK_PAGE rows) at a time, so
   the first byte never waits for the whole file and memory stays flat;
-- the play loops get lists (`pages`, `batches`), so that their per-chunk loop is a plain
-  `for` over a list;
+- the play loops get lists (`pages`, `batches`, `paced`), so that their per-chunk loop is a
+  plain `for` over a list; a cached body's paced writes (due time, wire bytes) are made once
+  and shared, so a stream's loop makes no call per chunk but the write;
 - a `Body` of None is the whole recorded body (the cacheable case); a list is a body
   already in memory (a resumed small one); an async iterator is a resumed large one.
 """
@@ -14,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 
-from sse_recorder.model import Chunk, Interaction
+from sse_recorder.model import Chunk, Interaction, Outcome
 from sse_recorder.replay.resume import Cut, resume
+from sse_recorder.replay.schedule import Schedule, Timing
 from sse_recorder.store.cassette import CHUNK_PAGE, Cassette
 
 log = logging.getLogger("sse_recorder.replay")
@@ -27,6 +29,7 @@ INSTANT_BATCH = 16 * 1024  # instant mode: bytes per write (a quarter of a turn,
 
 Body = list[Chunk] | AsyncIterator[Chunk] | None
 Frame = Callable[[bytes], bytes] | None  # a body writer's `frame`: None sends pieces as is
+Timed = list[tuple[float, bytes]]  # paced writes: (seconds from the start, wire bytes)
 
 
 class Bodies:
@@ -39,6 +42,8 @@ class Bodies:
         # gets a chunked recording unframed
         self._batch_cache: dict[tuple[int, Frame], list[bytes]] = {}
         self._cache_locks: dict[int, asyncio.Lock] = {}
+        # paced mode's writes and ending time by (interaction, frame, timing), see `paced`
+        self._paced_cache: dict[tuple[int, Frame, Timing], tuple[Timed, float | None]] = {}
 
     async def cached(self, interaction: Interaction) -> list[Chunk]:
         """A small interaction's chunks, read from the cassette once and shared."""
@@ -85,6 +90,22 @@ class Bodies:
         async for page in self.pages(interaction, body):
             yield batched(page, frame)
 
+    async def paced(
+        self, interaction: Interaction, frame: Frame, timing: Timing
+    ) -> tuple[Timed, float | None]:
+        """A cached body's paced writes and when its recorded ending (a FIN, an RST) is due,
+        on a schedule from the request's start; made once and shared by every stream (about
+        the body's size again in memory)."""
+        key = (interaction.id, frame, timing)
+        plan = self._paced_cache.get(key)
+        if plan is None:
+            schedule = Schedule(timing)
+            schedule.due(interaction.head_offset_ns or 0)  # the head is first on the schedule
+            pieces = timed(await self.cached(interaction), schedule, frame)
+            plan = pieces, ending_due(interaction, schedule)
+            self._paced_cache[key] = plan
+        return plan
+
     async def resume(
         self, interaction: Interaction, last_id: str
     ) -> tuple[Body, int, int] | None:
@@ -109,6 +130,21 @@ class Bodies:
         log.info("Last-Event-ID %r is not in #%d: replaying from the start", last_id,
                  interaction.id)
         return None
+
+
+def timed(chunks: Iterable[Chunk], schedule: Schedule, frame: Frame) -> Timed:
+    """Paced writes: each chunk's due time on `schedule` (in order: with max_gap the
+    schedule carries what it cut) and its wire bytes; empty chunks send nothing."""
+    return [(schedule.due(c.offset_ns), frame(c.data) if frame is not None else c.data)
+            for c in chunks if c.data]
+
+
+def ending_due(interaction: Interaction, schedule: Schedule) -> float | None:
+    """When the recorded ending is due after the body (on `schedule`, past every chunk):
+    only a FIN or RST has a time of its own; a clean end follows the last chunk."""
+    if interaction.end_offset_ns is None or interaction.outcome is Outcome.CLEAN:
+        return None
+    return schedule.due(interaction.end_offset_ns)
 
 
 def batched(chunks: list[Chunk], frame: Frame) -> list[bytes]:

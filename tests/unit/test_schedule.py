@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -10,7 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sse_recorder.errors import ConfigError
+from sse_recorder.model import Chunk, Interaction, Outcome, RecordedRequest, ResponseHead
 from sse_recorder.replay.schedule import Schedule, Timing
+from sse_recorder.replay.sources import ending_due, timed
+from sse_recorder.wire.responses import chunk
 
 MS = 1_000_000  # ns
 
@@ -172,3 +176,53 @@ def test_parse_rejects_bad_text_with_a_one_line_config_error(
 @given(st.floats(0.001, 1e6))
 def test_parse_round_trips_any_positive_factor(speed: float) -> None:
     assert Timing.parse(repr(speed)) == Timing(speed=speed)
+
+
+# -- paced writes: made whole once (a cached body) or page by page (a large one) ------------
+
+chunk_lists = st.lists(
+    st.tuples(st.integers(0, 5_000), st.binary(max_size=3)), max_size=40
+).map(lambda gaps: _chunks(gaps))
+
+
+def _chunks(gaps: list[tuple[int, bytes]]) -> list[Chunk]:
+    """Chunks with non-decreasing offsets (gaps in ms), some of them empty."""
+    offset, out = 0, []
+    for i, (gap, data) in enumerate(gaps):
+        offset += gap * MS
+        out.append(Chunk(i, offset, data))
+    return out
+
+
+@given(chunks=chunk_lists, cuts=st.lists(st.integers(0, 40), max_size=5),
+       max_gap=st.none() | st.floats(0, 3), head_ms=st.integers(0, 4_000))
+def test_paced_writes_are_the_same_whole_or_cut_into_pages(
+    chunks: list[Chunk], cuts: list[int], max_gap: float | None, head_ms: int
+) -> None:
+    """A max_gap cut that spans a page boundary is carried across it, and an empty chunk
+    on either side of one neither sends nor moves the schedule."""
+    timing = Timing(max_gap=max_gap)
+    whole = Schedule(timing)
+    whole.due(head_ms * MS)
+    expected = timed(chunks, whole, chunk)
+    paged = Schedule(timing)
+    paged.due(head_ms * MS)
+    bounds = [0, *sorted(set(cuts)), len(chunks)]
+    got = [p for a, b in zip(bounds, bounds[1:], strict=False) for p in
+           timed(chunks[a:b], paged, chunk)]
+    assert got == expected
+    assert [data for _, data in got] == [chunk(c.data) for c in chunks if c.data]
+    assert all(a <= b for (a, _), (b, _) in zip(got, got[1:], strict=False))
+
+
+def test_a_recorded_reset_is_due_after_the_last_chunk_on_the_same_clamped_schedule() -> None:
+    interaction = Interaction(
+        1, 0.0, RecordedRequest("GET", "http://h/x", ()), ResponseHead(200, "OK", ()),
+        head_offset_ns=0, is_sse=True, complete=False, outcome=Outcome.RESET,
+        end_offset_ns=10_000 * MS, error=None)
+    schedule = Schedule(Timing(max_gap=1.0))
+    schedule.due(0)
+    timed([Chunk(0, 0, b"a"), Chunk(1, 5_000 * MS, b"b")], schedule, None)
+    assert ending_due(interaction, schedule) == pytest.approx(2.0)  # both 5 s gaps cut to 1
+    clean = dataclasses.replace(interaction, outcome=Outcome.CLEAN)
+    assert ending_due(clean, schedule) is None
