@@ -257,7 +257,7 @@ class ReplayServer:
             self.on_served(served)
 
     def _served(self, served: Served) -> None:
-        served = dataclasses.replace(served, time=time.time())
+        served = served.ended_at(time.time())
         self._record(served)
         if self._fault_log is not None:
             try:

@@ -3,13 +3,15 @@ collector kept out of the streams' schedule."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import subprocess
 import sys
 import time
 
-from sse_recorder.replay.records import BackgroundLog
+from sse_recorder.model import Outcome
+from sse_recorder.replay.records import Answer, BackgroundLog, Served
 
 
 class CountingStream(io.StringIO):
@@ -63,3 +65,9 @@ def test_a_serving_process_freezes_its_start_up_objects_and_makes_full_passes_ra
     assert out["frozen"] > 1000  # the modules loaded to serve are out of every pass
     assert out["after"][:2] == out["before"][:2]  # young collections unchanged
     assert out["after"][2] == out["every"] > out["before"][2]
+
+
+def test_a_record_given_its_time_is_the_record_with_that_time() -> None:
+    served = Served("GET", "/x", 3, 200, Outcome.RESET, Answer.FAULT, "why", 7, 0.0,
+                    ({"type": "drop"},))
+    assert served.ended_at(12.5) == dataclasses.replace(served, time=12.5)
