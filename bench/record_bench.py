@@ -60,6 +60,7 @@ from _common import (
     ForeignLoad,
     Service,
     Summary,
+    children,
     cpu_seconds,
     deadline,
     demo_upstream,
@@ -171,6 +172,7 @@ class ProxyStack:
         assert self.client is not None
         pid = self.pids.get(config)
         cpu_before = cpu_seconds(pid) if pid else None
+        writer_before = self.writer_cpu() if config == "recorder" else 0.0
         url = f"{self.urls[config]}/ticks?{query}&tag={tag}"
         reply = self.client.get(url, stamps=stamps)
         if reply["status"] != 200 or reply["outcome"] != "clean":
@@ -183,7 +185,14 @@ class ProxyStack:
         cpu_after = cpu_seconds(pid) if pid else None
         if cpu_before is not None and cpu_after is not None:
             reply["cpu_s"] = cpu_after - cpu_before
+        if config == "recorder":
+            reply["writer_cpu_s"] = self.writer_cpu() - writer_before
         return reply
+
+    def writer_cpu(self) -> float:
+        """CPU of the recorder's writer process (the recording mitmdump's children)."""
+        pid = self.pids["recorder"]
+        return sum(cpu_seconds(child) or 0.0 for child in children(pid))
 
     def wait_recorded(self, tag: str, size: int, last_byte_ns: int, timeout: float = 60) -> int:
         """Poll the cassette until the tagged interaction is ended with `size` bytes stored."""
@@ -238,6 +247,7 @@ class Runs:
 
     def __init__(self) -> None:
         self.cpu_s: float | None = 0.0
+        self.writer_cpu_s = 0.0  # the recorder's writer process
         self.events = 0
         self.lags_ns: list[int] = []
 
@@ -245,6 +255,7 @@ class Runs:
         self.events += reply["events"]
         if "lag_ns" in reply:
             self.lags_ns.append(reply["lag_ns"])
+        self.writer_cpu_s += reply.get("writer_cpu_s", 0.0)
         if self.cpu_s is not None and "cpu_s" in reply:
             self.cpu_s += reply["cpu_s"]
         else:
@@ -353,6 +364,9 @@ def bench_fast(stack: ProxyStack, plan: Plan, summary: Summary) -> None:
     print(f"sustainable-rate ratio from proxy CPU per event (passthrough / recorder): "
           f"{fmt_ratio(cpu_ratio)}")
     print(runs["recorder"].lag())
+    writer_us = runs["recorder"].writer_cpu_s / runs["recorder"].events * 1e6
+    print(f"the recorder's writer process: {writer_us:.1f} us CPU per event (off the proxy, "
+          "but on the same 2 CPUs as the proxy, the upstream and the client)")
     print(load.describe())
     value = ratio(medians["recorder"], medians["passthrough"])
     summary.add("fast stream, recorder / passthrough ev/s",

@@ -77,6 +77,7 @@ from _common import (
     Service,
     Summary,
     _die_with_parent,
+    children,
     cpu_seconds,
     deadline,
     demo_upstream,
@@ -608,20 +609,6 @@ def bench_memory(workers: Workers, servers: Servers, plan: Plan, summary: Summar
 
 
 # --- 5. workers --------------------------------------------------------------------------------
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (a supervisor's workers), from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 class Group:
