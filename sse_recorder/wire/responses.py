@@ -15,6 +15,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -68,6 +69,7 @@ def connection_field(keep_alive: bool, http_version: str, closes: bool = False) 
     return "Connection: keep-alive" if http_version == "1.0" else None
 
 
+@functools.lru_cache(maxsize=1024)  # the same few heads, once per response served
 def head(response: ResponseHead, *fields: str | None) -> bytes:
     """A recorded response head as replayed, with `fields` (the framing field, the
     Connection field; None: absent) last."""
