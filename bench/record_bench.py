@@ -417,10 +417,13 @@ def bench_fast_spare_core(stack: ProxyStack, plan: Plan, summary: Summary) -> No
             pin(pid, every)
     medians = {c: median(r) for c, r in rates.items()}
     value = ratio(medians["recorder"], medians["passthrough"])
+    paired = [a / b for a, b in zip(rates["recorder"], rates["passthrough"], strict=True)]
     print(f"\n2b. the same with a core to spare for the writer (the upstream, the proxies and "
           f"the client on CPU {first}, the writer on CPU {second}), events/s: pass-through "
           f"{medians['passthrough']:,.0f}, recorder {medians['recorder']:,.0f} = "
-          f"{fmt_ratio(value)}; commit lag max "
+          f"{fmt_ratio(value)} (per repetition {fmt_ratio(min(paired))} .. "
+          f"{fmt_ratio(max(paired))}); proxy CPU per event {runs['passthrough'].cpu_text()} "
+          f"vs {runs['recorder'].cpu_text()} us; commit lag max "
           f"{ms(max(runs['recorder'].lags_ns))} ms")
     summary.add("fast stream with a core to spare for the writer, recorder / passthrough",
                 f"{fmt_ratio(value)} (target >= {FAST_TARGET})", value >= FAST_TARGET)
