@@ -6,9 +6,10 @@ Rules:
   framing (`wire/responses.py`): one HTTP chunk per recorded chunk, or the raw bytes;
 - paced, the loop sends one chunk per iteration over a plain list of (due time, wire bytes),
   with no call per chunk but the write (a cached body's list is made once, for every
-  stream); instant, it writes batches and lets
-  other connections take a turn after every TURN_BYTES (measured with 100 clients: a turn
-  per 4 KiB batch cost a third of the throughput of a server that never turns);
+  stream); instant, it writes batches (INSTANT_BATCH) and lets other connections take a turn
+  after every TURN_BYTES: with 100 clients, 4 KiB turns cost a third of the throughput of a
+  server that never turns, and 64 KiB turns left a stream without a byte in the first
+  quarter of the events (bench/replay_bench.py, part 3's fairness);
 - the recorded ending is reproduced: terminating chunk, a FIN (the close ends a
   close-delimited body, or cuts any other short) or an RST, at the recorded time;
 - with faults, the transform is planned first over the whole body (it is pure), then played;
@@ -37,7 +38,7 @@ from sse_recorder.wire.responses import WRITERS, BodyWriter
 PRECISE_WINDOW = 0.0015  # wake this early and finish the wait by polling the loop
 PRECISE_MAX_STREAMS = 32  # above this many active streams, plain timers (CPU matters more)
 WRITE_BUFFER_HIGH = 64 * 1024  # drain above this many bytes queued in the transport
-TURN_BYTES = 64 * 1024  # instant: other connections take a turn after this many bytes
+TURN_BYTES = 8 * 1024  # instant: other connections take a turn after this many bytes
 
 
 @dataclass
@@ -162,7 +163,7 @@ class Player:
                             await writer.drain()
                         since_turn += len(batch)
                         # Fairness: other connections (and the accepting of new ones) run
-                        # after every TURN_BYTES; per batch, they cost more than they shared.
+                        # after every TURN_BYTES (see the module docstring).
                         if since_turn >= TURN_BYTES:
                             since_turn = 0
                             await asyncio.sleep(0)

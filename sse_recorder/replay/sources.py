@@ -25,7 +25,7 @@ from sse_recorder.store.cassette import CHUNK_PAGE, Cassette
 log = logging.getLogger("sse_recorder.replay")
 
 CACHE_LIMIT = 8 << 20  # interactions with bodies up to this size are kept in memory
-INSTANT_BATCH = 16 * 1024  # instant mode: bytes per write (a quarter of a turn, see play.py)
+INSTANT_BATCH = 8 * 1024  # instant mode: bytes per write, then other streams take a turn
 
 Body = list[Chunk] | AsyncIterator[Chunk] | None
 Frame = Callable[[bytes], bytes] | None  # a body writer's `frame`: None sends pieces as is
