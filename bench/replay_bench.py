@@ -44,6 +44,9 @@ arrival offset from the request as the chunk offsets, exactly what a recording c
    c. `--instant` to 100 clients: events/s >= 0.8x the raw server as 2 processes on one
    port, ratio to `--workers 1` reported. The clients share the 2 cores with the servers:
    every figure has its baseline measured beside it, in the same run.
+6. requests: server CPU (user and system, from /proc) per request, 10,000 keep-alive
+   requests for a one-event stream on one connection, `sse-recorder replay` (its log
+   included) beside the raw server, one process each: what starting a stream costs.
 
 Usage: `python bench/replay_bench.py [--quick] [--strict] [--seed N] [--only PARTS]
 [--loops asyncio,uvloop]`. Exit status 1 if a run fails; with --strict, also on any MISS.
@@ -57,8 +60,10 @@ import bisect
 import dataclasses
 import json
 import math
+import os
 import random
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
@@ -144,11 +149,14 @@ class Plan:
     workers_conns: int = 1000  # 5. workers: concurrent 1x streams at 100 events/s
     workers_reps: int = 2
     slow_conns: int = 10_000  # 5. workers: concurrent 1x streams at 1 event/s
+    requests: int = 10_000  # 6. requests: keep-alive requests per measurement
+    request_reps: int = 3
 
 
 FULL = Plan(4, ("asyncio", "uvloop"), (250, 1000), 4, 2, 100_000, 9, 100, 5_000, 3, 1, 10_000, 450)
 QUICK = Plan(1, ("asyncio", "uvloop"), (200,), 2, 1, 20_000, 2, 20, 5_000, 1, 1, 1_000, 115,
-             workers_conns=200, workers_reps=1, slow_conns=1_000)
+             workers_conns=200, workers_reps=1, slow_conns=1_000, requests=2_000,
+             request_reps=1)
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -315,6 +323,7 @@ def streams(recorded: list[Live], plan: Plan) -> dict[str, tuple[int, list[int]]
     out["/multi"] = (0, [i * INTERVAL_MS * 1_000_000 for i in range(plan.multi_events)])
     out["/idle"] = (0, [0, IDLE_GAP_S * 1_000_000_000])
     out["/slow"] = (0, [i * 1_000_000_000 for i in range(SLOW_EVENTS)])
+    out["/tiny"] = (0, [0])  # 6. requests: one event, so the request is all there is
     return out
 
 
@@ -827,11 +836,79 @@ def bench_workers_instant(clients: Workers, groups: dict[tuple[str, str], Group]
                 f"{fmt_ratio(ratio(rate[cli], rate['cli-1']))})", to_raw >= RAW_TARGET)
 
 
+# --- 6. requests --------------------------------------------------------------------------------
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds of `pids` (Linux /proc)."""
+    user = system = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        user, system = user + int(fields[11]), system + int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
+
+
+def request_cost(group: Group, count: int) -> tuple[float, float]:
+    """Server CPU (user, system) in us per request: `count` requests for the one-event
+    /tiny stream, one after another on one keep-alive connection."""
+    wire = b"GET /tiny HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", group.port), timeout=30) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def one() -> None:
+            sock.sendall(wire)
+            got = b""
+            while not got.endswith(b"0\r\n\r\n"):
+                data = sock.recv(65536)
+                if not data:
+                    raise BenchError(f"{group.name}: the connection closed mid-response")
+                got += data
+
+        for _ in range(200):  # warm-up
+            one()
+        before = cpu_split(group.pids())
+        for _ in range(count):
+            one()
+        after = cpu_split(group.pids())
+    return (after[0] - before[0]) / count * 1e6, (after[1] - before[1]) / count * 1e6
+
+
+def bench_requests(workdir: Path, plan: Plan, summary: Summary) -> None:
+    """What a request costs the server beyond its body: `sse-recorder replay` (the command,
+    its log included) beside the raw server, one process each, on asyncio."""
+    names = ["raw-1", "cli-1"]
+    groups: dict[str, Group] = {}
+    costs: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    try:
+        for name in names:
+            groups[name] = Group(name, "1x", workdir)
+        for _ in range(plan.request_reps):
+            for name in random.sample(names, len(names)):
+                costs[name].append(request_cost(groups[name], plan.requests))
+    finally:
+        for group in groups.values():
+            group.stop()
+    user = {name: median([u for u, _ in got]) for name, got in costs.items()}
+    system = {name: median([s for _, s in got]) for name, got in costs.items()}
+    print(f"\n6. requests: server CPU per request, {plan.requests:,} keep-alive requests for a "
+          f"one-event stream on one connection (median of {plan.request_reps}), us")
+    print(table(["server", "user", "system", "total", "/ raw-1"],
+                [[name, f"{user[name]:.1f}", f"{system[name]:.1f}",
+                  f"{user[name] + system[name]:.1f}",
+                  fmt_ratio(ratio(user[name] + system[name], user["raw-1"] + system["raw-1"]))]
+                 for name in names]))
+    total = user["cli-1"] + system["cli-1"]
+    summary.add("server CPU per request, sse-recorder replay (reported)",
+                f"{total:.0f} us = {fmt_ratio(ratio(total, user['raw-1'] + system['raw-1']))}x "
+                f"the raw server's (user {user['cli-1']:.0f} vs {user['raw-1']:.0f} us)", True)
+
+
 # --- main --------------------------------------------------------------------------------------
 
 
 WORKER_PARTS = ("workers-load", "workers-slow", "workers-instant")
-PARTS = ("fidelity", "load", "instant", "memory", *WORKER_PARTS)
+PARTS = ("fidelity", "load", "instant", "memory", *WORKER_PARTS, "requests")
 
 
 def run(plan: Plan, parts: set[str], workdir: Path, summary: Summary) -> None:
@@ -871,6 +948,8 @@ def run(plan: Plan, parts: set[str], workdir: Path, summary: Summary) -> None:
             bench_memory(workers, servers, plan, summary)
         if parts & set(WORKER_PARTS):
             bench_workers(plan_streams, workers, workdir, parts, plan, summary)
+        if "requests" in parts:
+            bench_requests(workdir, plan, summary)
     finally:
         workers.close()
         servers.close()
