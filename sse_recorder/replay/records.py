@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import atexit
 import collections
+import io
 import json
+import os
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -173,6 +176,29 @@ class BackgroundLog:
 
 
 def log_to_stderr(render: Callable[[Served], str]) -> Callable[[Served], None]:
-    """An `on_served` callback writing `render(served)` to stderr without ever blocking."""
+    """An `on_served` callback writing `render(served)` to stderr without ever blocking.
+
+    Into a regular file (`2> replay.log`), a write never waits for a reader, so each line is
+    written at once, one write(2) a line; anything else (a pipe, a terminal) gets a
+    `BackgroundLog`, whose thread costs a wake-up a request (measured: about 40 us of system
+    CPU, a sixth of what a request costs)."""
+    if _is_regular_file(sys.stderr):
+        return lambda served: _write_line(render(served))
     log = BackgroundLog()
     return lambda served: log(render(served))
+
+
+def _is_regular_file(stream: IO[str]) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False  # no file descriptor (a test's StringIO), or a closed one
+
+
+def _write_line(line: str) -> None:
+    """One line to stderr in one write (workers share the file: lines never mix)."""
+    try:
+        sys.stderr.write(f"{line}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a full disk or a closed stream: the replay goes on
+        pass

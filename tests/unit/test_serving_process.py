@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from sse_recorder.model import Outcome
 from sse_recorder.replay.records import Answer, BackgroundLog, Served
@@ -71,3 +72,33 @@ def test_a_record_given_its_time_is_the_record_with_that_time() -> None:
     served = Served("GET", "/x", 3, 200, Outcome.RESET, Answer.FAULT, "why", 7, 0.0,
                     ({"type": "drop"},))
     assert served.ended_at(12.5) == dataclasses.replace(served, time=12.5)
+
+
+LOG_SCRIPT = """
+import sys, threading
+from sse_recorder.model import Outcome
+from sse_recorder.replay.records import Served, log_to_stderr
+log = log_to_stderr(lambda served: f"{served.method} {served.target}")
+log(Served("GET", "/now", 1, 200, Outcome.CLEAN))
+threads = sorted(t.name for t in threading.enumerate())
+print(",".join(threads), flush=True)
+if len(sys.argv) > 1:  # the log file, read back before anything else could write it
+    print(repr(open(sys.argv[1]).read()), flush=True)
+"""
+
+
+def test_a_log_into_a_file_is_written_at_once_without_a_thread(tmp_path: Path) -> None:
+    log_file = tmp_path / "replay.log"
+    with log_file.open("w") as stderr:
+        out = subprocess.run([sys.executable, "-c", LOG_SCRIPT, str(log_file)],
+                             stdout=subprocess.PIPE, stderr=stderr, text=True,
+                             check=True).stdout.splitlines()
+    assert "sse-recorder-log" not in out[0]
+    assert out[1] == repr("GET /now\n")  # in the file as soon as the call returned
+
+
+def test_a_log_into_a_pipe_has_a_thread_of_its_own() -> None:
+    done = subprocess.run([sys.executable, "-c", LOG_SCRIPT], capture_output=True, text=True,
+                          check=True)
+    assert "sse-recorder-log" in done.stdout  # a pipe nobody reads must never block serving
+    assert done.stderr == "GET /now\n"  # and what was queued is written at exit
