@@ -143,6 +143,26 @@ def listen_options(what: str) -> Callable[[F], F]:
     return decorate
 
 
+def match_options(doing: str, match_help: str, header_help: str) -> Callable[[F], F]:
+    """`--match` and `--ignore-json/--ignore-query/--ignore-header`: the matching rules
+    (`MatchConfig.parse`), which `replay` matches requests by and `diff` pairs by; `doing`
+    says which ("matching", "pairing")."""
+
+    def decorate(command: F) -> F:
+        for option in reversed([
+            click.option("--match", "match", metavar="LIST", help=match_help),
+            click.option("--ignore-json", multiple=True, metavar="FIELD",
+                         help=f"JSON request body field to ignore when {doing} (repeatable)."),
+            click.option("--ignore-query", multiple=True, metavar="NAME",
+                         help=f"Query parameter to ignore when {doing} (repeatable)."),
+            click.option("--ignore-header", multiple=True, metavar="NAME", help=header_help),
+        ]):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 class CassetteTarget(click.Path):
     """A cassette: a SQLite file path, or a store URL (`postgresql://...?cassette=NAME`),
     which becomes a `store.Location` whose str() hides the password. Anything that does

@@ -21,6 +21,7 @@ from sse_recorder.cli.app import (
     confdir_option,
     listen_options,
     main,
+    match_options,
     needs_mitmproxy,
 )
 from sse_recorder.errors import SSERecorderError
@@ -37,15 +38,10 @@ if TYPE_CHECKING:
 @click.option("--instant", is_flag=True, help="No waiting at all (chunk boundaries kept).")
 @click.option("--max-gap", metavar="DURATION",
               help="Clamp longer pauses to this (250ms, 2s; a bare number is milliseconds).")
-@click.option("--match", "match", metavar="LIST",
-              help="Criteria, comma-separated: method,scheme,host,path,query,body,headers,"
-                   "header:NAME (default method,path,query,body).")
-@click.option("--ignore-json", multiple=True, metavar="FIELD",
-              help="JSON body field to ignore when matching (repeatable).")
-@click.option("--ignore-query", multiple=True, metavar="NAME",
-              help="Query parameter to ignore when matching (repeatable).")
-@click.option("--ignore-header", multiple=True, metavar="NAME",
-              help="Header to ignore when matching headers (repeatable).")
+@match_options("matching",
+               "Criteria, comma-separated: method,scheme,host,path,query,body,headers,"
+               "header:NAME (default method,path,query,body).",
+               "Header to ignore when matching headers (repeatable).")
 @click.option("--when-exhausted", type=click.Choice(["repeat-last", "error"]),
               default="repeat-last", show_default=True,
               help="After every recorded response to a request was served once.")

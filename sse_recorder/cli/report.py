@@ -19,6 +19,7 @@ from sse_recorder.cli.app import (
     cassette_argument,
     json_option,
     main,
+    match_options,
 )
 from sse_recorder.cli.formats import size
 from sse_recorder.errors import SSERecorderError
@@ -118,15 +119,9 @@ class _DiffCommand(click.Command):
 @click.option("--pair-by", type=click.Choice(["match", "id"]), default="match",
               show_default=True, help="Pair B's interactions with A's by the replay matching "
               "rules (A's recordings answer B's requests) or by interaction id.")
-@click.option("--match", "match", metavar="LIST",
-              help="With --pair-by match: criteria as for replay (default "
-                   "method,path,query,body).")
-@click.option("--ignore-json", multiple=True, metavar="FIELD",
-              help="JSON request body field to ignore when pairing (repeatable).")
-@click.option("--ignore-query", multiple=True, metavar="NAME",
-              help="Query parameter to ignore when pairing (repeatable).")
-@click.option("--ignore-header", multiple=True, metavar="NAME",
-              help="Header to ignore when pairing and among response headers (repeatable).")
+@match_options("pairing",
+               "With --pair-by match: criteria as for replay (default method,path,query,body).",
+               "Header to ignore when pairing and among response headers (repeatable).")
 @click.option("--threshold", "thresholds", multiple=True, metavar="METRIC=RATIO[:DURATION]",
               help="Timing drift threshold (repeatable): ttfb, gap-median, gap-p95, duration.")
 def diff(a: Path | Location, b: Path | Location, as_json: bool, html_file: Path | None,
