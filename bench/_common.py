@@ -129,16 +129,24 @@ class Service:
             raise BenchError(f"{self.name} did not stop within {timeout} s") from None
 
 
+def cpu_times(pid: int) -> tuple[float, float] | None:
+    """User and system CPU seconds of a process, all threads (Linux /proc), or None
+    elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU of a process, all threads (Linux /proc), or None elsewhere.
 
     Wall-clock rates hide work a process defers; its CPU time does not.
     """
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    times = cpu_times(pid)
+    return None if times is None else sum(times)
 
 
 def children(pid: int) -> list[int]:

@@ -60,7 +60,6 @@ import bisect
 import dataclasses
 import json
 import math
-import os
 import random
 import resource
 import socket
@@ -84,6 +83,7 @@ from _common import (
     _die_with_parent,
     children,
     cpu_seconds,
+    cpu_times,
     deadline,
     demo_upstream,
     fmt_ratio,
@@ -840,13 +840,9 @@ def bench_workers_instant(clients: Workers, groups: dict[tuple[str, str], Group]
 
 
 def cpu_split(pids: list[int]) -> tuple[float, float]:
-    """User and system CPU seconds of `pids` (Linux /proc)."""
-    user = system = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        user, system = user + int(fields[11]), system + int(fields[12])
-    tick = os.sysconf("SC_CLK_TCK")
-    return user / tick, system / tick
+    """User and system CPU seconds of `pids` together."""
+    times = [cpu_times(pid) or (0.0, 0.0) for pid in pids]
+    return sum(user for user, _ in times), sum(system for _, system in times)
 
 
 def request_cost(group: Group, count: int) -> tuple[float, float]:

@@ -195,8 +195,8 @@ class Player:
         """The recorded stream through the connection's faults. The transform is pure, so
         the whole plan is computed first (the body is read whole; fine for fault runs)."""
         assert interaction.response is not None
-        planned = [(schedule.due(c.offset_ns), c.data)
-                   async for page in self.bodies.pages(interaction, body) for c in page if c.data]
+        planned = [piece async for page in self.bodies.pages(interaction, body)
+                   for piece in timed(page, schedule, None)]  # unframed: faults cut data
         # a stream that is not SSE is cut at its own frames (framing.registry)
         run.dialect = None if interaction.is_sse else dialect_for(interaction.response.headers)
         pieces: Iterable[Piece] = (
