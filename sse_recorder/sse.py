@@ -99,6 +99,9 @@ class SSEParser:
                 chunk = chunk[1:]
                 base += 1
                 self._pending_start = base
+        if b"\r" not in chunk:  # LF line endings only: the common case, split in C
+            self._feed_lf(chunk, base, items)
+            return items
         position = base
         pending = self._pending
         # bytes.splitlines breaks on exactly CR, LF and CRLF: the spec's line endings.
@@ -128,6 +131,43 @@ class SSEParser:
             position += size
             self._pending_start = position
         return items
+
+    def _feed_lf(self, chunk: bytes, position: int, items: list[Item]) -> None:
+        """`feed` for a chunk without CR (so no CRLF can straddle it): the same items, with
+        `data:` lines and blank lines handled inline (this is per line, on the recorder's
+        hot path)."""
+        lines = chunk.split(b"\n")
+        tail = lines.pop()  # after the last LF: the start of an unterminated line
+        pending = self._pending
+        for line in lines:
+            if pending:
+                pending += line
+                line = bytes(pending)
+                pending.clear()
+                start = self._pending_start
+                end = start + len(line) + 1
+            else:
+                start = position
+                end = position + len(line) + 1
+            position = end
+            if not line:
+                event = self._dispatch(end)
+                if event is not None:
+                    items.append(event)
+            elif line[:5] == b"data:":
+                if self._block_start is None:
+                    self._block_start = start
+                self._data.append((line[6:] if line[5:6] == b" " else line[5:]).decode(
+                    "utf-8", errors="replace"))
+                self._has_data = True
+            else:
+                item = self._process_line(line, start, end)
+                if item is not None:
+                    items.append(item)
+        if not pending:
+            self._pending_start = position
+        if tail:
+            pending += tail
 
     def close(self) -> list[Item]:
         """End of stream: an unterminated line and an undispatched event are discarded."""

@@ -5,9 +5,12 @@ CPU as forwarding the traffic, and every microsecond of it is taken from the tra
 the proxy only stamps and pickles; this process does the rest on the other core.
 
 Messages are length-prefixed pickles (`FRAME`), between two processes of the same
-installation only. The proxy sends `Start` first, then lists of writer items; this process
-answers `Ready` (or `Refused`: the cassette could not be opened), then a `Commit` per batch,
-`Failed` once if storage fails, and `Closed` when it has finished the cassette.
+installation only; a frame of plain tuples (chunks, acknowledgements: a flood's frames) goes
+as `marshal` instead, which costs the proxy a quarter of pickle's CPU per item (measured 0.04
+against 0.18 us), and is safe here because both ends run the same interpreter.
+The proxy sends `Start` first, then lists of writer items; this process answers `Ready` (or
+`Refused`: the cassette could not be opened), then a `Commit` per batch, `Failed` once if
+storage fails, and `Closed` when it has finished the cassette.
 
 It reads its pipe eagerly, so what the proxy handed over survives the proxy: on end of input
 without a STOP (the proxy was killed) it ends the interactions still open as stopped,
@@ -18,18 +21,22 @@ reason: the proxy, which gets them too, stops it by closing the pipe.
 from __future__ import annotations
 
 import asyncio
+import marshal
 import os
 import pickle
 import signal
 import struct
 import sys
 from dataclasses import dataclass
+from typing import Any, cast
 
 from sse_recorder.model import Outcome
 from sse_recorder.record.redact import RedactionRules
 from sse_recorder.record.writer import END, STOP, Commit, Writer
 
-FRAME = struct.Struct(">I")
+FRAME = struct.Struct(">IB")  # size, then how the message is serialised
+PICKLED, MARSHALLED = 0, 1
+_LOADS = {PICKLED: pickle.loads, MARSHALLED: marshal.loads}
 PROXY_GONE = "the proxy exited without closing the recording"
 
 
@@ -59,17 +66,21 @@ class Closed:
     pass
 
 
-def encode(message: object) -> bytes:
+def encode(message: object, *, plain: bool = False) -> bytes:
+    """A framed message; `plain`: it holds only lists, tuples, ints, bytes, str and None."""
+    if plain:
+        data = marshal.dumps(cast("list[Any]", message))
+        return FRAME.pack(len(data), MARSHALLED) + data
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return FRAME.pack(len(data)) + data
+    return FRAME.pack(len(data), PICKLED) + data
 
 
 async def read_message(reader: asyncio.StreamReader) -> object | None:
     """The next message, or None at the end of input. A frame cut short is the last write
     of a process killed while writing it: what it held never fully arrived."""
     try:
-        size = FRAME.unpack(await reader.readexactly(FRAME.size))[0]
-        return pickle.loads(await reader.readexactly(size))
+        size, kind = FRAME.unpack(await reader.readexactly(FRAME.size))
+        return _LOADS[kind](await reader.readexactly(size))
     except asyncio.IncompleteReadError:
         return None
 

@@ -1,10 +1,11 @@
 """Turn live traffic into cassette rows without slowing the traffic. Knows nothing of mitmproxy.
 
 The proxy calls `begin`, `head`, `chunk` and `end` synchronously; each only appends to an
-outbox (well under a microsecond). Once per event-loop turn the outbox goes to the writer
-(`record.writer`) as one frame: by default to a writer process of its own (`record.child`,
-`WriterMode.PROCESS`), so parsing, redaction and SQLite run on another core; or to a task on
-this loop (`WriterMode.TASK`), for embedding without a second process and for unit tests.
+outbox (well under a microsecond). FRAME_DELAY_S after its first item (or at FRAME_ITEMS
+items) the outbox goes to the writer (`record.writer`) as one frame: by default to a writer
+process of its own (`record.child`, `WriterMode.PROCESS`), so parsing, redaction and SQLite
+run on another core; or to a task on this loop (`WriterMode.TASK`), for embedding without a
+second process and for unit tests.
 
 Loss on a crash is bounded by time. The session keeps `backlog_since_ns`, when the oldest
 frame the writer has not committed yet was queued. The proxy checks it after each chunk:
@@ -12,7 +13,7 @@ past `LAG_HIGH_NS` it stops reading from that upstream and marks the session `co
 once a commit brings the lag under `LAG_LOW_NS`, `on_congestion(False)` lets it read again.
 So the backlog stays near LAG_HIGH_NS at any rate the proxy can forward: a flood is slowed to
 what the writer can store. A writer process also outlives a proxy killed with SIGKILL and
-stores what it was handed, so such a kill loses only the last loop turn's frame.
+stores what it was handed, so such a kill loses only the frame not yet sent (FRAME_DELAY_S).
 A storage failure (or a writer process that dies) is reported once through `on_failure`, so
 the shell can stop the proxy instead of passing traffic unrecorded.
 """
@@ -66,11 +67,13 @@ log = logging.getLogger(__name__)
 LAG_HIGH_NS = 100_000_000  # uncommitted data this old: congested (stop reading upstreams)
 LAG_LOW_NS = 50_000_000  # back under this after a commit: no longer congested
 NO_BACKLOG = 1 << 62  # `backlog_since_ns` when everything is committed
-# Items queued within this long go to the writer as one frame: one pickle and one write for
-# a burst (a frame per item costs the proxy more CPU than the traffic it forwards), at the
-# price of this much more loss if the proxy is killed.
-FRAME_DELAY_S = 0.002
-FRAME_ITEMS = 64
+# Items queued within this long go to the writer as one frame: one serialisation and one pipe
+# write for a burst, at the price of this much more loss if the proxy is killed. Each pipe
+# write wakes the writer on the other CPU, which costs the proxy far more than the bytes: in
+# a flood of one-event chunks, 2 ms / 64-item frames took 6.6% of the proxy's CPU, 10 ms /
+# 1024-item frames 1.5% (py-spy, bench/record_bench.py part 2).
+FRAME_DELAY_S = 0.01
+FRAME_ITEMS = 1024
 PIPE_SIZE = 1 << 20  # the writer process's input pipe (Linux default: 64 KiB)
 _F_SETPIPE_SZ = 1031
 
@@ -95,7 +98,7 @@ class _Channel(Protocol):
     """Where the session's frames go: a writer task or a writer process."""
 
     async def start(self, session: RecordingSession) -> int: ...  # the first interaction id
-    def deliver(self, items: list[Item]) -> None: ...
+    def deliver(self, items: list[Item], plain: bool) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -125,6 +128,7 @@ class RecordingSession:
                                    else _TaskChannel())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: list[Item] = []
+        self._outbox_plain = True  # only chunks and acknowledgements: marshal will do
         self._outbox_since = NO_BACKLOG
         self._send_scheduled = False
         self._frame = 0
@@ -151,22 +155,30 @@ class RecordingSession:
         token = self._next_token
         self._next_token += 1
         self._open.add(token)
+        self._outbox_plain = False
         self._put((BEGIN, token, started_at, request))
         return token
 
     def head(self, iid: int, head: ResponseHead, offset_ns: int) -> bool:
         """Record the response head; returns whether the body is an event stream."""
         is_sse = _is_event_stream(head.headers)
+        self._outbox_plain = False
         self._put((HEAD, iid, offset_ns, head, is_sse))
         return is_sse
 
     def chunk(self, iid: int, offset_ns: int, data: bytes) -> None:
-        self._put((CHUNK, iid, offset_ns, data))
+        """`_put` written out: this runs for every chunk the proxy forwards."""
+        outbox = self._outbox
+        outbox.append((CHUNK, iid, offset_ns, data))
+        if len(outbox) >= FRAME_ITEMS or not self._send_scheduled:
+            self._size_or_schedule()
 
     def _put(self, item: Item) -> None:
-        outbox = self._outbox
-        outbox.append(item)
-        if len(outbox) >= FRAME_ITEMS:  # a busy loop runs timers late: bound a frame by size
+        self._outbox.append(item)
+        self._size_or_schedule()
+
+    def _size_or_schedule(self) -> None:
+        if len(self._outbox) >= FRAME_ITEMS:  # a busy loop runs timers late: bound by size
             self._send()
         elif not self._send_scheduled:
             self._send_scheduled = True
@@ -182,12 +194,13 @@ class RecordingSession:
         the writer as one frame."""
         self._send_scheduled = False
         items, self._outbox = self._outbox, []
+        plain, self._outbox_plain = self._outbox_plain, True
         if not items:
             return
         self._frame += 1
         items.append((ACK, self._frame))
         self._unacked.append((self._frame, self._outbox_since))
-        self._channel.deliver(items)
+        self._channel.deliver(items, plain)
 
     def end(
         self,
@@ -202,6 +215,7 @@ class RecordingSession:
         framing cannot show truncation) a stream ending mid-event counts as closed early."""
         if iid in self._open:
             self._open.discard(iid)
+            self._outbox_plain = False
             self._put((END, iid, offset_ns, reason, error, check_truncation))
 
     async def flush(self) -> None:
@@ -310,7 +324,7 @@ class _TaskChannel:
         assert self._writer is not None
         return self._writer.cassette
 
-    def deliver(self, items: list[Item]) -> None:
+    def deliver(self, items: list[Item], plain: bool) -> None:
         assert self._writer is not None
         self._writer.feed(items)
 
@@ -377,11 +391,11 @@ class _ProcessChannel:
         finally:
             self._closed.set()
 
-    def deliver(self, items: list[Item]) -> None:
+    def deliver(self, items: list[Item], plain: bool) -> None:
         assert self._process is not None and self._process.stdin is not None
         stdin = self._process.stdin
         if not stdin.is_closing():
-            stdin.write(encode(items))
+            stdin.write(encode(items, plain=plain))
 
     async def close(self) -> None:
         assert self._process is not None and self._process.stdin is not None

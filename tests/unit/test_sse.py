@@ -875,6 +875,22 @@ def test_chunking_never_changes_items_or_positions(case: tuple[bytes, list[bytes
 
 
 @HYPOTHESIS
+@given(chunked_streams())
+def test_lf_only_chunks_parse_like_their_cr_only_twins(case: tuple[bytes, list[bytes]]) -> None:
+    """A chunk without CR takes a fast path (`_feed_lf`); the same stream with every line
+    ending a CR takes the general one. Line for line they are the same stream, so items,
+    positions and the parser's state must agree however the stream is cut."""
+    _, chunks = case
+    lf_chunks = [chunk.replace(b"\r", b"\n") for chunk in chunks]
+    cr_chunks = [chunk.replace(b"\n", b"\r") for chunk in lf_chunks]
+    lf_items, lf = feed_all(lf_chunks)
+    cr_items, cr = feed_all(cr_chunks)
+    assert with_positions(lf_items) == with_positions(cr_items)
+    assert (lf.last_event_id, lf.reconnection_time) == (cr.last_event_id, cr.reconnection_time)
+    assert lf_items == reference_parse(b"".join(lf_chunks))[0]
+
+
+@HYPOTHESIS
 @given(sse_streams())
 def test_matches_the_reference_transcription_of_the_spec(stream: bytes) -> None:
     items, parser = feed_all([stream])

@@ -175,3 +175,37 @@ async def test_a_secret_cut_between_frames_never_reaches_the_disk(
         assert SECRET[:cut].encode() not in raw
     got = await read_back(path)
     assert [e.data for e in got.events[iid]] == [f'{{"newToken":"{MARKER}"}}']
+
+
+async def test_frames_of_chunks_go_as_marshal_and_the_rest_as_pickle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood's frames hold chunks and acknowledgements only, and go by `marshal` (a quarter
+    of pickle's CPU in the proxy); a frame with a request, head or end (objects marshal
+    cannot carry) is pickled. The writer reads both into the same cassette."""
+    path = tmp_path / "rec.cassette"
+    session = RecordingSession(str(path))
+    await session.start()
+    sent: list[tuple[list[int], bool]] = []
+    channel = session._channel
+    deliver = channel.deliver
+
+    def spy(items: list[tuple[object, ...]], plain: bool) -> None:
+        sent.append(([int(str(item[0])) for item in items], plain))
+        deliver(items, plain)
+
+    monkeypatch.setattr(channel, "deliver", spy)
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 10)
+    await session.flush()
+    feed(session, iid, [b"data: one\n\n", b"data: t"])
+    session.chunk(iid, 30, bytearray(b"wo\n\n"))  # type: ignore[arg-type]  # as h11 may hand it
+    await session.flush()
+    session.end(iid, Outcome.CLEAN, 5000)
+    await session.close()
+
+    assert [plain for _, plain in sent] == [False, True, False]
+    got = await read_back(path)
+    assert [c.data for c in got.chunks[iid]] == [b"data: one\n\n", b"data: t", b"wo\n\n"]
+    assert [e.data for e in got.events[iid]] == ["one", "two"]
+    assert got.interactions[0].complete
