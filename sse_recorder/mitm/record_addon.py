@@ -29,7 +29,7 @@ from sse_recorder.framing.policy import StreamPolicy, streams
 from sse_recorder.mitm.transports import REPLAYED, Transports, headers_of
 from sse_recorder.model import Framing, Outcome, RecordedRequest, ResponseHead, body_framing
 from sse_recorder.record.redact import RedactionRules, SecretOptionError, secret_values
-from sse_recorder.record.session import LAG_HIGH_NS, RecorderConfig, RecordingSession
+from sse_recorder.record.session import RecorderConfig, RecordingSession
 from sse_recorder.routes import RouteFilter
 
 log = logging.getLogger("sse_recorder")
@@ -325,17 +325,13 @@ def _stream_callable(
     session: RecordingSession, flow: http.HTTPFlow, state: _Flow,
     pause: Callable[[http.HTTPFlow], None],
 ) -> Callable[[bytes], bytes | list[bytes]]:
-    clock = time.monotonic_ns
-    record, iid, anchor_ns = session.chunk, state.iid, state.anchor_ns
+    record = session.chunk_recorder(state.iid, state.anchor_ns)
 
     def stream(data: bytes) -> bytes | list[bytes]:
         if not data:
             return []  # b"" would end a chunked body early; the end is handled in hooks
         try:
-            now = clock()
-            record(iid, now - anchor_ns, data)
-            if now - session.backlog_since_ns > LAG_HIGH_NS:  # the writer is behind
-                session.congested = True
+            if record(data):  # the writer is behind
                 pause(flow)
         except Exception:  # noqa: BLE001 - raising here would crash mitmproxy's layer
             log.exception("sse-recorder: dropped a chunk")

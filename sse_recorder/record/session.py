@@ -167,11 +167,28 @@ class RecordingSession:
         return is_sse
 
     def chunk(self, iid: int, offset_ns: int, data: bytes) -> None:
-        """`_put` written out: this runs for every chunk the proxy forwards."""
-        outbox = self._outbox
-        outbox.append((CHUNK, iid, offset_ns, data))
-        if len(outbox) >= FRAME_ITEMS or not self._send_scheduled:
-            self._size_or_schedule()
+        self._put((CHUNK, iid, offset_ns, data))
+
+    def chunk_recorder(self, iid: int, anchor_ns: int) -> Callable[[bytes], bool]:
+        """The proxy's call for each chunk of one response, as one closure (this is the
+        recorder's whole cost per chunk in the proxy): stamps the chunk with its offset from
+        `anchor_ns`, queues it, and returns whether the writer is now behind by LAG_HIGH_NS
+        (the proxy should stop reading that upstream; `congested` is then set)."""
+        clock = time.monotonic_ns
+        outbox = self._outbox  # never replaced: `_send` empties it in place
+        append = outbox.append
+
+        def record(data: bytes) -> bool:
+            now = clock()
+            append((CHUNK, iid, now - anchor_ns, data))
+            if len(outbox) >= FRAME_ITEMS or not self._send_scheduled:
+                self._size_or_schedule()
+            if now - self.backlog_since_ns > LAG_HIGH_NS:
+                self.congested = True
+                return True
+            return False
+
+        return record
 
     def _put(self, item: Item) -> None:
         self._outbox.append(item)
@@ -193,7 +210,8 @@ class RecordingSession:
         """FRAME_DELAY_S after its first item, or at FRAME_ITEMS items: the outbox goes to
         the writer as one frame."""
         self._send_scheduled = False
-        items, self._outbox = self._outbox, []
+        items = self._outbox.copy()
+        self._outbox.clear()
         plain, self._outbox_plain = self._outbox_plain, True
         if not items:
             return

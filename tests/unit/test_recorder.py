@@ -772,6 +772,35 @@ async def test_the_backlog_age_is_kept_and_congestion_cleared_by_a_commit(
     await session.close()
 
 
+async def test_chunk_recorder_stamps_queues_and_says_when_the_writer_is_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy's per-chunk closure: offsets from the response's anchor, frames cut at
+    FRAME_ITEMS like `chunk`, and True (with `congested` set) once the oldest uncommitted
+    item is older than LAG_HIGH_NS."""
+    monkeypatch.setattr(session_module, "FRAME_ITEMS", 3)
+    session = task_session(str(tmp_path / "rec.cassette"))
+    await session.start()
+    iid = session.begin(GET, 1.0)
+    anchor = time.monotonic_ns()
+    session.head(iid, SSE_HEAD, 1)
+    record = session.chunk_recorder(iid, anchor)
+    pieces = [b"data: %d\n\n" % n for n in range(7)]
+    assert [record(piece) for piece in pieces] == [False] * 7
+    after = time.monotonic_ns() - anchor
+    assert session._frame >= 2  # 3-item frames went out without waiting for the timer
+    session.backlog_since_ns = time.monotonic_ns() - 2 * session_module.LAG_HIGH_NS
+    assert record(b": behind\n") is True and session.congested
+    await session.flush()
+    session.end(iid, Outcome.CLEAN, after)
+    await session.close()
+    got = await read_back(tmp_path / "rec.cassette")
+    stored = got.chunks[iid]
+    assert [c.data for c in stored] == [*pieces, b": behind\n"]
+    offsets = [c.offset_ns for c in stored]
+    assert offsets == sorted(offsets) and 0 <= offsets[0] and offsets[6] <= after
+
+
 # --------------------------------------------------------------------------------------------
 # event-to-chunk attribution for any chunking (the writer's per-body state, without I/O)
 
