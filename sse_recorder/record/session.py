@@ -1,8 +1,8 @@
 """Turn live traffic into cassette rows without slowing the traffic. Knows nothing of mitmproxy.
 
 The proxy calls `begin`, `head`, `chunk` and `end` synchronously; each only appends to an
-outbox (well under a microsecond). FRAME_DELAY_S after its first item (or at FRAME_ITEMS
-items) the outbox goes to the writer (`record.writer`) as one frame: by default to a writer
+outbox (well under a microsecond). A few ms after its first item (or at FRAME_ITEMS items)
+the outbox goes to the writer (`record.writer`) as one frame: by default to a writer
 process of its own (`record.child`, `WriterMode.PROCESS`), so parsing, redaction and SQLite
 run on another core; or to a task on this loop (`WriterMode.TASK`), for embedding without a
 second process and for unit tests.
@@ -67,13 +67,17 @@ log = logging.getLogger(__name__)
 LAG_HIGH_NS = 100_000_000  # uncommitted data this old: congested (stop reading upstreams)
 LAG_LOW_NS = 50_000_000  # back under this after a commit: no longer congested
 NO_BACKLOG = 1 << 62  # `backlog_since_ns` when everything is committed
-# Items queued within this long go to the writer as one frame: one serialisation and one pipe
-# write for a burst, at the price of this much more loss if the proxy is killed. Each pipe
-# write wakes the writer on the other CPU, which costs the proxy far more than the bytes: in
-# a flood of one-event chunks, 2 ms / 64-item frames took 6.6% of the proxy's CPU, 10 ms /
-# 1024-item frames 1.5% (py-spy, bench/record_bench.py part 2).
+# Items queued within FRAME_DELAY_S go to the writer as one frame: one serialisation and one
+# pipe write for a burst, at the price of that much more loss if the proxy is killed. Each
+# pipe write wakes the writer on the other CPU, which costs the proxy far more than the bytes:
+# in a flood of one-event chunks, 2 ms frames took 6.6% of the proxy's CPU, 10 ms frames 1.5%
+# (py-spy, bench/record_bench.py part 2). Light traffic keeps 2 ms frames: a send that falls
+# due just before a chunk arrives delays that chunk, and 10 ms frames met a 10 ms-spaced
+# stream's next event every time (median added delay 0.015 -> 0.101 ms).
+QUIET_FRAME_DELAY_S = 0.002
 FRAME_DELAY_S = 0.01
-FRAME_ITEMS = 1024
+BUSY_FRAME_ITEMS = 32  # a frame this full means busy traffic: the next one waits FRAME_DELAY_S
+FRAME_ITEMS = 1024  # a busy loop runs timers late: a frame is also cut at this many items
 PIPE_SIZE = 1 << 20  # the writer process's input pipe (Linux default: 64 KiB)
 _F_SETPIPE_SZ = 1031
 
@@ -130,7 +134,8 @@ class RecordingSession:
         self._outbox: list[Item] = []
         self._outbox_plain = True  # only chunks and acknowledgements: marshal will do
         self._outbox_since = NO_BACKLOG
-        self._send_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None  # the pending frame's send
+        self._frame_delay = QUIET_FRAME_DELAY_S
         self._frame = 0
         self._unacked: deque[tuple[int, int]] = deque()  # (frame, queued at) not committed
         self._flushes: dict[int, asyncio.Future[None]] = {}
@@ -181,7 +186,7 @@ class RecordingSession:
         def record(data: bytes) -> bool:
             now = clock()
             append((CHUNK, iid, now - anchor_ns, data))
-            if len(outbox) >= FRAME_ITEMS or not self._send_scheduled:
+            if len(outbox) >= FRAME_ITEMS or self._timer is None:
                 self._size_or_schedule()
             if now - self.backlog_since_ns > LAG_HIGH_NS:
                 self.congested = True
@@ -195,26 +200,29 @@ class RecordingSession:
         self._size_or_schedule()
 
     def _size_or_schedule(self) -> None:
-        if len(self._outbox) >= FRAME_ITEMS:  # a busy loop runs timers late: bound by size
+        if len(self._outbox) >= FRAME_ITEMS:
             self._send()
-        elif not self._send_scheduled:
-            self._send_scheduled = True
+        elif self._timer is None:
             now = time.monotonic_ns()
             self._outbox_since = now
             if self.backlog_since_ns == NO_BACKLOG:
                 self.backlog_since_ns = now
             assert self._loop is not None
-            self._loop.call_later(FRAME_DELAY_S, self._send)
+            self._timer = self._loop.call_later(self._frame_delay, self._send)
 
     def _send(self) -> None:
-        """FRAME_DELAY_S after its first item, or at FRAME_ITEMS items: the outbox goes to
+        """The frame delay after its first item, or at FRAME_ITEMS items: the outbox goes to
         the writer as one frame."""
-        self._send_scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()  # a frame cut by size: its timer has nothing left to send
+            self._timer = None
         items = self._outbox.copy()
         self._outbox.clear()
         plain, self._outbox_plain = self._outbox_plain, True
         if not items:
             return
+        self._frame_delay = (FRAME_DELAY_S if len(items) >= BUSY_FRAME_ITEMS
+                             else QUIET_FRAME_DELAY_S)
         self._frame += 1
         items.append((ACK, self._frame))
         self._unacked.append((self._frame, self._outbox_since))
@@ -261,7 +269,7 @@ class RecordingSession:
                 unacked.popleft()
         if self._unacked:
             self.backlog_since_ns = self._unacked[0][1]
-        elif self._send_scheduled:
+        elif self._timer is not None:
             self.backlog_since_ns = self._outbox_since
         else:
             self.backlog_since_ns = NO_BACKLOG

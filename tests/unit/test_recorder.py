@@ -801,6 +801,34 @@ async def test_chunk_recorder_stamps_queues_and_says_when_the_writer_is_behind(
     assert offsets == sorted(offsets) and 0 <= offsets[0] and offsets[6] <= after
 
 
+async def test_frames_wait_longer_only_while_traffic_is_busy(tmp_path: Path) -> None:
+    """A frame of BUSY_FRAME_ITEMS or more makes the next one wait FRAME_DELAY_S (fewer pipe
+    writes in a flood); a smaller one brings back the quiet delay (a frame's send falls due
+    soon, in the gap before a slow stream's next event)."""
+    session = task_session(str(tmp_path / "rec.cassette"))
+    await session.start()
+    loop = asyncio.get_running_loop()
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+
+    def pending_delay() -> float:
+        assert session._timer is not None
+        return session._timer.when() - loop.time()
+
+    assert 0 < pending_delay() <= session_module.QUIET_FRAME_DELAY_S
+    feed(session, iid, [b"data: x\n\n"] * session_module.BUSY_FRAME_ITEMS)
+    await session.flush()  # one frame: the begin, the head, the chunks, the flush
+    feed(session, iid, [b"data: y\n\n"])
+    assert session_module.QUIET_FRAME_DELAY_S < pending_delay() <= session_module.FRAME_DELAY_S
+    await session.flush()  # a frame of two items
+    feed(session, iid, [b"data: z\n\n"])
+    assert 0 < pending_delay() <= session_module.QUIET_FRAME_DELAY_S
+    session.end(iid, Outcome.CLEAN, 99)
+    await session.close()
+    got = await read_back(tmp_path / "rec.cassette")
+    assert len(got.chunks[iid]) == session_module.BUSY_FRAME_ITEMS + 2
+
+
 # --------------------------------------------------------------------------------------------
 # event-to-chunk attribution for any chunking (the writer's per-body state, without I/O)
 
