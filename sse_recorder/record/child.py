@@ -27,6 +27,7 @@ import pickle
 import signal
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -34,6 +35,7 @@ from sse_recorder.model import Outcome
 from sse_recorder.record.redact import RedactionRules
 from sse_recorder.record.writer import END, STOP, Commit, Writer
 
+COMMIT_DELAY_S = 0.02  # a commit nobody waits on goes at most this late (see `_Commits`)
 FRAME = struct.Struct(">IB")  # size, then how the message is serialised
 PICKLED, MARSHALLED = 0, 1
 _LOADS = {PICKLED: pickle.loads, MARSHALLED: marshal.loads}
@@ -91,6 +93,40 @@ def rules_message(rules: RedactionRules) -> tuple[frozenset[str], frozenset[str]
     return rules.headers, rules.query_params, rules.json_fields, rules.values
 
 
+class _Commits:
+    """The commits told to the proxy. One that a flush or an ended interaction waits on goes
+    at once, with any held back merged into it; the others are merged and go COMMIT_DELAY_S
+    after the first: each message wakes the proxy, and a slow stream would otherwise cost it
+    a wake-up per frame. The proxy's view of the backlog is then at most that much older."""
+
+    def __init__(self, send: Callable[[object], None], loop: asyncio.AbstractEventLoop) -> None:
+        self._send = send
+        self._loop = loop
+        self._held: Commit | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, commit: Commit) -> None:
+        held = self._held
+        if held is not None:
+            commit = Commit(held.acked if commit.acked is None else commit.acked,
+                            held.flushed + commit.flushed, held.chunks + commit.chunks,
+                            held.recorded + commit.recorded)
+        self._held = commit
+        if commit.flushed or commit.recorded:
+            self.release()
+        elif self._timer is None:
+            self._timer = self._loop.call_later(COMMIT_DELAY_S, self.release)
+
+    def release(self) -> None:
+        """Send what is held back now."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        held, self._held = self._held, None
+        if held is not None:
+            self._send(held)
+
+
 async def _serve() -> int:
     from sse_recorder.store.cassette import Cassette
 
@@ -116,13 +152,13 @@ async def _serve() -> int:
         if not out_transport.is_closing():  # closed: the proxy is gone, nobody to tell
             out.write(encode(message))
 
-    def committed(commit: Commit) -> None:
-        send(commit)
+    commits = _Commits(send, loop)
 
     def failed(exc: Exception) -> None:
+        commits.release()
         send(Failed(str(exc)))
 
-    writer = Writer(cassette, RedactionRules(*start.rules), committed, failed)
+    writer = Writer(cassette, RedactionRules(*start.rules), commits.add, failed)
     send(Ready(cassette.peek_next_id()))
     running = loop.create_task(writer.run())
     stopped = False
@@ -137,6 +173,7 @@ async def _serve() -> int:
         writer.feed(message)
     await running
     await writer.finish()
+    commits.release()
     send(Closed())
     try:
         await out.drain()

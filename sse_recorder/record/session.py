@@ -71,13 +71,14 @@ NO_BACKLOG = 1 << 62  # `backlog_since_ns` when everything is committed
 # pipe write for a burst, at the price of that much more loss if the proxy is killed. Each
 # pipe write wakes the writer on the other CPU, which costs the proxy far more than the bytes:
 # in a flood of one-event chunks, 2 ms frames took 6.6% of the proxy's CPU, 10 ms frames 1.5%
-# (py-spy, bench/record_bench.py part 2). Light traffic keeps 2 ms frames: a send that falls
-# due just before a chunk arrives delays that chunk, and 10 ms frames met a 10 ms-spaced
-# stream's next event every time (median added delay 0.015 -> 0.101 ms).
-QUIET_FRAME_DELAY_S = 0.002
+# (py-spy, bench/record_bench.py part 2). After QUIET_GAP_S without a frame, a frame goes at
+# the end of the loop turn instead: no timer wake-up of its own, and no send falling due just
+# before a slow stream's next chunk (10 ms timers met a 10 ms-spaced stream's next event every
+# time: median added delay 0.015 -> 0.101 ms).
 FRAME_DELAY_S = 0.01
-BUSY_FRAME_ITEMS = 32  # a frame this full means busy traffic: the next one waits FRAME_DELAY_S
+QUIET_GAP_S = 0.002
 FRAME_ITEMS = 1024  # a busy loop runs timers late: a frame is also cut at this many items
+QUIET_GAP_NS = int(QUIET_GAP_S * 1e9)
 PIPE_SIZE = 1 << 20  # the writer process's input pipe (Linux default: 64 KiB)
 _F_SETPIPE_SZ = 1031
 
@@ -134,8 +135,8 @@ class RecordingSession:
         self._outbox: list[Item] = []
         self._outbox_plain = True  # only chunks and acknowledgements: marshal will do
         self._outbox_since = NO_BACKLOG
-        self._timer: asyncio.TimerHandle | None = None  # the pending frame's send
-        self._frame_delay = QUIET_FRAME_DELAY_S
+        self._timer: asyncio.Handle | None = None  # the pending frame's send
+        self._last_frame_ns = 0
         self._frame = 0
         self._unacked: deque[tuple[int, int]] = deque()  # (frame, queued at) not committed
         self._flushes: dict[int, asyncio.Future[None]] = {}
@@ -208,11 +209,14 @@ class RecordingSession:
             if self.backlog_since_ns == NO_BACKLOG:
                 self.backlog_since_ns = now
             assert self._loop is not None
-            self._timer = self._loop.call_later(self._frame_delay, self._send)
+            if now - self._last_frame_ns >= QUIET_GAP_NS:
+                self._timer = self._loop.call_soon(self._send)
+            else:
+                self._timer = self._loop.call_later(FRAME_DELAY_S, self._send)
 
     def _send(self) -> None:
-        """The frame delay after its first item, or at FRAME_ITEMS items: the outbox goes to
-        the writer as one frame."""
+        """FRAME_DELAY_S after its first item (at the end of that loop turn after a quiet
+        spell), or at FRAME_ITEMS items: the outbox goes to the writer as one frame."""
         if self._timer is not None:
             self._timer.cancel()  # a frame cut by size: its timer has nothing left to send
             self._timer = None
@@ -221,8 +225,7 @@ class RecordingSession:
         plain, self._outbox_plain = self._outbox_plain, True
         if not items:
             return
-        self._frame_delay = (FRAME_DELAY_S if len(items) >= BUSY_FRAME_ITEMS
-                             else QUIET_FRAME_DELAY_S)
+        self._last_frame_ns = time.monotonic_ns()
         self._frame += 1
         items.append((ACK, self._frame))
         self._unacked.append((self._frame, self._outbox_since))

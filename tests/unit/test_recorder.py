@@ -801,32 +801,42 @@ async def test_chunk_recorder_stamps_queues_and_says_when_the_writer_is_behind(
     assert offsets == sorted(offsets) and 0 <= offsets[0] and offsets[6] <= after
 
 
-async def test_frames_wait_longer_only_while_traffic_is_busy(tmp_path: Path) -> None:
-    """A frame of BUSY_FRAME_ITEMS or more makes the next one wait FRAME_DELAY_S (fewer pipe
-    writes in a flood); a smaller one brings back the quiet delay (a frame's send falls due
-    soon, in the gap before a slow stream's next event)."""
+async def test_a_frame_goes_at_once_after_a_quiet_spell_and_waits_while_busy(
+    tmp_path: Path,
+) -> None:
+    """Within QUIET_GAP_S of the last frame (busy traffic), a new frame waits FRAME_DELAY_S
+    for more items (fewer pipe writes in a flood); after a quiet spell it goes at the end of
+    the loop turn (no timer wake-up, no send falling due as a slow stream's next chunk
+    arrives)."""
     session = task_session(str(tmp_path / "rec.cassette"))
     await session.start()
     loop = asyncio.get_running_loop()
     iid = session.begin(GET, 1.0)
+
+    def pending_delay() -> float | None:
+        """Seconds until the pending frame's send; None: at the end of this loop turn."""
+        timer = session._timer
+        assert timer is not None
+        return timer.when() - loop.time() if isinstance(timer, asyncio.TimerHandle) else None
+
+    assert pending_delay() is None  # the first frame ever: nothing was sent before
     session.head(iid, SSE_HEAD, 1)
-
-    def pending_delay() -> float:
-        assert session._timer is not None
-        return session._timer.when() - loop.time()
-
-    assert 0 < pending_delay() <= session_module.QUIET_FRAME_DELAY_S
-    feed(session, iid, [b"data: x\n\n"] * session_module.BUSY_FRAME_ITEMS)
-    await session.flush()  # one frame: the begin, the head, the chunks, the flush
+    await session.flush()
+    session._last_frame_ns = time.monotonic_ns()  # as if a frame had just gone: busy
+    feed(session, iid, [b"data: x\n\n"])
+    delay = pending_delay()
+    assert delay is not None
+    assert session_module.QUIET_GAP_S < delay <= session_module.FRAME_DELAY_S
+    await session.flush()
+    session._last_frame_ns -= session_module.QUIET_GAP_NS  # as if QUIET_GAP_S went by
     feed(session, iid, [b"data: y\n\n"])
-    assert session_module.QUIET_FRAME_DELAY_S < pending_delay() <= session_module.FRAME_DELAY_S
-    await session.flush()  # a frame of two items
-    feed(session, iid, [b"data: z\n\n"])
-    assert 0 < pending_delay() <= session_module.QUIET_FRAME_DELAY_S
+    assert pending_delay() is None
+    await asyncio.sleep(0)  # the end of this loop turn: the frame is out
+    assert session._timer is None and session._frame == 3
     session.end(iid, Outcome.CLEAN, 99)
     await session.close()
     got = await read_back(tmp_path / "rec.cassette")
-    assert len(got.chunks[iid]) == session_module.BUSY_FRAME_ITEMS + 2
+    assert [c.data for c in got.chunks[iid]] == [b"data: x\n\n", b"data: y\n\n"]
 
 
 # --------------------------------------------------------------------------------------------
