@@ -71,12 +71,14 @@ NO_BACKLOG = 1 << 62  # `backlog_since_ns` when everything is committed
 # pipe write for a burst, at the price of that much more loss if the proxy is killed. Each
 # pipe write wakes the writer on the other CPU, which costs the proxy far more than the bytes:
 # in a flood of one-event chunks, 2 ms frames took 6.6% of the proxy's CPU, 10 ms frames 1.5%
-# (py-spy, bench/record_bench.py part 2). After QUIET_GAP_S without a frame, a frame goes at
-# the end of the loop turn instead: no timer wake-up of its own, and no send falling due just
-# before a slow stream's next chunk (10 ms timers met a 10 ms-spaced stream's next event every
-# time: median added delay 0.015 -> 0.101 ms).
+# (py-spy, bench/record_bench.py part 2). After a quiet spell (the last frame small and
+# QUIET_GAP_S old), a frame goes at the end of the loop turn instead: no timer wake-up of its
+# own, and no send falling due just before a slow stream's next chunk (10 ms timers met a 10
+# ms-spaced stream's next event every time: median added delay 0.015 -> 0.101 ms). A gap alone
+# is no sign of quiet: a flood's proxy sharing a CPU is often off it for longer.
 FRAME_DELAY_S = 0.01
 QUIET_GAP_S = 0.002
+QUIET_FRAME_ITEMS = 8  # the last frame held fewer items: traffic may be quiet
 FRAME_ITEMS = 1024  # a busy loop runs timers late: a frame is also cut at this many items
 QUIET_GAP_NS = int(QUIET_GAP_S * 1e9)
 PIPE_SIZE = 1 << 20  # the writer process's input pipe (Linux default: 64 KiB)
@@ -137,6 +139,7 @@ class RecordingSession:
         self._outbox_since = NO_BACKLOG
         self._timer: asyncio.Handle | None = None  # the pending frame's send
         self._last_frame_ns = 0
+        self._last_frame_items = 0
         self._frame = 0
         self._unacked: deque[tuple[int, int]] = deque()  # (frame, queued at) not committed
         self._flushes: dict[int, asyncio.Future[None]] = {}
@@ -209,7 +212,8 @@ class RecordingSession:
             if self.backlog_since_ns == NO_BACKLOG:
                 self.backlog_since_ns = now
             assert self._loop is not None
-            if now - self._last_frame_ns >= QUIET_GAP_NS:
+            if (self._last_frame_items < QUIET_FRAME_ITEMS
+                    and now - self._last_frame_ns >= QUIET_GAP_NS):
                 self._timer = self._loop.call_soon(self._send)
             else:
                 self._timer = self._loop.call_later(FRAME_DELAY_S, self._send)
@@ -226,6 +230,7 @@ class RecordingSession:
         if not items:
             return
         self._last_frame_ns = time.monotonic_ns()
+        self._last_frame_items = len(items)
         self._frame += 1
         items.append((ACK, self._frame))
         self._unacked.append((self._frame, self._outbox_since))

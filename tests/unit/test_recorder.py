@@ -804,10 +804,10 @@ async def test_chunk_recorder_stamps_queues_and_says_when_the_writer_is_behind(
 async def test_a_frame_goes_at_once_after_a_quiet_spell_and_waits_while_busy(
     tmp_path: Path,
 ) -> None:
-    """Within QUIET_GAP_S of the last frame (busy traffic), a new frame waits FRAME_DELAY_S
-    for more items (fewer pipe writes in a flood); after a quiet spell it goes at the end of
-    the loop turn (no timer wake-up, no send falling due as a slow stream's next chunk
-    arrives)."""
+    """Within QUIET_GAP_S of the last frame, or after a full one (busy traffic), a new frame
+    waits FRAME_DELAY_S for more items (fewer pipe writes in a flood); after a quiet spell (a
+    small frame, QUIET_GAP_S ago) it goes at the end of the loop turn (no timer wake-up, no
+    send falling due as a slow stream's next chunk arrives)."""
     session = task_session(str(tmp_path / "rec.cassette"))
     await session.start()
     loop = asyncio.get_running_loop()
@@ -833,10 +833,17 @@ async def test_a_frame_goes_at_once_after_a_quiet_spell_and_waits_while_busy(
     assert pending_delay() is None
     await asyncio.sleep(0)  # the end of this loop turn: the frame is out
     assert session._timer is None and session._frame == 3
+    full = [b"data: %d\n\n" % n for n in range(session_module.QUIET_FRAME_ITEMS)]
+    feed(session, iid, full)
+    await session.flush()  # a full frame: even after a gap, traffic counts as busy
+    session._last_frame_ns -= session_module.QUIET_GAP_NS
+    feed(session, iid, [b"data: z\n\n"])
+    assert pending_delay() is not None
     session.end(iid, Outcome.CLEAN, 99)
     await session.close()
     got = await read_back(tmp_path / "rec.cassette")
-    assert [c.data for c in got.chunks[iid]] == [b"data: x\n\n", b"data: y\n\n"]
+    assert [c.data for c in got.chunks[iid]] == [
+        b"data: x\n\n", b"data: y\n\n", *full, b"data: z\n\n"]
 
 
 # --------------------------------------------------------------------------------------------
