@@ -1,11 +1,11 @@
 """Turn live traffic into cassette rows without slowing the traffic. Knows nothing of mitmproxy.
 
-The proxy calls `begin`, `head`, `chunk` and `end` synchronously; each only appends to an
-outbox (well under a microsecond). A few ms after its first item (or at FRAME_ITEMS items)
-the outbox goes to the writer (`record.writer`) as one frame: by default to a writer
-process of its own (`record.child`, `WriterMode.PROCESS`), so parsing, redaction and SQLite
-run on another core; or to a task on this loop (`WriterMode.TASK`), for embedding without a
-second process and for unit tests.
+The proxy calls `begin`, `head`, `end` and, for each streamed chunk, a `chunk_recorder`
+closure synchronously; each only appends to an outbox (well under a microsecond). A few
+ms after its first item (or at FRAME_ITEMS items) the outbox goes to the writer
+(`record.writer`) as one frame: by default to a writer process of its own (`record.child`,
+`WriterMode.PROCESS`), so parsing, redaction and SQLite run on another core; or to a task
+on this loop (`WriterMode.TASK`), for embedding without a second process and for unit tests.
 
 Loss on a crash is bounded by time. The session keeps `backlog_since_ns`, when the oldest
 frame the writer has not committed yet was queued. The proxy checks it after each chunk:
