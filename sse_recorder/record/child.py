@@ -2,7 +2,7 @@
 
 Why a process: parsing, redaction and SQLite work cost the proxy's own process about as much
 CPU as forwarding the traffic, and every microsecond of it is taken from the traffic. Here
-the proxy only stamps and pickles; this process does the rest on the other core.
+the proxy only stamps and queues; this process does the rest on the other core.
 
 Messages are length-prefixed pickles (`FRAME`), between two processes of the same
 installation only; a frame of plain tuples (chunks, acknowledgements: a flood's frames) goes
