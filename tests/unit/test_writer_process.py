@@ -13,6 +13,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sse_recorder.errors import CassetteError
 from sse_recorder.model import Outcome, RecordedRequest
@@ -241,3 +243,53 @@ async def test_commits_nobody_waits_on_are_merged_and_held_back_briefly() -> Non
     await asyncio.wait_for(arrived.wait(), 5)
     assert sent[-1] == Commit(6, chunks=1) and len(sent) == 3
     assert loop.time() - held_at >= child_module.COMMIT_DELAY_S * 0.9
+
+
+_PIECE = st.binary(max_size=12) | st.sampled_from(
+    [b"data: a\n\n", b"\n", b"\r\n", b": ping\n", b"id: 7\n", SECRET.encode(), b"data: ",
+     b"event: e\n"])
+# (interaction 0 or 1, bytes, what follows: nothing, a frame cut, a flush)
+_STEP = st.tuples(st.integers(0, 1), _PIECE, st.sampled_from(["", "", "frame", "flush"]))
+
+
+async def _record(path: Path, mode: WriterMode, steps: list[tuple[int, bytes, str]]) -> None:
+    config = RecorderConfig(redaction=RedactionRules.with_extra(values=[SECRET]), writer=mode)
+    session = RecordingSession(str(path), config)
+    await session.start()
+    iids = [session.begin(GET, 1.0), session.begin(GET, 2.0)]
+    for iid in iids:
+        session.head(iid, SSE_HEAD, 1)
+    for n, (which, piece, then) in enumerate(steps):
+        session.chunk(iids[which], 10 + n, piece)
+        if then == "frame":
+            session._send()  # the frame goes now, as its timer would
+        elif then == "flush":
+            await session.flush()
+    session.end(iids[0], Outcome.CLEAN, 10_000)
+    await session.close()  # the other one is stopped
+
+
+@settings(max_examples=10, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(_STEP, max_size=14))
+def test_the_writer_process_stores_what_the_writer_task_does_however_framed(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[int, bytes, str]]
+) -> None:
+    """Frames (marshalled chunks, pickled heads and ends), commits held back and merged, and
+    a pipe between two processes change nothing: two interleaved streams cut into frames and
+    flushes at random store, event for event, what the writer on the proxy's loop stores.
+    No secret reaches either file."""
+    folder = tmp_path_factory.mktemp("framed")
+    paths = {mode: folder / f"{mode.value}.cassette" for mode in WriterMode}
+    for mode, path in paths.items():  # a flush that never comes back fails, not hangs
+        asyncio.run(asyncio.wait_for(_record(path, mode, steps), 60))
+    process = asyncio.run(read_back(paths[WriterMode.PROCESS]))
+    task = asyncio.run(read_back(paths[WriterMode.TASK]))
+    assert [(i.id, i.outcome, i.chunk_count, i.event_count) for i in process.interactions] == [
+        (i.id, i.outcome, i.chunk_count, i.event_count) for i in task.interactions]
+    for iid in process.chunks:
+        assert [(c.seq, c.offset_ns, c.data) for c in process.chunks[iid]] == [
+            (c.seq, c.offset_ns, c.data) for c in task.chunks[iid]]
+        assert process.events[iid] == task.events[iid]
+    for path in paths.values():
+        assert SECRET.encode() not in path.read_bytes()
