@@ -78,9 +78,9 @@ NO_BACKLOG = 1 << 62  # `backlog_since_ns` when everything is committed
 # is no sign of quiet: a flood's proxy sharing a CPU is often off it for longer.
 FRAME_DELAY_S = 0.01
 QUIET_GAP_S = 0.002
+QUIET_GAP_NS = int(QUIET_GAP_S * 1e9)
 QUIET_FRAME_ITEMS = 8  # the last frame held fewer items: traffic may be quiet
 FRAME_ITEMS = 1024  # a busy loop runs timers late: a frame is also cut at this many items
-QUIET_GAP_NS = int(QUIET_GAP_S * 1e9)
 PIPE_SIZE = 1 << 20  # the writer process's input pipe (Linux default: 64 KiB)
 _F_SETPIPE_SZ = 1031
 

@@ -365,9 +365,8 @@ class ReplayServer:
 
     async def _answer(
         self, interaction: Interaction, body_writer: BodyWriter, last_event_id: str | None,
-        persist: bool,
-        version: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-        run: FaultRun, request_headers: Headers = (),
+        persist: bool, version: str, reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter, run: FaultRun, request_headers: Headers = (),
     ) -> tuple[int, Answer, Outcome, bool]:
         """Faults that replace the response, else the recorded response (maybe faulted)."""
         assert interaction.response is not None
