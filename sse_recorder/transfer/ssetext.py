@@ -47,6 +47,9 @@ _ESCAPES = {"n": b"\n", "r": b"\r", "t": b"\t", "0": b"\0", '"': b'"', "\\": b"\
 _WRITE_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0", '"': '\\"',
                   "\\": "\\\\"}
 _UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u2028\u2029\ud800-\udfff]")
+# What a head (status line, header) cannot hold: control characters but the tab, which
+# RFC 9112 allows in a reason phrase and a field value.
+_HEAD_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)?")
 
 
@@ -212,7 +215,7 @@ class _Reader:
 
     def head_text(self, value: str, column: int) -> str:
         """A head value as the wire carries it: its UTF-8 bytes, latin-1 decoded."""
-        bad = re.search(r"[\x00-\x08\x0a-\x1f\x7f]", value)
+        bad = _HEAD_CONTROL.search(value)
         if bad:
             self.fail("a control character cannot be in a head (use @header with \\x escapes "
                       "only for bytes the wire allows)", column + bad.start())
@@ -533,12 +536,12 @@ def _head_value(value: str) -> str | None:
 
 def _reason(reason: str) -> str:
     """The reason as the status line shows it (all of the line after the status: spaces
-    kept); one no line can show (a control character) is left out."""
+    and tabs kept); one no line can show (any other control character) is left out."""
     try:
         text = reason.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
         return ""
-    return "" if re.search(r"[\x00-\x1f\x7f]", text) else text
+    return "" if _HEAD_CONTROL.search(text) else text
 
 
 def _headers(headers: Sequence[tuple[str, str]]) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sse_recorder.model import Outcome, RecordedRequest, ResponseHead
@@ -300,6 +300,7 @@ _FRAGMENTS = st.sampled_from([
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_FRAGMENTS, max_size=40).map("".join))
+@example("GET http://h/x\nHTTP/1.1 200 OK\t")  # a tab in the reason: read, so written back
 def test_any_text_reads_or_is_one_error_line(text: str) -> None:
     try:
         imported = ssetext.load(text.encode(), "f.sse")
