@@ -26,7 +26,7 @@ from pathlib import Path
 
 from _common import Summary, deadline, fmt_ratio, median, ratio, table, venv_bin
 
-from sse_recorder.model import Outcome, RecordedEvent, RecordedRequest, ResponseHead
+from sse_recorder.model import Outcome, RecordedRequest, ResponseHead
 from sse_recorder.store.cassette import (
     Cassette,
     EndUpdate,
@@ -64,10 +64,8 @@ async def build(path: Path, events: int) -> None:
                 {"type": "content_block_delta", "index": 0,
                  "delta": {"type": "text_delta", "text": f"token {n}"}})
         raw = (f": {data}\n\n" if kind == "comment" else f"event: {type_}\ndata: {data}\n\n")
-        batch.chunks.append((iid, n, at, raw.encode()))
-        batch.events.append((iid, RecordedEvent(n, kind, type_, data, None, None,  # type: ignore[arg-type]
-                                                at, n, n)))
-        if len(batch.events) >= BATCH:
+        batch.chunks.append((iid, n, at, raw.encode()))  # a reader derives the events
+        if len(batch.chunks) >= BATCH:
             await cassette.write(batch)
             batch = WriteBatch()
     batch.ends.append(EndUpdate(iid, True, Outcome.CLEAN, at + 1_000_000, None))

@@ -62,6 +62,9 @@ class ArrayParser:
         return Frame(self._base + start, self._base + end, kind, type_, spell(text))
 
     def _scan(self) -> list[Frame]:
+        if self._top == b"v":  # not an array: nothing in it is a frame, however it is cut
+            self._i = len(self._buffer)
+            return []
         buffer, frames = self._buffer, []
         i, size = self._i, len(self._buffer)
         level = 1 if self._top == b"[" else 0  # the depth at which elements lie

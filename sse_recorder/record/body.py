@@ -3,21 +3,19 @@
 Chunks arrive as the transport cut them, not as events. An event stream is redacted a run
 of whole events at a time (up to its last blank line), so redaction sees every event whole,
 a value wrapped over two `data:` lines included; a chunk is stored once all of it is
-redacted (a chunk ending inside an event waits for that event's end), and only then parsed:
-events are derived from the bytes stored, so no event can hold what the chunks do not.
-Each event is mapped to the first and last stored chunk it spans. Any other body is
-redacted whole at its end (decoded first if it has a content coding).
+redacted (a chunk ending inside an event waits for that event's end). The writer builds no
+events: readers derive them from the chunks stored (`framing.derive`), so no event can hold
+what the chunks do not; it only counts them (`sse.EventCounter`, mostly one regex per
+batch) and notes whether the body ended inside one. A stream in another framing is stored
+a run of whole frames at a time. Any other body is redacted whole at its end (decoded first
+if it has a content coding).
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
 
-from sse_recorder.framing.base import Frame
-from sse_recorder.framing.base import Parser as FrameParser
 from sse_recorder.framing.registry import Dialect
-from sse_recorder.model import RecordedEvent
 from sse_recorder.record.redact import (
     MAX_HELD,
     Scrubber,
@@ -26,14 +24,14 @@ from sse_recorder.record.redact import (
     decode_body,
     split_like,
 )
-from sse_recorder.sse import Comment, Item, SSEParser
+from sse_recorder.sse import EventCounter
 from sse_recorder.store.cassette import WriteBatch
 
 log = logging.getLogger(__name__)
 
 
 class Body:
-    """Per-interaction state in the writer: holding, redaction, SSE parsing, numbering."""
+    """Per-interaction state in the writer: holding, redaction, counting, numbering."""
 
     def __init__(
         self,
@@ -50,11 +48,10 @@ class Body:
         such a body without a content coding is stored a run of whole frames at a time."""
         self.iid = iid
         self.scrub = scrub
-        self.parser = SSEParser() if is_sse else None
+        self.counter = EventCounter() if is_sse else None
         self.codings = codings or []
         framed = dialect is not None and not is_sse and not self.codings
         self.dialect = dialect if framed else None
-        self.framer: FrameParser | None = dialect.parser() if framed and dialect else None
         self._scout = dialect.parser() if framed and dialect else None  # finds frame ends
         self._raw_position = 0  # bytes fed to the scout
         self._aligned = 0  # held chunks that end where a frame ends
@@ -63,12 +60,13 @@ class Body:
         self._held: list[tuple[int, bytes]] = []  # not stored yet
         self._ready = 0  # bytes at the start of `_held` already redacted (whole events)
         self.next_stored = 0  # seq of the next chunk to store
-        self.next_event = 0
-        self.events = 0  # events stored (comments not counted)
+        self.frames = 0  # frames of a stream in another framing, as received
         self.stored_size = 0  # bytes of the chunks stored
-        self.position = 0  # stored bytes so far
-        self.chunk_starts: list[int] = []  # stored stream position of recent chunks' first byte
-        self.first_seq = 0  # seq of chunk_starts[0]
+
+    @property
+    def events(self) -> int:
+        """Events stored (comments not counted); frames for a stream in another framing."""
+        return self.counter.events if self.counter is not None else self.frames
 
     def feed(self, chunks: list[tuple[int, bytes]], batch: WriteBatch) -> None:
         """Consecutive chunks of this body, in arrival order."""
@@ -80,7 +78,7 @@ class Body:
                 log.warning("sse-recorder: #%d: cannot decode the body (%s): the rest is not "
                             "stored", self.iid, ", ".join(self.codings))
         self._held.extend(chunks)
-        if self.parser is not None:
+        if self.counter is not None:
             self._redact_complete_events(batch)
         elif self._scout is not None:
             self._release_whole_frames(chunks, batch)
@@ -88,16 +86,17 @@ class Body:
 
     def finish(self, batch: WriteBatch) -> bool:
         """Store what is held; returns whether the body ended in the middle of an event."""
-        if self.framer is not None:
-            self._release_frames(len(self._held), batch, final=True)
+        if self._scout is not None:
+            self.frames += len(self._scout.finish())
+            self._release_frames(len(self._held), batch)
             return False
-        if self.parser is None:
+        if self.counter is None:
             self._finish_whole(batch)
             return False
         if self._held:
             self._redact_up_to(None)
             self._release(len(self._held), batch)
-        return not self.parser.at_event_boundary
+        return not self.counter.at_event_boundary
 
     # -- event streams -------------------------------------------------------------------
 
@@ -127,81 +126,30 @@ class Body:
             self._release(count, batch)
 
     def _redact_up_to(self, end: int | None, buffer: bytes | None = None) -> None:
-        """Redact held bytes from `_ready` to `end` (None: all of them): whole events."""
+        """Redact held bytes from `_ready` to `end` (None: all of them), whole events, and
+        count the events in them (as redacted: the bytes that will be stored)."""
         held = self._held
         if buffer is None:
             buffer = b"".join(data for _, data in held)
         if end is None:
             end = len(buffer)
-        spans = self.scrub.stream_spans(buffer[self._ready:end])
+        region = buffer[self._ready:end]
+        spans = self.scrub.stream_spans(region)
         if spans:
             start = self._ready
             shifted = [(a + start, b + start, r) for a, b, r in spans]
             self._held = split_like(held, shifted)
             end += sum(len(r) - (b - a) for a, b, r in spans)
+            region = apply(region, spans)
+        assert self.counter is not None
+        self.counter.feed(region)
         self._ready = end
 
     def _release(self, count: int, batch: WriteBatch) -> None:
-        """Store the first `count` held chunks (redacted) and parse them."""
+        """Store the first `count` held chunks (redacted)."""
         stored = self._held[:count]
         del self._held[:count]
-        assert self.parser is not None
-        first_new = self.next_stored
-        starts = self.chunk_starts
-        position = self.position
-        for _, data in stored:
-            starts.append(position)
-            position += len(data)
-        self.position = position
-        joined = stored[0][1] if len(stored) == 1 else b"".join(data for _, data in stored)
-        events = self.parser.feed(joined)
-        if events:
-            self._events(events, first_new, stored, batch)
-        self._forget_chunks_before(self.parser)
         self._store(stored, batch)
-
-    def _events(
-        self,
-        items: list[Item],
-        first_new: int,
-        chunks: list[tuple[int, bytes]],
-        batch: WriteBatch,
-    ) -> None:
-        """Store parsed items with the chunks they span. Items come in stream order, so the
-        chunk holding each one's line ending is found by walking forward (this is per
-        event, on the recorder's hot path)."""
-        starts, base, iid = self.chunk_starts, self.first_seq, self.iid
-        append = batch.events.append
-        last = first_new - base  # index into starts of the chunk being looked at
-        count = len(starts)
-        seq = self.next_event
-        comments = 0
-        for item in items:
-            end = item.end - 1  # the byte holding its line ending
-            while last + 1 < count and starts[last + 1] <= end:
-                last += 1
-            first = last if starts[last] <= item.start else max(
-                bisect.bisect_right(starts, item.start) - 1, 0
-            )
-            offset_ns = chunks[last - (first_new - base)][0]
-            if isinstance(item, Comment):
-                comments += 1
-                append((iid, RecordedEvent(seq, "comment", None, item.text, None, None,
-                                           offset_ns, base + first, base + last)))
-            else:
-                append((iid, RecordedEvent(seq, "event", item.type, item.data, item.id,
-                                           item.retry, offset_ns, base + first, base + last)))
-            seq += 1
-        self.events += seq - self.next_event - comments
-        self.next_event = seq
-
-    def _forget_chunks_before(self, parser: SSEParser) -> None:
-        # Only the chunks of the event being parsed can still be some event's first chunk.
-        keep_from = parser.earliest_open_position
-        drop = bisect.bisect_right(self.chunk_starts, keep_from) - 1
-        if drop > 0:
-            del self.chunk_starts[:drop]
-            self.first_seq += drop
 
     # -- streams of other framings (NDJSON, AWS event stream...) -------------------------
 
@@ -212,7 +160,7 @@ class Body:
         assert scout is not None
         first_new = len(self._held) - len(chunks)
         for index, (_, data) in enumerate(chunks, first_new):
-            scout.feed(data)
+            self.frames += len(scout.feed(data))
             self._raw_position += len(data)
             if scout.open_start >= self._raw_position:
                 self._aligned = index + 1
@@ -221,55 +169,18 @@ class Body:
         elif sum(len(data) for _, data in self._held) > MAX_HELD:
             self._release_frames(len(self._held), batch)
 
-    def _release_frames(self, count: int, batch: WriteBatch, final: bool = False) -> None:
-        framer, dialect = self.framer, self.dialect
-        assert framer is not None and dialect is not None
+    def _release_frames(self, count: int, batch: WriteBatch) -> None:
+        """Store the first `count` held chunks, redacted as whole frames."""
+        dialect = self.dialect
+        assert dialect is not None
         released = self._held[:count]
         del self._held[:count]
         self._aligned = 0
         if not released:
-            if final:
-                self._frame_events(framer.finish(), [], batch)
             return
         region = b"".join(data for _, data in released)
         spans = dialect.redact(region, self.scrub)
-        stored = split_like(released, spans) if spans else released
-        first_new = self.next_stored
-        starts, position = self.chunk_starts, self.position
-        if not starts:
-            self.first_seq = first_new
-        for _, data in stored:
-            starts.append(position)
-            position += len(data)
-        self.position = position
-        frames = framer.feed(b"".join(data for _, data in stored))
-        if final:
-            frames += framer.finish()
-        self._store(stored, batch)
-        self._frame_events(frames, stored, batch)
-
-    def _frame_events(self, frames: list[Frame], stored: list[tuple[int, bytes]],
-                      batch: WriteBatch) -> None:
-        """Frames as event rows: kind frame, error or invalid, with the chunks they span."""
-        starts, base, iid = self.chunk_starts, self.first_seq, self.iid
-        seq = self.next_event
-        last_ns = stored[-1][0] if stored else 0
-        for frame in frames:
-            first = max(bisect.bisect_right(starts, frame.start) - 1, 0)
-            last = max(bisect.bisect_right(starts, max(frame.end - 1, frame.start)) - 1, 0)
-            stored_index = last - (len(starts) - len(stored))
-            offset_ns = stored[stored_index][0] if 0 <= stored_index < len(stored) else last_ns
-            batch.events.append((iid, RecordedEvent(seq, frame.kind, frame.type, frame.data, None,
-                                                    None, offset_ns, base + first,
-                                                    base + last)))
-            seq += 1
-        self.events += seq - self.next_event
-        self.next_event = seq
-        if self.framer is not None:  # chunks before the open frame can no longer be needed
-            drop = bisect.bisect_right(starts, self.framer.open_start) - 1
-            if drop > 0:
-                del starts[:drop]
-                self.first_seq += drop
+        self._store(split_like(released, spans) if spans else released, batch)
 
     # -- other bodies --------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 The proxy side (`record.session`) only stamps and queues; everything costly happens here:
 every value goes through the one redaction step (`record.redact`): the request, the
-response head, the body (decoded if compressed, redacted, then parsed into events:
+response head, the body (decoded if compressed, redacted, its events counted but not built:
 `record.body`) and the error text; nothing reaches a batch otherwise.
 
 A `Writer` runs either as a task on the proxy's own loop or in a process of its own
@@ -278,7 +278,9 @@ class Writer:
         if error is not None:
             error = state.scrub.string(error)
         complete = reason is Outcome.CLEAN
-        batch.ends.append(EndUpdate(state.id, complete, reason, offset_ns, error))
+        counted = body.counter if body is not None else None
+        batch.ends.append(EndUpdate(state.id, complete, reason, offset_ns, error,
+                                    counted.events if counted is not None else 0))
         counts = (body.events, body.next_stored, body.stored_size) if body else (0, 0, 0)
         self._recorded.append(Recorded(
             state.id, state.method, state.url, state.head.status if state.head else None,

@@ -31,9 +31,10 @@ Invariants:
 from __future__ import annotations
 
 import os
+import struct
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from sqlalchemy.types import NullType
 
 from sse_recorder import __version__
 from sse_recorder.errors import CassetteError
+from sse_recorder.framing.derive import Deriver
 from sse_recorder.model import (
     Chunk,
     Interaction,
@@ -52,11 +54,12 @@ from sse_recorder.model import (
     RecordedRequest,
     ResponseHead,
 )
+from sse_recorder.sse import EventCounter
 from sse_recorder.store import migrate, postgres, rows, sqlite
 from sse_recorder.store.location import Location, locate
 from sse_recorder.store.schema import (
+    ADDED_IN_V2,
     CHUNK_COLUMNS,
-    EVENT_COLUMNS,
     FORMAT_NAME,
     FORMAT_VERSION,
     Base,
@@ -68,7 +71,13 @@ from sse_recorder.store.schema import (
     outcome_on_disk,
 )
 
-CHUNK_PAGE = 512  # rows per query when streaming chunks back
+# Chunks are read back a page of rows at a time (a row is a chunk or a block of chunks): the
+# first page is small, later ones hold about PAGE_BYTES (by the rows seen so far), at most
+# CHUNK_PAGE rows; a block holds at most BLOCK_BYTES of data (more goes in the next block).
+CHUNK_PAGE = 512
+FIRST_PAGE = 4
+PAGE_BYTES = 1 << 20
+BLOCK_BYTES = 64 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,29 +102,59 @@ class EndUpdate:
     outcome: Outcome
     end_offset_ns: int | None
     error: str | None
+    event_count: int | None = None  # None: unknown, derived from the chunks when read
 
 
 @dataclass(slots=True)
 class WriteBatch:
-    """Everything the writer gathered since the last commit; written in one transaction."""
+    """Everything the writer gathered since the last commit; written in one transaction.
+    An interaction's consecutive chunks in one batch are stored as one block row."""
 
     starts: list[InteractionStart] = field(default_factory=list)
     heads: list[HeadUpdate] = field(default_factory=list)
     chunks: list[tuple[int, int, int, bytes]] = field(default_factory=list)  # id, seq, ns, data
-    events: list[tuple[int, RecordedEvent]] = field(default_factory=list)
     ends: list[EndUpdate] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return (
-            len(self.starts) + len(self.heads) + len(self.chunks) + len(self.events)
-            + len(self.ends)
-        )
+        return len(self.starts) + len(self.heads) + len(self.chunks) + len(self.ends)
 
 
-def _raw(table: Any) -> list[Any]:
+def _raw(table: Any, version: int = FORMAT_VERSION) -> list[Any]:
     """A table's columns as SQLite holds them: no SQLAlchemy result processing (which would
-    convert, or fail on, a damaged value before `rows` could say which it is)."""
-    return [type_coerce(column, NullType()).label(column.name) for column in table.columns]
+    convert, or fail on, a damaged value before `rows` could say which it is). A column a
+    v1 file does not have reads as NULL."""
+    missing = ADDED_IN_V2.get(table.name, ()) if version < 2 else ()
+    return [literal(None).label(column.name) if column.name in missing
+            else type_coerce(column, NullType()).label(column.name) for column in table.columns]
+
+
+def _blocks(chunks: list[tuple[int, int, int, bytes]]) -> list[tuple[Any, ...]]:
+    """Chunk rows for a batch: each run of one interaction's consecutive chunks as one row
+    (a single chunk as a v1 row), so a flood of small chunks costs one insert per batch."""
+    runs: dict[tuple[int, int], list[tuple[int, int, int, bytes]]] = {}  # by (id, first seq)
+    open_runs: dict[int, tuple[tuple[int, int], int, int]] = {}  # id -> (run, next seq, size)
+    for chunk in chunks:
+        iid, seq, size = chunk[0], chunk[1], len(chunk[3])
+        found = open_runs.get(iid)
+        if found is not None and found[1] == seq and found[2] + size <= BLOCK_BYTES:
+            key = found[0]
+            runs[key].append(chunk)
+            size += found[2]
+        else:
+            key = (iid, seq)
+            runs[key] = [chunk]
+        open_runs[iid] = (key, seq + 1, size)
+    rows: list[tuple[Any, ...]] = []
+    for (iid, seq), run in runs.items():
+        if len(run) == 1:
+            rows.append((iid, seq, run[0][2], run[0][3], None, None, None))
+            continue
+        datas = [chunk[3] for chunk in run]
+        count = len(run)
+        rows.append((iid, seq, run[0][2], b"".join(datas), count,
+                     struct.pack(f"<{count}q", *[chunk[2] for chunk in run]),
+                     struct.pack(f"<{count}I", *map(len, datas))))
+    return rows
 
 
 _INTERACTION, _CHUNKS, _EVENTS = (Base.metadata.tables[row.__tablename__]
@@ -211,6 +250,7 @@ class Cassette:
                 await cassette.interactions()  # every value readable, or a CassetteError
                 await cassette._conn.run_sync(_upgrade, None)
                 await cassette._conn.commit()
+                cassette.version = FORMAT_VERSION
             await sqlite.start_recording(cassette._conn)
             row = (await cassette._conn.execute(select(func.max(InteractionRow.id)))).scalar()
         except Exception as exc:
@@ -256,6 +296,7 @@ class Cassette:
             if record:
                 await conn.run_sync(_upgrade, location.name)
                 await conn.commit()
+                cassette.version = FORMAT_VERSION
                 await postgres.start_recording(conn, location.name)
                 # numbered as the database will most likely number them: no translation
                 last = (await conn.execute(select(func.max(InteractionRow.id)))).scalar()
@@ -334,7 +375,9 @@ class Cassette:
             for name in Base.metadata.tables
         })
         for name, table in Base.metadata.tables.items():
-            lost = [c.name for c in table.columns if c.name not in have[name]]
+            later = ADDED_IN_V2.get(name, ()) if version < 2 else ()
+            lost = [c.name for c in table.columns if c.name not in have[name]
+                    and c.name not in later]
             if lost:
                 raise CassetteError(f"{path}: damaged cassette, table {name} has no column "
                                     f"{', '.join(lost)}")
@@ -463,12 +506,8 @@ class Cassette:
                     )
                 )
             if batch.chunks:
-                await self._insert_many(ChunkRow.__tablename__, CHUNK_COLUMNS, batch.chunks)
-            if batch.events:
-                await self._insert_many(
-                    EventRow.__tablename__, EVENT_COLUMNS,
-                    [(iid, *event) for iid, event in batch.events],
-                )
+                await self._insert_many(ChunkRow.__tablename__, CHUNK_COLUMNS,
+                                        _blocks(batch.chunks))
             for end in batch.ends:
                 await conn.execute(
                     update(InteractionRow)
@@ -478,6 +517,7 @@ class Cassette:
                         end_reason=outcome_on_disk(end.outcome),
                         end_offset_ns=end.end_offset_ns,
                         error=end.error,
+                        event_count=end.event_count,
                     )
                 )
             await conn.commit()
@@ -492,9 +532,7 @@ class Cassette:
             heads=[HeadUpdate(ids.get(h.id, h.id), h.head, h.head_offset_ns, h.is_sse)
                    for h in batch.heads],
             chunks=[(ids.get(i, i), seq, ns, data) for i, seq, ns, data in batch.chunks],
-            events=[(ids.get(i, i), event) for i, event in batch.events],
-            ends=[EndUpdate(ids.get(e.id, e.id), e.complete, e.outcome, e.end_offset_ns,
-                            e.error) for e in batch.ends],
+            ends=[replace(e, id=ids.get(e.id, e.id)) for e in batch.ends],
         )
 
     async def _insert_many(
@@ -526,9 +564,12 @@ class Cassette:
         return found[0]
 
     async def _interactions(self, only: int | None) -> list[Interaction]:
+        version = self.version
+        chunk_count = (func.sum(func.coalesce(ChunkRow.count, 1)) if version >= 2
+                       else func.count())
         chunk_stats = select(
             ChunkRow.interaction_id.label("iid"),
-            func.count().label("n"),
+            chunk_count.label("n"),
             func.coalesce(func.sum(func.length(ChunkRow.data)), 0).label("size"),
             self._screened(_CHUNKS),
         )
@@ -544,10 +585,10 @@ class Cassette:
         events = event_stats.group_by(EventRow.interaction_id).subquery()
         query = (
             select(
-                *_raw(_INTERACTION),
+                *_raw(_INTERACTION, version),
                 func.coalesce(chunks.c.n, 0).label("chunk_count"),
                 func.coalesce(chunks.c.size, 0).label("body_size"),
-                func.coalesce(events.c.n, 0).label("event_count"),
+                func.coalesce(events.c.n, 0).label("event_rows"),
                 func.coalesce(chunks.c.bad, 0).label("bad_chunks"),
                 func.coalesce(events.c.bad, 0).label("bad_events"),
             )
@@ -566,6 +607,10 @@ class Cassette:
                 await self._first_bad(_CHUNKS, interaction.id)
             if row.bad_events:
                 await self._first_bad(_EVENTS, interaction.id)
+            if (row.event_count is None and not row.event_rows and interaction.is_sse
+                    and interaction.chunk_count):
+                # no count stored (not ended, or a writer that gave none): count its chunks
+                interaction = replace(interaction, event_count=await self._count(interaction))
             found.append(interaction)
         return found
 
@@ -574,43 +619,75 @@ class Cassette:
         holds any value; PostgreSQL's typed columns cannot, and `check` runs on each read."""
         if self.location is not None:
             return literal(0).label("bad")
-        return func.sum(case((rows.screen(table), 1), else_=0)).label("bad")
+        return func.sum(case((rows.screen(table, self.version), 1), else_=0)).label("bad")
 
     async def _first_bad(self, table: Any, interaction_id: int) -> None:
         """Raise the CassetteError that the first row the screen flagged deserves."""
         (row,) = await self._read(
-            select(*_raw(table))
-            .where(table.c.interaction_id == interaction_id, rows.screen(table))
+            select(*_raw(table, self.version))
+            .where(table.c.interaction_id == interaction_id, rows.screen(table, self.version))
             .limit(1)
         )
         if table is _CHUNKS:
-            rows.chunks([(row.seq, row.offset_ns, row.data)], self.path, interaction_id)
+            rows.chunks([tuple(row)[1:]], self.path, interaction_id)
         else:
             rows.event(row._mapping, self.path, interaction_id)
 
     async def chunks(self, interaction_id: int, start_seq: int = 0) -> AsyncIterator[Chunk]:
-        """Stream an interaction's chunks in order, a page at a time, each one checked."""
-        seq = start_seq
+        """Stream an interaction's chunks in order, a page of rows at a time, each one
+        checked; from `start_seq` on (the block holding it is read from its start)."""
+        columns = _raw(_CHUNKS, self.version)[1:]  # seq, offset_ns, data, count, offsets, sizes
+        first_row = start_seq
+        if start_seq and self.version >= 2:
+            first_row = (await self._read(
+                select(func.coalesce(func.max(ChunkRow.seq), 0))
+                .where(ChunkRow.interaction_id == interaction_id, ChunkRow.seq <= start_seq)
+            ))[0][0]
+        condition = ChunkRow.seq >= first_row
+        limit, seen_rows, seen_bytes = FIRST_PAGE, 0, 0
         while True:
-            page = rows.chunks(await self._read(
-                select(*_raw(_CHUNKS)[1:])  # seq, offset_ns, data
-                .where(ChunkRow.interaction_id == interaction_id, ChunkRow.seq >= seq)
+            page = await self._read(
+                select(*columns)
+                .where(ChunkRow.interaction_id == interaction_id, condition)
                 .order_by(ChunkRow.seq)
-                .limit(CHUNK_PAGE)
-            ), self.path, interaction_id)
-            for chunk in page:
-                yield chunk
-            if len(page) < CHUNK_PAGE:
+                .limit(limit)
+            )
+            for chunk in rows.chunks(page, self.path, interaction_id):
+                if chunk.seq >= start_seq:
+                    yield chunk
+            if len(page) < limit:
                 return
-            seq = page[-1].seq + 1
+            condition = ChunkRow.seq > page[-1][0]
+            seen_rows += len(page)
+            seen_bytes += sum(len(row[2]) if type(row[2]) is bytes else 0 for row in page)
+            limit = max(1, min(CHUNK_PAGE, PAGE_BYTES * seen_rows // max(seen_bytes, 1)))
 
     async def events(self, interaction_id: int) -> list[RecordedEvent]:
+        """The events stored as rows (v1), or else derived from the chunks (v2)."""
         found = await self._read(
             select(*_raw(_EVENTS))
             .where(EventRow.interaction_id == interaction_id)
             .order_by(EventRow.seq)
         )
-        return [rows.event(r._mapping, self.path, interaction_id) for r in found]
+        if found:
+            return [rows.event(r._mapping, self.path, interaction_id) for r in found]
+        return await self._derived(await self.interaction(interaction_id))
+
+    async def _derived(self, interaction: Interaction) -> list[RecordedEvent]:
+        if not interaction.chunk_count:
+            return []
+        headers = interaction.response.headers if interaction.response is not None else ()
+        deriver = Deriver(interaction.is_sse, headers)
+        async for chunk in self.chunks(interaction.id):
+            deriver.feed(chunk)
+        return deriver.finish()
+
+    async def _count(self, interaction: Interaction) -> int:
+        """An event stream's events, counted from its chunks without building them."""
+        counter = EventCounter()
+        async for chunk in self.chunks(interaction.id):
+            counter.feed(chunk.data)
+        return counter.events
 
     async def _read(self, query: Any) -> Sequence[Any]:
         try:

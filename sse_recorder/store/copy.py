@@ -25,7 +25,7 @@ from sse_recorder.store.cassette import (
 )
 from sse_recorder.store.location import Location
 
-BATCH_ROWS = 2048  # chunk and event rows per destination transaction
+BATCH_ROWS = 2048  # chunks per destination transaction (stored as one block row)
 BATCH_BYTES = 1 << 20
 
 
@@ -77,20 +77,14 @@ async def _one(src: Cassette, dst: Cassette, i: Interaction) -> Copied:
     batch = WriteBatch(starts=[InteractionStart(iid, i.started_at, i.request)])
     if i.response is not None:
         batch.heads.append(HeadUpdate(iid, i.response, i.head_offset_ns or 0, i.is_sse))
-    events = await src.events(i.id)
-    next_event = 0
     size = 0
-    async for chunk in src.chunks(i.id):
+    async for chunk in src.chunks(i.id):  # the events are derived from them when read
         batch.chunks.append((iid, chunk.seq, chunk.offset_ns, chunk.data))
         size += len(chunk.data)
-        # the events that end in this chunk go with it
-        while next_event < len(events) and events[next_event].last_chunk <= chunk.seq:
-            batch.events.append((iid, events[next_event]))
-            next_event += 1
         if len(batch) >= BATCH_ROWS or size >= BATCH_BYTES:
             await dst.write(batch)
             batch, size = WriteBatch(), 0
-    batch.events.extend((iid, event) for event in events[next_event:])
-    batch.ends.append(EndUpdate(iid, i.complete, i.outcome, i.end_offset_ns, i.error))
+    batch.ends.append(EndUpdate(iid, i.complete, i.outcome, i.end_offset_ns, i.error,
+                                i.event_count))
     await dst.write(batch)
     return Copied(i.id, dst.stored_id(iid), i.chunk_count, i.body_size)

@@ -1,11 +1,11 @@
 """Everything about cassettes that only holds for a PostgreSQL store (through asyncpg).
 
-A store is one database; each cassette in it is a schema of that name holding the v1
+A store is one database; each cassette in it is a schema of that name holding the format's
 tables, so the portable queries of `cassette.py` run unchanged through SQLAlchemy's
 `schema_translate_map`. Many recorders may write into one cassette at once:
 - interaction ids come from the table's identity sequence when the start row is inserted
   (`cassette.py` maps the recorder's own numbers onto them), so two writers never collide;
-- each batch is one transaction; chunks and events go in by binary `COPY`;
+- each batch is one transaction; chunk rows go in by binary `COPY`;
 - creating a cassette (schema plus Alembic upgrade) holds a transaction-level advisory
   lock on its name, so concurrent first recorders create it once; a recorder holds a
   shared session-level lock on the name while it records, and an empty cassette is dropped
@@ -98,21 +98,10 @@ async def insert_many(
 ) -> None:
     """Binary COPY into `schema.table`, in the batch's transaction (which the caller has
     begun with a statement of its own: asyncpg starts it lazily)."""
-    if table == "events":
-        rows = [_without_nul(row) for row in rows]
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection
     await driver.copy_records_to_table(table, records=rows, columns=columns,
                                        schema_name=schema)
-
-
-def _without_nul(row: Sequence[Any]) -> Sequence[Any]:
-    """PostgreSQL text cannot hold U+0000, which SSE data may: in an event (derived data:
-    the chunks, bytes, are the truth) it is stored as U+FFFD."""
-    if any(type(value) is str and "\0" in value for value in row):
-        return [value.replace("\0", "\ufffd") if type(value) is str else value
-                for value in row]
-    return row
 
 
 def describe(exc: BaseException, location: Location) -> str:

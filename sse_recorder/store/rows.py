@@ -20,6 +20,7 @@ written by a newer release, so nothing read back is trusted. Rules:
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,13 @@ from sse_recorder.model import (
     RecordedRequest,
     ResponseHead,
 )
-from sse_recorder.store.schema import ChunkRow, EventRow, InteractionRow, outcome_from_disk
+from sse_recorder.store.schema import (
+    ADDED_IN_V2,
+    ChunkRow,
+    EventRow,
+    InteractionRow,
+    outcome_from_disk,
+)
 
 # The Python type sqlite3 returns for each SQLite storage class (`typeof()` names); a
 # PostgreSQL boolean column gives a bool where SQLite gives 0 or 1.
@@ -158,11 +165,15 @@ RULES: dict[str, dict[str, Rule]] = {
         "end_reason": _MAYBE_TEXT,
         "end_offset_ns": _MAYBE_OFFSET,
         "error": _MAYBE_TEXT,
+        "event_count": _MAYBE_OFFSET,
     },
     ChunkRow.__tablename__: {
         "seq": _NATURAL,
         "offset_ns": _NATURAL,
         "data": Rule(("blob",)),
+        "count": Rule(("integer", "null"), minimum=2),
+        "offsets": Rule(("blob", "null")),
+        "sizes": Rule(("blob", "null")),
     },
     EventRow.__tablename__: {
         "seq": _NATURAL,
@@ -192,12 +203,43 @@ def check(table: str, row: Mapping[str, Any], path: object, where: str) -> dict[
     return checked
 
 
-def screen(table: Table) -> ColumnElement[bool]:
-    """SQL true for a row of `table` that breaks a storage, range or choice rule (parsed
-    shapes are left to `check`)."""
+def screen(table: Table, version: int) -> ColumnElement[bool]:
+    """SQL true for a row of `table` that breaks a storage, range or choice rule, or (a chunk
+    block) whose packed arrays do not fit its count; parsed shapes are left to `check`.
+    `version`: the file's format (v1 files lack the columns v2 added)."""
     rules = RULES[table.name]
-    return or_(false(), *(rules[name].broken(table.c[name]) for name in rules
-                          if rules[name].parse is None))
+    absent = ADDED_IN_V2.get(table.name, ()) if version < 2 else ()
+    broken = [rules[name].broken(table.c[name]) for name in rules
+              if rules[name].parse is None and name not in absent]
+    if table.name == ChunkRow.__tablename__ and version >= 2:
+        c = table.c
+        broken.append(func.sse_block_broken(c.count, c.offsets, c.sizes,
+                                            func.length(c.data)) == 1)
+    return or_(false(), *broken)
+
+
+def block_broken(count: Any, offsets: Any, sizes: Any, data_size: Any) -> int:
+    """1 for a chunks row whose block columns are not a single chunk's (all NULL) nor a
+    block's that fits its data (the SQL function `sse_block_broken` a SQLite connection
+    has, so the screen finds it without reading any data)."""
+    if count is None and offsets is None and sizes is None:
+        return 0
+    return 0 if _block_problem(count, offsets, sizes, data_size) is None else 1
+
+
+def _block_problem(count: Any, offsets: Any, sizes: Any, data_size: Any) -> str | None:
+    if count is None or offsets is None or sizes is None:
+        return "count, offsets and sizes must all be set or all be NULL"
+    if not (type(count) is int and type(offsets) is bytes and type(sizes) is bytes):
+        return "count, offsets or sizes has the wrong type"
+    if count < 1 or len(offsets) != 8 * count or len(sizes) != 4 * count:
+        return f"offsets or sizes do not hold {count} entries"
+    total = sum(struct.unpack(f"<{count}I", sizes))
+    if total != data_size:
+        return f"sizes add up to {total} bytes, data holds {data_size}"
+    if min(struct.unpack(f"<{count}q", offsets)) < 0:
+        return "an offset is negative"
+    return None
 
 
 def interaction(row: Mapping[str, Any], path: object) -> Interaction:
@@ -230,22 +272,45 @@ def interaction(row: Mapping[str, Any], path: object) -> Interaction:
         error=v["error"],
         chunk_count=row["chunk_count"],
         body_size=row["body_size"],
-        event_count=row["event_count"],
+        event_count=v["event_count"] if v["event_count"] is not None else row["event_rows"],
     )
 
 
 def chunks(rows: Sequence[Any], path: object, interaction_id: int) -> list[Chunk]:
-    """(seq, offset_ns, data) rows as chunks. The common case is three type tests per row
-    (replay reads chunks by the hundred thousand); the rules only run to say what is wrong."""
+    """(seq, offset_ns, data, count, offsets, sizes) rows as chunks, a block unpacked. The
+    common case is a few type tests per row (replay reads chunks by the hundred thousand);
+    the rules only run to say what is wrong."""
     out = []
-    for seq, offset_ns, data in rows:
+    for seq, offset_ns, data, count, offsets, sizes in rows:
         if (type(seq) is int and type(offset_ns) is int and type(data) is bytes
-                and seq >= 0 and offset_ns >= 0):
+                and seq >= 0 and offset_ns >= 0 and count is None and offsets is None
+                and sizes is None):
             out.append(Chunk(seq, offset_ns, data))
-        else:
-            v = check(ChunkRow.__tablename__, {"seq": seq, "offset_ns": offset_ns, "data": data},
-                      path, f"interaction {interaction_id}, chunk {seq!r}")
+            continue
+        where = f"interaction {interaction_id}, chunk {seq!r}"
+        v = check(ChunkRow.__tablename__, {"seq": seq, "offset_ns": offset_ns, "data": data,
+                                           "count": count, "offsets": offsets, "sizes": sizes},
+                  path, where)
+        if v["count"] is None and v["offsets"] is None and v["sizes"] is None:
             out.append(Chunk(v["seq"], v["offset_ns"], v["data"]))
+            continue
+        out += _block(v, path, where)
+    return out
+
+
+def _block(v: dict[str, Any], path: object, where: str) -> list[Chunk]:
+    """A block row's chunks, once its arrays are seen to fit its count and its data."""
+    count, offsets, sizes, data = v["count"], v["offsets"], v["sizes"], v["data"]
+    problem = _block_problem(count, offsets, sizes, len(data))
+    if problem is not None:
+        raise CassetteError(f"{path}: damaged cassette: {where}: chunks block: {problem}")
+    stamps = struct.unpack(f"<{count}q", offsets)
+    lengths = struct.unpack(f"<{count}I", sizes)
+    out, position, seq = [], 0, v["seq"]
+    for index in range(count):
+        end = position + lengths[index]
+        out.append(Chunk(seq + index, stamps[index], data[position:end]))
+        position = end
     return out
 
 

@@ -1,4 +1,4 @@
-"""Cassette format version 1 as typed tables, and how model values are spelled on disk.
+"""Cassette format version 2 as typed tables, and how model values are spelled on disk.
 
 The tables are declared once here so that every database backend creates and reads the
 same columns; the spellings below are frozen by the format, whatever the model calls things
@@ -15,7 +15,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sse_recorder.model import Headers, Outcome
 
 FORMAT_NAME = "sse-recorder-cassette"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# What format v2 added to v1's tables: a v1 file read as it stands lacks these, and reads
+# as if they were NULL (v1 has no chunk blocks and counts events from its event rows).
+ADDED_IN_V2: dict[str, tuple[str, ...]] = {
+    "interactions": ("event_count",),
+    "chunks": ("count", "offsets", "sizes"),
+}
 
 
 class Base(DeclarativeBase):
@@ -53,18 +59,30 @@ class InteractionRow(Base):
     end_reason: Mapped[str | None] = mapped_column(String)  # NULL: never finalized
     end_offset_ns: Mapped[int | None] = mapped_column(BIG)
     error: Mapped[str | None] = mapped_column(Text)
+    # v2: events dispatched, set when the interaction ends (NULL: count its event rows, or
+    # derive them from its chunks)
+    event_count: Mapped[int | None] = mapped_column(BIG)
 
 
 class ChunkRow(Base):
+    """One chunk (`count` NULL), or since v2 a block of `count` consecutive chunks written in
+    one batch: `seq` and `offset_ns` are its first chunk's, `data` all of them back to back,
+    `offsets` and `sizes` each chunk's arrival and length (little-endian int64 and uint32)."""
+
     __tablename__ = "chunks"
     interaction_id: Mapped[int] = mapped_column(BIG, ForeignKey("interactions.id"),
                                                 primary_key=True)
     seq: Mapped[int] = mapped_column(BIG, primary_key=True)
     offset_ns: Mapped[int] = mapped_column(BIG)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+    count: Mapped[int | None] = mapped_column(Integer)
+    offsets: Mapped[bytes | None] = mapped_column(LargeBinary)
+    sizes: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class EventRow(Base):
+    """v1's parsed events; v2 writes none (a reader derives them from the chunks)."""
+
     __tablename__ = "events"
     interaction_id: Mapped[int] = mapped_column(BIG, ForeignKey("interactions.id"),
                                                 primary_key=True)
@@ -79,11 +97,8 @@ class EventRow(Base):
     last_chunk: Mapped[int] = mapped_column(BIG)
 
 
-# Bulk inserts pass rows as tuples in these column orders: a chunk is (id, seq, ns, data),
-# an event is the interaction id followed by a `RecordedEvent`.
-CHUNK_COLUMNS = ("interaction_id", "seq", "offset_ns", "data")
-EVENT_COLUMNS = ("interaction_id", "seq", "kind", "type", "data", "event_id", "retry",
-                 "offset_ns", "first_chunk", "last_chunk")
+# Bulk inserts pass chunk rows as tuples in this column order.
+CHUNK_COLUMNS = ("interaction_id", "seq", "offset_ns", "data", "count", "offsets", "sizes")
 
 
 # Format v1 spells three outcomes its own way; every other outcome is stored as its value.

@@ -19,6 +19,8 @@ from sqlalchemy import URL, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from sse_recorder.store.rows import block_broken
+
 BUSY_TIMEOUT_MS = 5000
 
 
@@ -40,6 +42,8 @@ def engine(
 
 
 def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """Every connection: the busy timeout, and the block check `rows.screen` calls."""
+    dbapi_connection.create_function("sse_block_broken", 4, block_broken, deterministic=True)
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.close()

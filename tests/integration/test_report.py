@@ -162,7 +162,7 @@ def test_the_report_renders_in_chromium_as_the_cassette_says(
 async def build_big(path: Path, events: int) -> None:
     """One SSE interaction of `events` events (a comment every 100th), one chunk each,
     2 ms apart, written with the store API: recording would add nothing here."""
-    from sse_recorder.model import RecordedEvent, RecordedRequest, ResponseHead
+    from sse_recorder.model import RecordedRequest, ResponseHead
     from sse_recorder.store.cassette import (
         Cassette,
         EndUpdate,
@@ -181,10 +181,8 @@ async def build_big(path: Path, events: int) -> None:
         at = 2_000_000 * (n + 1)
         comment = n % 100 == 99
         data = "tick" if comment else json.dumps({"n": n, "text": "x" * (n % 7)})
-        batch.chunks.append((iid, n, at, f"data: {data}\n\n".encode()))
-        batch.events.append((iid, RecordedEvent(n, "comment" if comment else "event",
-                                                None if comment else "delta", data, None,
-                                                None, at, n, n)))
+        raw = f": {data}\n\n" if comment else f"event: delta\ndata: {data}\n\n"
+        batch.chunks.append((iid, n, at, raw.encode()))  # a reader derives the events
     batch.ends.append(EndUpdate(iid, True, Outcome.CLEAN, 2_000_000 * (events + 1), None))
     await cassette.write(batch)
     await cassette.finish_recording()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import random
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from sse_recorder.model import (
 )
 from sse_recorder.store.cassette import (
     CHUNK_PAGE,
+    FIRST_PAGE,
     Cassette,
     EndUpdate,
     HeadUpdate,
@@ -48,6 +51,11 @@ HEAD = ResponseHead(
 )
 
 
+SAMPLE_CHUNKS = [b"id: 0\nretry: 3000\ndata: he", b"llo\n\n",
+                 b": ping\n\nid: 2\nretry: 3000\ndata: x\n\n", b""]
+SAMPLE_EVENTS = [(0, "hello", 0, 1, "event"), (1, "ping", 2, 2, "comment"), (2, "x", 2, 2, "event")]
+
+
 def _event(seq: int, data: str, first: int, last: int, kind: str = "event") -> RecordedEvent:
     if kind == "comment":
         return RecordedEvent(seq, "comment", None, data, None, None, 100 * last, first, last)
@@ -55,11 +63,12 @@ def _event(seq: int, data: str, first: int, last: int, kind: str = "event") -> R
 
 
 async def record_sample(path: Path) -> list[Interaction]:
-    """Record two interactions in several batches; return what should read back."""
+    """Record two interactions in several batches; return what should read back. The first
+    one's chunks 0 and 1 are stored as one block row, 2 and 3 as rows of their own."""
     cassette = await Cassette.open_for_recording(path)
     try:
         first, second = cassette.allocate_id(), cassette.allocate_id()
-        chunks = [b"data: he", b"llo\n\n", b": ping\n\ndata: x\n\n", b""]
+        chunks = SAMPLE_CHUNKS
         await cassette.write(
             WriteBatch(
                 starts=[
@@ -70,16 +79,13 @@ async def record_sample(path: Path) -> list[Interaction]:
         )
         await cassette.write(WriteBatch(heads=[HeadUpdate(first, HEAD, 1234, True)]))
         await cassette.write(
-            WriteBatch(
-                chunks=[(first, i, 100 * i, data) for i, data in enumerate(chunks[:2])],
-                events=[(first, _event(0, "hello", 0, 1))],
-            )
+            WriteBatch(chunks=[(first, i, 100 * i, data) for i, data in enumerate(chunks[:2])])
         )
+        await cassette.write(WriteBatch(chunks=[(first, 2, 200, chunks[2])]))
         await cassette.write(
             WriteBatch(
-                chunks=[(first, i, 100 * i, data) for i, data in enumerate(chunks) if i >= 2],
-                events=[(first, _event(1, "ping", 2, 2, "comment")), (first, _event(2, "x", 2, 2))],
-                ends=[EndUpdate(first, True, Outcome.CLEAN, 999, None)],
+                chunks=[(first, 3, 300, chunks[3])],
+                ends=[EndUpdate(first, True, Outcome.CLEAN, 999, None, 2)],
             )
         )
         await cassette.write(
@@ -101,7 +107,7 @@ async def record_sample(path: Path) -> list[Interaction]:
             end_offset_ns=999,
             error=None,
             chunk_count=4,
-            body_size=sum(len(c) for c in chunks),
+            body_size=sum(len(c) for c in SAMPLE_CHUNKS),
             event_count=2,  # comments are not counted as events
         ),
         Interaction(
@@ -119,8 +125,10 @@ async def record_sample(path: Path) -> list[Interaction]:
     ]
 
 
-async def record_chunks(path: Path, counts: list[int], size: int = 64) -> None:
-    """One interaction per entry of `counts`, with that many chunks of `size` bytes."""
+async def record_chunks(path: Path, counts: list[int], size: int = 64,
+                        per_batch: int | None = None) -> None:
+    """One interaction per entry of `counts`, with that many chunks of `size` bytes, written
+    `per_batch` chunks to a batch (so stored as rows of that many chunks; default: one batch)."""
     cassette = await Cassette.open_for_recording(path)
     try:
         batch = WriteBatch()
@@ -129,7 +137,13 @@ async def record_chunks(path: Path, counts: list[int], size: int = 64) -> None:
             batch.starts.append(InteractionStart(iid, 1.0, RecordedRequest("GET", "http://h/", ())))
             batch.chunks.extend((iid, seq, seq * 10, _chunk_bytes(iid, seq, size))
                                 for seq in range(count))
-        await cassette.write(batch)
+        if per_batch is not None:
+            chunks, batch.chunks = batch.chunks, []
+            await cassette.write(batch)
+            for start in range(0, len(chunks), per_batch):
+                await cassette.write(WriteBatch(chunks=chunks[start:start + per_batch]))
+        else:
+            await cassette.write(batch)
         await cassette.finish_recording()
     finally:
         await cassette.close()
@@ -151,24 +165,55 @@ def side_files(path: Path) -> list[str]:
 # round trips
 
 
-async def test_write_batches_then_reopen_read_only_gives_identical_data(tmp_path: Path) -> None:
+def as_v1(path: Path, events: Sequence[tuple[int, RecordedEvent]] | None = None) -> None:
+    """Turn a v2 cassette into the file a v1 release wrote: a row per chunk, the events as
+    rows (default: the sample's), no v2 columns, format version 1, Alembic revision 0001."""
+    chunks = asyncio.run(_every_chunk(path))
+    if events is None:
+        events = [(1, _event(*fields)) for fields in SAMPLE_EVENTS]
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM chunks")
+    for column in ("count", "offsets", "sizes"):
+        conn.execute(f"ALTER TABLE chunks DROP COLUMN {column}")
+    conn.execute("ALTER TABLE interactions DROP COLUMN event_count")
+    conn.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?)",
+                     [(iid, c.seq, c.offset_ns, c.data) for iid, c in chunks])
+    conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     [(iid, *event) for iid, event in events])
+    conn.execute("UPDATE cassette_meta SET value = '1' WHERE key = 'version'")
+    conn.execute("UPDATE alembic_version SET version_num = '0001'")
+    conn.commit()
+    conn.close()
+
+
+async def _every_chunk(path: Path) -> list[tuple[int, Chunk]]:
+    async with await Cassette.open(path) as cassette:
+        found = []
+        for interaction in await cassette.interactions():
+            found += [(interaction.id, c) for c in await all_chunks(cassette, interaction.id)]
+        return found
+
+
+@pytest.mark.parametrize("version", [2, 1])
+async def test_write_batches_then_reopen_read_only_gives_identical_data(
+    tmp_path: Path, version: int
+) -> None:
+    """v2 as written (events derived from the chunks, a block row unpacked), and the same
+    cassette as a v1 release wrote it (events from their rows): both read back the same."""
     path = tmp_path / "c.cassette"
     expected = await record_sample(path)
+    if version == 1:
+        await asyncio.to_thread(as_v1, path)
     async with await Cassette.open(path) as cassette:
-        assert cassette.version == 1
+        assert cassette.version == version
         assert await cassette.interactions() == expected
         assert await cassette.interaction(2) == expected[1]
         assert await all_chunks(cassette, 1) == [
-            Chunk(0, 0, b"data: he"),
-            Chunk(1, 100, b"llo\n\n"),
-            Chunk(2, 200, b": ping\n\ndata: x\n\n"),
-            Chunk(3, 300, b""),
-        ]
+            Chunk(seq, 100 * seq, data) for seq, data in enumerate(SAMPLE_CHUNKS)]
+        assert await all_chunks(cassette, 1, start_seq=1) == [
+            Chunk(seq, 100 * seq, data) for seq, data in enumerate(SAMPLE_CHUNKS) if seq >= 1]
         assert await cassette.events(1) == [
-            _event(0, "hello", 0, 1),
-            _event(1, "ping", 2, 2, "comment"),
-            _event(2, "x", 2, 2),
-        ]
+            _event(seq, data, first, last, kind) for seq, data, first, last, kind in SAMPLE_EVENTS]
         assert await all_chunks(cassette, 2) == []
         assert await cassette.events(2) == []
         with pytest.raises(CassetteError, match="no interaction 3"):
@@ -282,10 +327,10 @@ async def _truncated(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-async def _version_2(path: Path) -> None:
+async def _version_3(path: Path) -> None:
     await record_sample(path)
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE cassette_meta SET value = '2' WHERE key = 'version'")
+    conn.execute("UPDATE cassette_meta SET value = '3' WHERE key = 'version'")
     conn.commit()
     conn.close()
 
@@ -320,7 +365,7 @@ BAD_FILES: dict[str, tuple[Callable[[Path], Awaitable[None]], str]] = {
     "empty-file": (_empty_file, "an empty SQLite file, not an sse-recorder cassette"),
     "other-application": (_other_application, "a SQLite database, not an sse-recorder cassette"),
     "truncated": (_truncated, "not a readable cassette"),
-    "version-2": (_version_2, "cassette format version 2 is newer"),
+    "version-3": (_version_3, "cassette format version 3 is newer"),
     "foreign-format": (_foreign_format, "not an sse-recorder cassette"),
     "version-0": (_version_0, "unknown cassette format version 0"),
     "version-text": (_version_text, "unreadable format version"),
@@ -376,7 +421,8 @@ async def test_missing_file_is_not_created_by_open(tmp_path: Path) -> None:
 async def test_chunks_stream_in_order_across_pages(tmp_path: Path) -> None:
     path = tmp_path / "big.cassette"
     count = 2 * CHUNK_PAGE + CHUNK_PAGE // 2
-    await record_chunks(path, [count, 3, 2 * CHUNK_PAGE])  # neighbours must not leak in
+    # a row per chunk; neighbours must not leak in
+    await record_chunks(path, [count, 3, 2 * CHUNK_PAGE], per_batch=1)
     async with await Cassette.open(path) as cassette:
         queries = 0
         read = cassette._read
@@ -388,7 +434,8 @@ async def test_chunks_stream_in_order_across_pages(tmp_path: Path) -> None:
 
         cassette._read = counting_read  # type: ignore[method-assign]
         chunks = await all_chunks(cassette, 1)
-        assert queries == 3  # really paged, not loaded in one go
+        # really paged, not loaded in one go: a small first page, then full ones
+        assert queries == 1 + math.ceil((count - FIRST_PAGE) / CHUNK_PAGE)
         assert [c.seq for c in chunks] == list(range(count))
         assert all(c == Chunk(c.seq, c.seq * 10, _chunk_bytes(1, c.seq, 64)) for c in chunks)
 
@@ -397,11 +444,15 @@ async def test_chunks_stream_in_order_across_pages(tmp_path: Path) -> None:
         assert [c.seq for c in await all_chunks(cassette, 2)] == [0, 1, 2]
 
 
-async def test_chunks_start_seq(tmp_path: Path) -> None:
+@pytest.mark.parametrize("per_batch", [1, 2, 7, None])
+async def test_chunks_start_seq(tmp_path: Path, per_batch: int | None) -> None:
+    """From any chunk on, in rows of one chunk, in blocks of 2 (more rows than a page), of
+    7 (a start inside a block) and in one block of them all."""
     path = tmp_path / "big.cassette"
-    count = CHUNK_PAGE + 100
-    await record_chunks(path, [count])
+    count = 2 * CHUNK_PAGE + 100
+    await record_chunks(path, [count], per_batch=per_batch)
     async with await Cassette.open(path) as cassette:
+        assert [c.seq for c in await all_chunks(cassette, 1)] == list(range(count))
         tail = await all_chunks(cassette, 1, start_seq=300)
         assert [c.seq for c in tail] == list(range(300, count))
         assert tail[0].data == _chunk_bytes(1, 300, 64)

@@ -41,7 +41,7 @@ from sse_recorder.store.schema import Base
 from sse_recorder.wire.probe import probe
 from sse_recorder.wire.responses import head as wire_head
 from tests.helpers import SSE_RECORDER, RecorderFactory, task_session
-from tests.unit.test_cassette import record_sample, side_files
+from tests.unit.test_cassette import as_v1, record_sample, side_files
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -127,8 +127,23 @@ DAMAGE: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
                     "interaction 2: interactions.method is null, not text"),
     "id-text": (("UPDATE interactions SET id = 'one' WHERE id = 1",), ("interactions",),
                 "interaction 'one': interactions.id is text, not integer"),
-    "chunk-text": (("UPDATE chunks SET data = 'llo' WHERE seq = 1",), (),
-                   "interaction 1, chunk 1: chunks.data is text, not blob"),
+    "chunk-text": (("UPDATE chunks SET data = 'llo' WHERE seq = 2",), (),
+                   "interaction 1, chunk 2: chunks.data is text, not blob"),
+    "block-text": (("UPDATE chunks SET data = 'data: hello' WHERE seq = 0",), (),
+                   "interaction 1, chunk 0: chunks.data is text, not blob"),
+    "block-count-one": (("UPDATE chunks SET count = 1 WHERE seq = 0",), (),
+                        "interaction 1, chunk 0: chunks.count is 1, below 2"),
+    "block-sizes-short": (("UPDATE chunks SET sizes = x'01000000' WHERE seq = 0",), (),
+                          "interaction 1, chunk 0: chunks block: offsets or sizes do not hold"),
+    "block-sizes-sum": (("UPDATE chunks SET sizes = x'0100000001000000' WHERE seq = 0",), (),
+                        "interaction 1, chunk 0: chunks block: sizes add up to 2 bytes"),
+    "block-offset-negative": (
+        ("UPDATE chunks SET offsets = x'0000000000000000ffffffffffffffff' WHERE seq = 0",), (),
+        "interaction 1, chunk 0: chunks block: an offset is negative"),
+    "block-offsets-null": (("UPDATE chunks SET offsets = NULL WHERE seq = 0",), (),
+                           "interaction 1, chunk 0: chunks block: count, offsets and sizes"),
+    "single-with-sizes": (("UPDATE chunks SET sizes = x'00000000' WHERE seq = 3",), (),
+                          "interaction 1, chunk 3: chunks block: count, offsets and sizes"),
     "chunk-data-null": (("UPDATE chunks SET data = NULL WHERE seq = 3",), ("chunks",),
                         "interaction 1, chunk 3: chunks.data is null, not blob"),
     "chunk-offset-negative": (("UPDATE chunks SET offset_ns = -5 WHERE seq = 2",), (),
@@ -152,11 +167,16 @@ DAMAGE: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
 }
 
 
+V1_ONLY = {"event-kind", "event-retry-text", "event-data-null"}  # v2 writes no event rows
+
+
 @pytest.fixture
 def damaged(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Path, str]]:
     statements, loosen, message = DAMAGE[request.param]
     path = tmp_path / "damaged.sqlite"
     asyncio.run(record_sample(path))
+    if request.param in V1_ONLY:
+        as_v1(path)
     run_sql(path, *statements, loosen=loosen)
     yield path, message
 
@@ -196,17 +216,23 @@ def test_damage_on_the_command_line_is_one_line_exit_2(damaged: tuple[Path, str]
         assert done.stdout == ""  # nothing half-shown; a replay names no URL: nothing listens
 
 
-async def test_damage_found_while_serving_names_the_row(tmp_path: Path) -> None:
-    """A file changed under an open reader: the row read next is checked as it is read."""
+@pytest.mark.parametrize("version", [2, 1])
+async def test_damage_found_while_serving_names_the_row(tmp_path: Path, version: int) -> None:
+    """A file changed under an open reader: the row read next is checked as it is read (v2:
+    the events are derived from the damaged chunk; v1: read from their own rows)."""
     path = tmp_path / "c.sqlite"
     await record_sample(path)
+    if version == 1:
+        await asyncio.to_thread(as_v1, path)
+    event_damage = (r"interaction 1, event 2: events\.offset_ns" if version == 1
+                    else r"interaction 1, chunk 2: chunks\.data is text")
     async with await Cassette.open(path) as cassette:
         (first, _) = await cassette.interactions()
         run_sql(path, "UPDATE chunks SET data = 'x' WHERE seq = 2",
                 "UPDATE events SET offset_ns = -1 WHERE seq = 2")
         with pytest.raises(CassetteError, match=r"interaction 1, chunk 2: chunks\.data is text"):
             [c async for c in cassette.chunks(first.id)]
-        with pytest.raises(CassetteError, match=r"interaction 1, event 2: events\.offset_ns"):
+        with pytest.raises(CassetteError, match=event_damage):
             await cassette.events(first.id)
 
 
@@ -249,12 +275,18 @@ COLUMNS = {name: [c.name for c in table.columns] for name, table in Base.metadat
 
 
 @pytest.fixture(scope="module")
-def sample_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+def sample_bytes(tmp_path_factory: pytest.TempPathFactory) -> dict[int, bytes]:
+    """The sample as v2 writes it, and as a v1 release wrote it (where event rows are)."""
     import asyncio
 
-    path = tmp_path_factory.mktemp("sample") / "c.sqlite"
-    asyncio.run(record_sample(path))
-    return path.read_bytes()
+    found = {}
+    for version in (2, 1):
+        path = tmp_path_factory.mktemp("sample") / "c.sqlite"
+        asyncio.run(record_sample(path))
+        if version == 1:
+            as_v1(path)
+        found[version] = path.read_bytes()
+    return found
 
 
 @settings(max_examples=150, deadline=None,
@@ -262,14 +294,14 @@ def sample_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 @given(table=st.sampled_from(sorted(COLUMNS)), data=st.data(), value=JUNK,
        storage=st.sampled_from(["as-is", "text", "blob"]))
 def test_any_damaged_value_reads_as_valid_values_or_a_cassette_error(
-    sample_bytes: bytes, table: str, data: st.DataObject, value: object, storage: str
+    sample_bytes: dict[int, bytes], table: str, data: st.DataObject, value: object, storage: str
 ) -> None:
     column = data.draw(st.sampled_from(COLUMNS[table]), label="column")
-    conn_rows = {"interactions": 2, "chunks": 4, "events": 3}[table]
+    conn_rows = {"interactions": 2, "chunks": 3, "events": 3}[table]  # v2 chunks: a block, 2
     row = data.draw(st.integers(0, conn_rows - 1), label="row")
     with tempfile.TemporaryDirectory() as workdir:
         path = Path(workdir) / "c.sqlite"
-        path.write_bytes(sample_bytes)
+        path.write_bytes(sample_bytes[1 if table == "events" else 2])
         conn = sqlite3.connect(path)
         loosen_table(conn, table)
         cast = {"as-is": "?", "text": "CAST(? AS TEXT)", "blob": "CAST(? AS BLOB)"}[storage]
@@ -344,8 +376,8 @@ def _page_overwritten(path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE filler (x BLOB)")
     conn.executemany("INSERT INTO filler VALUES (?)", [(os.urandom(900),) for _ in range(40)])
-    conn.executemany("INSERT INTO chunks VALUES (2, ?, ?, ?)",
-                     [(seq, seq, os.urandom(300)) for seq in range(200)])
+    conn.executemany("INSERT INTO chunks (interaction_id, seq, offset_ns, data)"
+                     " VALUES (2, ?, ?, ?)", [(seq, seq, os.urandom(300)) for seq in range(200)])
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     conn.commit()
     conn.close()

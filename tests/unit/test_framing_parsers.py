@@ -191,6 +191,17 @@ def test_json_array_elements_and_any_chunking(
         assert json.loads(stream[frame.start:frame.end]) == json.loads(frame.data)
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([b'{"data": [1, 2]}', b'data: {"token": "T-1"}\n\n' * 2, b"42 ,[1]",
+                        b'"text", [1], {"a": 2}']), cuts)
+def test_a_body_that_is_not_an_array_has_no_frames_however_it_is_cut(
+    stream: bytes, points: list[int]
+) -> None:
+    """Found when events came to be derived chunk by chunk: after the first chunk said
+    "not an array", later chunks were scanned as if they were elements."""
+    assert feed_all(ArrayParser(), cut(stream, points)) == []
+
+
 def test_a_json_object_body_has_no_frames_and_errors_in_an_array_are_error_frames() -> None:
     assert feed_all(ArrayParser(), [b'{"data": [1, 2]}']) == []
     frames = feed_all(ArrayParser(), [b'[{"error": {"code": 429, "message": "x, ]"}}]'])

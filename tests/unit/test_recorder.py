@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sse_recorder.errors import CassetteError
+from sse_recorder.framing.derive import sse_events
 from sse_recorder.model import (
     Chunk,
     Headers,
@@ -33,7 +34,7 @@ from sse_recorder.record import writer as writer_module
 from sse_recorder.record.body import Body
 from sse_recorder.record.redact import MARKER, RedactionRules
 from sse_recorder.record.session import Recorded, RecorderConfig, RecordingSession
-from sse_recorder.sse import Comment, Item, parse
+from sse_recorder.sse import Comment, Event, Item, parse
 from sse_recorder.store.cassette import Cassette, WriteBatch
 from tests.helpers import task_session
 
@@ -896,7 +897,8 @@ def test_event_chunk_attribution_for_any_chunking(
         raise AssertionError(position)
 
     expected = parse(stream)
-    got = [event for _, event in batch.events]
+    got = sse_events([Chunk(seq, ns, data) for _, seq, ns, data in batch.chunks])
+    assert body.events == sum(isinstance(item, Event) for item in expected)
     assert [(e.kind, e.data) for e in got] == [_summary(item) for item in expected]
     for event, item in zip(got, expected, strict=True):
         assert event.first_chunk == chunk_holding(item.start)
@@ -911,9 +913,11 @@ def test_writer_state_stays_bounded_on_a_long_stream() -> None:
     for seq in range(2000):
         body.feed([(seq, b"data: %d\n\n" % seq if seq % 2 else b"data: half")], batch)
         body.feed([(seq, b" done\n\n" if seq % 2 == 0 else b"")], batch)
-    assert len(batch.events) == 2000
-    assert len(body.chunk_starts) <= 2  # only the chunks of the event still being parsed
-    assert batch.events[-2][1].first_chunk == 3996 and batch.events[-2][1].last_chunk == 3997
+    assert body.events == 2000
+    assert len(body._held) <= 1  # nothing but a trailing empty chunk waits
+    assert body.counter is not None and body.counter._parser is None  # counted by the regex
+    events = sse_events([Chunk(seq, ns, data) for _, seq, ns, data in batch.chunks])
+    assert events[-2].first_chunk == 3996 and events[-2].last_chunk == 3997
 
 
 def _summary(item: Item) -> tuple[str, str]:

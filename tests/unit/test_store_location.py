@@ -3,6 +3,7 @@ schema versions through Alembic on SQLite files."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 from pathlib import Path
@@ -15,6 +16,7 @@ from sse_recorder.errors import CassetteError
 from sse_recorder.model import RecordedRequest
 from sse_recorder.store import Location, locate, open_store
 from sse_recorder.store.cassette import InteractionStart, WriteBatch
+from tests.unit.test_cassette import as_v1
 
 
 @pytest.mark.parametrize("target", ["c.sqlite", "dir/c.sqlite", "/abs/c", "c:/x", "a:b//c"])
@@ -74,21 +76,32 @@ async def _cassette_with_one(path: Path) -> None:
 async def test_a_pre_alembic_v1_file_opens_untouched_and_is_stamped_when_appended(
     tmp_path: Path,
 ) -> None:
+    """A v1 file from before Alembic reads as it is; appending stamps it 0001, then upgrades
+    it to v2 (its v1 rows still read, the new interaction's chunks go in blocks)."""
     path = tmp_path / "v1.sqlite"
     await _cassette_with_one(path)
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
+    db.close()
+    await asyncio.to_thread(as_v1, path, [])
+    with sqlite3.connect(path) as db:
         db.execute("DROP TABLE alembic_version")  # as files written before Alembic are
     db.close()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     async with await open_store(path) as opened:
+        assert opened.version == 1
         assert len(await opened.interactions()) == 1
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # reading never writes
-    await _cassette_with_one(path)  # appending stamps it
+    await _cassette_with_one(path)  # appending stamps it, then upgrades it
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
+        assert db.execute("SELECT value FROM cassette_meta WHERE key = 'version'"
+                          ).fetchall() == [("2",)]
         assert db.execute("SELECT count(*) FROM interactions").fetchone() == (2,)
     db.close()
+    async with await open_store(path) as opened:
+        assert opened.version == 2
+        assert [i.id for i in await opened.interactions()] == [1, 2]
 
 
 async def test_a_newer_schema_revision_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -101,5 +114,5 @@ async def test_a_newer_schema_revision_is_refused_in_one_line(tmp_path: Path) ->
         with pytest.raises(CassetteError) as info:
             await opening
         assert str(info.value) == (f"{path}: cassette schema revision 0042 is newer than this "
-                                   "sse-recorder understands (revision 0001); upgrade "
+                                   "sse-recorder understands (revision 0002); upgrade "
                                    "sse-recorder")
