@@ -6,10 +6,13 @@ import asyncio
 import math
 import random
 import sqlite3
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sse_recorder.errors import CassetteError
 from sse_recorder.model import (
@@ -20,6 +23,7 @@ from sse_recorder.model import (
     RecordedRequest,
     ResponseHead,
 )
+from sse_recorder.store import cassette as cassette_module
 from sse_recorder.store.cassette import (
     CHUNK_PAGE,
     FIRST_PAGE,
@@ -562,3 +566,54 @@ async def test_outcomes_keep_their_v1_spelling_on_disk(tmp_path: Path) -> None:
         read = {i.id: i.outcome for i in await reader.interactions()}
     # an ending a newer release wrote reads as a close before the body's end
     assert read == {iid: o for o, iid in ids.items()} | {1: Outcome.CLOSED}
+
+
+# --------------------------------------------------------------------------------------------
+# blocks: a batch's chunks of one interaction in one row, whatever the batches and the
+# interleaving; a block boundary anywhere reads back the same chunks
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.tuples(st.integers(1, 2), st.integers(0, 40)), max_size=60),
+       cuts=st.lists(st.integers(0, 60), max_size=8),
+       block_bytes=st.sampled_from([16, 64, 1 << 16]))
+def test_chunks_read_back_exactly_however_batches_and_blocks_cut_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sizes: list[tuple[int, int]],
+    cuts: list[int], block_bytes: int
+) -> None:
+    """Two interleaved interactions' chunks (empty ones too), cut into batches at random
+    and into blocks at a small byte limit: every chunk reads back with its seq, offset and
+    bytes, from the start and from any seq."""
+    monkeypatch.setattr(cassette_module, "BLOCK_BYTES", block_bytes)
+    path = tmp_path / f"blocks-{uuid.uuid4().hex}.cassette"
+    written: dict[int, list[Chunk]] = {1: [], 2: []}
+    rows = []
+    for n, (iid, size) in enumerate(sizes):
+        chunk = Chunk(len(written[iid]), 1000 * n + iid, bytes([n % 251]) * size)
+        written[iid].append(chunk)
+        rows.append((iid, *chunk))
+    bounds = [0, *sorted(min(c, len(rows)) for c in cuts), len(rows)]
+
+    async def record_and_read() -> dict[int, list[list[Chunk]]]:
+        cassette = await Cassette.open_for_recording(path)
+        try:
+            get = RecordedRequest("GET", "http://h/", ())
+            await cassette.write(WriteBatch(starts=[
+                InteractionStart(cassette.allocate_id(), 1.0, get) for _ in range(2)]))
+            for start, end in zip(bounds, bounds[1:], strict=False):
+                await cassette.write(WriteBatch(chunks=rows[start:end]))
+            await cassette.finish_recording()
+        finally:
+            await cassette.close()
+        async with await Cassette.open(path) as reading:
+            found = {i.id: i for i in await reading.interactions()}
+            for iid in (1, 2):
+                assert found[iid].chunk_count == len(written[iid])
+                assert found[iid].body_size == sum(len(c.data) for c in written[iid])
+            return {iid: [await all_chunks(reading, iid, start)
+                          for start in range(len(written[iid]) + 1)] for iid in (1, 2)}
+
+    read = asyncio.run(record_and_read())
+    for iid in (1, 2):
+        for start, chunks in enumerate(read[iid]):
+            assert chunks == written[iid][start:]

@@ -15,7 +15,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sse_recorder.sse import Comment, Event, IdBlock, Item, SSEParser, encode_event, parse
+from sse_recorder.sse import (
+    Comment,
+    Event,
+    EventCounter,
+    IdBlock,
+    Item,
+    SSEParser,
+    encode_event,
+    parse,
+)
 
 BOM = b"\xef\xbb\xbf"
 HYPOTHESIS = settings(
@@ -993,3 +1002,51 @@ def test_encode_event_multiline_and_newline_styles() -> None:
 def test_encode_event_rejects_what_cannot_round_trip(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         encode_event("x", **kwargs)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# EventCounter: what the recorder's writer keeps of events (a count, and whether the body
+# ended inside one), for any cut of the stream
+
+COUNTED_LINES = st.sampled_from([
+    b"data: x", b"data", b"data:", b"datax: y", b"data : z", b"event: e", b"id: 1", b": c", b"",
+    b"retry: 5", b"\xef\xbb\xbfdata: b", b"dat", b"a: q", b"data:\xff",
+])
+
+
+@st.composite
+def counted_streams(draw: st.DrawFn) -> bytes:
+    """Lines that dispatch, do not dispatch or look as if they might, with any line ending
+    (CR and CRLF take the counter's parser path), sometimes after a BOM."""
+    lines = draw(st.lists(st.tuples(COUNTED_LINES, st.sampled_from([b"\n"] * 6 + [b"\r", b"\r\n"])),
+                          max_size=30))
+    body = b"".join(line + end for line, end in lines)
+    return (b"\xef\xbb\xbf" if draw(st.booleans()) else b"") + body
+
+
+@settings(max_examples=400, deadline=None)
+@given(counted_streams(), st.lists(st.integers(0, 400), max_size=10))
+def test_the_event_counter_agrees_with_the_parser_however_the_stream_is_cut(
+    stream: bytes, cuts: list[int]
+) -> None:
+    """Pieces ending at a blank line go through one regex, others through a parser that
+    hands back at the next boundary: a dispatching block, a BOM and a CRLF may fall on
+    either side of any cut."""
+    parser = SSEParser()
+    items = parser.feed(stream)
+    counter = EventCounter()
+    bounds = [0, *sorted(min(cut, len(stream)) for cut in cuts), len(stream)]
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        counter.feed(stream[start:end])
+    assert counter.events == sum(type(item) is Event for item in items)
+    assert counter.at_event_boundary == parser.at_event_boundary
+
+
+def test_the_event_counter_counts_whole_events_in_c() -> None:
+    counter = EventCounter()
+    counter.feed(b"data: a\ndata: b\n\n: ping\n\nid: 3\n\ndata\n\n")
+    assert (counter.events, counter._parser) == (2, None)  # the regex path, nothing kept
+    counter.feed(b"data: half")
+    assert counter.events == 2 and not counter.at_event_boundary
+    counter.feed(b"\r\n\r\n")
+    assert counter.events == 3 and counter.at_event_boundary and counter._parser is None
