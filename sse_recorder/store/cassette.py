@@ -466,6 +466,16 @@ class Cassette:
         """Write one batch in one transaction."""
         self._check_still_there()
         conn = self._conn
+        if (self._schema is None and batch.chunks and not (batch.starts or batch.heads
+                                                           or batch.ends)
+                and not self._ids and not conn.in_transaction()):
+            try:  # chunks alone, the flood's batches: straight to the driver
+                await sqlite.insert_and_commit(conn, ChunkRow.__tablename__, CHUNK_COLUMNS,
+                                               _blocks(batch.chunks))
+            except sqlite.DriverError as exc:
+                raise CassetteError(f"{self.path}: write failed: {sqlite.describe(exc)}"
+                                    ) from exc
+            return
         try:
             if batch.starts:
                 given = (await conn.execute(
@@ -522,6 +532,10 @@ class Cassette:
                 )
             await conn.commit()
         except DBAPIError as exc:
+            try:  # nothing of the batch stays
+                await conn.rollback()
+            except DBAPIError:
+                pass  # the connection is gone: so is the transaction
             raise CassetteError(f"{self.path}: write failed: {self._describe(exc)}") from exc
 
     def _translated(self, batch: WriteBatch) -> WriteBatch:
@@ -645,6 +659,8 @@ class Cassette:
             ))[0][0]
         condition = ChunkRow.seq >= first_row
         limit, seen_rows, seen_bytes = FIRST_PAGE, 0, 0
+        following, first_of_block = -1, -1  # the seq after the last chunk read (no row may
+        # start before it), and where the run of chunks it ends began
         while True:
             page = await self._read(
                 select(*columns)
@@ -653,6 +669,14 @@ class Cassette:
                 .limit(limit)
             )
             for chunk in rows.chunks(page, self.path, interaction_id):
+                if chunk.seq < following:
+                    raise CassetteError(
+                        f"{self.path}: damaged cassette: interaction {interaction_id}, chunk "
+                        f"{chunk.seq}: starts inside the block of chunks {first_of_block} to "
+                        f"{following - 1}")
+                if chunk.seq != following:
+                    first_of_block = chunk.seq
+                following = chunk.seq + 1
                 if chunk.seq >= start_seq:
                     yield chunk
             if len(page) < limit:

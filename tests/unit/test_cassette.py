@@ -617,3 +617,51 @@ def test_chunks_read_back_exactly_however_batches_and_blocks_cut_them(
     for iid in (1, 2):
         for start, chunks in enumerate(read[iid]):
             assert chunks == written[iid][start:]
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["chunks-alone", "with-an-end"])
+async def test_a_failed_write_is_one_line_and_leaves_the_file_as_it_was(
+    tmp_path: Path, alone: bool
+) -> None:
+    """A batch of chunks alone goes straight to the driver (the flood's case), any other
+    through SQLAlchemy: either way a failure is one CassetteError, nothing of the batch is
+    stored, and the cassette keeps what earlier batches committed."""
+    path = tmp_path / "c.cassette"
+    cassette = await Cassette.open_for_recording(path)
+    try:
+        iid = cassette.allocate_id()
+        await cassette.write(WriteBatch(
+            starts=[InteractionStart(iid, 1.0, RecordedRequest("GET", "http://h/", ()))]))
+        await cassette.write(WriteBatch(chunks=[(iid, 0, 0, b"a")]))
+        await cassette.write(WriteBatch(chunks=[(iid, 1, 1, b"b")]))
+        again = WriteBatch(chunks=[(iid, 2, 2, b"c"), (iid, 1, 3, b"duplicate")])
+        if not alone:
+            again.ends.append(EndUpdate(iid, True, Outcome.CLEAN, 4, None, 0))
+        with pytest.raises(CassetteError) as info:
+            await cassette.write(again)
+        assert str(info.value).startswith(f"{path}: write failed: UNIQUE constraint failed")
+        assert "\n" not in str(info.value)
+        await cassette.write(WriteBatch(chunks=[(iid, 2, 5, b"d")]))  # still usable
+        await cassette.finish_recording()
+    finally:
+        await cassette.close()
+    async with await Cassette.open(path) as reading:
+        assert [(c.seq, c.data) for c in await all_chunks(reading, iid)] == [
+            (0, b"a"), (1, b"b"), (2, b"d")]
+        (interaction,) = await reading.interactions()
+        assert interaction.outcome is Outcome.STOPPED  # the failed batch's end is not there
+
+
+async def test_a_row_overlapping_the_block_before_it_is_damage(tmp_path: Path) -> None:
+    """The primary key sees a row's first seq only: a block hides the seqs after it, so a
+    reader checks that no row starts inside the block before it."""
+    path = tmp_path / "c.cassette"
+    await record_sample(path)  # chunks 0-1 as a block row, 2 and 3 as rows of their own
+    run = sqlite3.connect(path)
+    run.execute("UPDATE chunks SET seq = 1 WHERE seq = 2")
+    run.commit()
+    run.close()
+    async with await Cassette.open(path) as cassette:
+        with pytest.raises(CassetteError, match=r"interaction 1, chunk 1: starts inside the "
+                                                r"block of chunks 0 to 1"):
+            await all_chunks(cassette, 1)
