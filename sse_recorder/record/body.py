@@ -208,11 +208,9 @@ class Body:
         self._store([(held[-1][0], body)], batch)
 
     def _store(self, released: list[tuple[int, bytes]], batch: WriteBatch) -> None:
-        """Number the redacted chunks and add them to the batch."""
-        seq, iid, append, size = self.next_stored, self.iid, batch.chunks.append, 0
-        for stored_ns, stored in released:
-            append((iid, seq, stored_ns, stored))
-            size += len(stored)
-            seq += 1
-        self.next_stored = seq
-        self.stored_size += size
+        """Number the redacted chunks and add them to the batch, as one run."""
+        if not released:
+            return
+        batch.runs.append((self.iid, self.next_stored, released))
+        self.next_stored += len(released)
+        self.stored_size += sum(len(data) for _, data in released)

@@ -138,7 +138,7 @@ class Writer:
             if not self.failed and len(batch):
                 await self._write(batch)
                 if not self.failed:
-                    commit.chunks = len(batch.chunks)
+                    commit.chunks = batch.chunk_count()
             recorded, self._recorded = self._recorded, []
             stored_id = self.cassette.stored_id  # the database's id, once the start is written
             commit.recorded = [replace(r, id=stored_id(r.id)) for r in recorded]

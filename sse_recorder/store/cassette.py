@@ -105,18 +105,32 @@ class EndUpdate:
     event_count: int | None = None  # None: unknown, derived from the chunks when read
 
 
+Run = tuple[int, int, list[tuple[int, bytes]]]  # interaction id, first seq, [(ns, data)]
+
+
 @dataclass(slots=True)
 class WriteBatch:
     """Everything the writer gathered since the last commit; written in one transaction.
-    An interaction's consecutive chunks in one batch are stored as one block row."""
+    Chunks come one by one (`chunks`) or as runs of one interaction's consecutive chunks
+    (`runs`, as the recorder's writer has them: packed without a step per chunk); either
+    way an interaction's consecutive chunks in one batch are stored as one block row."""
 
     starts: list[InteractionStart] = field(default_factory=list)
     heads: list[HeadUpdate] = field(default_factory=list)
     chunks: list[tuple[int, int, int, bytes]] = field(default_factory=list)  # id, seq, ns, data
+    runs: list[Run] = field(default_factory=list)
     ends: list[EndUpdate] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.starts) + len(self.heads) + len(self.chunks) + len(self.ends)
+        return (len(self.starts) + len(self.heads) + self.chunk_count() + len(self.ends))
+
+    def chunk_count(self) -> int:
+        return len(self.chunks) + sum(len(run[2]) for run in self.runs)
+
+    def all_chunks(self) -> list[tuple[int, int, int, bytes]]:
+        """Every chunk as (id, seq, ns, data): the runs' chunks after the single ones."""
+        return self.chunks + [(iid, seq + n, ns, data) for iid, seq, run in self.runs
+                              for n, (ns, data) in enumerate(run)]
 
 
 def _raw(table: Any, version: int = FORMAT_VERSION) -> list[Any]:
@@ -128,33 +142,46 @@ def _raw(table: Any, version: int = FORMAT_VERSION) -> list[Any]:
             else type_coerce(column, NullType()).label(column.name) for column in table.columns]
 
 
-def _blocks(chunks: list[tuple[int, int, int, bytes]]) -> list[tuple[Any, ...]]:
+def _blocks(batch: WriteBatch) -> list[tuple[Any, ...]]:
     """Chunk rows for a batch: each run of one interaction's consecutive chunks as one row
     (a single chunk as a v1 row), so a flood of small chunks costs one insert per batch."""
-    runs: dict[tuple[int, int], list[tuple[int, int, int, bytes]]] = {}  # by (id, first seq)
-    open_runs: dict[int, tuple[tuple[int, int], int, int]] = {}  # id -> (run, next seq, size)
-    for chunk in chunks:
-        iid, seq, size = chunk[0], chunk[1], len(chunk[3])
+    runs: dict[tuple[int, int], list[tuple[int, bytes]]] = {}  # by (id, first seq)
+    open_runs: dict[int, tuple[tuple[int, int], int]] = {}  # id -> (its run, next seq)
+    for iid, seq, ns, data in batch.chunks:
         found = open_runs.get(iid)
-        if found is not None and found[1] == seq and found[2] + size <= BLOCK_BYTES:
+        if found is not None and found[1] == seq:
             key = found[0]
-            runs[key].append(chunk)
-            size += found[2]
+            runs[key].append((ns, data))
         else:
             key = (iid, seq)
-            runs[key] = [chunk]
-        open_runs[iid] = (key, seq + 1, size)
+            runs[key] = [(ns, data)]
+        open_runs[iid] = (key, seq + 1)
     rows: list[tuple[Any, ...]] = []
-    for (iid, seq), run in runs.items():
-        if len(run) == 1:
-            rows.append((iid, seq, run[0][2], run[0][3], None, None, None))
-            continue
-        datas = [chunk[3] for chunk in run]
-        count = len(run)
-        rows.append((iid, seq, run[0][2], b"".join(datas), count,
-                     struct.pack(f"<{count}q", *[chunk[2] for chunk in run]),
-                     struct.pack(f"<{count}I", *map(len, datas))))
+    for (iid, seq), run in [*runs.items(), *(((iid, seq), run) for iid, seq, run in batch.runs)]:
+        _pack(iid, seq, run, rows)
     return rows
+
+
+def _pack(iid: int, seq: int, run: list[tuple[int, bytes]], rows: list[tuple[Any, ...]]) -> None:
+    """One run as rows: blocks of at most BLOCK_BYTES (a single chunk as a row of its own)."""
+    if len(run) == 1:
+        rows.append((iid, seq, run[0][0], run[0][1], None, None, None))
+        return
+    datas = [data for _, data in run]
+    sizes = list(map(len, datas))
+    if sum(sizes) > BLOCK_BYTES:  # split where a block would outgrow the limit
+        start, total = 0, 0
+        for index, size in enumerate(sizes):
+            if total + size > BLOCK_BYTES and index > start:
+                _pack(iid, seq + start, run[start:index], rows)
+                start, total = index, 0
+            total += size
+        _pack(iid, seq + start, run[start:], rows)
+        return
+    count = len(run)
+    rows.append((iid, seq, run[0][0], b"".join(datas), count,
+                 struct.pack(f"<{count}q", *[ns for ns, _ in run]),
+                 struct.pack(f"<{count}I", *sizes)))
 
 
 _INTERACTION, _CHUNKS, _EVENTS = (Base.metadata.tables[row.__tablename__]
@@ -466,12 +493,12 @@ class Cassette:
         """Write one batch in one transaction."""
         self._check_still_there()
         conn = self._conn
-        if (self._schema is None and batch.chunks and not (batch.starts or batch.heads
-                                                           or batch.ends)
+        if (self._schema is None and (batch.chunks or batch.runs)
+                and not (batch.starts or batch.heads or batch.ends)
                 and not self._ids and not conn.in_transaction()):
             try:  # chunks alone, the flood's batches: straight to the driver
                 await sqlite.insert_and_commit(conn, ChunkRow.__tablename__, CHUNK_COLUMNS,
-                                               _blocks(batch.chunks))
+                                               _blocks(batch))
             except sqlite.DriverError as exc:
                 raise CassetteError(f"{self.path}: write failed: {sqlite.describe(exc)}"
                                     ) from exc
@@ -515,9 +542,8 @@ class Cassette:
                         is_sse=head.is_sse,
                     )
                 )
-            if batch.chunks:
-                await self._insert_many(ChunkRow.__tablename__, CHUNK_COLUMNS,
-                                        _blocks(batch.chunks))
+            if batch.chunks or batch.runs:
+                await self._insert_many(ChunkRow.__tablename__, CHUNK_COLUMNS, _blocks(batch))
             for end in batch.ends:
                 await conn.execute(
                     update(InteractionRow)
@@ -546,6 +572,7 @@ class Cassette:
             heads=[HeadUpdate(ids.get(h.id, h.id), h.head, h.head_offset_ns, h.is_sse)
                    for h in batch.heads],
             chunks=[(ids.get(i, i), seq, ns, data) for i, seq, ns, data in batch.chunks],
+            runs=[(ids.get(i, i), seq, run) for i, seq, run in batch.runs],
             ends=[replace(e, id=ids.get(e.id, e.id)) for e in batch.ends],
         )
 

@@ -576,14 +576,15 @@ async def test_outcomes_keep_their_v1_spelling_on_disk(tmp_path: Path) -> None:
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sizes=st.lists(st.tuples(st.integers(1, 2), st.integers(0, 40)), max_size=60),
        cuts=st.lists(st.integers(0, 60), max_size=8),
-       block_bytes=st.sampled_from([16, 64, 1 << 16]))
+       block_bytes=st.sampled_from([16, 64, 1 << 16]), as_runs=st.booleans())
 def test_chunks_read_back_exactly_however_batches_and_blocks_cut_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sizes: list[tuple[int, int]],
-    cuts: list[int], block_bytes: int
+    cuts: list[int], block_bytes: int, as_runs: bool
 ) -> None:
-    """Two interleaved interactions' chunks (empty ones too), cut into batches at random
-    and into blocks at a small byte limit: every chunk reads back with its seq, offset and
-    bytes, from the start and from any seq."""
+    """Two interleaved interactions' chunks (empty ones too), cut into batches at random,
+    given one by one or as runs (as the recorder's writer gives them), and into blocks at a
+    small byte limit: every chunk reads back with its seq, offset and bytes, from the start
+    and from any seq."""
     monkeypatch.setattr(cassette_module, "BLOCK_BYTES", block_bytes)
     path = tmp_path / f"blocks-{uuid.uuid4().hex}.cassette"
     written: dict[int, list[Chunk]] = {1: [], 2: []}
@@ -601,7 +602,8 @@ def test_chunks_read_back_exactly_however_batches_and_blocks_cut_them(
             await cassette.write(WriteBatch(starts=[
                 InteractionStart(cassette.allocate_id(), 1.0, get) for _ in range(2)]))
             for start, end in zip(bounds, bounds[1:], strict=False):
-                await cassette.write(WriteBatch(chunks=rows[start:end]))
+                await cassette.write(_as_runs(rows[start:end]) if as_runs
+                                     else WriteBatch(chunks=rows[start:end]))
             await cassette.finish_recording()
         finally:
             await cassette.close()
@@ -665,3 +667,18 @@ async def test_a_row_overlapping_the_block_before_it_is_damage(tmp_path: Path) -
         with pytest.raises(CassetteError, match=r"interaction 1, chunk 1: starts inside the "
                                                 r"block of chunks 0 to 1"):
             await all_chunks(cassette, 1)
+
+
+def _as_runs(rows: list[tuple[int, int, int, bytes]]) -> WriteBatch:
+    """The same chunks as runs: each interaction's in this batch, in order."""
+    batch = WriteBatch()
+    for iid, seq, ns, data in rows:
+        if batch.runs and batch.runs[-1][0] == iid:
+            batch.runs[-1][2].append((ns, data))
+        else:
+            mine = [run for run in batch.runs if run[0] == iid]
+            if mine:
+                mine[-1][2].append((ns, data))
+            else:
+                batch.runs.append((iid, seq, [(ns, data)]))
+    return batch

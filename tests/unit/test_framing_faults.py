@@ -165,7 +165,7 @@ def stored(dialect: Dialect, chunks: list[bytes], rules: RedactionRules | None =
     batch = WriteBatch()
     body.finish(batch)
     batches.append(batch)
-    rows = [c for b in batches for c in b.chunks]
+    rows = [c for b in batches for c in b.all_chunks()]
     events = frames([Chunk(seq, ns, data) for _, seq, ns, data in rows], dialect)
     assert [r[1] for r in rows] == list(range(len(rows)))
     return [r[3] for r in rows], [(e.kind, e.type, e.data, e.first_chunk, e.last_chunk)
@@ -183,7 +183,7 @@ def test_a_whole_frame_is_stored_before_the_stream_ends() -> None:
     body = Body(1, RedactionRules().scrubber(), False, [], NDJSON)
     batch = WriteBatch()
     body.feed([(0, b'{"a":1}\n{"b"'), (5, b':2}\n')], batch)
-    assert [c[3] for c in batch.chunks] == [b'{"a":1}\n{"b"', b":2}\n"]
+    assert [c[3] for c in batch.all_chunks()] == [b'{"a":1}\n{"b"', b":2}\n"]
     assert body.events == 2  # frames as received, for the line `record` prints
 
 

@@ -723,7 +723,7 @@ async def test_batches_are_cut_by_body_bytes(
     sizes: list[int] = []
 
     async def counting_write(batch: WriteBatch) -> None:
-        sizes.append(sum(len(c[3]) for c in batch.chunks))
+        sizes.append(sum(len(c[3]) for c in batch.all_chunks()))
         await write(batch)
 
     monkeypatch.setattr(session._channel.cassette, "write", counting_write)
@@ -897,14 +897,14 @@ def test_event_chunk_attribution_for_any_chunking(
         raise AssertionError(position)
 
     expected = parse(stream)
-    got = sse_events([Chunk(seq, ns, data) for _, seq, ns, data in batch.chunks])
+    got = sse_events([Chunk(seq, ns, data) for _, seq, ns, data in batch.all_chunks()])
     assert body.events == sum(isinstance(item, Event) for item in expected)
     assert [(e.kind, e.data) for e in got] == [_summary(item) for item in expected]
     for event, item in zip(got, expected, strict=True):
         assert event.first_chunk == chunk_holding(item.start)
         assert event.last_chunk == chunk_holding(item.end - 1)
         assert event.offset_ns == event.last_chunk * 10
-    assert [(c[1], c[3]) for c in batch.chunks] == list(enumerate(chunks))
+    assert [(c[1], c[3]) for c in batch.all_chunks()] == list(enumerate(chunks))
 
 
 def test_writer_state_stays_bounded_on_a_long_stream() -> None:
@@ -916,7 +916,7 @@ def test_writer_state_stays_bounded_on_a_long_stream() -> None:
     assert body.events == 2000
     assert len(body._held) <= 1  # nothing but a trailing empty chunk waits
     assert body.counter is not None and body.counter._parser is None  # counted by the regex
-    events = sse_events([Chunk(seq, ns, data) for _, seq, ns, data in batch.chunks])
+    events = sse_events([Chunk(seq, ns, data) for _, seq, ns, data in batch.all_chunks()])
     assert events[-2].first_chunk == 3996 and events[-2].last_chunk == 3997
 
 
