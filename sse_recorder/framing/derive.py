@@ -12,7 +12,6 @@ at a time and only their positions are kept, so a huge body is never held whole.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable
 
 from sse_recorder.framing.base import Frame
 from sse_recorder.framing.registry import Dialect, dialect_for
@@ -67,28 +66,6 @@ class Deriver:
                                  first_seq, last_seq)
         return RecordedEvent(seq, "event", item.type, item.data, item.id, item.retry, offset_ns,
                              first_seq, last_seq)
-
-
-def derive_events(chunks: Iterable[Chunk], is_sse: bool, headers: Headers) -> list[RecordedEvent]:
-    """The events of a body stored as `chunks` (in order) under a head with `headers`."""
-    deriver = Deriver(is_sse, headers)
-    for chunk in chunks:
-        deriver.feed(chunk)
-    return deriver.finish()
-
-
-def sse_events(chunks: Iterable[Chunk]) -> list[RecordedEvent]:
-    """An event stream's events and comments."""
-    return derive_events(chunks, True, ())
-
-
-def frames(chunks: Iterable[Chunk], dialect: Dialect) -> list[RecordedEvent]:
-    """The frames of a stream in `dialect`'s framing, as events of kind frame, error or
-    invalid."""
-    deriver = Deriver(False, (), dialect)
-    for chunk in chunks:
-        deriver.feed(chunk)
-    return deriver.finish()
 
 
 def _coded(headers: Headers) -> bool:

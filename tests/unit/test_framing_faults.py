@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sse_recorder.faults import Ending, FaultPlan, FaultRun, Piece, split_at_frames
 from sse_recorder.framing import eventstream
 from sse_recorder.framing.base import ERROR, FRAME, INVALID
-from sse_recorder.framing.derive import frames
+from sse_recorder.framing.derive import Deriver
 from sse_recorder.framing.eventstream import EventStreamParser
 from sse_recorder.framing.policy import StreamPolicy, streams
 from sse_recorder.framing.registry import EVENT_STREAM, FRAME_SHAPES, JSON, NDJSON, Dialect
@@ -166,7 +166,10 @@ def stored(dialect: Dialect, chunks: list[bytes], rules: RedactionRules | None =
     body.finish(batch)
     batches.append(batch)
     rows = [c for b in batches for c in b.all_chunks()]
-    events = frames([Chunk(seq, ns, data) for _, seq, ns, data in rows], dialect)
+    deriver = Deriver(False, (), dialect)
+    for _, seq, ns, data in rows:
+        deriver.feed(Chunk(seq, ns, data))
+    events = deriver.finish()
     assert [r[1] for r in rows] == list(range(len(rows)))
     return [r[3] for r in rows], [(e.kind, e.type, e.data, e.first_chunk, e.last_chunk)
                                   for e in events]

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sse_recorder.errors import CassetteError
-from sse_recorder.framing.derive import sse_events
+from sse_recorder.framing.derive import Deriver
 from sse_recorder.model import (
     Chunk,
     Headers,
@@ -897,7 +897,7 @@ def test_event_chunk_attribution_for_any_chunking(
         raise AssertionError(position)
 
     expected = parse(stream)
-    got = sse_events([Chunk(seq, ns, data) for _, seq, ns, data in batch.all_chunks()])
+    got = sse_events(batch)
     assert body.events == sum(isinstance(item, Event) for item in expected)
     assert [(e.kind, e.data) for e in got] == [_summary(item) for item in expected]
     for event, item in zip(got, expected, strict=True):
@@ -916,9 +916,17 @@ def test_writer_state_stays_bounded_on_a_long_stream() -> None:
     assert body.events == 2000
     assert len(body._held) <= 1  # nothing but a trailing empty chunk waits
     assert body.counter is not None and body.counter._parser is None  # counted by the regex
-    events = sse_events([Chunk(seq, ns, data) for _, seq, ns, data in batch.all_chunks()])
+    events = sse_events(batch)
     assert events[-2].first_chunk == 3996 and events[-2].last_chunk == 3997
 
 
 def _summary(item: Item) -> tuple[str, str]:
     return ("comment", item.text) if isinstance(item, Comment) else ("event", item.data)
+
+
+def sse_events(batch: WriteBatch) -> list[RecordedEvent]:
+    """The events a reader derives from the chunks in `batch`."""
+    deriver = Deriver(True, ())
+    for _, seq, ns, data in batch.all_chunks():
+        deriver.feed(Chunk(seq, ns, data))
+    return deriver.finish()
