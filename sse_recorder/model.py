@@ -43,6 +43,12 @@ def header_value(headers: Headers, name: str) -> str | None:
     return None
 
 
+def content_codings_named(headers: Headers) -> list[str]:
+    """The body's content codings in the order applied, lower-cased ([] for identity)."""
+    return [c.strip().lower() for k, v in headers if k.lower() == "content-encoding"
+            for c in v.split(",") if c.strip() and c.strip().lower() != "identity"]
+
+
 class Framing(StrEnum):
     """How a response body is delimited on an HTTP/1.1 connection (RFC 9112 §6.3)."""
 

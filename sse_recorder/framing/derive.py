@@ -12,10 +12,11 @@ at a time and only their positions are kept, so a huge body is never held whole.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable
 
 from sse_recorder.framing.base import Frame
 from sse_recorder.framing.registry import Dialect, dialect_for
-from sse_recorder.model import Chunk, Headers, RecordedEvent
+from sse_recorder.model import Chunk, Headers, RecordedEvent, content_codings_named
 from sse_recorder.sse import Comment, Item, SSEParser
 
 
@@ -24,24 +25,24 @@ class Deriver:
     of a body that is not SSE (default: the one its head's `headers` name, unless coded)."""
 
     def __init__(self, is_sse: bool, headers: Headers, dialect: Dialect | None = None) -> None:
-        self._sse = SSEParser() if is_sse else None
-        if dialect is None and not is_sse and not _coded(headers):
+        if dialect is None and not is_sse and not content_codings_named(headers):
             dialect = dialect_for(headers)
         self._framer = dialect.parser() if dialect is not None and not is_sse else None
+        parser = SSEParser() if is_sse else self._framer
+        self._parse: Callable[[bytes], list[Item] | list[Frame]] | None = (
+            parser.feed if parser is not None else None)
         self._starts: list[int] = []  # each chunk's first byte in the body
         self._stamps: list[tuple[int, int]] = []  # each chunk's (seq, offset_ns)
         self._position = 0
         self._events: list[RecordedEvent] = []
 
     def feed(self, chunk: Chunk) -> None:
-        if self._sse is None and self._framer is None:
+        if self._parse is None:  # a body without events
             return
         self._starts.append(self._position)
         self._stamps.append((chunk.seq, chunk.offset_ns))
         self._position += len(chunk.data)
-        found = (self._sse.feed(chunk.data) if self._sse is not None
-                 else self._framer.feed(chunk.data) if self._framer is not None else [])
-        self._add(found)
+        self._add(self._parse(chunk.data))
 
     def finish(self) -> list[RecordedEvent]:
         if self._framer is not None:
@@ -67,8 +68,3 @@ class Deriver:
         return RecordedEvent(seq, "event", item.type, item.data, item.id, item.retry, offset_ns,
                              first_seq, last_seq)
 
-
-def _coded(headers: Headers) -> bool:
-    return any(name.lower() == "content-encoding" and any(
-        c.strip() and c.strip().lower() != "identity" for c in value.split(","))
-        for name, value in headers)

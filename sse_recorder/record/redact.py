@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import quote, quote_plus, unquote_plus
 
-from sse_recorder.model import Headers, RecordedRequest
+from sse_recorder.model import Headers, RecordedRequest, content_codings_named
 
 try:  # brings nothing new: mitmproxy depends on Google's Brotli bindings
     import brotli
@@ -595,8 +595,7 @@ if brotli is not None:
 def content_codings(headers: Headers) -> list[str] | None:
     """The body's content codings in the order applied ([] for identity); None when one of
     them cannot be decoded here."""
-    codings = [c.strip().lower() for k, v in headers if k.lower() == "content-encoding"
-               for c in v.split(",") if c.strip() and c.strip().lower() != "identity"]
+    codings = content_codings_named(headers)
     return codings if all(c in _CODINGS for c in codings) else None
 
 

@@ -596,15 +596,17 @@ class Cassette:
     async def interactions(self) -> list[Interaction]:
         """Every interaction, checked: its own values, and (by one SQL screen in the same
         query) the storage class and range of every value of its chunks and events."""
-        return await self._interactions(None)
+        return await self._interactions(None, count=True)
 
-    async def interaction(self, interaction_id: int) -> Interaction:
-        found = await self._interactions(interaction_id)
+    async def interaction(self, interaction_id: int, *, count: bool = True) -> Interaction:
+        found = await self._interactions(interaction_id, count=count)
         if not found:
             raise CassetteError(f"{self.path}: no interaction {interaction_id}")
         return found[0]
 
-    async def _interactions(self, only: int | None) -> list[Interaction]:
+    async def _interactions(self, only: int | None, *, count: bool) -> list[Interaction]:
+        """`count`: an event stream with no event count stored gets one from its chunks
+        (`events` does not ask: it derives the events themselves)."""
         version = self.version
         chunk_count = (func.sum(func.coalesce(ChunkRow.count, 1)) if version >= 2
                        else func.count())
@@ -648,8 +650,8 @@ class Cassette:
                 await self._first_bad(_CHUNKS, interaction.id)
             if row.bad_events:
                 await self._first_bad(_EVENTS, interaction.id)
-            if (row.event_count is None and not row.event_rows and interaction.is_sse
-                    and interaction.chunk_count):
+            if (count and row.event_count is None and not row.event_rows
+                    and interaction.is_sse and interaction.chunk_count):
                 # no count stored (not ended, or a writer that gave none): count its chunks
                 interaction = replace(interaction, event_count=await self._count(interaction))
             found.append(interaction)
@@ -722,9 +724,7 @@ class Cassette:
         )
         if found:
             return [rows.event(r._mapping, self.path, interaction_id) for r in found]
-        return await self._derived(await self.interaction(interaction_id))
-
-    async def _derived(self, interaction: Interaction) -> list[RecordedEvent]:
+        interaction = await self.interaction(interaction_id, count=False)
         if not interaction.chunk_count:
             return []
         headers = interaction.response.headers if interaction.response is not None else ()

@@ -7,7 +7,7 @@ import math
 import random
 import sqlite3
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -682,3 +682,36 @@ def _as_runs(rows: list[tuple[int, int, int, bytes]]) -> WriteBatch:
             else:
                 batch.runs.append((iid, seq, [(ns, data)]))
     return batch
+
+
+async def test_events_of_an_unfinished_stream_read_its_chunks_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No event count stored (the recorder died): `interactions` counts from the chunks,
+    `events` derives from them without counting first."""
+    path = tmp_path / "c.cassette"
+    cassette = await Cassette.open_for_recording(path)
+    try:
+        iid = cassette.allocate_id()
+        await cassette.write(WriteBatch(
+            starts=[InteractionStart(iid, 1.0, RecordedRequest("GET", "http://h/", ()))],
+            heads=[HeadUpdate(iid, HEAD, 1, True)]))
+        await cassette.write(WriteBatch(chunks=[(iid, 0, 5, b"data: a\n\n"),
+                                                (iid, 1, 6, b"data: b\n\n: c\n\n")]))
+    finally:
+        await cassette.close()
+    async with await Cassette.open(path) as reading:
+        (interaction,) = await reading.interactions()
+        assert interaction.event_count == 2 and interaction.outcome is Outcome.STOPPED
+        read = 0
+        chunks = reading.chunks
+
+        def counted(interaction_id: int, start_seq: int = 0) -> AsyncIterator[Chunk]:
+            nonlocal read
+            read += 1
+            return chunks(interaction_id, start_seq)
+
+        monkeypatch.setattr(reading, "chunks", counted)
+        assert [(e.kind, e.data) for e in await reading.events(iid)] == [
+            ("event", "a"), ("event", "b"), ("comment", "c")]
+        assert read == 1
