@@ -39,9 +39,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import h11
 
+from sse_recorder.demo.http11 import read_request
 from sse_recorder.demo.upstream import TEXT
 from sse_recorder.framing import eventstream
-from sse_recorder.wire.requests import BadRequest, read_request
+from sse_recorder.wire.requests import BadRequest
 
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 CREATED = "2024-01-01T00:00:00Z"

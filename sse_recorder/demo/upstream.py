@@ -24,10 +24,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import h11
 
+from sse_recorder.demo.http11 import read_request
 from sse_recorder.demo.payloads import KOREAN, service_events
 from sse_recorder.sse import encode_event
 from sse_recorder.wire.connections import reset
-from sse_recorder.wire.requests import BadRequest, read_request
+from sse_recorder.wire.requests import BadRequest
 
 __all__ = [
     "ROUTES", "TEXT", "DemoUpstream", "Request", "Route", "Ticks", "anthropic_message_json",
@@ -497,7 +498,7 @@ ROUTES: list[Route] = [
 
 async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> Request | None:
     """The next request as a route sees it, or None once the client has closed; a malformed
-    one raises `BadRequest` (the shared reader, `sse_recorder.wire.requests`)."""
+    one raises `BadRequest` (`demo.http11`)."""
     request = await read_request(conn, reader)
     if request is None:
         return None

@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-import h11
-
 from sse_recorder.errors import ConfigError
 from sse_recorder.faults.spec import Fault, parse_spec, parse_table
 from sse_recorder.model import header_value
@@ -40,7 +38,7 @@ from sse_recorder.replay.server import ReplayServer
 from sse_recorder.units import parse_duration
 from sse_recorder.wire import responses
 from sse_recorder.wire.connections import base_url, close_after_error, keeps_alive, stop_serving
-from sse_recorder.wire.requests import BadRequest, Limits, Request, read_request
+from sse_recorder.wire.requests import BadRequest, Limits, Request, RequestReader
 
 __all__ = ["ControlServer", "check_host"]
 
@@ -135,11 +133,11 @@ class ControlServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        conn = h11.Connection(h11.SERVER)
+        requests = RequestReader()
         try:
             while True:
                 try:
-                    request = await read_request(conn, reader, LIMITS, None, writer)
+                    request = await requests.read(reader, LIMITS, None, writer)
                 except BadRequest as exc:
                     writer.write(responses.bad_request(exc.status, str(exc)))
                     await close_after_error(reader, writer, 1.0)
@@ -156,16 +154,10 @@ class ControlServer:
                 await writer.drain()
                 if not persist:
                     return
-                # Responses do not go through h11: a new parser for the next request.
-                leftover, closed = bytes(conn.trailing_data[0]), conn.trailing_data[1]
-                conn = h11.Connection(h11.SERVER)
-                if leftover:
-                    conn.receive_data(leftover)
-                if closed:
-                    conn.receive_data(b"")
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            requests.close()
             self._tasks.discard(task)
             if not writer.transport.is_closing():
                 writer.close()

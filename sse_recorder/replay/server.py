@@ -1,9 +1,10 @@
 """The replay server: serves a cassette back over HTTP/1.1 with the recorded timing.
 
 Rules:
-- requests are read by the one reader (`wire/requests.py`: RFC 9112's rejections, head and
-  body timeouts, a server-wide cap on buffered request bytes); responses are written by
-  hand, so the wire shows exactly what was recorded (`replay/play.py`, `wire/responses.py`);
+- requests are read by the one reader (`wire/requests.py`: llhttp's and RFC 9112's
+  rejections, head and body timeouts, a server-wide cap on buffered request bytes);
+  responses are written by hand, so the wire shows exactly what was recorded
+  (`replay/play.py`, `wire/responses.py`);
 - each request is matched, answered (unmatched: 404/409 with an explanation, in the
   vendor's error shape for a vendor call, see `vendors.py`; a fault may answer instead; else
   the recording, maybe faulted) and reported as one `Served` record;
@@ -41,8 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import h11
-
 from sse_recorder.errors import ConfigError, SSERecorderError
 from sse_recorder.faults import FaultPlan, FaultRun
 from sse_recorder.model import Headers, Interaction, Outcome, header_value
@@ -71,14 +70,19 @@ from sse_recorder.wire.connections import (
     stop_serving,
 )
 from sse_recorder.wire.endings import until_closed
-from sse_recorder.wire.requests import MAX_BUFFERED, BadRequest, Budget, Limits, read_request
+from sse_recorder.wire.requests import (
+    MAX_BUFFERED,
+    BadRequest,
+    Budget,
+    Limits,
+    RequestReader,
+)
 from sse_recorder.wire.responses import BodyWriter
 
 __all__ = ["LOOPS", "SERVED_KEPT", "ReplayOptions", "ReplayServer", "loop_factory"]
 
 log = logging.getLogger("sse_recorder.replay")
 
-MAX_HEAD = 64 * 1024  # request heads (h11's max_incomplete_event_size)
 # `served` keeps this many records: far more than one test makes (the pytest plugin reads
 # them per test), a few MB at most however long the server runs.
 SERVED_KEPT = 10_000
@@ -202,12 +206,12 @@ class ReplayServer:
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        requests = RequestReader()
         try:
             while True:
                 try:
-                    request = await read_request(conn, reader, self.options.limits,
-                                                 self.budget, writer)
+                    request = await requests.read(reader, self.options.limits, self.budget,
+                                                  writer)
                 except BadRequest as exc:
                     writer.write(responses.bad_request(exc.status, str(exc)))
                     self._record(Served("?", "?", None, exc.status, Outcome.CLEAN,
@@ -216,11 +220,6 @@ class ReplayServer:
                     break
                 if request is None:
                     break
-                # The parser has nothing more to say until the next request (responses never
-                # go through it): keep what the loop needs and let it go while a long stream
-                # plays, which saves memory per open stream.
-                leftover, closed = bytes(conn.trailing_data[0]), conn.trailing_data[1]
-                del conn
                 incoming = IncomingRequest(
                     request.method, request.target, request.headers, request.body,
                     host=host_of(header_value(request.headers, "host") or ""))
@@ -235,17 +234,13 @@ class ReplayServer:
                 self._served(served)
                 if not keep_alive:
                     break
-                conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-                if leftover:  # a pipelined request already read
-                    conn.receive_data(leftover)
-                if closed:  # receive_data(b"") means end of stream: only when it was
-                    conn.receive_data(b"")
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception as exc:  # the last resort: one record, no traceback
             self._record(Served("?", "?", None, 0, Outcome.CLOSED, Answer.ERROR,
                                 _internal("serving a connection", exc), time=time.time()))
         finally:
+            requests.close()
             self._tasks.discard(task)
             if not writer.transport.is_closing():
                 writer.close()
