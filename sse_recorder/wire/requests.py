@@ -124,8 +124,9 @@ class RequestReader:
                  "_ready")
 
     def __init__(self) -> None:
-        # the parser holds this reader's callbacks (a cycle, broken by `close`)
-        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        # made for a request's first bytes, dropped between requests: a parser weighs about
+        # 1 KiB (it holds this reader's callbacks), and an open stream keeps its reader
+        self._parser: httptools.HttpRequestParser | None = None
         self._fresh = True  # no request ended yet in the bytes being parsed
         self._parsing: _Message | None = None  # begun, not complete
         self._ready: list[_Message] = []  # complete, unread (a list: lighter than a deque)
@@ -181,10 +182,12 @@ class RequestReader:
                 if not self._ready:
                     raise
                 self._failed = exc  # the requests that came before it are answered first
+        if self._parsing is None and self._failed is None:
+            self._parser = None  # between requests: the next bytes get a new one
         return self._ready.pop(0).request()
 
     def close(self) -> None:
-        """Give back what a request cut short holds of the budget; read no more."""
+        """Give back what a request cut short holds of the budget."""
         self._give_back()
         self._parser = None
 
@@ -194,7 +197,8 @@ class RequestReader:
             self._parsing.held = 0
 
     def _feed(self, data: bytes) -> None:
-        assert self._parser is not None, "read after close"
+        if self._parser is None:
+            self._parser = httptools.HttpRequestParser(self)
         self._fresh = True
         try:
             self._parser.feed_data(data)
