@@ -10,6 +10,7 @@ short (`ReplayOptions.limits`), never waited out at their defaults.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -716,3 +717,40 @@ def test_fuzz_cases_that_found_bugs(fuzzed: Running) -> None:
         assert 400 <= status_of(exchange(fuzzed.port, raw)) < 500
     fuzzed.assert_healthy()
 
+
+
+# -- pipelined requests, cut anywhere on the way --------------------------------------------
+
+CHAT_BODY = json.dumps(CHAT).encode()
+PIPELINED = [  # (request bytes, status, target)
+    (b"GET /good HTTP/1.1\r\nHost: a\r\n\r\n", 200, "/good"),
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%b"
+     % (len(CHAT_BODY), CHAT_BODY), 200, "/v1/chat/completions"),
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"%x\r\n%b\r\n%x\r\n%b\r\n0\r\n\r\n" % (7, CHAT_BODY[:7], len(CHAT_BODY) - 7,
+                                            CHAT_BODY[7:]), 200, "/v1/chat/completions"),
+    (b"GET /missing HTTP/1.1\r\nHost: a\r\n\r\n", 404, "/missing"),
+]
+LAST = (b"GET /good HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 200, "/good")
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(order=st.lists(st.sampled_from(range(len(PIPELINED))), max_size=5), data=st.data())
+def test_pipelined_requests_cut_anywhere_are_answered_in_order(
+    fuzzed: Running, order: list[int], data: st.DataObject
+) -> None:
+    """Every request of a pipeline, sent in pieces cut anywhere (one send each, no delay),
+    is answered once, in order, and the last one's close ends the connection."""
+    requests = [PIPELINED[i] for i in order] + [LAST]
+    wire = b"".join(raw for raw, _, _ in requests)
+    cuts = data.draw(st.lists(st.integers(1, len(wire) - 1), unique=True, max_size=8))
+    bounds = [0, *sorted(cuts), len(wire)]
+    before = len(fuzzed.records())
+    with connect(fuzzed.port) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for start, end in itertools.pairwise(bounds):
+            sock.sendall(wire[start:end])
+        answers = read_all(sock)
+    assert [int(m[1]) for m in STATUS.finditer(answers)] == [s for _, s, _ in requests]
+    assert [r.target for r in fuzzed.records()[before:]] == [t for _, _, t in requests]
