@@ -13,16 +13,18 @@ import asyncio
 import h11
 
 from sse_recorder.wire.connections import decode_headers
-from sse_recorder.wire.requests import BadRequest, Request
+from sse_recorder.wire.requests import MAX_REQUEST_BODY, BadRequest, Request
 
 READ_SIZE = 65536
 
 
 async def read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> Request | None:
     """The next request on `conn` with its whole body, or None once the client has closed
-    between requests; what h11 rejects raises `BadRequest` with h11's status."""
+    between requests; what h11 rejects raises `BadRequest` with h11's status, and so does a
+    body over MAX_REQUEST_BODY (a 413: the demo holds bodies whole)."""
     head: h11.Request | None = None
     body: list[bytes] = []
+    size = 0
     try:
         while True:
             event = conn.next_event()
@@ -31,6 +33,9 @@ async def read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> Re
             elif isinstance(event, h11.Request):
                 head = event
             elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_REQUEST_BODY:
+                    raise BadRequest(f"request body over {MAX_REQUEST_BODY} bytes", 413)
                 body.append(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None

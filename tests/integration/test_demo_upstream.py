@@ -370,6 +370,18 @@ async def test_malformed_request_is_400_and_close(up: demo.DemoUpstream) -> None
     await raw.close()
 
 
+async def test_a_body_over_the_cap_is_413_and_close(
+    up: demo.DemoUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sse_recorder.demo.http11.MAX_REQUEST_BODY", 10)
+    raw = await Raw.connect(up)
+    raw.writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n"
+                     b"{\"a\": 123}")
+    response = await raw.reader.read()  # to EOF: the server closes
+    assert response.startswith(b"HTTP/1.1 413 ") and b"over 10 bytes" in response
+    await raw.close()
+
+
 async def test_serve_reports_its_url_and_stops_on_cancel() -> None:
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(demo.serve("127.0.0.1", 0, ready.set_result))
