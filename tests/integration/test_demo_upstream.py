@@ -375,8 +375,9 @@ async def test_a_body_over_the_cap_is_413_and_close(
 ) -> None:
     monkeypatch.setattr("sse_recorder.demo.http11.MAX_REQUEST_BODY", 10)
     raw = await Raw.connect(up)
-    raw.writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n"
-                     b"{\"a\": 123}")
+    body = b'{"model": "over ten bytes"}'
+    raw.writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%b"
+                     % (len(body), body))
     response = await raw.reader.read()  # to EOF: the server closes
     assert response.startswith(b"HTTP/1.1 413 ") and b"over 10 bytes" in response
     await raw.close()
