@@ -45,6 +45,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # A request line whose method is a token (RFC 9110 §5.6.2) that llhttp does not know
 _UNKNOWN_METHOD = re.compile(rb"(?:\r\n)*([!#$%&'*+\-.^_`|~0-9A-Za-z]+) [^ \r\n]+ HTTP/\d\.\d\r\n")
 _OWS = b" \t"
+_HIGH_BYTE = re.compile(rb"[\x80-\xff]")
 _BUSY = "too many request body bytes buffered by this server right now; retry later"
 
 
@@ -199,6 +200,8 @@ class RequestReader:
     def _feed(self, data: bytes) -> None:
         if self._parser is None:
             self._parser = httptools.HttpRequestParser(self)
+        if self._parsing is None:
+            data = _percent_encoded_line(data)
         self._fresh = True
         try:
             self._parser.feed_data(data)
@@ -308,6 +311,19 @@ def _loop_time(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     return asyncio.get_running_loop().time() + (deadline - time.monotonic())
+
+
+def _percent_encoded_line(data: bytes) -> bytes:
+    """`data` with the bytes over 0x7F of the request line it starts with percent-encoded.
+
+    curl sends a query as typed (`?q=한국어`, raw UTF-8; it encodes only the path), mitmproxy
+    records it, and llhttp refuses it: encoded, it is the same query to the matcher, which
+    decodes both. Only a request line that arrives whole at the start of a read is looked
+    at: one split across reads, or pipelined behind another request, is parsed as sent."""
+    end = data.find(b"\n")
+    if end < 0 or data.isascii() or data[:end].isascii():
+        return data
+    return _HIGH_BYTE.sub(lambda byte: b"%%%02X" % byte[0][0], data[:end]) + data[end:]
 
 
 def _check_head(message: _Message, limits: Limits) -> None:

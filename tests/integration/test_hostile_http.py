@@ -77,6 +77,10 @@ RECORDINGS: list[tuple[RecordedRequest, ResponseHead, list[bytes]]] = [
      _json_head(json.dumps(CHAT_ANSWER).encode()), [json.dumps(CHAT_ANSWER).encode()]),
     (RecordedRequest("POST", f"{UP}/v1/messages", (), json.dumps(MESSAGE).encode()),
      _json_head(b"{}"), [b"{}"]),
+    # as mitmproxy records curl's `?q=한국어`: the query as typed
+    (RecordedRequest("GET", f"{UP}/search?q=한국어", ()),
+     ResponseHead(200, "OK", (("Content-Type", "text/plain"), ("Content-Length", "5"))),
+     [b"found"]),
 ]
 
 
@@ -754,3 +758,14 @@ def test_pipelined_requests_cut_anywhere_are_answered_in_order(
         answers = read_all(sock)
     assert [int(m[1]) for m in STATUS.finditer(answers)] == [s for _, s, _ in requests]
     assert [r.target for r in fuzzed.records()[before:]] == [t for _, _, t in requests]
+
+
+def test_a_query_sent_as_curl_sends_it_matches_its_recording(replay: Running) -> None:
+    """curl 7.88 sends a query as typed (raw UTF-8) and only the path percent-encoded: the
+    exact bytes it wrote for `curl 'http://HOST/search?q=한국어'`."""
+    raw = "GET /search?q=한국어 HTTP/1.1\r\nHost: upstream.test\r\nUser-Agent: curl/7.88.1\r\n" \
+          "Accept: */*\r\nConnection: close\r\n\r\n"
+    status, _, body = split_response(exchange(replay.port, raw.encode()))
+    assert (status, body) == (200, b"found")
+    [served] = replay.records()
+    assert served.target == "/search?q=%ED%95%9C%EA%B5%AD%EC%96%B4" and served.status == 200

@@ -348,3 +348,25 @@ class Pieces:
 
     async def read(self, size: int) -> bytes:
         return next(self._pieces, b"")
+
+
+# -- a request line as curl sends a query -------------------------------------------------------
+
+
+async def test_a_raw_utf8_query_is_read_percent_encoded_and_the_body_as_sent() -> None:
+    """curl sends `?q=한국어` as typed (it encodes only the path); llhttp refuses raw bytes
+    over 0x7F in a target, so the reader encodes them, and the matcher decodes both."""
+    body = "{\"q\": \"한국어\"}".encode()
+    raw = (f"POST /search?q=한국어 HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n"
+           .encode() + body)
+    request = await read_request(reader_of(raw))
+    assert request is not None
+    assert request.target == "/search?q=%ED%95%9C%EA%B5%AD%EC%96%B4"
+    assert request.body == body  # only the request line is touched
+
+
+async def test_a_raw_byte_in_a_request_line_split_across_reads_is_still_a_400() -> None:
+    with pytest.raises(BadRequest) as caught:
+        await RequestReader().read(Pieces([b"GET /s?q=", "한 HTTP/1.1\r\nHost: a\r\n\r\n"
+                                           .encode()]))  # type: ignore[arg-type]
+    assert caught.value.status == 400
