@@ -22,7 +22,9 @@ Rules:
   read); a request gives its share back once complete, a connection when it ends (`close`);
 - `Expect: 100-continue` is answered with `100 Continue` before the body is read;
 - pipelined requests: what one read brings past a request is parsed with it and served
-  next, in order (llhttp parses all it is given).
+  next, in order (llhttp parses all it is given);
+- bytes over 0x7F in a request line (curl's raw UTF-8 query) are percent-encoded before
+  llhttp sees them, which refuses them otherwise.
 """
 
 from __future__ import annotations
