@@ -1,4 +1,6 @@
-"""Reading HTTP/1.1 requests off a connection: the one reader every server here uses.
+"""Reading HTTP/1.1 requests off a connection: the one reader of the replay server and its
+control API (the demo upstreams stand in for ordinary servers and read with h11, which
+also writes their responses: `demo/http11.py`).
 
 Requests are parsed by llhttp (Node's parser, through httptools): strict by default (no
 bare LF, no obsolete line folding, no Content-Length beside Transfer-Encoding, RFC 9112's
