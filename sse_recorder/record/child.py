@@ -77,6 +77,21 @@ def encode(message: object, *, plain: bool = False) -> bytes:
     return FRAME.pack(len(data), PICKLED) + data
 
 
+def take_messages(buffer: bytearray) -> list[object]:
+    """The whole messages at the start of `buffer`, removed from it; a partial one stays."""
+    messages: list[object] = []
+    start = 0
+    while len(buffer) - start >= FRAME.size:
+        size, kind = FRAME.unpack_from(buffer, start)
+        end = start + FRAME.size + size
+        if end > len(buffer):
+            break
+        messages.append(_LOADS[kind](bytes(buffer[start + FRAME.size:end])))
+        start = end
+    del buffer[:start]
+    return messages
+
+
 async def read_message(reader: asyncio.StreamReader) -> object | None:
     """The next message, or None at the end of input. A frame cut short is the last write
     of a process killed while writing it: what it held never fully arrived."""

@@ -9,7 +9,10 @@ on this loop (`WriterMode.TASK`), for embedding without a second process and for
 
 Loss on a crash is bounded by time. The session keeps `backlog_since_ns`, when the oldest
 frame the writer has not committed yet was queued. The proxy checks it after each chunk:
-past `LAG_HIGH_NS` it stops reading from that upstream and marks the session `congested`;
+past `LAG_HIGH_NS`, and still past it once what the writer has already answered is read
+(its commits wait unread in the pipe while a busy loop does not look: in a flood, a median
+66 ms and up to 380 ms, which made the proxy stop its upstream for most of the flood with a
+writer that kept up), it stops reading from that upstream and marks the session `congested`;
 once a commit brings the lag under `LAG_LOW_NS`, `on_congestion(False)` lets it read again.
 So the backlog stays near LAG_HIGH_NS at any rate the proxy can forward: a flood is slowed to
 what the writer can store. A writer process also outlives a proxy killed with SIGKILL and
@@ -43,8 +46,8 @@ from sse_recorder.record.child import (
     Refused,
     Start,
     encode,
-    read_message,
     rules_message,
+    take_messages,
 )
 from sse_recorder.record.redact import RedactionRules
 from sse_recorder.record.writer import (
@@ -106,6 +109,7 @@ class _Channel(Protocol):
 
     async def start(self, session: RecordingSession) -> int: ...  # the first interaction id
     def deliver(self, items: list[Item], plain: bool) -> None: ...
+    def poll(self) -> None: ...  # act on what the writer has said so far, without waiting
     async def close(self) -> None: ...
 
 
@@ -193,8 +197,11 @@ class RecordingSession:
             if len(outbox) >= FRAME_ITEMS or self._timer is None:
                 self._size_or_schedule()
             if now - self.backlog_since_ns > LAG_HIGH_NS:
-                self.congested = True
-                return True
+                # What the writer said may wait unread while this loop is busy: read it first
+                self._channel.poll()
+                if now - self.backlog_since_ns > LAG_HIGH_NS:
+                    self.congested = True
+                    return True
             return False
 
         return record
@@ -362,6 +369,9 @@ class _TaskChannel:
         assert self._writer is not None
         self._writer.feed(items)
 
+    def poll(self) -> None:
+        """Nothing to read: the writer runs on this loop, its commits arrive as made."""
+
     async def close(self) -> None:
         assert self._writer is not None and self._task is not None
         await self._task
@@ -369,12 +379,19 @@ class _TaskChannel:
 
 
 class _ProcessChannel:
-    """The writer in a process of its own (`record.child`): frames pickled over a pipe,
-    commits read back by a task."""
+    """The writer in a process of its own (`record.child`): frames pickled over a pipe. Its
+    answers come back over a pipe of this channel's own, read when the loop sees it readable
+    and, through `poll`, whenever the session must know the writer's progress at once."""
 
     def __init__(self) -> None:
         self._process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._session: RecordingSession | None = None
+        self._answers = -1  # the read end of the writer's stdout, non-blocking
+        self._buffer = bytearray()
+        self._first: asyncio.Future[object] | None = None  # Ready or Refused; None: it died
+        self._started = False  # its first answer was Ready
+        self._ended = False
+        self._reaper: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
 
     async def start(self, session: RecordingSession) -> int:
@@ -382,12 +399,23 @@ class _ProcessChannel:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-        self._process = process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sse_recorder.record.child",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
-            limit=1 << 24,
-        )
-        assert process.stdin is not None and process.stdout is not None
+        loop = asyncio.get_running_loop()
+        answers, their_end = os.pipe()
+        try:
+            self._process = process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sse_recorder.record.child",
+                stdin=asyncio.subprocess.PIPE, stdout=their_end, env=env,
+            )
+        except BaseException:
+            os.close(answers)
+            raise
+        finally:
+            os.close(their_end)
+        os.set_blocking(answers, False)
+        self._answers, self._session = answers, session
+        self._first = loop.create_future()
+        loop.add_reader(answers, self.poll)
+        assert process.stdin is not None
         with contextlib.suppress(OSError, AttributeError):
             import fcntl
 
@@ -395,33 +423,66 @@ class _ProcessChannel:
             fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
         process.stdin.write(encode(Start(session.cassette_path,
                                          rules_message(session.config.redaction))))
-        answer = await read_message(process.stdout)
+        answer = await self._first
         if not isinstance(answer, Ready):
             await process.wait()
             if isinstance(answer, Refused):
                 raise CassetteError(answer.message)
             raise CassetteError(f"{session.cassette_path}: the writer process did not start "
                                 f"(exit status {process.returncode})")
-        self._reader = asyncio.get_running_loop().create_task(self._read(session))
         return answer.next_id
 
-    async def _read(self, session: RecordingSession) -> None:
-        assert self._process is not None and self._process.stdout is not None
+    def poll(self) -> None:
+        """Read and act on everything the writer has said so far, without waiting."""
+        if self._ended:
+            return
+        end_of_input = False
+        while True:
+            try:
+                data = os.read(self._answers, 1 << 16)
+            except BlockingIOError:
+                break
+            if not data:
+                end_of_input = True
+                break
+            self._buffer += data
+        for message in take_messages(self._buffer):
+            self._handle(message)
+        if end_of_input and not self._ended:  # before Closed: the writer died
+            self._end(clean=False)
+
+    def _handle(self, message: object) -> None:
+        assert self._session is not None and self._first is not None
+        if not self._first.done():
+            self._started = isinstance(message, Ready)
+            self._first.set_result(message)
+        elif isinstance(message, Commit):
+            self._session._committed(message)
+        elif isinstance(message, Failed):
+            self._session._failed(CassetteError(message.message))
+        elif isinstance(message, Closed):
+            self._end(clean=True)
+
+    def _end(self, clean: bool) -> None:
+        """No more answers: the writer closed, or it died (reported once it is reaped)."""
+        self._ended = True
+        asyncio.get_running_loop().remove_reader(self._answers)
+        os.close(self._answers)
+        assert self._first is not None
+        if not self._first.done():
+            self._first.set_result(None)
+        if clean or not self._started:  # a writer that never started: `start` says why
+            self._closed.set()
+        else:
+            self._reaper = asyncio.get_running_loop().create_task(self._died())
+
+    async def _died(self) -> None:
+        assert self._process is not None and self._session is not None
         try:
-            while True:
-                message = await read_message(self._process.stdout)
-                if isinstance(message, Commit):
-                    session._committed(message)
-                elif isinstance(message, Failed):
-                    session._failed(CassetteError(message.message))
-                elif isinstance(message, Closed):
-                    return
-                else:  # end of input before Closed: the writer died
-                    status = await self._process.wait()
-                    session._failed(CassetteError(
-                        f"{session.cassette_path}: the writer process exited "
-                        f"(status {status}); the recording is incomplete"))
-                    return
+            status = await self._process.wait()
+            self._session._failed(CassetteError(
+                f"{self._session.cassette_path}: the writer process exited "
+                f"(status {status}); the recording is incomplete"))
         finally:
             self._closed.set()
 

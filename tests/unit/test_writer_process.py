@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 from sse_recorder.errors import CassetteError
 from sse_recorder.model import Outcome, RecordedRequest
 from sse_recorder.record import child as child_module
+from sse_recorder.record import session as session_module
 from sse_recorder.record.child import PROXY_GONE
 from sse_recorder.record.redact import MARKER, RedactionRules
 from sse_recorder.record.session import (
@@ -293,3 +296,39 @@ def test_the_writer_process_stores_what_the_writer_task_does_however_framed(
         assert process.events[iid] == task.events[iid]
     for path in paths.values():
         assert SECRET.encode() not in path.read_bytes()
+
+
+async def test_congestion_is_judged_on_what_the_writer_said_not_on_what_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's commits can wait unread in the pipe while the proxy's loop is busy (in a
+    flood, a median 66 ms and up to 380 ms): the proxy reads them before calling itself
+    congested. A writer that has not answered still makes it congested."""
+    monkeypatch.setattr(session_module, "LAG_HIGH_NS", 1_000_000)  # 1 ms: ages fast
+    session = RecordingSession(str(tmp_path / "rec.cassette"))
+    await session.start()
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+    record = session.chunk_recorder(iid, time.monotonic_ns())
+    assert record(b"data: 1\n\n") is False
+    session._send()  # the frame goes now, as its timer would
+    answers = session._channel._answers  # type: ignore[attr-defined]
+    # The loop stays busy (blocked here) until the writer's commit is in the pipe, unread.
+    assert select.select([answers], [], [], 30)[0] == [answers]
+    time.sleep(0.002)  # and the frame is older than LAG_HIGH_NS by now
+    assert record(b"data: 2\n\n") is False and not session.congested
+
+    writer = session._channel._process  # type: ignore[attr-defined]
+    writer.send_signal(signal.SIGSTOP)  # a writer that cannot answer
+    try:
+        session._send()
+        time.sleep(0.002)
+        assert record(b"data: 3\n\n") is True and session.congested
+    finally:
+        writer.send_signal(signal.SIGCONT)
+    await session.flush()
+    assert not session.congested
+    session.end(iid, Outcome.CLEAN, 10_000)
+    await session.close()
+    got = await read_back(tmp_path / "rec.cassette")
+    assert [c.data for c in got.chunks[iid]] == [b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"]
