@@ -426,6 +426,7 @@ class _ProcessChannel:
         answer = await self._first
         if not isinstance(answer, Ready):
             await process.wait()
+            self.poll()  # its end of input, now certain: the pipe is closed
             if isinstance(answer, Refused):
                 raise CassetteError(answer.message)
             raise CassetteError(f"{session.cassette_path}: the writer process did not start "
