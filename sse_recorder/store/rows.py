@@ -224,22 +224,31 @@ def block_broken(count: Any, offsets: Any, sizes: Any, data_size: Any) -> int:
     has, so the screen finds it without reading any data)."""
     if count is None and offsets is None and sizes is None:
         return 0
-    return 0 if _block_problem(count, offsets, sizes, data_size) is None else 1
+    try:
+        _block_arrays(count, offsets, sizes, data_size)
+    except ValueError:
+        return 1
+    return 0
 
 
-def _block_problem(count: Any, offsets: Any, sizes: Any, data_size: Any) -> str | None:
+def _block_arrays(count: Any, offsets: Any, sizes: Any,
+                  data_size: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A block's arrivals and lengths, unpacked once and seen to fit its count and its data;
+    ValueError says what does not."""
     if count is None or offsets is None or sizes is None:
-        return "count, offsets and sizes must all be set or all be NULL"
+        raise ValueError("count, offsets and sizes must all be set or all be NULL")
     if not (type(count) is int and type(offsets) is bytes and type(sizes) is bytes):
-        return "count, offsets or sizes has the wrong type"
+        raise ValueError("count, offsets or sizes has the wrong type")
     if count < 1 or len(offsets) != 8 * count or len(sizes) != 4 * count:
-        return f"offsets or sizes do not hold {count} entries"
-    total = sum(struct.unpack(f"<{count}I", sizes))
+        raise ValueError(f"offsets or sizes do not hold {count} entries")
+    stamps = struct.unpack(f"<{count}q", offsets)
+    lengths = struct.unpack(f"<{count}I", sizes)
+    total = sum(lengths)
     if total != data_size:
-        return f"sizes add up to {total} bytes, data holds {data_size}"
-    if min(struct.unpack(f"<{count}q", offsets)) < 0:
-        return "an offset is negative"
-    return None
+        raise ValueError(f"sizes add up to {total} bytes, data holds {data_size}")
+    if min(stamps) < 0:
+        raise ValueError("an offset is negative")
+    return stamps, lengths
 
 
 def interaction(row: Mapping[str, Any], path: object) -> Interaction:
@@ -300,14 +309,14 @@ def chunks(rows: Sequence[Any], path: object, interaction_id: int) -> list[Chunk
 
 def _block(v: dict[str, Any], path: object, where: str) -> list[Chunk]:
     """A block row's chunks, once its arrays are seen to fit its count and its data."""
-    count, offsets, sizes, data = v["count"], v["offsets"], v["sizes"], v["data"]
-    problem = _block_problem(count, offsets, sizes, len(data))
-    if problem is not None:
-        raise CassetteError(f"{path}: damaged cassette: {where}: chunks block: {problem}")
-    stamps = struct.unpack(f"<{count}q", offsets)
-    lengths = struct.unpack(f"<{count}I", sizes)
+    data = v["data"]
+    try:
+        stamps, lengths = _block_arrays(v["count"], v["offsets"], v["sizes"], len(data))
+    except ValueError as problem:
+        raise CassetteError(f"{path}: damaged cassette: {where}: chunks block: {problem}"
+                            ) from None
     out, position, seq = [], 0, v["seq"]
-    for index in range(count):
+    for index in range(len(lengths)):
         end = position + lengths[index]
         out.append(Chunk(seq + index, stamps[index], data[position:end]))
         position = end

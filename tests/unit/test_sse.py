@@ -750,7 +750,7 @@ def test_positions_after_a_block_without_data() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# at_event_boundary / earliest_open_position (used by the recorder)
+# at_event_boundary / earliest_open_position (used by the faults' event splitting)
 
 
 def test_at_event_boundary() -> None:
@@ -779,8 +779,8 @@ def test_at_event_boundary() -> None:
 @HYPOTHESIS
 @given(st.data())
 def test_items_never_start_before_earliest_open_position(data: st.DataObject) -> None:
-    # The recorder forgets the chunks before `earliest_open_position`: every item completed
-    # later must start at or after it, and it never moves backwards.
+    # The faults tell a comment inside an event's block by `earliest_open_position`: every
+    # item completed later must start at or after it, and it never moves backwards.
     stream, chunks = data.draw(chunked_streams())
     parser = SSEParser()
     floor = 0
