@@ -14,6 +14,8 @@ if it has a content coding).
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
+from itertools import accumulate
 
 from sse_recorder.framing.registry import Dialect
 from sse_recorder.record.redact import (
@@ -31,7 +33,10 @@ log = logging.getLogger(__name__)
 
 
 class Body:
-    """Per-interaction state in the writer: holding, redaction, counting, numbering."""
+    """Per-interaction state in the writer: holding, redaction, counting, numbering. Chunks
+    are held as two columns (offsets, data) so that a flood's thousands of chunks per batch
+    are measured, cut and packed by C loops (`accumulate`, `bisect`, `join`), not a Python
+    step per chunk."""
 
     def __init__(
         self,
@@ -57,7 +62,8 @@ class Body:
         self._aligned = 0  # held chunks that end where a frame ends
         self.decoder = StreamDecoder(self.codings) if is_sse and self.codings else None
         self.decoded_size: int | None = None
-        self._held: list[tuple[int, bytes]] = []  # not stored yet
+        self._held_ns: list[int] = []  # offsets of the chunks not stored yet
+        self._held: list[bytes] = []  # their data
         self._ready = 0  # bytes at the start of `_held` already redacted (whole events)
         self.next_stored = 0  # seq of the next chunk to store
         self.frames = 0  # frames of a stream in another framing, as received
@@ -68,20 +74,21 @@ class Body:
         """Events stored (comments not counted); frames for a stream in another framing."""
         return self.counter.events if self.counter is not None else self.frames
 
-    def feed(self, chunks: list[tuple[int, bytes]], batch: WriteBatch) -> None:
-        """Consecutive chunks of this body, in arrival order."""
+    def feed(self, offsets: list[int], datas: list[bytes], batch: WriteBatch) -> None:
+        """Consecutive chunks of this body, in arrival order: their offsets and their data."""
         decoder = self.decoder
         if decoder is not None:
             failed = decoder.failed
-            chunks = [(ns, decoder.decode(data)) for ns, data in chunks]
+            datas = [decoder.decode(data) for data in datas]
             if decoder.failed and not failed:
                 log.warning("sse-recorder: #%d: cannot decode the body (%s): the rest is not "
                             "stored", self.iid, ", ".join(self.codings))
-        self._held.extend(chunks)
+        self._held_ns += offsets
+        self._held += datas
         if self.counter is not None:
             self._redact_complete_events(batch)
         elif self._scout is not None:
-            self._release_whole_frames(chunks, batch)
+            self._release_whole_frames(datas, batch)
         # other bodies are stored whole by finish()
 
     def finish(self, batch: WriteBatch) -> bool:
@@ -105,7 +112,7 @@ class Body:
         chunk that lies wholly in what is redacted. A chunk ending inside an event waits for
         that event's end (usually the next chunk); past MAX_HELD, a line end will do."""
         held = self._held
-        buffer = held[0][1] if len(held) == 1 else b"".join(data for _, data in held)
+        buffer = held[0] if len(held) == 1 else b"".join(held)
         tail = buffer[self._ready:]
         cut = max(tail.rfind(b"\n\n"), tail.rfind(b"\r\r"), tail.rfind(b"\n\r"))
         if cut >= 0:
@@ -115,22 +122,17 @@ class Body:
             self._redact_up_to(self._ready + line_end + 1 if line_end >= 0 else None, buffer)
         else:
             return
-        count, position = 0, 0
-        for _, data in self._held:
-            if position + len(data) > self._ready:
-                break
-            position += len(data)
-            count += 1
+        ends = list(accumulate(map(len, self._held)))
+        count = bisect_right(ends, self._ready)  # the chunks that end where redaction has been
         if count:
-            self._ready -= position
+            self._ready -= ends[count - 1]
             self._release(count, batch)
 
     def _redact_up_to(self, end: int | None, buffer: bytes | None = None) -> None:
         """Redact held bytes from `_ready` to `end` (None: all of them), whole events, and
         count the events in them (as redacted: the bytes that will be stored)."""
-        held = self._held
         if buffer is None:
-            buffer = b"".join(data for _, data in held)
+            buffer = b"".join(self._held)
         if end is None:
             end = len(buffer)
         region = buffer[self._ready:end]
@@ -138,7 +140,7 @@ class Body:
         if spans:
             start = self._ready
             shifted = [(a + start, b + start, r) for a, b, r in spans]
-            self._held = split_like(held, shifted)
+            self._held = split_like(self._held, shifted)
             end += sum(len(r) - (b - a) for a, b, r in spans)
             region = apply(region, spans)
         assert self.counter is not None
@@ -147,70 +149,70 @@ class Body:
 
     def _release(self, count: int, batch: WriteBatch) -> None:
         """Store the first `count` held chunks (redacted)."""
-        stored = self._held[:count]
-        del self._held[:count]
-        self._store(stored, batch)
+        offsets, datas = self._held_ns[:count], self._held[:count]
+        del self._held_ns[:count], self._held[:count]
+        self._store(offsets, datas, batch)
 
     # -- streams of other framings (NDJSON, AWS event stream...) -------------------------
 
-    def _release_whole_frames(self, chunks: list[tuple[int, bytes]], batch: WriteBatch) -> None:
+    def _release_whole_frames(self, datas: list[bytes], batch: WriteBatch) -> None:
         """Store the held chunks up to the last one that ends where a frame ends (redacted
         as whole frames); past MAX_HELD, whatever is held."""
         scout = self._scout
         assert scout is not None
-        first_new = len(self._held) - len(chunks)
-        for index, (_, data) in enumerate(chunks, first_new):
+        first_new = len(self._held) - len(datas)
+        for index, data in enumerate(datas, first_new):
             self.frames += len(scout.feed(data))
             self._raw_position += len(data)
             if scout.open_start >= self._raw_position:
                 self._aligned = index + 1
         if self._aligned:
             self._release_frames(self._aligned, batch)
-        elif sum(len(data) for _, data in self._held) > MAX_HELD:
+        elif sum(map(len, self._held)) > MAX_HELD:
             self._release_frames(len(self._held), batch)
 
     def _release_frames(self, count: int, batch: WriteBatch) -> None:
         """Store the first `count` held chunks, redacted as whole frames."""
         dialect = self.dialect
         assert dialect is not None
-        released = self._held[:count]
-        del self._held[:count]
+        offsets, datas = self._held_ns[:count], self._held[:count]
+        del self._held_ns[:count], self._held[:count]
         self._aligned = 0
-        if not released:
+        if not datas:
             return
-        region = b"".join(data for _, data in released)
-        spans = dialect.redact(region, self.scrub)
-        self._store(split_like(released, spans) if spans else released, batch)
+        spans = dialect.redact(b"".join(datas), self.scrub)
+        self._store(offsets, split_like(datas, spans) if spans else datas, batch)
 
     # -- other bodies --------------------------------------------------------------------
 
     def _finish_whole(self, batch: WriteBatch) -> None:
-        held, self._held = self._held, []
-        if not held:
+        offsets, datas = self._held_ns, self._held
+        self._held_ns, self._held = [], []
+        if not datas:
             return
-        raw = held[0][1] if len(held) == 1 else b"".join(data for _, data in held)
+        raw = datas[0] if len(datas) == 1 else b"".join(datas)
         if not self.codings:
             spans = self.scrub.spans(raw)
-            self._store(split_like(held, spans) if spans else held, batch)
+            self._store(offsets, split_like(datas, spans) if spans else datas, batch)
             return
         decoded = decode_body(raw, self.codings)
         if decoded is None:
             log.warning("sse-recorder: #%d: body not decodable as %s: stored as received",
                         self.iid, ", ".join(self.codings))
-            self._store(held, batch)
+            self._store(offsets, datas, batch)
             return
         spans = self.scrub.spans(decoded)
         if not spans:
-            self._store(held, batch)  # nothing to hide: the bytes exactly as received
+            self._store(offsets, datas, batch)  # nothing to hide: the bytes exactly as received
             return
         body = apply(decoded, spans)
         self.decoded_size = len(body)
-        self._store([(held[-1][0], body)], batch)
+        self._store([offsets[-1]], [body], batch)
 
-    def _store(self, released: list[tuple[int, bytes]], batch: WriteBatch) -> None:
+    def _store(self, offsets: list[int], datas: list[bytes], batch: WriteBatch) -> None:
         """Number the redacted chunks and add them to the batch, as one run."""
-        if not released:
+        if not datas:
             return
-        batch.runs.append((self.iid, self.next_stored, released))
-        self.next_stored += len(released)
-        self.stored_size += sum(len(data) for _, data in released)
+        batch.runs.append((self.iid, self.next_stored, offsets, datas))
+        self.next_stored += len(datas)
+        self.stored_size += sum(map(len, datas))

@@ -5,9 +5,10 @@ CPU as forwarding the traffic, and every microsecond of it is taken from the tra
 the proxy only stamps and queues; this process does the rest on the other core.
 
 Messages are length-prefixed pickles (`FRAME`), between two processes of the same
-installation only; a frame of plain tuples (chunks, acknowledgements: a flood's frames) goes
-as `marshal` instead, which costs the proxy a quarter of pickle's CPU per item (measured 0.04
-against 0.18 us), and is safe here because both ends run the same interpreter.
+installation only; a frame of plain values (runs of chunks as lists of offsets and of bytes,
+acknowledgements: a flood's frames) goes as `marshal` instead, which costs the proxy a
+quarter of pickle's CPU per item (measured 0.04 against 0.18 us), and is safe here because
+both ends run the same interpreter.
 The proxy sends `Start` first, then lists of writer items; this process answers `Ready` (or
 `Refused`: the cassette could not be opened), then a `Commit` per batch, `Failed` once if
 storage fails, and `Closed` when it has finished the cassette.

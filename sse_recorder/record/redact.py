@@ -23,6 +23,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from urllib.parse import quote, quote_plus, unquote_plus
 
 from sse_recorder.model import Headers, RecordedRequest, content_codings_named
@@ -237,9 +238,12 @@ class _Compiled:
         self.header_name = re.compile(
             NAME_RULES + _alternatives(rules.headers | DEFAULT_HEADERS, ignore_case=True)
         )
-        self.words = tuple({*_WORDS, *(
+        words = {*_WORDS, *(
             n.lower() for n in (*rules.headers, *rules.query_params, *rules.json_fields)
-        )})
+        )}
+        # a word holding another adds nothing to the prefilter ("apikey" holds "key")
+        self.words = tuple(w.encode() for w in sorted(words)
+                           if not any(o != w and o in w for o in words))
         self.base = Scrubber(self, rules.values)
 
 
@@ -252,8 +256,10 @@ class Scrubber:
         self.needles = _needle_pattern(values)
 
     def _may_name(self, data: bytes) -> bool:
+        """Whether `data` may hold a credential's name: a cheap prefilter (a substring
+        search per word) that spares most texts the name patterns."""
         low = data.lower()
-        return any(word.encode() in low for word in self._c.words)
+        return any(word in low for word in self._c.words)
 
     # -- spans ---------------------------------------------------------------------------
 
@@ -509,22 +515,18 @@ def apply(data: bytes, spans: list[Span]) -> bytes:
     return bytes(out)
 
 
-def split_like(chunks: list[tuple[int, bytes]], spans: list[Span]) -> list[tuple[int, bytes]]:
-    """Apply spans to the concatenation of chunks, keeping the chunk count and timing: a
-    boundary inside a replaced span moves in proportion within the replacement."""
-    region = chunks[0][1] if len(chunks) == 1 else b"".join(d for _, d in chunks)
+def split_like(datas: list[bytes], spans: list[Span]) -> list[bytes]:
+    """Apply spans to the concatenation of chunks, keeping the chunk count (so their times
+    stay theirs): a boundary inside a replaced span moves in proportion within the
+    replacement."""
     if not spans:
-        return chunks
-    ends: list[int] = []
-    pos = 0
-    for _, data in chunks:
-        pos += len(data)
-        ends.append(pos)
+        return datas
+    region = datas[0] if len(datas) == 1 else b"".join(datas)
     boundaries: list[int] = []
     span_iter = iter(spans)
     span = next(span_iter, None)
     shift = 0
-    for end in ends[:-1]:
+    for end in accumulate(map(len, datas[:-1])):
         while span is not None and span[1] <= end:
             shift += len(span[2]) - (span[1] - span[0])
             span = next(span_iter, None)
@@ -534,12 +536,7 @@ def split_like(chunks: list[tuple[int, bytes]], spans: list[Span]) -> list[tuple
         else:
             boundaries.append(end + shift)
     out = apply(region, spans)
-    result = []
-    previous = 0
-    for (offset_ns, _), boundary in zip(chunks, [*boundaries, len(out)], strict=True):
-        result.append((offset_ns, out[previous:boundary]))
-        previous = boundary
-    return result
+    return [out[a:b] for a, b in zip([0, *boundaries], [*boundaries, len(out)], strict=True)]
 
 
 # -- content codings ------------------------------------------------------------------------

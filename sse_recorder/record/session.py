@@ -1,7 +1,9 @@
 """Turn live traffic into cassette rows without slowing the traffic. Knows nothing of mitmproxy.
 
 The proxy calls `begin`, `head`, `end` and, for each streamed chunk, a `chunk_recorder`
-closure synchronously; each only appends to an outbox (well under a microsecond). A few
+closure synchronously; each only appends to an outbox (well under a microsecond): a chunk
+joins its response's run (offsets and data as two lists) while that run is the outbox's
+last item, so a flood crosses to the writer, and is stored, as columns. A few
 ms after its first item (or at FRAME_ITEMS items) the outbox goes to the writer
 (`record.writer`) as one frame: by default to a writer process of its own (`record.child`,
 `WriterMode.PROCESS`), so parsing, redaction and SQLite run on another core; or to a task
@@ -53,10 +55,10 @@ from sse_recorder.record.redact import RedactionRules
 from sse_recorder.record.writer import (
     ACK,
     BEGIN,
-    CHUNK,
     END,
     FLUSH,
     HEAD,
+    RUN,
     STOP,
     Commit,
     Item,
@@ -84,6 +86,7 @@ QUIET_GAP_S = 0.002
 QUIET_GAP_NS = int(QUIET_GAP_S * 1e9)
 QUIET_FRAME_ITEMS = 8  # the last frame held fewer items: traffic may be quiet
 FRAME_ITEMS = 1024  # a busy loop runs timers late: a frame is also cut at this many items
+# (or chunks in one run)
 PIPE_SIZE = 1 << 20  # the writer process's input pipe (Linux default: 64 KiB)
 _F_SETPIPE_SZ = 1031
 
@@ -139,7 +142,7 @@ class RecordingSession:
                                    else _TaskChannel())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: list[Item] = []
-        self._outbox_plain = True  # only chunks and acknowledgements: marshal will do
+        self._outbox_plain = True  # only runs of chunks and acknowledgements: marshal
         self._outbox_since = NO_BACKLOG
         self._timer: asyncio.Handle | None = None  # the pending frame's send
         self._last_frame_ns = 0
@@ -180,7 +183,14 @@ class RecordingSession:
         return is_sse
 
     def chunk(self, iid: int, offset_ns: int, data: bytes) -> None:
-        self._put((CHUNK, iid, offset_ns, data))
+        outbox = self._outbox
+        if outbox and outbox[-1][0] == RUN and outbox[-1][1] == iid:
+            outbox[-1][2].append(offset_ns)
+            outbox[-1][3].append(data)
+            if len(outbox[-1][3]) >= FRAME_ITEMS:
+                self._send()
+        else:
+            self._put((RUN, iid, [offset_ns], [data]))
 
     def chunk_recorder(self, iid: int, anchor_ns: int) -> Callable[[bytes], bool]:
         """The proxy's call for each chunk of one response, as one closure (this is the
@@ -189,13 +199,21 @@ class RecordingSession:
         (the proxy should stop reading that upstream; `congested` is then set)."""
         clock = time.monotonic_ns
         outbox = self._outbox  # never replaced: `_send` empties it in place
-        append = outbox.append
+        run: Item = ()  # this response's run of chunks, while it is the outbox's last item
 
         def record(data: bytes) -> bool:
+            nonlocal run
             now = clock()
-            append((CHUNK, iid, now - anchor_ns, data))
-            if len(outbox) >= FRAME_ITEMS or self._timer is None:
-                self._size_or_schedule()
+            if outbox and outbox[-1] is run:  # the outbox is pending: its timer is set
+                run[2].append(now - anchor_ns)
+                run[3].append(data)
+                if len(run[3]) >= FRAME_ITEMS:
+                    self._send()
+            else:
+                run = (RUN, iid, [now - anchor_ns], [data])
+                outbox.append(run)
+                if len(outbox) >= FRAME_ITEMS or self._timer is None:
+                    self._size_or_schedule()
             if now - self.backlog_since_ns > LAG_HIGH_NS:
                 # What the writer said may wait unread while this loop is busy: read it first
                 self._channel.poll()
@@ -237,7 +255,7 @@ class RecordingSession:
         if not items:
             return
         self._last_frame_ns = time.monotonic_ns()
-        self._last_frame_items = len(items)
+        self._last_frame_items = sum(len(item[3]) if item[0] == RUN else 1 for item in items)
         self._frame += 1
         items.append((ACK, self._frame))
         self._unacked.append((self._frame, self._outbox_since))

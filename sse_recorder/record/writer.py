@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from itertools import accumulate, islice
 
 from sse_recorder.framing.registry import dialect_for
 from sse_recorder.model import Outcome, RecordedRequest, ResponseHead
@@ -46,9 +48,12 @@ MAX_BATCH_BYTES = 256 * 1024  # body bytes per transaction: a flood's 64 KiB rea
 
 # Item kinds. An item is a tuple whose first element is its kind:
 # (BEGIN, token, started_at, RecordedRequest), (HEAD, token, offset_ns, ResponseHead, is_sse),
-# (CHUNK, token, offset_ns, bytes), (END, token, offset_ns, Outcome, error, check_truncation),
-# (ACK, frame), (FLUSH, flush_token), (STOP,).
-BEGIN, HEAD, CHUNK, END, ACK, FLUSH, STOP = range(7)
+# (RUN, token, [offset_ns, ...], [bytes, ...]): consecutive chunks of one response, as two
+# columns, so that a flood's thousands of chunks per frame cross the pipe and are measured,
+# cut and packed by C loops (marshal, accumulate, join) instead of a Python step per chunk;
+# (END, token, offset_ns, Outcome, error, check_truncation), (ACK, frame),
+# (FLUSH, flush_token), (STOP,).
+BEGIN, HEAD, RUN, END, ACK, FLUSH, STOP = range(7)
 Item = tuple
 
 
@@ -153,18 +158,28 @@ class Writer:
             await self.cassette.close()
 
     def _take(self) -> tuple[list[Item], Commit, bool]:
-        """The next batch: up to MAX_BATCH items or MAX_BATCH_BYTES of body, or up to a
-        FLUSH or STOP; ACKs passed on the way are reported with it."""
+        """The next batch: up to MAX_BATCH chunks and other items, or MAX_BATCH_BYTES of
+        body (a run is cut there), or up to a FLUSH or STOP; ACKs passed on the way are
+        reported with it."""
         queue = self.queue
         items: list[Item] = []
         commit = Commit(None)
         append, pop = items.append, queue.popleft
-        size = 0
-        while queue and len(items) < MAX_BATCH and size < MAX_BATCH_BYTES:
+        count = size = 0
+        while queue and count < MAX_BATCH and size < MAX_BATCH_BYTES:
             item = pop()
             kind = item[0]
-            if kind == CHUNK:
-                size += len(item[3])
+            if kind == RUN:
+                datas = item[3]
+                # as many as fit: up to the item limit, and up to the chunk that reaches
+                # the byte limit (one chunk at least)
+                sizes = list(accumulate(map(len, islice(datas, MAX_BATCH - count))))
+                fit = min(len(sizes), bisect_left(sizes, MAX_BATCH_BYTES - size) + 1)
+                if fit < len(datas):
+                    queue.appendleft((RUN, item[1], item[2][fit:], datas[fit:]))
+                    item = (RUN, item[1], item[2][:fit], datas[:fit])
+                count += fit
+                size += sizes[fit - 1]
             elif kind == ACK:
                 commit.acked = item[1]
                 continue
@@ -173,6 +188,8 @@ class Writer:
                 break
             elif kind == STOP:
                 return items, commit, True
+            else:
+                count += 1
             append(item)
         while queue and queue[0][0] == ACK:  # an ACK right behind the batch is passed too
             commit.acked = pop()[1]
@@ -189,25 +206,27 @@ class Writer:
         """Turn queued items into redacted rows. Each body's chunks in the batch are fed
         together (interleaved streams too): only the order within one interaction matters,
         so its chunks are fed before its end, and a head always precedes its chunks."""
-        pending: dict[int, list[tuple[int, bytes]]] = {}
+        pending: dict[int, tuple[list[int], list[bytes]]] = {}
         for item in items:
             kind = item[0]
-            if kind == CHUNK:
-                chunks = pending.get(item[1])
-                if chunks is None:
-                    chunks = pending[item[1]] = []
-                chunks.append((item[2], item[3]))
+            if kind == RUN:
+                run = pending.get(item[1])
+                if run is None:
+                    pending[item[1]] = (item[2], item[3])
+                else:
+                    run[0].extend(item[2])
+                    run[1].extend(item[3])
             elif kind == BEGIN:
                 self._begin(item, batch)
             elif kind == HEAD:
                 self._head(item, batch)
             elif kind == END:
-                chunks = pending.pop(item[1], None)
-                if chunks:
-                    self._feed(item[1], chunks, batch)
+                run = pending.pop(item[1], None)
+                if run is not None:
+                    self._feed(item[1], *run, batch)
                 self._end(item, batch)
-        for token, chunks in pending.items():
-            self._feed(token, chunks, batch)
+        for token, (offsets, datas) in pending.items():
+            self._feed(token, offsets, datas, batch)
 
     def _begin(self, item: Item, batch: WriteBatch) -> None:
         """The request redacted (a compressed body decoded for it, and stored decoded if
@@ -249,12 +268,13 @@ class Writer:
         self._bodies[token] = Body(state.id, state.scrub, is_sse, codings, dialect)
         batch.heads.append(HeadUpdate(state.id, head, offset_ns, is_sse))
 
-    def _feed(self, token: int, chunks: list[tuple[int, bytes]], batch: WriteBatch) -> None:
+    def _feed(self, token: int, offsets: list[int], datas: list[bytes], batch: WriteBatch
+              ) -> None:
         body = self._bodies.get(token)
         if body is None:  # the interaction already ended: nothing may follow its end
-            log.debug("sse-recorder: %d chunks after the end of #%d dropped", len(chunks), token)
+            log.debug("sse-recorder: %d chunks after the end of #%d dropped", len(datas), token)
             return
-        body.feed(chunks, batch)
+        body.feed(offsets, datas, batch)
 
     def _end(self, item: Item, batch: WriteBatch) -> None:
         _, token, offset_ns, reason, error, check_truncation = item

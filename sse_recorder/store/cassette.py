@@ -105,15 +105,15 @@ class EndUpdate:
     event_count: int | None = None  # None: unknown, derived from the chunks when read
 
 
-Run = tuple[int, int, list[tuple[int, bytes]]]  # interaction id, first seq, [(ns, data)]
+Run = tuple[int, int, list[int], list[bytes]]  # interaction id, first seq, offsets, datas
 
 
 @dataclass(slots=True)
 class WriteBatch:
     """Everything the writer gathered since the last commit; written in one transaction.
     Chunks come one by one (`chunks`) or as runs of one interaction's consecutive chunks
-    (`runs`, as the recorder's writer has them: packed without a step per chunk); either
-    way an interaction's consecutive chunks in one batch are stored as one block row."""
+    (`runs`, columns as the recorder's writer has them: packed without a step per chunk);
+    either way an interaction's consecutive chunks in one batch are stored as one block row."""
 
     starts: list[InteractionStart] = field(default_factory=list)
     heads: list[HeadUpdate] = field(default_factory=list)
@@ -129,8 +129,8 @@ class WriteBatch:
 
     def all_chunks(self) -> list[tuple[int, int, int, bytes]]:
         """Every chunk as (id, seq, ns, data): the runs' chunks after the single ones."""
-        return self.chunks + [(iid, seq + n, ns, data) for iid, seq, run in self.runs
-                              for n, (ns, data) in enumerate(run)]
+        return self.chunks + [(iid, seq + n, ns, data) for iid, seq, offsets, datas in self.runs
+                              for n, (ns, data) in enumerate(zip(offsets, datas, strict=True))]
 
 
 def _raw(table: Any, version: int = FORMAT_VERSION) -> list[Any]:
@@ -145,43 +145,46 @@ def _raw(table: Any, version: int = FORMAT_VERSION) -> list[Any]:
 def _blocks(batch: WriteBatch) -> list[tuple[Any, ...]]:
     """Chunk rows for a batch: each run of one interaction's consecutive chunks as one row
     (a single chunk as a v1 row), so a flood of small chunks costs one insert per batch."""
-    runs: dict[tuple[int, int], list[tuple[int, bytes]]] = {}  # by (id, first seq)
+    runs: dict[tuple[int, int], tuple[list[int], list[bytes]]] = {}  # by (id, first seq)
     open_runs: dict[int, tuple[tuple[int, int], int]] = {}  # id -> (its run, next seq)
     for iid, seq, ns, data in batch.chunks:
         found = open_runs.get(iid)
         if found is not None and found[1] == seq:
             key = found[0]
-            runs[key].append((ns, data))
+            offsets, datas = runs[key]
+            offsets.append(ns)
+            datas.append(data)
         else:
             key = (iid, seq)
-            runs[key] = [(ns, data)]
+            runs[key] = ([ns], [data])
         open_runs[iid] = (key, seq + 1)
     rows: list[tuple[Any, ...]] = []
-    for (iid, seq), run in [*runs.items(), *(((iid, seq), run) for iid, seq, run in batch.runs)]:
-        _pack(iid, seq, run, rows)
+    for (iid, seq), (offsets, datas) in runs.items():
+        _pack(iid, seq, offsets, datas, rows)
+    for iid, seq, offsets, datas in batch.runs:
+        _pack(iid, seq, offsets, datas, rows)
     return rows
 
 
-def _pack(iid: int, seq: int, run: list[tuple[int, bytes]], rows: list[tuple[Any, ...]]) -> None:
+def _pack(iid: int, seq: int, offsets: list[int], datas: list[bytes],
+          rows: list[tuple[Any, ...]]) -> None:
     """One run as rows: blocks of at most BLOCK_BYTES (a single chunk as a row of its own)."""
-    if len(run) == 1:
-        rows.append((iid, seq, run[0][0], run[0][1], None, None, None))
+    count = len(datas)
+    if count == 1:
+        rows.append((iid, seq, offsets[0], datas[0], None, None, None))
         return
-    datas = [data for _, data in run]
     sizes = list(map(len, datas))
     if sum(sizes) > BLOCK_BYTES:  # split where a block would outgrow the limit
         start, total = 0, 0
         for index, size in enumerate(sizes):
             if total + size > BLOCK_BYTES and index > start:
-                _pack(iid, seq + start, run[start:index], rows)
+                _pack(iid, seq + start, offsets[start:index], datas[start:index], rows)
                 start, total = index, 0
             total += size
-        _pack(iid, seq + start, run[start:], rows)
+        _pack(iid, seq + start, offsets[start:], datas[start:], rows)
         return
-    count = len(run)
-    rows.append((iid, seq, run[0][0], b"".join(datas), count,
-                 struct.pack(f"<{count}q", *[ns for ns, _ in run]),
-                 struct.pack(f"<{count}I", *sizes)))
+    rows.append((iid, seq, offsets[0], b"".join(datas), count,
+                 struct.pack(f"<{count}q", *offsets), struct.pack(f"<{count}I", *sizes)))
 
 
 _INTERACTION, _CHUNKS, _EVENTS = (Base.metadata.tables[row.__tablename__]
@@ -572,7 +575,8 @@ class Cassette:
             heads=[HeadUpdate(ids.get(h.id, h.id), h.head, h.head_offset_ns, h.is_sse)
                    for h in batch.heads],
             chunks=[(ids.get(i, i), seq, ns, data) for i, seq, ns, data in batch.chunks],
-            runs=[(ids.get(i, i), seq, run) for i, seq, run in batch.runs],
+            runs=[(ids.get(i, i), seq, offsets, datas)
+                  for i, seq, offsets, datas in batch.runs],
             ends=[replace(e, id=ids.get(e.id, e.id)) for e in batch.ends],
         )
 

@@ -673,14 +673,12 @@ def _as_runs(rows: list[tuple[int, int, int, bytes]]) -> WriteBatch:
     """The same chunks as runs: each interaction's in this batch, in order."""
     batch = WriteBatch()
     for iid, seq, ns, data in rows:
-        if batch.runs and batch.runs[-1][0] == iid:
-            batch.runs[-1][2].append((ns, data))
+        mine = [run for run in batch.runs if run[0] == iid]
+        if mine:
+            mine[-1][2].append(ns)
+            mine[-1][3].append(data)
         else:
-            mine = [run for run in batch.runs if run[0] == iid]
-            if mine:
-                mine[-1][2].append((ns, data))
-            else:
-                batch.runs.append((iid, seq, [(ns, data)]))
+            batch.runs.append((iid, seq, [ns], [data]))
     return batch
 
 

@@ -160,7 +160,7 @@ def stored(dialect: Dialect, chunks: list[bytes], rules: RedactionRules | None =
     batches = []
     for i, data in enumerate(chunks):
         batch = WriteBatch()
-        body.feed([(i * 1000, data)], batch)
+        body.feed([i * 1000], [data], batch)
         batches.append(batch)
     batch = WriteBatch()
     body.finish(batch)
@@ -185,7 +185,7 @@ def test_frames_are_stored_with_the_chunks_they_span() -> None:
 def test_a_whole_frame_is_stored_before_the_stream_ends() -> None:
     body = Body(1, RedactionRules().scrubber(), False, [], NDJSON)
     batch = WriteBatch()
-    body.feed([(0, b'{"a":1}\n{"b"'), (5, b':2}\n')], batch)
+    body.feed([0, 5], [b'{"a":1}\n{"b"', b':2}\n'], batch)
     assert [c[3] for c in batch.all_chunks()] == [b'{"a":1}\n{"b"', b":2}\n"]
     assert body.events == 2  # frames as received, for the line `record` prints
 

@@ -7,11 +7,13 @@ import asyncio
 import base64
 import gzip
 import json
+import tempfile
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import brotli
 import pytest
@@ -34,6 +36,7 @@ from sse_recorder.record import writer as writer_module
 from sse_recorder.record.body import Body
 from sse_recorder.record.redact import MARKER, RedactionRules
 from sse_recorder.record.session import Recorded, RecorderConfig, RecordingSession
+from sse_recorder.record.writer import ACK, RUN, Writer
 from sse_recorder.sse import Comment, Event, Item, parse
 from sse_recorder.store.cassette import Cassette, WriteBatch
 from tests.helpers import task_session
@@ -848,6 +851,125 @@ async def test_a_frame_goes_at_once_after_a_quiet_spell_and_waits_while_busy(
 
 
 # --------------------------------------------------------------------------------------------
+# runs of chunks: cut by frames and batches anywhere, nothing lost, moved or left unredacted
+
+RUN_PROPERTY = settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+@RUN_PROPERTY
+@given(
+    runs=st.lists(st.tuples(st.integers(1, 3), st.lists(st.integers(0, 90), min_size=1,
+                                                         max_size=12)),
+                  min_size=1, max_size=8),
+    max_batch=st.integers(1, 8),
+    max_bytes=st.integers(1, 300),
+)
+def test_a_batch_is_cut_at_either_limit_and_keeps_the_runs_in_order(
+    runs: list[tuple[int, list[int]]], max_batch: int, max_bytes: int
+) -> None:
+    """`Writer._take` cuts a run of chunks where a batch reaches MAX_BATCH items or
+    MAX_BATCH_BYTES (the chunk that reaches it included); the runs come out whole and in
+    order, and each frame's ACK is reported by the batch that passes it."""
+    writer = Writer(cast(Cassette, None), RedactionRules(), lambda _: None, lambda _: None)
+    frames = [[(RUN, token, [n * 10 + k for k in range(len(sizes))],
+                [bytes([65 + k % 26]) * size for k, size in enumerate(sizes)]), (ACK, n)]
+              for n, (token, sizes) in enumerate(runs)]
+    for frame in frames:
+        writer.feed(frame)
+    taken: list[tuple[int, int, bytes]] = []
+    acked: list[int] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(writer_module, "MAX_BATCH", max_batch)
+        patch.setattr(writer_module, "MAX_BATCH_BYTES", max_bytes)
+        while writer.queue:
+            items, commit, stopping = writer._take()
+            assert not stopping
+            sizes = [len(data) for item in items for data in item[3]]
+            assert len(sizes) <= max_batch
+            assert sum(sizes[:-1]) < max_bytes  # only the last chunk may reach the limit
+            taken += [(item[1], ns, data) for item in items
+                      for ns, data in zip(item[2], item[3], strict=True)]
+            if commit.acked is not None:
+                acked.append(commit.acked)
+    assert taken == [(frame[0][1], ns, data) for frame in frames
+                     for ns, data in zip(frame[0][2], frame[0][3], strict=True)]
+    assert acked == sorted(acked) and acked[-1] == len(frames) - 1
+
+
+@RUN_PROPERTY
+@given(data=st.data())
+def test_secret_events_survive_any_frame_and_batch_cuts(data: st.DataObject) -> None:
+    """Two interleaved streams, one through the proxy's chunk closure and one through
+    `chunk`, cut into chunks anywhere, with frames and batches cut anywhere (tiny limits):
+    each stream is stored with its own chunks and times, and the secret, wherever the cuts
+    fall around it, is never stored."""
+    events = [b'data: {"n": %d}\n\n' % n for n in range(4)]
+    secret_at = data.draw(st.integers(0, 4), label="secret event position")
+    events.insert(secret_at, b'data: {"api_key": "%s"}\n\n' % SECRET.encode())
+    stream = b"".join(events)
+    expected = stream.replace(SECRET.encode(), MARKER.encode())
+
+    def cut(label: str) -> list[bytes]:
+        cuts = sorted(set(data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=10),
+                                    label=label)))
+        bounds = [0, *cuts, len(stream)]
+        return [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+    pieces = {"closure": cut("closure cuts"), "chunk": cut("chunk cuts")}
+    order = data.draw(st.permutations(["closure"] * len(pieces["closure"])
+                                      + ["chunk"] * len(pieces["chunk"])), label="order")
+    flushes = data.draw(st.sets(st.integers(0, len(order))), label="flush points")
+    limits = (data.draw(st.integers(1, 5), label="frame items"),
+              data.draw(st.integers(1, 6), label="batch items"),
+              data.draw(st.integers(1, 120), label="batch bytes"))
+
+    async def record(path: Path) -> ReadBack:
+        session = task_session(str(path))
+        await session.start()
+        ids = {name: session.begin(GET, 1.0) for name in pieces}
+        for iid in ids.values():
+            session.head(iid, SSE_HEAD, 1)
+        closure = session.chunk_recorder(ids["closure"], 0)
+        given_at: list[int] = []
+        sent = {name: 0 for name in pieces}
+        for step, name in enumerate(order):
+            if step in flushes:
+                await session.flush()
+            piece = pieces[name][sent[name]]
+            sent[name] += 1
+            if name == "closure":
+                closure(piece)
+            else:
+                given_at.append(step)
+                session.chunk(ids[name], step, piece)
+        for iid in ids.values():
+            session.end(iid, Outcome.CLEAN, len(order))
+        await session.close()
+        assert SECRET.encode() not in path.read_bytes()
+        got = await read_back(path)
+        stored = {name: got.chunks[iid] for name, iid in ids.items()}
+        for name, chunks in stored.items():
+            assert len(chunks) == len(pieces[name])  # redaction keeps the chunk count
+            assert b"".join(c.data for c in chunks) == expected
+            assert [c.seq for c in chunks] == list(range(len(chunks)))
+        assert [c.offset_ns for c in stored["chunk"]] == given_at
+        assert [e.data for e in got.events[ids["closure"]]] == \
+            [e.data for e in got.events[ids["chunk"]]]
+        return got
+
+    with pytest.MonkeyPatch.context() as patch, tempfile.TemporaryDirectory() as tmp:
+        patch.setattr(session_module, "FRAME_ITEMS", limits[0])
+        patch.setattr(writer_module, "MAX_BATCH", limits[1])
+        patch.setattr(writer_module, "MAX_BATCH_BYTES", limits[2])
+        asyncio.run(record(Path(tmp) / "rec.cassette"))
+
+
+# --------------------------------------------------------------------------------------------
 # event-to-chunk attribution for any chunking (the writer's per-body state, without I/O)
 
 HYPOTHESIS = settings(
@@ -884,9 +1006,9 @@ def test_event_chunk_attribution_for_any_chunking(
     body = Body(1, RedactionRules().scrubber(), is_sse=True)
     batch = WriteBatch()
     group = data.draw(st.integers(1, 4), label="chunks fed per call (the writer batches)")
-    timed = [(seq * 10, chunk) for seq, chunk in enumerate(chunks)]
-    for start in range(0, len(timed), group):
-        body.feed(timed[start : start + group], batch)
+    offsets = [seq * 10 for seq in range(len(chunks))]
+    for start in range(0, len(chunks), group):
+        body.feed(offsets[start : start + group], chunks[start : start + group], batch)
     body.finish(batch)
 
     def chunk_holding(position: int) -> int:
@@ -911,8 +1033,8 @@ def test_writer_state_stays_bounded_on_a_long_stream() -> None:
     body = Body(1, RedactionRules().scrubber(), is_sse=True)
     batch = WriteBatch()
     for seq in range(2000):
-        body.feed([(seq, b"data: %d\n\n" % seq if seq % 2 else b"data: half")], batch)
-        body.feed([(seq, b" done\n\n" if seq % 2 == 0 else b"")], batch)
+        body.feed([seq], [b"data: %d\n\n" % seq if seq % 2 else b"data: half"], batch)
+        body.feed([seq], [b" done\n\n" if seq % 2 == 0 else b""], batch)
     assert body.events == 2000
     assert len(body._held) <= 1  # nothing but a trailing empty chunk waits
     assert body.counter is not None and body.counter._parser is None  # counted by the regex
