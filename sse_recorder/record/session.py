@@ -2,8 +2,8 @@
 
 The proxy calls `begin`, `head`, `end` and, for each streamed chunk, a `chunk_recorder`
 closure synchronously; each only appends to an outbox (well under a microsecond): a chunk
-joins its response's run (offsets and data as two lists) while that run is the outbox's
-last item, so a flood crosses to the writer, and is stored, as columns. A few
+joins its response's run in the outbox (offsets and data as two lists), so a flood, or many
+streams at once, cross to the writer, and are stored, as columns. A few
 ms after its first item (or at FRAME_ITEMS items) the outbox goes to the writer
 (`record.writer`) as one frame: by default to a writer process of its own (`record.child`,
 `WriterMode.PROCESS`), so parsing, redaction and SQLite run on another core; or to a task
@@ -86,7 +86,6 @@ QUIET_GAP_S = 0.002
 QUIET_GAP_NS = int(QUIET_GAP_S * 1e9)
 QUIET_FRAME_ITEMS = 8  # the last frame held fewer items: traffic may be quiet
 FRAME_ITEMS = 1024  # a busy loop runs timers late: a frame is also cut at this many items
-# (or chunks in one run)
 PIPE_SIZE = 1 << 20  # the writer process's input pipe (Linux default: 64 KiB)
 _F_SETPIPE_SZ = 1031
 
@@ -142,6 +141,8 @@ class RecordingSession:
                                    else _TaskChannel())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: list[Item] = []
+        self._outbox_items = 0  # each chunk of a run counted
+        self._runs: dict[int, Item] = {}  # the run in the outbox of each response
         self._outbox_plain = True  # only runs of chunks and acknowledgements: marshal
         self._outbox_since = NO_BACKLOG
         self._timer: asyncio.Handle | None = None  # the pending frame's send
@@ -183,14 +184,14 @@ class RecordingSession:
         return is_sse
 
     def chunk(self, iid: int, offset_ns: int, data: bytes) -> None:
-        outbox = self._outbox
-        if outbox and outbox[-1][0] == RUN and outbox[-1][1] == iid:
-            outbox[-1][2].append(offset_ns)
-            outbox[-1][3].append(data)
-            if len(outbox[-1][3]) >= FRAME_ITEMS:
-                self._send()
-        else:
-            self._put((RUN, iid, [offset_ns], [data]))
+        run = self._runs.get(iid)
+        if run is None:
+            run = self._runs[iid] = (RUN, iid, [], [])
+            self._outbox.append(run)
+        run[2].append(offset_ns)
+        run[3].append(data)
+        self._outbox_items += 1
+        self._size_or_schedule()
 
     def chunk_recorder(self, iid: int, anchor_ns: int) -> Callable[[bytes], bool]:
         """The proxy's call for each chunk of one response, as one closure (this is the
@@ -198,22 +199,19 @@ class RecordingSession:
         `anchor_ns`, queues it, and returns whether the writer is now behind by LAG_HIGH_NS
         (the proxy should stop reading that upstream; `congested` is then set)."""
         clock = time.monotonic_ns
-        outbox = self._outbox  # never replaced: `_send` empties it in place
-        run: Item = ()  # this response's run of chunks, while it is the outbox's last item
+        outbox, runs = self._outbox, self._runs  # never replaced: `_send` empties them
 
         def record(data: bytes) -> bool:
-            nonlocal run
             now = clock()
-            if outbox and outbox[-1] is run:  # the outbox is pending: its timer is set
-                run[2].append(now - anchor_ns)
-                run[3].append(data)
-                if len(run[3]) >= FRAME_ITEMS:
-                    self._send()
-            else:
-                run = (RUN, iid, [now - anchor_ns], [data])
+            run = runs.get(iid)
+            if run is None:
+                run = runs[iid] = (RUN, iid, [], [])
                 outbox.append(run)
-                if len(outbox) >= FRAME_ITEMS or self._timer is None:
-                    self._size_or_schedule()
+            run[2].append(now - anchor_ns)
+            run[3].append(data)
+            self._outbox_items += 1
+            if self._outbox_items >= FRAME_ITEMS or self._timer is None:
+                self._size_or_schedule()
             if now - self.backlog_since_ns > LAG_HIGH_NS:
                 # What the writer said may wait unread while this loop is busy: read it first
                 self._channel.poll()
@@ -226,10 +224,11 @@ class RecordingSession:
 
     def _put(self, item: Item) -> None:
         self._outbox.append(item)
+        self._outbox_items += 1
         self._size_or_schedule()
 
     def _size_or_schedule(self) -> None:
-        if len(self._outbox) >= FRAME_ITEMS:
+        if self._outbox_items >= FRAME_ITEMS:
             self._send()
         elif self._timer is None:
             now = time.monotonic_ns()
@@ -251,11 +250,13 @@ class RecordingSession:
             self._timer = None
         items = self._outbox.copy()
         self._outbox.clear()
+        self._runs.clear()
         plain, self._outbox_plain = self._outbox_plain, True
+        count, self._outbox_items = self._outbox_items, 0
         if not items:
             return
         self._last_frame_ns = time.monotonic_ns()
-        self._last_frame_items = sum(len(item[3]) if item[0] == RUN else 1 for item in items)
+        self._last_frame_items = count
         self._frame += 1
         items.append((ACK, self._frame))
         self._unacked.append((self._frame, self._outbox_since))
@@ -274,6 +275,7 @@ class RecordingSession:
         framing cannot show truncation) a stream ending mid-event counts as closed early."""
         if iid in self._open:
             self._open.discard(iid)
+            self._runs.pop(iid, None)  # a chunk after its end is not moved before it
             self._outbox_plain = False
             self._put((END, iid, offset_ns, reason, error, check_truncation))
 

@@ -171,15 +171,18 @@ class Writer:
             kind = item[0]
             if kind == RUN:
                 datas = item[3]
-                # as many as fit: up to the item limit, and up to the chunk that reaches
-                # the byte limit (one chunk at least)
-                sizes = list(accumulate(map(len, islice(datas, MAX_BATCH - count))))
-                fit = min(len(sizes), bisect_left(sizes, MAX_BATCH_BYTES - size) + 1)
-                if fit < len(datas):
+                total = sum(map(len, datas))
+                if (count + len(datas) > MAX_BATCH
+                        or size + total - len(datas[-1]) >= MAX_BATCH_BYTES):
+                    # as many as fit: up to the item limit, and up to the chunk that reaches
+                    # the byte limit (one chunk at least)
+                    sizes = list(accumulate(map(len, islice(datas, MAX_BATCH - count))))
+                    fit = min(len(sizes), bisect_left(sizes, MAX_BATCH_BYTES - size) + 1)
                     queue.appendleft((RUN, item[1], item[2][fit:], datas[fit:]))
                     item = (RUN, item[1], item[2][:fit], datas[:fit])
-                count += fit
-                size += sizes[fit - 1]
+                    total = sizes[fit - 1]
+                count += len(item[3])
+                size += total
             elif kind == ACK:
                 commit.acked = item[1]
                 continue

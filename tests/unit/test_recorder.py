@@ -715,6 +715,23 @@ async def test_chunks_are_committed_promptly(tmp_path: Path) -> None:
 # loss bounded by time: batches cut by size, congestion reported
 
 
+async def test_a_chunk_after_its_end_is_not_stored_before_it(tmp_path: Path) -> None:
+    """Chunks join their response's run in the outbox; one that comes after the response's
+    end must not join the run queued before that end (the writer drops it)."""
+    session = task_session(str(tmp_path / "rec.cassette"))
+    await session.start()
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+    record = session.chunk_recorder(iid, 0)
+    record(b"data: 1\n\n")
+    session.end(iid, Outcome.CLEAN, 99)
+    record(b"data: late\n\n")
+    session.chunk(iid, 100, b"data: later\n\n")
+    await session.close()
+    got = await read_back(tmp_path / "rec.cassette")
+    assert [c.data for c in got.chunks[iid]] == [b"data: 1\n\n"]
+
+
 async def test_batches_are_cut_by_body_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
