@@ -955,16 +955,26 @@ def test_a_batch_is_cut_at_either_limit_and_keeps_the_runs_in_order(
     assert acked == sorted(acked) and acked[-1] == len(frames) - 1
 
 
+NDJSON_HEAD = ResponseHead(200, "OK", (("Content-Type", "application/x-ndjson"),))
+FRAMINGS = {  # head, and how one JSON object is framed in the stream
+    "sse": (SSE_HEAD, lambda obj: b"data: %s\n\n" % obj),
+    "ndjson": (NDJSON_HEAD, lambda obj: b"%s\n" % obj),
+}
+
+
 @RUN_PROPERTY
-@given(data=st.data())
-def test_secret_events_survive_any_frame_and_batch_cuts(data: st.DataObject) -> None:
+@given(data=st.data(), framing=st.sampled_from(sorted(FRAMINGS)))
+def test_secret_events_survive_any_frame_and_batch_cuts(data: st.DataObject, framing: str
+                                                         ) -> None:
     """Two interleaved streams, one through the proxy's chunk closure and one through
     `chunk`, cut into chunks anywhere, with frames and batches cut anywhere (tiny limits):
     each stream is stored with its own chunks and times, and the secret, wherever the cuts
-    fall around it, is never stored."""
-    events = [b'data: {"n": %d}\n\n' % n for n in range(4)]
+    fall around it, is never stored. SSE is redacted a run of whole events at a time,
+    NDJSON a run of whole lines."""
+    head, frame = FRAMINGS[framing]
+    events = [frame(b'{"n": %d}' % n) for n in range(4)]
     secret_at = data.draw(st.integers(0, 4), label="secret event position")
-    events.insert(secret_at, b'data: {"api_key": "%s"}\n\n' % SECRET.encode())
+    events.insert(secret_at, frame(b'{"api_key": "%s"}' % SECRET.encode()))
     stream = b"".join(events)
     expected = stream.replace(SECRET.encode(), MARKER.encode())
 
@@ -987,7 +997,7 @@ def test_secret_events_survive_any_frame_and_batch_cuts(data: st.DataObject) -> 
         await session.start()
         ids = {name: session.begin(GET, 1.0) for name in pieces}
         for iid in ids.values():
-            session.head(iid, SSE_HEAD, 1)
+            session.head(iid, head, 1)
         closure = session.chunk_recorder(ids["closure"], 0)
         given_at: list[int] = []
         sent = {name: 0 for name in pieces}
@@ -1012,8 +1022,9 @@ def test_secret_events_survive_any_frame_and_batch_cuts(data: st.DataObject) -> 
             assert b"".join(c.data for c in chunks) == expected
             assert [c.seq for c in chunks] == list(range(len(chunks)))
         assert [c.offset_ns for c in stored["chunk"]] == given_at
-        assert [e.data for e in got.events[ids["closure"]]] == \
-            [e.data for e in got.events[ids["chunk"]]]
+        derived = [e.data for e in got.events[ids["closure"]]]
+        assert len(derived) == len(events)  # one event (or frame) per object, both streams
+        assert derived == [e.data for e in got.events[ids["chunk"]]]
         return got
 
     with pytest.MonkeyPatch.context() as patch, tempfile.TemporaryDirectory() as tmp:
