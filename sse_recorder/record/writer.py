@@ -16,7 +16,6 @@ A batch is cut by count and by body size, so one transaction stays a few ms of w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from bisect import bisect_left
 from collections import deque
@@ -46,11 +45,6 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 1024  # items per transaction: ~6 ms of work, so the writer answers promptly
 MAX_BATCH_BYTES = 256 * 1024  # body bytes per transaction: a flood's 64 KiB reads are ~600 rows
-# A batch waits this long after its first item for more, unless someone waits on it (a
-# flush, the stop, an ended interaction) or it is full: each transaction costs the writer
-# about 0.2-0.4 ms of CPU whatever it holds (two trips to aiosqlite's thread, each a wake-up),
-# and the proxy sends a frame every 10 ms under load, so this halves that cost in a flood.
-GATHER_S = 0.01
 
 # Item kinds. An item is a tuple whose first element is its kind:
 # (BEGIN, token, started_at, RecordedRequest), (HEAD, token, offset_ns, ResponseHead, is_sse),
@@ -61,7 +55,6 @@ GATHER_S = 0.01
 # (FLUSH, flush_token), (STOP,).
 BEGIN, HEAD, RUN, END, ACK, FLUSH, STOP = range(7)
 Item = tuple
-_WAITED_ON = frozenset({END, FLUSH, STOP})  # kinds a batch does not wait behind
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +115,6 @@ class Writer:
         self.failed = False
         self.queue: deque[Item] = deque()
         self._wakeup = asyncio.Event()
-        self._hurry = asyncio.Event()  # something in the queue is waited on: stop gathering
         self._bodies: dict[int, Body] = {}  # by token
         self._interactions: dict[int, _Open] = {}  # by token
         self._recorded: list[Recorded] = []  # ended in the batch being written
@@ -130,8 +122,6 @@ class Writer:
     def feed(self, items: list[Item]) -> None:
         self.queue.extend(items)
         self._wakeup.set()
-        if any(item[0] in _WAITED_ON for item in items):
-            self._hurry.set()
 
     def open_tokens(self) -> list[int]:
         """Interactions begun and not ended (what a proxy that died left open)."""
@@ -147,12 +137,7 @@ class Writer:
             while not queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if not self._hurry.is_set() and self._queued() < MAX_BATCH:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._hurry.wait(), GATHER_S)
             items, commit, stopping = self._take()
-            if not any(item[0] in _WAITED_ON for item in queue):
-                self._hurry.clear()
             batch = WriteBatch()
             self._apply(items, batch)
             if not self.failed and len(batch):
@@ -171,10 +156,6 @@ class Writer:
                 await self.cassette.finish_recording()
         finally:
             await self.cassette.close()
-
-    def _queued(self) -> int:
-        """Items queued, each chunk of a run counted."""
-        return sum(len(item[3]) if item[0] == RUN else 1 for item in self.queue)
 
     def _take(self) -> tuple[list[Item], Commit, bool]:
         """The next batch: up to MAX_BATCH chunks and other items, or MAX_BATCH_BYTES of

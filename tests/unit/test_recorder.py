@@ -732,43 +732,6 @@ async def test_a_chunk_after_its_end_is_not_stored_before_it(tmp_path: Path) -> 
     assert [c.data for c in got.chunks[iid]] == [b"data: 1\n\n"]
 
 
-async def test_a_batch_gathers_frames_until_something_waits_on_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Frames that reach the writer within GATHER_S of each other are one transaction; an
-    ended interaction (or a flush, or the stop) is written at once, without waiting out
-    GATHER_S (set far beyond the test's own timeout here)."""
-    monkeypatch.setattr(writer_module, "GATHER_S", 60.0)
-    loop = asyncio.get_running_loop()
-    recorded: asyncio.Future[Recorded] = loop.create_future()
-    session = task_session(str(tmp_path / "rec.cassette"),
-                           RecorderConfig(on_recorded=recorded.set_result))
-    await session.start()
-    assert session._channel.cassette is not None
-    write = session._channel.cassette.write
-    chunk_counts: list[int] = []
-
-    async def counting_write(batch: WriteBatch) -> None:
-        chunk_counts.append(batch.chunk_count())
-        await write(batch)
-
-    monkeypatch.setattr(session._channel.cassette, "write", counting_write)
-    iid = session.begin(GET, 1.0)
-    session.head(iid, SSE_HEAD, 1)
-    await asyncio.wait_for(session.flush(), 10)  # a flush is not kept waiting
-    record = session.chunk_recorder(iid, 0)
-    for n in range(3):  # three frames, each handed over on its own
-        record(b"data: %d\n\n" % n)
-        session._send()
-        for _ in range(3):
-            await asyncio.sleep(0)  # the writer takes it and is gathering
-    session.end(iid, Outcome.CLEAN, 99)
-    got = await asyncio.wait_for(recorded, 10)
-    assert got.events == 3
-    assert chunk_counts == [0, 3]  # the begin and head, then the three frames together
-    await session.close()
-
-
 async def test_batches_are_cut_by_body_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
