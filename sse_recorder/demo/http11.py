@@ -13,9 +13,7 @@ import asyncio
 import h11
 
 from sse_recorder.wire.connections import decode_headers
-from sse_recorder.wire.requests import MAX_REQUEST_BODY, BadRequest, Request
-
-READ_SIZE = 65536
+from sse_recorder.wire.requests import MAX_REQUEST_BODY, READ_SIZE, BadRequest, Request
 
 
 async def read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> Request | None:
