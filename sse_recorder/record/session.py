@@ -184,10 +184,7 @@ class RecordingSession:
         return is_sse
 
     def chunk(self, iid: int, offset_ns: int, data: bytes) -> None:
-        run = self._runs.get(iid)
-        if run is None:
-            run = self._runs[iid] = (RUN, iid, [], [])
-            self._outbox.append(run)
+        run = self._runs.get(iid) or self._new_run(iid)
         run[2].append(offset_ns)
         run[3].append(data)
         self._outbox_items += 1
@@ -199,14 +196,11 @@ class RecordingSession:
         `anchor_ns`, queues it, and returns whether the writer is now behind by LAG_HIGH_NS
         (the proxy should stop reading that upstream; `congested` is then set)."""
         clock = time.monotonic_ns
-        outbox, runs = self._outbox, self._runs  # never replaced: `_send` empties them
+        runs = self._runs  # never replaced: `_send` empties it
 
         def record(data: bytes) -> bool:
             now = clock()
-            run = runs.get(iid)
-            if run is None:
-                run = runs[iid] = (RUN, iid, [], [])
-                outbox.append(run)
+            run = runs.get(iid) or self._new_run(iid)
             run[2].append(now - anchor_ns)
             run[3].append(data)
             self._outbox_items += 1
@@ -221,6 +215,12 @@ class RecordingSession:
             return False
 
         return record
+
+    def _new_run(self, iid: int) -> Item:
+        """A run for this response's chunks in the outbox (its first chunk this frame)."""
+        run = self._runs[iid] = (RUN, iid, [], [])
+        self._outbox.append(run)
+        return run
 
     def _put(self, item: Item) -> None:
         self._outbox.append(item)
