@@ -143,7 +143,7 @@ def replay(
             fault_log=fault_log,
             cors=Cors.parse(cors_origins),
         )
-        render = Served.json_line if log_format == "json" else _human_line
+        render = Served.json_line if log_format == "json" else Served.log_line
         # a .sse file is imported first, into a temporary cassette removed on return
         source, _imported = await replay_source(cassette)
         server = await ReplayServer.open(
@@ -262,18 +262,6 @@ async def _start_on(server: Any, sock: socket.socket) -> None:
     except OSError as exc:
         raise SSERecorderError(f"cannot write the fault log {exc.filename}: "
                                f"{exc.strerror}") from None
-
-
-def _human_line(served: Any) -> str:
-    """The human log line, with the CORS note of an answer a page could not read."""
-    from sse_recorder.replay.records import Answer
-
-    if served.answer is Answer.RECORDED and served.interaction_id is None:  # a preflight
-        return f"{served.method} {served.target} -> {served.status} ({served.explanation})"
-    line = str(served.line())
-    if served.answer in (Answer.RECORDED, Answer.FAULT) and served.explanation:
-        line += f" ({served.explanation})"
-    return line
 
 
 async def _start(server: Any, host: str, port: int) -> None:

@@ -6,6 +6,7 @@ type); run.py applies one connection's faults, through the stages of stages.py.
 
 from sse_recorder.demo.payloads import HTTP_BODIES, SHAPES
 from sse_recorder.faults.run import (
+    NO_FAULTS,
     Ending,
     FaultRun,
     HttpError,
@@ -22,7 +23,7 @@ from sse_recorder.faults.spec import (
 from sse_recorder.units import parse_duration, parse_size
 
 __all__ = [
-    "HTTP_BODIES", "SHAPES", "Ending", "Fault", "FaultPlan", "FaultRun", "HttpError", "Piece",
-    "describe_types", "parse_duration", "parse_size", "parse_spec", "split_at_events",
-    "split_at_frames",
+    "HTTP_BODIES", "NO_FAULTS", "SHAPES", "Ending", "Fault", "FaultPlan", "FaultRun",
+    "HttpError", "Piece", "describe_types", "parse_duration", "parse_size", "parse_spec",
+    "split_at_events", "split_at_frames",
 ]

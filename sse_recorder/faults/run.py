@@ -27,7 +27,8 @@ from sse_recorder.sse import Comment, Event, Item, SSEParser
 if TYPE_CHECKING:  # spec.py builds FaultRun
     from sse_recorder.faults.spec import Fault
 
-__all__ = ["Ending", "FaultRun", "HttpError", "Piece", "split_at_events", "split_at_frames"]
+__all__ = ["NO_FAULTS", "Ending", "FaultRun", "HttpError", "Piece", "split_at_events",
+           "split_at_frames"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,11 @@ class FaultRun:
         if slow:
             stream = close_late(stream, slow, self.log, self.ends)
         yield from stream
+
+
+# The run of a response no fault applies to, shared: with nothing chosen nothing fires, so
+# its log stays empty and nothing else in it changes (the server skips drawing it).
+NO_FAULTS = FaultRun([])
 
 
 def split_at_frames(chunks: Iterable[tuple[float, bytes]], dialect: Dialect) -> Iterator[Piece]:

@@ -23,6 +23,8 @@ from sse_recorder.model import Headers, Interaction, RecordedRequest
 from sse_recorder.record.redact import MARKER
 from sse_recorder.wire.connections import HOP_BY_HOP
 
+CANDIDATES_KEPT = 4096  # distinct requests whose matches a Matcher remembers
+CACHED_BODY = 4096  # bytes: a request with a larger body is matched afresh every time
 CRITERIA = ("method", "scheme", "host", "path", "query", "body", "headers")
 DEFAULT_CRITERIA = frozenset({"method", "path", "query", "body"})
 # Never compared by a bare "headers" criterion: they describe the connection, not the
@@ -307,6 +309,10 @@ class Matcher:
 
     # Recordings whose path was redacted: their path is a pattern, checked for every request.
     _patterned: list[Interaction] = field(default_factory=list)
+    # The recordings a request matches, by what the criteria compare of it: a load test
+    # sends the same few requests thousands of times (CANDIDATES_KEPT of them at most,
+    # bodies up to CACHED_BODY bytes; misses are not kept)
+    _candidates: dict[tuple[object, ...], list[Interaction]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for interaction in self.interactions:
@@ -325,17 +331,25 @@ class Matcher:
                 path if "path" in criteria else "")
 
     def match(self, request: IncomingRequest) -> Interaction | Miss:
-        bucket = self._index.get(
-            self._key(request.method, split_url(request.target)[2]), []
-        )
-        if self._patterned:
-            bucket = sorted([*bucket, *self._patterned], key=lambda i: i.id)
-        parsed: dict[bytes, Any] = {}
-        candidates = [
-            i for i in bucket if not differences(i.request, request, self.config, parsed)
-        ]
-        if not candidates:
-            return self._nearest(request, parsed)
+        key = None
+        if len(request.body) <= CACHED_BODY:
+            key = (request.method, request.target, request.body, request.scheme, request.host,
+                   request.headers if "headers" in self.config.criteria else None)
+        candidates = self._candidates.get(key) if key is not None else None
+        if candidates is None:
+            bucket = self._index.get(
+                self._key(request.method, split_url(request.target)[2]), []
+            )
+            if self._patterned:
+                bucket = sorted([*bucket, *self._patterned], key=lambda i: i.id)
+            parsed: dict[bytes, Any] = {}
+            candidates = [
+                i for i in bucket if not differences(i.request, request, self.config, parsed)
+            ]
+            if not candidates:
+                return self._nearest(request, parsed)
+            if key is not None and len(self._candidates) < CANDIDATES_KEPT:
+                self._candidates[key] = candidates
         for candidate in candidates:
             if candidate.id not in self._served:
                 self._served.add(candidate.id)

@@ -77,10 +77,10 @@ def declared_length(interaction: Interaction, skipped: int = 0) -> int:
     """The Content-Length to send: the recorded one for a body that ended early (the client
     must see it truncated), else the recorded body's size; less what a resume skipped."""
     assert interaction.response is not None
-    recorded = header_value(interaction.response.headers, "content-length")
-    if (recorded is not None and recorded.strip().isdigit()
-            and interaction.outcome is not Outcome.CLEAN):
-        return int(recorded) - skipped
+    if interaction.outcome is not Outcome.CLEAN:
+        recorded = header_value(interaction.response.headers, "content-length")
+        if recorded is not None and recorded.strip().isdigit():
+            return int(recorded) - skipped
     return interaction.body_size - skipped
 
 
@@ -144,10 +144,12 @@ class Player:
         frame = body_writer.frame
         shared = body is None and interaction.body_size <= CACHE_LIMIT  # one copy for all
         if shared and not timing.instant:  # a first use reads it while the head waits
-            pieces, end_due = await self.bodies.paced(interaction, frame, timing)
+            plan = self.bodies.paced_plan(interaction, frame, timing)
+            pieces, end_due = plan or await self.bodies.paced(interaction, frame, timing)
         elif shared:
             await self.bodies.cached(interaction)
-        await wait_until(start + head_due, self.load)
+        if start + head_due > time.monotonic():
+            await wait_until(start + head_due, self.load)
         transport = writer.transport
         field = body_writer.head_field(declared_length(interaction, skipped))
         transport.write(responses.head(interaction.response, field, connection))

@@ -91,6 +91,17 @@ class Served:
                 f"ended {self.outcome.value}" + (f" [faults: {', '.join(fired)}]" if fired else ""))
 
 
+    def log_line(self) -> str:
+        """The line `replay` logs: `line()`, a preflight's answer, and the CORS note of an
+        answer a page could not read."""
+        if self.answer is Answer.RECORDED and self.interaction_id is None:  # a preflight
+            return f"{self.method} {self.target} -> {self.status} ({self.explanation})"
+        line = self.line()
+        if self.explanation and self.answer in (Answer.RECORDED, Answer.FAULT):
+            line += f" ({self.explanation})"
+        return line
+
+
 def parse_records(text: str) -> list[Served]:
     """JSON lines back into records; other lines (warnings, tracebacks) are skipped."""
     served = []
@@ -183,7 +194,8 @@ def log_to_stderr(render: Callable[[Served], str]) -> Callable[[Served], None]:
     `BackgroundLog`, whose thread costs a wake-up a request (measured: about 40 us of system
     CPU, a sixth of what a request costs)."""
     if _is_regular_file(sys.stderr):
-        return lambda served: _write_line(render(served))
+        fd = sys.stderr.fileno()
+        return lambda served: _write_line(fd, render(served))
     log = BackgroundLog()
     return lambda served: log(render(served))
 
@@ -195,10 +207,10 @@ def _is_regular_file(stream: IO[str]) -> bool:
         return False  # no file descriptor (a test's StringIO), or a closed one
 
 
-def _write_line(line: str) -> None:
-    """One line to stderr in one write (workers share the file: lines never mix)."""
+def _write_line(fd: int, line: str) -> None:
+    """One line to stderr in one write(2) (workers share the file: lines never mix), past
+    sys.stderr's buffer: it is line-buffered, so it never holds a whole line back."""
     try:
-        sys.stderr.write(f"{line}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):  # a full disk or a closed stream: the replay goes on
+        os.write(fd, f"{line}\n".encode("utf-8", "backslashreplace"))
+    except OSError:  # a full disk or a closed stream: the replay goes on
         pass

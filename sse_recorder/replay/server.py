@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import IO
 
 from sse_recorder.errors import ConfigError, SSERecorderError
-from sse_recorder.faults import FaultPlan, FaultRun
+from sse_recorder.faults import NO_FAULTS, FaultPlan, FaultRun
 from sse_recorder.model import Headers, Interaction, Outcome, header_value
 from sse_recorder.replay import vendors
 from sse_recorder.replay.cors import Cors, Preflight
@@ -127,6 +127,8 @@ class ReplayServer:
         self._responses = 0  # numbers responses for fault seeding: same order, same faults
         self.faults = self.options.faults  # in play now: the control API replaces the plan
         self._fault_log: IO[bytes] | None = None
+        # the body writer of a recording for a client's HTTP version: its framing read once
+        self._writers: dict[tuple[int, str], BodyWriter] = {}
 
     @classmethod
     async def open(
@@ -202,9 +204,7 @@ class ReplayServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # TCP_NODELAY is on already: asyncio and uvloop set it on every TCP transport
         writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         requests = RequestReader()
         try:
@@ -340,10 +340,12 @@ class ReplayServer:
             return Served(request.method, request.target, None, status, Outcome.CLEAN,
                           Answer.UNMATCHED, explanation, number), persist
         last_event_id = _last_event_id(request)
-        body_writer = writer_for(found, version)
-        run = self.faults.for_connection(  # routes name the recorded host
-            number, request.method, host_and_path(found.request.url)[0], path,
-            last_event_id is not None, _closing_end(found, body_writer))
+        body_writer = self._writers.get((found.id, version))
+        if body_writer is None:
+            body_writer = self._writers[found.id, version] = writer_for(found, version)
+        run = NO_FAULTS if not self.faults.faults else self.faults.for_connection(
+            number, request.method, host_and_path(found.request.url)[0], path,  # routes name
+            last_event_id is not None, _closing_end(found, body_writer))  # the recorded host
         if cors.enabled and found.response is not None:  # the recorded CORS fields replaced
             found = dataclasses.replace(found, response=dataclasses.replace(
                 found.response,
@@ -365,7 +367,26 @@ class ReplayServer:
     ) -> tuple[int, Answer, Outcome, bool]:
         """Faults that replace the response, else the recorded response (maybe faulted)."""
         assert interaction.response is not None
-        persist = persist and not run.closes_late()  # slow_close: the connection ends after
+        if run.chosen:
+            persist = persist and not run.closes_late()  # slow_close: the connection ends
+            instead = await self._instead(interaction, persist, version, reader, writer, run,
+                                          request_headers)
+            if instead is not None:
+                return instead
+        outcome = await self.player.play(interaction, body_writer, last_event_id, reader,
+                                         writer, run, persist, version)
+        if outcome is Outcome.CLEAN and not body_writer.closes and run.chosen:
+            await _close_late(run)
+        keep_alive = persist and outcome is Outcome.CLEAN and not body_writer.closes
+        return interaction.response.status, Answer.RECORDED, outcome, keep_alive
+
+    async def _instead(
+        self, interaction: Interaction, persist: bool, version: str,
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, run: FaultRun,
+        request_headers: Headers,
+    ) -> tuple[int, Answer, Outcome, bool] | None:
+        """A fault that answers instead of the recording (a reset, no head, an HTTP
+        error), or None: the recording is played."""
         if run.refuse():
             reset(writer)
             return 0, Answer.FAULT, Outcome.RESET, False
@@ -373,20 +394,15 @@ class ReplayServer:
             await until_closed(reader)
             return 0, Answer.FAULT, Outcome.STALLED, False
         error = run.http_error()
-        if error is not None:
-            headers = self.options.cors.response_headers(request_headers, error.headers)
-            writer.write(responses.whole(error.status, error.reason, headers, error.body,
-                                         responses.connection_field(persist, version),
-                                         interaction.request.method == "HEAD"))
-            await writer.drain()
-            await _close_late(run)
-            return error.status, Answer.FAULT, Outcome.CLEAN, persist
-        outcome = await self.player.play(interaction, body_writer, last_event_id, reader,
-                                         writer, run, persist, version)
-        if outcome is Outcome.CLEAN and not body_writer.closes:
-            await _close_late(run)
-        keep_alive = persist and outcome is Outcome.CLEAN and not body_writer.closes
-        return interaction.response.status, Answer.RECORDED, outcome, keep_alive
+        if error is None:
+            return None
+        headers = self.options.cors.response_headers(request_headers, error.headers)
+        writer.write(responses.whole(error.status, error.reason, headers, error.body,
+                                     responses.connection_field(persist, version),
+                                     interaction.request.method == "HEAD"))
+        await writer.drain()
+        await _close_late(run)
+        return error.status, Answer.FAULT, Outcome.CLEAN, persist
 
 
 async def _close_late(run: FaultRun) -> None:

@@ -90,6 +90,12 @@ class Bodies:
         async for page in self.pages(interaction, body):
             yield batched(page, frame)
 
+    def paced_plan(
+        self, interaction: Interaction, frame: Frame, timing: Timing
+    ) -> tuple[Timed, float | None] | None:
+        """`paced`'s answer when it is made already (a call, not a coroutine, per stream)."""
+        return self._paced_cache.get((interaction.id, frame, timing))
+
     async def paced(
         self, interaction: Interaction, frame: Frame, timing: Timing
     ) -> tuple[Timed, float | None]:

@@ -318,6 +318,19 @@ def test_http_1_0_gets_no_chunked_body_and_the_close(replay: Running) -> None:
     replay.assert_healthy()
 
 
+def test_each_http_version_gets_its_own_framing_of_one_recording(replay: Running) -> None:
+    """The server keeps a recording's body writer per HTTP version: a 1.0 client after a
+    1.1 one (and a 1.1 one after that) still gets the framing its version can take."""
+    framed = []
+    for version in (b"1.1", b"1.0", b"1.1"):
+        response = exchange(replay.port, b"GET /stream HTTP/%b\r\nHost: a\r\n"
+                            b"Connection: close\r\n\r\n" % version)
+        _, fields, body = split_response(response)
+        framed.append((fields.get("transfer-encoding"), body == b"".join(STREAM)))
+    assert framed == [("chunked", False), (None, True), ("chunked", False)]
+    replay.assert_healthy()
+
+
 def test_http_1_0_keep_alive_is_kept_where_the_framing_allows(replay: Running) -> None:
     request = b"GET /good HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
     with connect(replay.port) as sock:

@@ -433,3 +433,40 @@ def test_redacted_and_plain_recordings_keep_their_recorded_order() -> None:
     matcher = Matcher([first, second])
     assert [matcher.match(incoming(target="/v1/token/abc/stream")) for _ in range(3)] == [
         first, second, second]
+
+
+# -- remembered matches ---------------------------------------------------------------------
+
+RECORDINGS = st.lists(st.builds(
+    lambda method, target, body, header: (method, target, body, header),
+    st.sampled_from(["GET", "POST"]), st.sampled_from(["/a", "/a?x=1", "/b", "/a?x=2&y=3"]),
+    st.sampled_from([b"", b'{"k": 1}', b'{"k": 2}', b"x" * 5000]),
+    st.sampled_from([(), (("x-team", "red"),), (("x-team", "blue"),)])), max_size=8)
+
+
+@given(RECORDINGS, st.lists(st.integers(0, 32), max_size=30),
+       st.sampled_from([None, "method,path", "method,path,query,body,header:x-team"]),
+       st.sampled_from(list(WhenExhausted)))
+def test_a_remembered_match_is_the_match_made_afresh(
+    recordings: list[tuple[str, str, bytes, Headers]], sent: list[int], match: str | None,
+    exhausted: WhenExhausted,
+) -> None:
+    """The Matcher remembers which recordings a request matches; a sequence of requests
+    (the same ones again and again, bodies over and under the remembered size) gets the
+    same answers, in the same recorded order, as a Matcher that works each out afresh."""
+    interactions = [recorded(i + 1, method, target, body, headers)
+                    for i, (method, target, body, headers) in enumerate(recordings)]
+    sendable = [r[:3] for r in recordings] + [("GET", "/a", b""), ("GET", "/c", b""),
+                                              ("POST", "/a", b'{"k": 3}')]
+    pool = [incoming(method, target, body, headers) for method, target, body in sendable
+            for headers in [(), (("x-team", "red"),), (("x-team", "blue"),)]]
+    config = MatchConfig.parse(match, when_exhausted=exhausted.value)
+    remembering, afresh = Matcher(interactions, config), Matcher(interactions, config)
+
+    def answer(found: Interaction | Miss) -> object:
+        return found.id if isinstance(found, Interaction) else (found.nearest, found.exhausted)
+
+    for index in sent:
+        request = pool[index % len(pool)]
+        afresh._candidates.clear()
+        assert answer(remembering.match(request)) == answer(afresh.match(request))

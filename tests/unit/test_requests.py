@@ -7,8 +7,10 @@ or an error out), and the servers' integration tests cover it on real sockets.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import time
+import types
 
 import pytest
 from hypothesis import given
@@ -204,6 +206,67 @@ async def test_an_idle_connection_past_its_limit_is_a_clean_end() -> None:
     start = time.monotonic()
     assert await read_request(reader_of(eof=False), Limits(idle=0.2)) is None
     assert 0.15 < time.monotonic() - start < 2.0
+
+
+async def test_the_idle_limit_counts_from_the_last_request_not_the_first() -> None:
+    """Four requests 0.15 s apart under a 0.25 s idle limit: the connection outlives the
+    limit several times over, then ends one limit after the last request."""
+    reader = asyncio.StreamReader()
+    requests = RequestReader()
+    limits = Limits(idle=0.25)
+
+    async def send() -> None:
+        for _ in range(3):
+            await asyncio.sleep(0.15)
+            reader.feed_data(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+
+    reader.feed_data(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    sending = asyncio.create_task(send())
+    start = time.monotonic()
+    got = [await requests.read(reader, limits) for _ in range(4)]
+    last = time.monotonic()
+    assert all(r is not None and r.target == "/x" for r in got)
+    assert last - start > 0.4  # past the limit from the first request
+    assert await requests.read(reader, limits) is None
+    assert 0.2 < time.monotonic() - last < 2.0
+    await sending
+
+
+async def test_time_spent_answering_is_not_idle_time() -> None:
+    """The limit runs only while the reader waits: a connection busy for longer than it
+    (a long stream) reads its next request, then its limit runs again."""
+    reader = reader_of(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n", eof=False)
+    requests = RequestReader()
+    limits = Limits(idle=0.1)
+    assert (await requests.read(reader, limits)) is not None
+    await asyncio.sleep(0.3)  # answering: three limits long
+    reader.feed_data(b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+    second = await requests.read(reader, limits)
+    assert second is not None and second.target == "/b"
+    start = time.monotonic()
+    assert await requests.read(reader, limits) is None
+    assert 0.05 < time.monotonic() - start < 2.0
+
+
+async def test_a_closed_reader_leaves_no_timer_behind() -> None:
+    """`close` stops the read timer: nothing keeps the reader alive for its idle limit."""
+    requests = RequestReader()
+    assert await requests.read(reader_of(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n", eof=False),
+                               Limits(idle=60)) is not None
+    requests.close()
+    gc.collect()
+    assert not [r for r in gc.get_referrers(requests) if isinstance(r, types.MethodType)]
+
+
+async def test_a_cancelled_read_is_cancelled_not_timed_out() -> None:
+    """The server stopping cancels a read; the reader's own timer must not turn that into
+    an answer."""
+    requests = RequestReader()
+    reading = asyncio.create_task(requests.read(reader_of(eof=False), Limits(idle=0.05)))
+    await asyncio.sleep(0)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
 
 
 # -- the server-wide budget -----------------------------------------------------------------
