@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from sse_recorder.faults import Ending, FaultRun, Piece, split_at_events, split_at_frames
 from sse_recorder.framing.registry import dialect_for
 from sse_recorder.model import Framing, Interaction, Outcome, body_framing, header_value
+from sse_recorder.replay.pacer import Pacer
 from sse_recorder.replay.schedule import Schedule, Timing
 from sse_recorder.replay.sources import CACHE_LIMIT, Bodies, Body, Timed, ending_due, timed
 from sse_recorder.wire import responses
@@ -110,6 +111,7 @@ class Player:
         self.bodies = bodies
         self.timing = timing
         self.load = load
+        self.pacer = Pacer(WRITE_BUFFER_HIGH)
 
     async def play(
         self, interaction: Interaction, body_writer: BodyWriter, last_event_id: str | None,
@@ -173,12 +175,12 @@ class Player:
             else:
                 if not shared:  # paged from the cassette, or resumed: timed page by page
                     async for page in self.bodies.pages(interaction, body):
-                        gone = await _send_paced(timed(page, schedule, frame), start, load,
-                                                 writer)
+                        gone = await self._send_paced(timed(page, schedule, frame), start,
+                                                      writer)
                         if gone:
                             return Outcome.CLIENT_GONE
                     end_due = ending_due(interaction, schedule)
-                elif await _send_paced(pieces, start, load, writer):
+                elif await self._send_paced(pieces, start, writer):
                     return Outcome.CLIENT_GONE
                 if end_due is not None:
                     await wait_until(start + end_due, load)
@@ -187,6 +189,15 @@ class Player:
             return Outcome.CLIENT_GONE
         except Exception as exc:
             raise Interrupted(interaction, exc) from exc
+
+    async def _send_paced(self, pieces: Timed, start: float,
+                          writer: asyncio.StreamWriter) -> bool:
+        """Each piece at `start` + its due time; True when the client went away. Under load
+        (more than PRECISE_MAX_STREAMS playing) the pacer sends them, one timer for every
+        stream; else this stream's task does, with precise waits."""
+        if self.load.streams > PRECISE_MAX_STREAMS:
+            return await self.pacer.play(pieces, start, writer)
+        return await _send_precisely(pieces, start, self.load, writer)
 
     async def _faulted(
         self, interaction: Interaction, body_writer: BodyWriter, connection: str | None,
@@ -240,11 +251,12 @@ class Player:
             raise Interrupted(interaction, exc) from exc
 
 
-async def _send_paced(pieces: Timed, start: float, load: Load,
-                      writer: asyncio.StreamWriter) -> bool:
-    """The hot loop, once per chunk per stream: each piece at `start` + its due time.
-    Returns True when the client went away. Under load (more than PRECISE_MAX_STREAMS
-    playing) it sleeps inline: no call per chunk but the sleep and the write."""
+async def _send_precisely(pieces: Timed, start: float, load: Load,
+                          writer: asyncio.StreamWriter) -> bool:
+    """The hot loop of a stream sent by its own task, once per chunk: each piece at
+    `start` + its due time. Returns True when the client went away. Should the load rise
+    past PRECISE_MAX_STREAMS meanwhile, it sleeps inline: no call per chunk but the sleep
+    and the write."""
     transport = writer.transport
     for due_s, data in pieces:
         due = start + due_s

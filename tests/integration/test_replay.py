@@ -34,6 +34,7 @@ from sse_recorder.demo.upstream import (
     ticks_writes,
 )
 from sse_recorder.model import Outcome, RecordedRequest, ResponseHead, header_value
+from sse_recorder.replay.play import PRECISE_MAX_STREAMS
 from sse_recorder.store.cassette import (
     Cassette,
     EndUpdate,
@@ -221,6 +222,29 @@ async def test_1x_keeps_chunk_boundaries_and_gaps(
         first_ms, last_ms = result.chunks[0][0] / 1e6, result.chunks[-1][0] / 1e6
         assert abs(first_ms - recorded.chunks[0].offset_ns / 1e6) < 15
         assert abs(last_ms - recorded.chunks[-1].offset_ns / 1e6) < 25
+
+    await retrying(check)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_under_load_every_stream_keeps_its_chunk_boundaries_and_gaps(
+    loop: str, recording: Recording, replays: Callable[..., Process]
+) -> None:
+    """More streams at once than PRECISE_MAX_STREAMS: the pacer sends them on one timer,
+    each chunk its own write, on each stream's own absolute schedule."""
+    recorded = recording.get(TICKS)
+    url = replays("--loop", loop).url + TICKS
+    streams = PRECISE_MAX_STREAMS + 16
+
+    async def check() -> None:
+        results = await asyncio.gather(*[probe(url) for _ in range(streams)])
+        for result in results:
+            assert result.status == 200 and result.outcome == "clean"
+            assert chunk_data(result) == [c.data for c in recorded.chunks]
+            errors = gap_errors_ms(result, recorded.gaps_ms())
+            assert statistics.median(errors) < 3.0, errors
+            last_ms = result.chunks[-1][0] / 1e6
+            assert abs(last_ms - recorded.chunks[-1].offset_ns / 1e6) < 40
 
     await retrying(check)
 
