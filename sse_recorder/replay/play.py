@@ -4,10 +4,13 @@ Rules:
 - piece i is due at `start + offset_i / speed` on an absolute schedule (see `schedule.py`),
   and each goes out as one write with TCP_NODELAY, framed by the writer for the recorded
   framing (`wire/responses.py`): one HTTP chunk per recorded chunk, or the raw bytes;
-- paced, the loop sends one chunk per iteration over a plain list of (due time, wire bytes),
-  with no call per chunk but the write (a cached body's list is made once, for every
-  stream); instant, it writes batches (INSTANT_BATCH) and lets other connections take a turn
-  after every TURN_BYTES. Measured with 100 clients against a server that never turns: 4 KiB
+- paced, the pieces are a plain list of (due time, wire bytes) (a cached body's list is made
+  once, for every stream); while few streams play, each stream's task sends its own with
+  precise waits; under load (more than PRECISE_MAX_STREAMS) one timer sends every stream's
+  due pieces (`pacer.py`), and a stream's task wakes only when its buffer needs draining or
+  its body is out;
+- instant, it writes batches (INSTANT_BATCH) and lets other connections take a turn after
+  every TURN_BYTES. Measured with 100 clients against a server that never turns: 4 KiB
   writes and turns reached 0.55 of its events/s, 8 KiB 0.78; 64 KiB turns were faster but
   left a stream without a byte in the first quarter of the events (bench/replay_bench.py,
   part 3's fairness);
