@@ -44,6 +44,7 @@ PRECISE_WINDOW = 0.0015  # wake this early and finish the wait by polling the lo
 PRECISE_MAX_STREAMS = 32  # above this many active streams, plain timers (CPU matters more)
 WRITE_BUFFER_HIGH = 64 * 1024  # drain above this many bytes queued in the transport
 TURN_BYTES = 8 * 1024  # instant: other connections take a turn after this many bytes
+LONE_TURN_BYTES = 64 * 1024  # the same with no other stream playing: a new one waits no longer
 
 
 @dataclass
@@ -171,8 +172,9 @@ class Player:
                             await writer.drain()
                         since_turn += len(batch)
                         # Fairness: other connections (and the accepting of new ones) run
-                        # after every TURN_BYTES (see the module docstring).
-                        if since_turn >= TURN_BYTES:
+                        # after every TURN_BYTES (see the module docstring); a stream
+                        # playing alone turns less often, for new connections only.
+                        if since_turn >= (TURN_BYTES if load.streams > 1 else LONE_TURN_BYTES):
                             since_turn = 0
                             await asyncio.sleep(0)
             else:

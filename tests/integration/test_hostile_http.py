@@ -476,6 +476,69 @@ async def _used(server: ReplayServer) -> int:
     return server.budget.used
 
 
+# -- a client that reads as fast as the server writes --------------------------------------
+
+BIG = [b"data: %06d %s\n\n" % (i, b"x" * 90) for i in range(40_000)]  # 4.2 MB, cached
+
+
+async def _write_big(path: Path) -> None:
+    cassette = await Cassette.open_for_recording(path)
+    try:
+        iid = cassette.allocate_id()
+        await cassette.write(WriteBatch(
+            starts=[InteractionStart(iid, time.time(), RecordedRequest("GET", f"{UP}/big", ()))],
+            heads=[HeadUpdate(iid, ResponseHead(200, "OK", SSE), 1000, True)],
+            chunks=[(iid, seq, 2000 + seq, data) for seq, data in enumerate(BIG)],
+            ends=[EndUpdate(iid, True, Outcome.CLEAN, 90_000, None)],
+        ))
+        await cassette.finish_recording()
+    finally:
+        await cassette.close()
+
+
+def test_an_instant_stream_playing_alone_still_lets_the_next_client_in(
+    tmp_path: Path,
+) -> None:
+    """A lone `--instant` stream to a client that reads as fast as it can takes fewer turns,
+    but still some: a second client's request is read and answered while the first still
+    plays, and from then on the two take turns."""
+    path = tmp_path / "big.sqlite"
+    asyncio.run(_write_big(path))
+    request = b"GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    serving = serve(path)
+    running = next(serving)
+    try:
+        with connect(running.port) as first, connect(running.port) as second:
+            playing = threading.Event()
+            done: list[float] = []
+            received = bytearray()
+
+            def read_first() -> None:
+                while data := first.recv(1 << 20):
+                    received.extend(data)
+                    if len(received) > 65536:
+                        playing.set()
+                done.append(time.monotonic())
+
+            reader = threading.Thread(target=read_first)
+            first.sendall(request)
+            reader.start()
+            assert playing.wait(10)
+            second.sendall(request)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += second.recv(65536)
+            answered = time.monotonic()
+            reader.join(30)
+            rest = read_all(second)
+        assert bytes(received).endswith(b"0\r\n\r\n") and len(received) > 4_000_000
+        assert head.startswith(b"HTTP/1.1 200") and (head + rest).endswith(b"0\r\n\r\n")
+        assert answered < done[0]  # while the first was still playing
+        assert [s.outcome for s in running.records()] == [Outcome.CLEAN, Outcome.CLEAN]
+    finally:
+        serving.close()
+
+
 # -- resume -------------------------------------------------------------------------------
 
 
