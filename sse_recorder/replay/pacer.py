@@ -13,9 +13,11 @@ Rules:
 - one loop timer, armed for the earliest send due; when it fires, every send due by then
   goes out, earliest first (a stream's pieces due together go out back to back, one write
   each: the recorded chunk boundaries stay);
-- a stream leaves the pacer when its pieces are all out, when its client went away, or when
+- a stream leaves the pacer when its pieces are all out, when its client went away, when
   its transport holds more than WRITE_BUFFER_HIGH unsent bytes (its task drains it and comes
-  back): `send`'s future says which, and the task is woken only then;
+  back), or when the server is no longer busy (`busy()`: few streams play, and its task
+  sends the rest itself, with precise waits): `send`'s future says which, and the task is
+  woken only then;
 - a stream whose task was cancelled is dropped when its turn comes.
 """
 
@@ -25,7 +27,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["CLIENT_GONE", "Pacer"]
 
@@ -47,24 +49,26 @@ class _Stream:
 class Pacer:
     """The paced sends of one event loop's streams."""
 
-    def __init__(self, write_buffer_high: int) -> None:
+    def __init__(self, write_buffer_high: int, busy: Callable[[], bool] = lambda: True) -> None:
         self._high = write_buffer_high
+        self._busy = busy  # asked once per timer: False hands the streams back to their tasks
         self._heap: list[tuple[float, int, _Stream]] = []  # (due, tie-breaker, stream)
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._armed = 0.0  # the due time the timer is set for
 
     async def play(self, pieces: Sequence[tuple[float, bytes]], start: float,
-                   writer: asyncio.StreamWriter) -> bool:
-        """Send `pieces`, each at `start` + its due time; True when the client went away."""
-        sent = 0
+                   writer: asyncio.StreamWriter, first: int = 0) -> int:
+        """Send `pieces[first:]`, each at `start` + its due time. Returns how many pieces
+        are out: all of them, CLIENT_GONE, or fewer once the server is not busy (the
+        caller sends the rest)."""
+        sent = first
         while sent < len(pieces):
             sent = await self.send(writer.transport, pieces, sent, start)
-            if sent == CLIENT_GONE:
-                return True
-            if sent < len(pieces):  # its buffer is full: drained here, then back in line
-                await writer.drain()
-        return False
+            if sent == CLIENT_GONE or writer.transport.get_write_buffer_size() <= self._high:
+                break  # gone, done, or handed back
+            await writer.drain()  # its buffer is full: drained here, then back in line
+        return sent
 
     def send(self, transport: asyncio.WriteTransport, pieces: Sequence[tuple[float, bytes]],
              first: int, start: float) -> asyncio.Future[int]:
@@ -93,16 +97,18 @@ class Pacer:
         self._timer = None
         heap = self._heap
         now = time.monotonic()
+        busy = self._busy()
         try:
             while heap and heap[0][0] <= now:
                 stream = heapq.heappop(heap)[2]
-                self._send_due(stream, now)
+                self._send_due(stream, now, busy)
         finally:
             if heap:
                 self._arm(asyncio.get_running_loop(), heap[0][0])
 
-    def _send_due(self, stream: _Stream, now: float) -> None:
-        """One stream's pieces due by `now`, then back in the heap or out of the pacer."""
+    def _send_due(self, stream: _Stream, now: float, busy: bool) -> None:
+        """One stream's pieces due by `now`, then back in the heap (while `busy`) or out of
+        the pacer."""
         future = stream.future
         if future.done():  # its task was cancelled
             return
@@ -119,6 +125,9 @@ class Pacer:
                     return
                 due = stream.start + pieces[sent][0]
                 if due > now:
+                    if not busy:  # few streams: its task waits for the rest precisely
+                        future.set_result(sent)
+                        return
                     stream.sent = sent
                     heapq.heappush(self._heap, (due, next(self._order), stream))
                     return

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from sse_recorder.faults import Ending, FaultRun, Piece, split_at_events, split_at_frames
 from sse_recorder.framing.registry import dialect_for
 from sse_recorder.model import Framing, Interaction, Outcome, body_framing, header_value
-from sse_recorder.replay.pacer import Pacer
+from sse_recorder.replay.pacer import CLIENT_GONE, Pacer
 from sse_recorder.replay.schedule import Schedule, Timing
 from sse_recorder.replay.sources import CACHE_LIMIT, Bodies, Body, Timed, ending_due, timed
 from sse_recorder.wire import responses
@@ -115,7 +115,7 @@ class Player:
         self.bodies = bodies
         self.timing = timing
         self.load = load
-        self.pacer = Pacer(WRITE_BUFFER_HIGH)
+        self.pacer = Pacer(WRITE_BUFFER_HIGH, self._busy)
 
     async def play(
         self, interaction: Interaction, body_writer: BodyWriter, last_event_id: str | None,
@@ -199,10 +199,18 @@ class Player:
                           writer: asyncio.StreamWriter) -> bool:
         """Each piece at `start` + its due time; True when the client went away. Under load
         (more than PRECISE_MAX_STREAMS playing) the pacer sends them, one timer for every
-        stream; else this stream's task does, with precise waits."""
-        if self.load.streams > PRECISE_MAX_STREAMS:
-            return await self.pacer.play(pieces, start, writer)
-        return await _send_precisely(pieces, start, self.load, writer)
+        stream; else, and once the load falls again, this stream's task does, with precise
+        waits."""
+        sent = 0
+        while self._busy() and sent < len(pieces):
+            sent = await self.pacer.play(pieces, start, writer, sent)
+            if sent == CLIENT_GONE:
+                return True
+        rest = pieces[sent:] if sent else pieces
+        return bool(rest) and await _send_precisely(rest, start, self.load, writer)
+
+    def _busy(self) -> bool:
+        return self.load.streams > PRECISE_MAX_STREAMS
 
     async def _faulted(
         self, interaction: Interaction, body_writer: BodyWriter, connection: str | None,

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sse_recorder.replay.pacer import Pacer
+from sse_recorder.replay.pacer import CLIENT_GONE, Pacer
 
 
 class Pair:
@@ -84,7 +84,7 @@ async def test_every_stream_gets_its_pieces_in_order_and_none_early() -> None:
                 total += len(data)
                 when = next(w for size, w in ends if size >= total)
                 assert when >= start + due
-        assert results[:6] == [False] * 6
+        assert results[:6] == [len(pieces) for pieces in streams]  # all out
     finally:
         for pair in pairs:
             pair.close()
@@ -120,11 +120,30 @@ async def test_a_full_buffer_hands_the_stream_back_to_drain_and_nothing_is_lost(
     try:
         sent = await pacer.send(pair.writer.transport, pieces, 0, time.monotonic())
         assert 0 < sent < len(pieces)  # handed back before the end: its buffer is full
-        playing = asyncio.create_task(pacer.play(pieces[sent:], time.monotonic(),
-                                                 pair.writer))
-        got = await pair.read(3000 * (len(pieces) - sent) + 3000 * sent)
+        playing = asyncio.create_task(pacer.play(pieces, time.monotonic(), pair.writer,
+                                                 sent))
+        got = await pair.read(3000 * len(pieces))
         assert got == b"".join(d for _, d in pieces)
-        assert await playing is False
+        assert await playing == len(pieces)
+    finally:
+        pair.close()
+
+
+async def test_once_the_server_is_not_busy_the_streams_are_handed_back() -> None:
+    """`busy()` turning False (few streams left) hands each stream back with what is out:
+    its pieces due by then went, the rest is for its task to send with precise waits."""
+    busy = True
+    pacer = Pacer(64 * 1024, lambda: busy)
+    pair = await Pair.open()
+    start = time.monotonic()
+    pieces = [(0.0, b"a"), (0.0, b"b"), (0.03, b"c"), (0.06, b"d"), (0.09, b"e")]
+    try:
+        playing = asyncio.create_task(pacer.play(pieces, start, pair.writer))
+        assert await pair.read(2) == b"ab"  # due at once, sent while busy
+        busy = False
+        sent = await playing
+        assert sent == 3  # "c", due next, went out; then it was handed back
+        assert await pair.read(1) == b"abc"
     finally:
         pair.close()
 
@@ -140,7 +159,7 @@ async def test_a_client_gone_is_reported_and_the_others_go_on() -> None:
         results = await asyncio.gather(pacer.play(pieces, start, gone.writer),
                                        pacer.play(pieces, start, kept.writer),
                                        kept.read(len(pieces) * 9))
-        assert results[0] is True and results[1] is False
+        assert results[0] == CLIENT_GONE and results[1] == len(pieces)
         assert results[2] == b"data: x\n\n" * len(pieces)
     finally:
         gone.close()
@@ -160,7 +179,7 @@ async def test_a_cancelled_stream_is_dropped_and_the_others_go_on() -> None:
         with pytest.raises(asyncio.CancelledError):
             await doomed
         assert await kept.read(len(pieces)) == b"y" * len(pieces)
-        assert await playing is False
+        assert await playing == len(pieces)
         # nothing more reaches the cancelled stream's client
         cancelled.writer.close()
         rest = first
@@ -181,7 +200,7 @@ async def test_a_write_that_fails_reaches_its_own_stream_only() -> None:
         results = await asyncio.gather(pacer.play(bad, start, broken.writer),
                                        pacer.play([(0.0, b"ok")], start, kept.writer),
                                        return_exceptions=True)
-        assert isinstance(results[0], TypeError) and results[1] is False
+        assert isinstance(results[0], TypeError) and results[1] == 1
         assert await kept.read(2) == b"ok"
     finally:
         broken.close()
@@ -212,7 +231,7 @@ def test_any_streams_any_buffer_mark_every_byte_arrives_in_order(
                                                                         strict=True)],
                 *[pair.read(sum(len(d) for _, d in p)) for pair, p in zip(pairs, plans,
                                                                            strict=True)])
-            assert results[:len(plans)] == [False] * len(plans)
+            assert results[:len(plans)] == [len(p) for p in plans]
             assert results[len(plans):] == [b"".join(d for _, d in p) for p in plans]
         finally:
             for pair in pairs:
