@@ -7,8 +7,8 @@ Rules:
 - paced, the pieces are a plain list of (due time, wire bytes) (a cached body's list is made
   once, for every stream); while few streams play, each stream's task sends its own with
   precise waits; under load (more than PRECISE_MAX_STREAMS) one timer sends every stream's
-  due pieces (`pacer.py`), and a stream's task wakes only when its buffer needs draining or
-  its body is out;
+  due pieces (`pacer.py`), and a stream's task wakes only when its buffer needs draining,
+  its body is out, or the load fell (it then sends the rest itself);
 - instant, it writes batches (INSTANT_BATCH) and lets other connections take a turn after
   every TURN_BYTES. Measured with 100 clients against a server that never turns: 4 KiB
   writes and turns reached 0.55 of its events/s, 8 KiB 0.78; 64 KiB turns were faster but
