@@ -9,11 +9,12 @@ Rules:
   precise waits; under load (more than PRECISE_MAX_STREAMS) one timer sends every stream's
   due pieces (`pacer.py`), and a stream's task wakes only when its buffer needs draining,
   its body is out, or the load fell (it then sends the rest itself);
-- instant, it writes batches (INSTANT_BATCH) and lets other connections take a turn after
-  every TURN_BYTES. Measured with 100 clients against a server that never turns: 4 KiB
-  writes and turns reached 0.55 of its events/s, 8 KiB 0.78; 64 KiB turns were faster but
-  left a stream without a byte in the first quarter of the events (bench/replay_bench.py,
-  part 3's fairness);
+- instant, it writes batches (INSTANT_BATCH) in turns of TURN_BYTES with the other instant
+  streams, from one callback per round (`rounds.py`); the loop runs between rounds.
+  Measured with 100 clients against a server that never turns: 4 KiB writes and turns
+  reached 0.55 of its events/s, 8 KiB 0.78; 64 KiB turns were faster but left a stream
+  without a byte in the first quarter of the events (bench/replay_bench.py, part 3's
+  fairness);
 - the recorded ending is reproduced: terminating chunk, a FIN (the close ends a
   close-delimited body, or cuts any other short) or an RST, at the recorded time;
 - with faults, the transform is planned first over the whole body (it is pure), then played;
@@ -34,6 +35,7 @@ from sse_recorder.faults import Ending, FaultRun, Piece, split_at_events, split_
 from sse_recorder.framing.registry import dialect_for
 from sse_recorder.model import Framing, Interaction, Outcome, body_framing, header_value
 from sse_recorder.replay.pacer import CLIENT_GONE, Pacer
+from sse_recorder.replay.rounds import Rounds
 from sse_recorder.replay.schedule import Schedule, Timing
 from sse_recorder.replay.sources import CACHE_LIMIT, Bodies, Body, Timed, ending_due, timed
 from sse_recorder.wire import responses
@@ -44,7 +46,7 @@ PRECISE_WINDOW = 0.0015  # wake this early and finish the wait by polling the lo
 PRECISE_MAX_STREAMS = 32  # above this many active streams, plain timers (CPU matters more)
 WRITE_BUFFER_HIGH = 64 * 1024  # drain above this many bytes queued in the transport
 TURN_BYTES = 8 * 1024  # instant: other connections take a turn after this many bytes
-LONE_TURN_BYTES = 64 * 1024  # the same with no other stream playing: a new one waits no longer
+LONE_TURN_BYTES = 64 * 1024  # the same for a stream alone in its round: new ones wait no longer
 
 
 @dataclass
@@ -116,6 +118,7 @@ class Player:
         self.timing = timing
         self.load = load
         self.pacer = Pacer(WRITE_BUFFER_HIGH, self._busy)
+        self.rounds = Rounds(TURN_BYTES, LONE_TURN_BYTES, WRITE_BUFFER_HIGH)
 
     async def play(
         self, interaction: Interaction, body_writer: BodyWriter, last_event_id: str | None,
@@ -161,22 +164,10 @@ class Player:
         transport.write(responses.head(interaction.response, field, connection))
         load = self.load
         try:
-            if timing.instant:
-                since_turn = 0  # bytes written since other connections last had a turn
+            if timing.instant:  # in turns with the other instant streams (`rounds.py`)
                 async for batches in self.bodies.batches(interaction, body, frame):
-                    for batch in batches:
-                        transport.write(batch)
-                        if transport.is_closing():
-                            return Outcome.CLIENT_GONE  # a send failed: the client went away
-                        if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
-                            await writer.drain()
-                        since_turn += len(batch)
-                        # Fairness: other connections (and the accepting of new ones) run
-                        # after every TURN_BYTES (see the module docstring); a stream
-                        # playing alone turns less often, for new connections only.
-                        if since_turn >= (TURN_BYTES if load.streams > 1 else LONE_TURN_BYTES):
-                            since_turn = 0
-                            await asyncio.sleep(0)
+                    if await self.rounds.play(batches, writer):
+                        return Outcome.CLIENT_GONE  # a send failed: the client went away
             else:
                 if not shared:  # paged from the cassette, or resumed: timed page by page
                     async for page in self.bodies.pages(interaction, body):
