@@ -73,8 +73,8 @@ class Pacer:
     def send(self, transport: asyncio.WriteTransport, pieces: Sequence[tuple[float, bytes]],
              first: int, start: float) -> asyncio.Future[int]:
         """Send `pieces[first:]` on schedule. The future's result: how many pieces are out
-        (all of them, or fewer: the transport's buffer is over the high mark), or
-        CLIENT_GONE."""
+        (all of them, or fewer: the transport's buffer is over the high mark, or the server
+        is no longer busy), or CLIENT_GONE."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
         due = start + pieces[first][0]

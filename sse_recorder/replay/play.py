@@ -55,6 +55,10 @@ class Load:
 
     streams: int = 0  # responses being answered
 
+    def busy(self) -> bool:
+        """More than PRECISE_MAX_STREAMS playing: plain timers, and the pacer sends."""
+        return self.streams > PRECISE_MAX_STREAMS
+
 
 # The framing a client of an HTTP version gets for a recorded one, where they differ.
 FRAMING_FOR_VERSION: dict[str, dict[Framing, Framing]] = {
@@ -99,7 +103,7 @@ async def wait_until(due: float, load: Load) -> None:
     delay = due - time.monotonic()
     if delay <= 0:
         return
-    if load.streams > PRECISE_MAX_STREAMS:
+    if load.busy():
         while delay > 0:
             await asyncio.sleep(delay)
             delay = due - time.monotonic()
@@ -117,7 +121,7 @@ class Player:
         self.bodies = bodies
         self.timing = timing
         self.load = load
-        self.pacer = Pacer(WRITE_BUFFER_HIGH, self._busy)
+        self.pacer = Pacer(WRITE_BUFFER_HIGH, load.busy)
         self.rounds = Rounds(TURN_BYTES, LONE_TURN_BYTES, WRITE_BUFFER_HIGH)
 
     async def play(
@@ -193,15 +197,12 @@ class Player:
         stream; else, and once the load falls again, this stream's task does, with precise
         waits."""
         sent = 0
-        while self._busy() and sent < len(pieces):
+        while self.load.busy() and sent < len(pieces):
             sent = await self.pacer.play(pieces, start, writer, sent)
             if sent == CLIENT_GONE:
                 return True
         rest = pieces[sent:] if sent else pieces
         return bool(rest) and await _send_precisely(rest, start, self.load, writer)
-
-    def _busy(self) -> bool:
-        return self.load.streams > PRECISE_MAX_STREAMS
 
     async def _faulted(
         self, interaction: Interaction, body_writer: BodyWriter, connection: str | None,
@@ -266,7 +267,7 @@ async def _send_precisely(pieces: Timed, start: float, load: Load,
         due = start + due_s
         now = time.monotonic()
         if due > now:
-            if load.streams > PRECISE_MAX_STREAMS:
+            if load.busy():
                 while due > now:  # a timer can fire early (uvloop's ms steps): sleep again
                     await asyncio.sleep(due - now)
                     now = time.monotonic()

@@ -90,7 +90,6 @@ class Served:
         return (f"{self.method} {self.target} -> #{self.interaction_id} {self.status}, "
                 f"ended {self.outcome.value}" + (f" [faults: {', '.join(fired)}]" if fired else ""))
 
-
     def log_line(self) -> str:
         """The line `replay` logs: `line()`, a preflight's answer, and the CORS note of an
         answer a page could not read."""
