@@ -713,3 +713,45 @@ async def test_events_of_an_unfinished_stream_read_its_chunks_once(
         assert [(e.kind, e.data) for e in await reading.events(iid)] == [
             ("event", "a"), ("event", "b"), ("comment", "c")]
         assert read == 1
+
+
+async def test_a_failed_chunks_only_batch_leaves_nothing_and_the_next_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood's batches (chunks alone) go to the driver in one trip to its thread: rows and
+    commit, or a rollback of all of them. A batch failing on its second row keeps nothing
+    of its first, and the cassette goes on."""
+    import aiosqlite
+
+    trips: list[object] = []
+    original = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Callable[..., object], *args: object
+                      ) -> object:
+        trips.append(fn)
+        return await original(self, fn, *args)
+
+    path = tmp_path / "c.sqlite"
+    cassette = await Cassette.open_for_recording(path)
+    try:
+        first, second = cassette.allocate_id(), cassette.allocate_id()
+        await cassette.write(WriteBatch(starts=[InteractionStart(first, 1.0, REQUEST),
+                                                InteractionStart(second, 2.0, REQUEST)]))
+        await cassette.write(WriteBatch(chunks=[(second, 0, 0, b"data: kept\n\n")]))
+        with pytest.raises(CassetteError, match="write failed"):
+            await cassette.write(WriteBatch(chunks=[(first, 0, 0, b"data: lost\n\n"),
+                                                    (second, 0, 5, b"data: twice\n\n")]))
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+        await cassette.write(WriteBatch(chunks=[(first, 0, 7, b"data: a\n\n"),
+                                                (first, 1, 8, b"data: b\n\n")]))
+        assert len(trips) == 1  # the rows and the commit together
+        monkeypatch.undo()
+        await cassette.finish_recording()
+    finally:
+        await cassette.close()
+    reader = await Cassette.open(path)
+    try:
+        assert [c.data async for c in reader.chunks(first)] == [b"data: a\n\n", b"data: b\n\n"]
+        assert [c.data async for c in reader.chunks(second)] == [b"data: kept\n\n"]
+    finally:
+        await reader.close()

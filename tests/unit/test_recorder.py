@@ -36,7 +36,7 @@ from sse_recorder.record import writer as writer_module
 from sse_recorder.record.body import Body
 from sse_recorder.record.redact import MARKER, RedactionRules
 from sse_recorder.record.session import Recorded, RecorderConfig, RecordingSession
-from sse_recorder.record.writer import ACK, RUN, Writer
+from sse_recorder.record.writer import ACK, RUN, Commit, Writer
 from sse_recorder.sse import Comment, Event, Item, parse
 from sse_recorder.store.cassette import Cassette, WriteBatch
 from tests.helpers import task_session
@@ -709,6 +709,70 @@ async def test_chunks_are_committed_promptly(tmp_path: Path) -> None:
         assert seen.interactions[0].outcome is Outcome.STOPPED  # not ended yet
     finally:
         await session.close()
+
+
+async def test_a_young_batch_waits_for_more_frames_unless_something_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction costs the writer about as much as 400 small chunks, so frames that
+    arrive within BATCH_DELAY_S of a batch's first one join it; an END (someone waits on
+    the interaction's line) or a flush is written at once, with what came before it."""
+    monkeypatch.setattr(writer_module, "BATCH_DELAY_S", 30.0)  # only an END may cut it
+    session = task_session(str(tmp_path / "rec.cassette"))
+    await session.start()
+    assert session._channel.cassette is not None
+    write = session._channel.cassette.write
+    batches: list[int] = []
+    written = asyncio.Event()
+
+    async def counting_write(batch: WriteBatch) -> None:
+        await write(batch)
+        batches.append(len(list(batch.all_chunks())))
+        written.set()
+
+    monkeypatch.setattr(session._channel.cassette, "write", counting_write)
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+    for n in range(5):  # five frames, each sent on its own as a timer would
+        session.chunk(iid, n + 2, b"data: %d\n\n" % n)
+        session._send()
+        await asyncio.sleep(0)  # the writer task runs, sees a young batch, waits
+    assert batches == []
+    session.end(iid, Outcome.CLEAN, 99)
+    session._send()
+    await written.wait()
+    assert batches == [5]  # one transaction: the five frames and the end
+    await session.close()
+    got = await read_back(tmp_path / "rec.cassette")
+    assert [e.data for e in got.events[iid]] == ["0", "1", "2", "3", "4"]
+    assert got.interactions[0].outcome is Outcome.CLEAN
+
+
+async def test_a_young_batch_is_written_once_its_delay_is_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "BATCH_DELAY_S", 0.05)
+    session = task_session(str(tmp_path / "rec.cassette"))
+    await session.start()
+    committed = asyncio.Event()
+    writer = session._channel._writer  # type: ignore[attr-defined]
+    tell_session = writer.on_commit
+
+    def on_commit(commit: Commit) -> None:
+        tell_session(commit)
+        committed.set()
+
+    writer.on_commit = on_commit
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+    session.chunk(iid, 2, b"data: 1\n\n")
+    session._send()
+    sent = time.monotonic()
+    await committed.wait()
+    waited = time.monotonic() - sent
+    assert 0.04 <= waited < 1.0  # the delay, then the commit (generous: a shared machine)
+    assert session.backlog_since_ns == session_module.NO_BACKLOG
+    await session.close()
 
 
 # --------------------------------------------------------------------------------------------
