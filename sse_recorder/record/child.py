@@ -10,8 +10,9 @@ acknowledgements: a flood's frames) goes as `marshal` instead, which costs the p
 quarter of pickle's CPU per item (measured 0.04 against 0.18 us), and is safe here because
 both ends run the same interpreter.
 The proxy sends `Start` first, then lists of writer items; this process answers `Ready` (or
-`Refused`: the cassette could not be opened), then a `Commit` per batch, `Failed` once if
-storage fails, and `Closed` when it has finished the cassette.
+`Refused`: the cassette could not be opened), then a `Commit` per batch (as a plain tuple
+when it ended no interaction), `Failed` once if storage fails, and `Closed` when it has
+finished the cassette.
 
 It reads its pipe eagerly, so what the proxy handed over survives the proxy: on end of input
 without a STOP (the proxy was killed) it ends the interactions still open as stopped,
@@ -103,6 +104,12 @@ async def read_message(reader: asyncio.StreamReader) -> object | None:
         return None
 
 
+def plain_commit(commit: Commit) -> tuple[int | None, list[int], int]:
+    """A commit that ended no interaction, as plain values (`marshal`: its pickle cost the
+    writer and the proxy more than the rest of the message's handling)."""
+    return commit.acked, commit.flushed, commit.chunks
+
+
 def rules_message(rules: RedactionRules) -> tuple[frozenset[str], frozenset[str],
                                                     frozenset[str], tuple[str, ...]]:
     """What rebuilds the rules here (their compiled form does not pickle)."""
@@ -165,7 +172,11 @@ async def _serve() -> int:
         return 2
 
     def send(message: object) -> None:
-        if not out_transport.is_closing():  # closed: the proxy is gone, nobody to tell
+        if out_transport.is_closing():  # closed: the proxy is gone, nobody to tell
+            return
+        if type(message) is Commit and not message.recorded:  # a flood's: plain values
+            out.write(encode(plain_commit(message), plain=True))
+        else:
             out.write(encode(message))
 
     commits = _Commits(send, loop)

@@ -477,6 +477,8 @@ class _ProcessChannel:
         if not self._first.done():
             self._started = isinstance(message, Ready)
             self._first.set_result(message)
+        elif type(message) is tuple:  # `plain_commit`
+            self._session._committed(Commit(*message))
         elif isinstance(message, Commit):
             self._session._committed(message)
         elif isinstance(message, Failed):
