@@ -108,7 +108,7 @@ class Plan:
     events: int  # latency: events per stream
     interval_ms: int  # latency: spacing of the events
     fast_events: int  # fast: events per back-to-back stream
-    fast_reps: int
+    fast_reps: int  # fast: repetitions (one swings 0.7-1.7x: the median needs many)
     chunks: int  # cassette: chunks per repetition
     interactions: int  # cassette: interactions the chunks are spread over
     cassette_reps: int
@@ -117,7 +117,7 @@ class Plan:
     kill_after_s: float = 4.0  # killflood: flood this long before SIGKILL
 
 
-FULL = Plan(12, 200, 10, 20_000, 9, 200_000, 4, 3, 420)
+FULL = Plan(12, 200, 10, 20_000, 15, 200_000, 4, 3, 480)
 QUICK = Plan(2, 100, 10, 5_000, 3, 20_000, 4, 1, 90, 3, 2.0)
 
 

@@ -10,7 +10,8 @@ A `Writer` runs either as a task on the proxy's own loop or in a process of its 
 tokens and the writer gives each its cassette id when its BEGIN is written, so the proxy
 never waits on the store. ACK items carry the session's frame numbers: after each commit
 the writer reports the last one it passed, and everything queued before it is on disk.
-A batch is cut by count and by body size, so one transaction stays a few ms of work.
+A batch is cut by count and by body size, so one transaction stays a few ms of work,
+and one that ends nothing waits up to BATCH_DELAY_S for more frames.
 """
 
 from __future__ import annotations
