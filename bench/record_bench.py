@@ -10,7 +10,9 @@ its own process (`bench/_client.py`) so its GIL cannot stall the proxy or the se
    (`mitmdump -s addons/record.py`). Targets: recorder - pass-through <= 0.05 ms at the
    median and <= 0.5 ms at p99.
 2. fast: events/s of a back-to-back stream through the recorder divided by the pass-through
-   (target >= 0.95); afterwards the cassette must hold every byte the client received.
+   (target >= 0.95), the repetitions spread over 3 fresh proxy pairs (two processes of one
+   program differ by a few percent: hash seeds, memory layout); afterwards each cassette must
+   hold every byte the client received.
    The recorder's writer runs behind the stream, so each recorder run also waits until the
    cassette holds the whole response (reported as the commit lag, against the 250 ms bound of
    `recorder.py`) and the proxies' CPU per event is reported: the wall-clock ratio of a
@@ -108,16 +110,22 @@ class Plan:
     events: int  # latency: events per stream
     interval_ms: int  # latency: spacing of the events
     fast_events: int  # fast: events per back-to-back stream
-    fast_reps: int  # fast: repetitions (one swings 0.7-1.7x: the median needs many)
+    fast_reps: int  # fast: repetitions per proxy pair (one swings 0.7-1.7x: the median
+    # needs many)
     chunks: int  # cassette: chunks per repetition
     interactions: int  # cassette: interactions the chunks are spread over
     cassette_reps: int
     bound_s: float  # hard bound on the whole script
     kill_runs: int = 5  # killflood: runs (each a fresh recorder)
     kill_after_s: float = 4.0  # killflood: flood this long before SIGKILL
+    # fast: fresh proxy pairs (upstream, pass-through, recorder, client) the repetitions are
+    # spread over. Two runs of the same Python program differ by a few percent (hash seeds,
+    # memory layout: why pyperf spreads a benchmark over processes), and the flood ratio
+    # compares two processes: one pair per run made whole runs read 0.93 or 1.06.
+    fast_stacks: int = 1
 
 
-FULL = Plan(12, 200, 10, 20_000, 15, 200_000, 4, 3, 480)
+FULL = Plan(12, 200, 10, 20_000, 5, 200_000, 4, 3, 480, fast_stacks=3)
 QUICK = Plan(2, 100, 10, 5_000, 3, 20_000, 4, 1, 90, 3, 2.0)
 
 
@@ -334,9 +342,9 @@ def bench_latency(stack: ProxyStack, plan: Plan, summary: Summary) -> None:
     add_lag(summary, f"commit lag, {plan.interval_ms} ms stream", runs["recorder"])
 
 
-def bench_fast(stack: ProxyStack, plan: Plan, summary: Summary) -> None:
-    load = ForeignLoad(stack.own_pids())
-    rates, runs = fast_runs(stack, plan, "fast", ("direct", "passthrough", "recorder"))
+def bench_fast(stacks: Sequence[ProxyStack], plan: Plan, summary: Summary) -> None:
+    load = ForeignLoad([pid for stack in stacks for pid in stack.own_pids()])
+    rates, runs = fast_runs(stacks, plan, "fast", ("direct", "passthrough", "recorder"))
     medians = {c: median(r) for c, r in rates.items()}
     rows = [
         [c, len(r), f"{medians[c]:,.0f}", f"{min(r):,.0f}", f"{max(r):,.0f}",
@@ -344,6 +352,7 @@ def bench_fast(stack: ProxyStack, plan: Plan, summary: Summary) -> None:
         for c, r in rates.items()
     ]
     print(f"\n2. back-to-back stream: {plan.fast_events:,} events x {plan.fast_reps} repetitions "
+          f"x {len(stacks)} proxy pair(s) "
           "(events/s, request sent to last event)")
     print(table(["config", "reps", "median", "min", "max", "/ passthrough", "proxy CPU us/ev"],
                 rows))
@@ -367,16 +376,18 @@ def bench_fast(stack: ProxyStack, plan: Plan, summary: Summary) -> None:
                 f"{fmt_ratio(cpu_ratio)} (target <= {CPU_TARGET})", cpu_ratio <= CPU_TARGET)
     add_lag(summary, "commit lag, fast stream", runs["recorder"])
     if len(os.sched_getaffinity(0)) >= 2:
-        bench_fast_spare_core(stack, plan, summary)
+        bench_fast_spare_core(stacks, plan, summary)
 
 
-def fast_runs(stack: ProxyStack, plan: Plan, tag: str,
+def fast_runs(stacks: Sequence[ProxyStack], plan: Plan, tag: str,
               configs: Sequence[str]) -> tuple[dict[str, list[float]], dict[str, Runs]]:
-    """The back-to-back stream through each configuration, interleaved in random order."""
+    """The back-to-back stream through each configuration, interleaved in random order,
+    `plan.fast_reps` times through each proxy pair."""
     rates: dict[str, list[float]] = {c: [] for c in configs}
     runs = {c: Runs() for c in configs}
     query = f"n={plan.fast_events}&interval_ms=0"
-    for r in range(plan.fast_reps):
+    for r in range(plan.fast_reps * len(stacks)):
+        stack = stacks[r % len(stacks)]
         for config in random.sample(list(configs), len(configs)):
             reply = stack.fetch(config, query, f"{tag}-{r}")
             if reply["events"] != plan.fast_events:
@@ -397,21 +408,22 @@ def pin(pid: int, cpus: set[int]) -> None:
             continue
 
 
-def bench_fast_spare_core(stack: ProxyStack, plan: Plan, summary: Summary) -> None:
+def bench_fast_spare_core(stacks: Sequence[ProxyStack], plan: Plan, summary: Summary
+                          ) -> None:
     """The same flood with a core to spare for the writer: the upstream, both proxies and
     the client pinned to CPU 0, the writer process to CPU 1. Both configurations get the
     same one CPU for the stream; what the recorder's writer costs the flood is then what it
     costs the proxy, not the CPU it takes from the others on a 2-CPU box."""
     first, second, *_ = sorted(os.sched_getaffinity(0))
     every = os.sched_getaffinity(0)
-    stream_pids = stack.own_pids()
-    writers = children(stack.pids["recorder"])
+    writers = [pid for stack in stacks for pid in children(stack.pids["recorder"])]
+    stream_pids = [pid for stack in stacks for pid in stack.own_pids() if pid not in writers]
     try:
         for pid in stream_pids:
             pin(pid, {first})
         for pid in writers:
             pin(pid, {second})
-        rates, runs = fast_runs(stack, plan, "spare", ("passthrough", "recorder"))
+        rates, runs = fast_runs(stacks, plan, "spare", ("passthrough", "recorder"))
     finally:
         for pid in stream_pids + writers:
             pin(pid, every)
@@ -469,21 +481,26 @@ def check_cassette(stack: ProxyStack, summary: Summary) -> None:
 def run_proxy_benches(
     plan: Plan, parts: set[str], workdir: Path, summary: Summary, recorder_script: Path
 ) -> None:
-    stack = ProxyStack(workdir, recorder_script)
+    count = plan.fast_stacks if "fast" in parts else 1
+    stacks = [ProxyStack(workdir / f"pair-{n}", recorder_script) for n in range(count)]
     try:
-        t0 = time.monotonic()
-        stack.start()
-        warm_up(stack)
-        print(f"proxies up and warm in {time.monotonic() - t0:.1f} s "
-              f"(upstream {stack.urls['direct']}, passthrough {stack.urls['passthrough']}, "
-              f"recorder {stack.urls['recorder']})")
+        for stack in stacks:
+            t0 = time.monotonic()
+            stack.workdir.mkdir()
+            stack.start()
+            warm_up(stack)
+            print(f"proxies up and warm in {time.monotonic() - t0:.1f} s "
+                  f"(upstream {stack.urls['direct']}, passthrough {stack.urls['passthrough']}, "
+                  f"recorder {stack.urls['recorder']})")
         if "latency" in parts:
-            bench_latency(stack, plan, summary)
+            bench_latency(stacks[0], plan, summary)
         if "fast" in parts:
-            bench_fast(stack, plan, summary)
-        check_cassette(stack, summary)
+            bench_fast(stacks, plan, summary)
+        for stack in stacks:
+            check_cassette(stack, summary)
     finally:
-        stack.close()
+        for stack in stacks:
+            stack.close()
 
 
 # --- the cassette write benchmark (3) ---------------------------------------------------------
