@@ -29,7 +29,6 @@ import pickle
 import signal
 import struct
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -37,7 +36,6 @@ from sse_recorder.model import Outcome
 from sse_recorder.record.redact import RedactionRules
 from sse_recorder.record.writer import END, STOP, Commit, Writer
 
-COMMIT_DELAY_S = 0.02  # a commit nobody waits on goes at most this late (see `_Commits`)
 FRAME = struct.Struct(">IB")  # size, then how the message is serialised
 PICKLED, MARSHALLED = 0, 1
 _LOADS = {PICKLED: pickle.loads, MARSHALLED: marshal.loads}
@@ -116,40 +114,6 @@ def rules_message(rules: RedactionRules) -> tuple[frozenset[str], frozenset[str]
     return rules.headers, rules.query_params, rules.json_fields, rules.values
 
 
-class _Commits:
-    """The commits told to the proxy. One that a flush or an ended interaction waits on goes
-    at once, with any held back merged into it; the others are merged and go COMMIT_DELAY_S
-    after the first: each message wakes the proxy, and a slow stream would otherwise cost it
-    a wake-up per frame. The proxy's view of the backlog is then at most that much older."""
-
-    def __init__(self, send: Callable[[object], None], loop: asyncio.AbstractEventLoop) -> None:
-        self._send = send
-        self._loop = loop
-        self._held: Commit | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, commit: Commit) -> None:
-        held = self._held
-        if held is not None:
-            commit = Commit(held.acked if commit.acked is None else commit.acked,
-                            held.flushed + commit.flushed, held.chunks + commit.chunks,
-                            held.recorded + commit.recorded)
-        self._held = commit
-        if commit.flushed or commit.recorded:
-            self.release()
-        elif self._timer is None:
-            self._timer = self._loop.call_later(COMMIT_DELAY_S, self.release)
-
-    def release(self) -> None:
-        """Send what is held back now."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        held, self._held = self._held, None
-        if held is not None:
-            self._send(held)
-
-
 async def _serve() -> int:
     from sse_recorder.store.cassette import Cassette
 
@@ -179,13 +143,12 @@ async def _serve() -> int:
         else:
             out.write(encode(message))
 
-    commits = _Commits(send, loop)
-
     def failed(exc: Exception) -> None:
-        commits.release()
         send(Failed(str(exc)))
 
-    writer = Writer(cassette, RedactionRules(*start.rules), commits.add, failed)
+    # Each commit wakes the proxy; a batch that ends nothing waits for more frames
+    # (`writer.BATCH_DELAY_S`), which bounds the commits a slow stream sends.
+    writer = Writer(cassette, RedactionRules(*start.rules), send, failed)
     send(Ready(cassette.peek_next_id()))
     running = loop.create_task(writer.run())
     stopped = False
@@ -200,7 +163,6 @@ async def _serve() -> int:
         writer.feed(message)
     await running
     await writer.finish()
-    commits.release()
     send(Closed())
     try:
         await out.drain()

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from sse_recorder.errors import CassetteError
 from sse_recorder.model import Outcome, RecordedRequest
-from sse_recorder.record import child as child_module
 from sse_recorder.record import session as session_module
 from sse_recorder.record.child import PROXY_GONE
 from sse_recorder.record.redact import MARKER, RedactionRules
@@ -30,7 +29,6 @@ from sse_recorder.record.session import (
     RecordingSession,
     WriterMode,
 )
-from sse_recorder.record.writer import Commit
 from tests.unit.test_recorder import GET, SSE_HEAD, feed, read_back
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -216,36 +214,6 @@ async def test_frames_of_chunks_go_as_marshal_and_the_rest_as_pickle(
     assert [c.data for c in got.chunks[iid]] == [b"data: one\n\n", b"data: t", b"wo\n\n"]
     assert [e.data for e in got.events[iid]] == ["one", "two"]
     assert got.interactions[0].complete
-
-
-async def test_commits_nobody_waits_on_are_merged_and_held_back_briefly() -> None:
-    """Each message wakes the proxy: a commit without a flush or an ended interaction waits
-    up to COMMIT_DELAY_S, merged with the ones after it; one that something waits on goes at
-    once, carrying what was held back."""
-    loop = asyncio.get_running_loop()
-    sent: list[object] = []
-    arrived = asyncio.Event()
-
-    def send(message: object) -> None:
-        sent.append(message)
-        arrived.set()
-
-    commits = child_module._Commits(send, loop)
-    commits.add(Commit(1, chunks=2))
-    commits.add(Commit(None, chunks=1))
-    commits.add(Commit(3, chunks=4))
-    assert sent == []
-    commits.add(Commit(4, flushed=[7]))
-    assert sent == [Commit(4, flushed=[7], chunks=7)]
-    ended = Recorded(1, "GET", "http://x/", 200, 1, 1, 9, 5, Outcome.CLEAN, None)
-    commits.add(Commit(5, recorded=[ended]))
-    assert sent[-1] == Commit(5, recorded=[ended])
-    arrived.clear()
-    held_at = loop.time()
-    commits.add(Commit(6, chunks=1))
-    await asyncio.wait_for(arrived.wait(), 5)
-    assert sent[-1] == Commit(6, chunks=1) and len(sent) == 3
-    assert loop.time() - held_at >= child_module.COMMIT_DELAY_S * 0.9
 
 
 _PIECE = st.binary(max_size=12) | st.sampled_from(
