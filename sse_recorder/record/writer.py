@@ -46,8 +46,8 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 2048  # items per transaction: ~2 ms of work, so the writer answers promptly
 MAX_BATCH_BYTES = 256 * 1024  # body bytes per transaction: a flood's 64 KiB reads are ~600 rows
-# A transaction costs the writer ~0.3 ms of CPU whatever it holds (two handoffs to the
-# driver's thread and back, the commit), as much as 400 one-event chunks: a batch short of
+# A transaction costs the writer ~0.35 ms of CPU whatever it holds (a handoff to the
+# driver's thread and back, the commit), as much as 500 one-event chunks: a batch short of
 # MAX_BATCH waits up to this long for more frames, unless what it holds ends something
 # (END, FLUSH, STOP: someone may be waiting on it). In a flood, a 10 ms frame becomes a
 # batch of two or three; a quiet stream's chunks are committed this much later.
@@ -183,13 +183,14 @@ class Writer:
             while True:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-                if not timer.when() > loop.time() or self._full():
+                if loop.time() >= timer.when() or self._full():
                     return
         finally:
             timer.cancel()
 
     def _full(self) -> bool:
-        """Whether the queue holds a whole batch, or an item that ends something."""
+        """Whether the queue holds a whole batch, or an item that ends something (counted
+        as `_take` counts them)."""
         count = size = 0
         for item in self.queue:
             kind = item[0]
@@ -198,7 +199,7 @@ class Writer:
                 size += sum(map(len, item[3]))
             elif kind in _NO_WAIT:
                 return True
-            else:
+            elif kind != ACK:
                 count += 1
             if count >= MAX_BATCH or size >= MAX_BATCH_BYTES:
                 return True

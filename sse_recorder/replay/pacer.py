@@ -29,6 +29,8 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 
+from sse_recorder.wire.connections import call_at_monotonic
+
 __all__ = ["CLIENT_GONE", "Pacer"]
 
 CLIENT_GONE = -1  # `send`'s result when a write found the connection closing
@@ -75,20 +77,18 @@ class Pacer:
         """Send `pieces[first:]` on schedule. The future's result: how many pieces are out
         (all of them, or fewer: the transport's buffer is over the high mark, or the server
         is no longer busy), or CLIENT_GONE."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[int] = loop.create_future()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         due = start + pieces[first][0]
         heapq.heappush(self._heap, (due, next(self._order),
                                     _Stream(transport, pieces, first, start, future)))
         if self._timer is None or due < self._armed:
-            self._arm(loop, due)
+            self._arm(due)
         return future
 
-    def _arm(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+    def _arm(self, due: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        # the loop's clock is not time.monotonic() on uvloop
-        self._timer = loop.call_at(loop.time() + (due - time.monotonic()), self._fire)
+        self._timer = call_at_monotonic(due, self._fire)
         self._armed = due
 
     def _fire(self) -> None:
@@ -104,7 +104,7 @@ class Pacer:
                 self._send_due(stream, now, busy)
         finally:
             if heap:
-                self._arm(asyncio.get_running_loop(), heap[0][0])
+                self._arm(heap[0][0])
 
     def _send_due(self, stream: _Stream, now: float, busy: bool) -> None:
         """One stream's pieces due by `now`, then back in the heap (while `busy`) or out of

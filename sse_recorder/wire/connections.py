@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from sse_recorder.model import Headers
 
@@ -22,6 +23,13 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "conten
 def decode_headers(fields: Iterable[tuple[bytes, bytes]]) -> Headers:
     """h11's or mitmproxy's header bytes as the `(name, value)` strings a cassette holds."""
     return tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in fields)
+
+
+def call_at_monotonic(deadline: float, callback: Callable[[], object]) -> asyncio.TimerHandle:
+    """`callback` at a `time.monotonic()` deadline on the running loop, whose clock is not
+    time.monotonic() on uvloop."""
+    loop = asyncio.get_running_loop()
+    return loop.call_at(loop.time() + (deadline - time.monotonic()), callback)
 
 
 def base_url(host: str, port: int) -> str:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import httptools
 
 from sse_recorder.model import Headers
+from sse_recorder.wire.connections import call_at_monotonic
 
 MAX_REQUEST_BODY = 64 << 20
 # All request bodies being received at once: one of MAX_REQUEST_BODY fits, two do not.
@@ -241,8 +242,7 @@ class RequestReader:
     def _arm(self, deadline: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        loop = asyncio.get_running_loop()  # its clock is not time.monotonic() on uvloop
-        self._timer = loop.call_at(loop.time() + (deadline - time.monotonic()), self._ring)
+        self._timer = call_at_monotonic(deadline, self._ring)
         self._armed = deadline
 
     def _ring(self) -> None:
