@@ -2,7 +2,8 @@
 
 Rules it keeps (see the project notes on mitmproxy 11/12):
 - streaming is switched on in `responseheaders` when `framing.policy.streams` says so (an
-  event stream, a known stream type, a chunked or close-delimited body, a large one); other
+  event stream, a known stream type, a chunked or close-delimited body, a large one), for
+  flows left unrecorded too (a route filter): the client gets them live either way; other
   responses (small JSON answers) are buffered by mitmproxy and stored whole in `response`;
 - the stream callable stamps, queues and returns the chunk untouched; it never returns
   `b""` or `None` for a non-final chunk, never awaits and never raises;
@@ -271,17 +272,23 @@ class Recorder:
         self._live[flow.id] = flow
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        response = flow.response
+        if response is None:
+            return
         state = self._flows.get(flow.id)
         session = self.session
-        if state is None or session is None or flow.response is None:
-            return
-        response = flow.response
         head = ResponseHead(
             status=response.status_code,
             reason=response.reason,
             headers=headers_of(response),
             http_version=response.http_version,
         )
+        if state is None or session is None:
+            # Not recorded (a route filter, no cassette): mitmproxy would still buffer the
+            # whole body, so an endless event stream would never reach its client.
+            if streams(head, flow.request.method, self.stream_policy):
+                response.stream = True
+            return
         is_sse = session.head(state.iid, head, time.monotonic_ns() - state.anchor_ns)
         if is_sse or streams(head, flow.request.method, self.stream_policy):
             state.streamed = True

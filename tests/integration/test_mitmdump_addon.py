@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,6 +208,34 @@ async def test_route_filters_record_only_matching_flows(
     recordings = await load(tmp_path / "cassette.sqlite")
     assert [httpx.URL(i.request.url).path for i, _, _ in recordings] == recorded
     assert all(i.outcome is Outcome.CLEAN for i, _, _ in recordings)
+
+
+@pytest.mark.parametrize("sets", [["sse_exclude=*/ticks*"], ["sse_include=*/deploy*"]],
+                         ids=["excluded", "not-included"])
+async def test_a_stream_left_unrecorded_still_reaches_its_client_live(
+    sets: list[str], mitmdump: Launcher, tmp_path: Path
+) -> None:
+    """A route filter only decides what is stored: an event stream it leaves out goes
+    through live (mitmproxy buffers a body nobody streams, so a long stream would reach
+    its client only at its end, an endless one never)."""
+    proxy = mitmdump(*sets)
+    async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as client:
+        # 1,000 events 100 ms apart: the whole body would take 100 s to buffer
+        async with client.stream("GET", "/ticks?n=1000&interval_ms=100") as response:
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+            first = [line async for line in _until_blank(lines)]
+    assert first == ticks_writes(1)[0].decode().splitlines()[:-1]  # less its blank line
+    assert proxy.stop() == 0
+    assert cassette_files(tmp_path) == []  # nothing recorded: no cassette left behind
+
+
+async def _until_blank(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The lines of the first event (up to its blank line), within the client's timeout."""
+    async for line in lines:
+        if not line:
+            return
+        yield line
 
 
 async def test_extra_redaction_options(mitmdump: Launcher, tmp_path: Path) -> None:
