@@ -2,12 +2,13 @@
 
 The proxy calls `begin`, `head`, `end` and, for each streamed chunk, a `chunk_recorder`
 closure synchronously; each only appends to an outbox (well under a microsecond): a chunk
-joins its response's run in the outbox (offsets and data as two lists), so a flood, or many
-streams at once, cross to the writer, and are stored, as columns. A few
-ms after its first item (or at FRAME_ITEMS items) the outbox goes to the writer
-(`record.writer`) as one frame: by default to a writer process of its own (`record.child`,
-`WriterMode.PROCESS`), so parsing, redaction and SQLite run on another core; or to a task
-on this loop (`WriterMode.TASK`), for embedding without a second process and for unit tests.
+joins its response's run (offsets and data as two lists, held by the closure for the
+response's life), so a flood, or many streams at once, cross to the writer, and are stored,
+as columns. FRAME_DELAY_S after its first item (or at FRAME_ITEMS items) the outbox goes to
+the writer (`record.writer`) as one frame: by default to a writer process of its own
+(`record.child`, `WriterMode.PROCESS`), so parsing, redaction and SQLite run on another core;
+or to a task on this loop (`WriterMode.TASK`), for embedding without a second process and
+for unit tests.
 
 Loss on a crash is bounded by time. The session keeps `backlog_since_ns`, when the oldest
 frame the writer has not committed yet was queued. The proxy checks it after each chunk:
@@ -76,16 +77,18 @@ NO_BACKLOG = 1 << 62  # `backlog_since_ns` when everything is committed
 # pipe write for a burst, at the price of that much more loss if the proxy is killed. Each
 # pipe write wakes the writer on the other CPU, which costs the proxy far more than the bytes:
 # in a flood of one-event chunks, 2 ms frames took 6.6% of the proxy's CPU, 10 ms frames 1.5%
-# (py-spy, bench/record_bench.py part 2). After a quiet spell (the last frame small and
-# QUIET_GAP_S old), a frame goes at the end of the loop turn instead: no timer wake-up of its
-# own, and no send falling due just before a slow stream's next chunk (10 ms timers met a 10
-# ms-spaced stream's next event every time: median added delay 0.015 -> 0.101 ms). A gap alone
-# is no sign of quiet: a flood's proxy sharing a CPU is often off it for longer.
-FRAME_DELAY_S = 0.01
+# (py-spy, bench/record_bench.py part 2); and each frame is a wake-up and a read for the
+# writer: 25 ms frames cut its CPU per event by a fifth against 10 ms ones. After a quiet
+# spell (the last frame small and QUIET_GAP_S old), a frame goes at the end of the loop turn
+# instead: no timer wake-up of its own, and no send falling due just before a slow stream's
+# next chunk (10 ms timers met a 10 ms-spaced stream's next event every time: median added
+# delay 0.015 -> 0.101 ms). A gap alone is no sign of quiet: a flood's proxy sharing a CPU is
+# often off it for longer.
+FRAME_DELAY_S = 0.025
 QUIET_GAP_S = 0.002
 QUIET_GAP_NS = int(QUIET_GAP_S * 1e9)
 QUIET_FRAME_ITEMS = 8  # the last frame held fewer items: traffic may be quiet
-FRAME_ITEMS = 1024  # a busy loop runs timers late: a frame is also cut at this many items
+FRAME_ITEMS = 2048  # a busy loop runs timers late: a frame is also cut at this many items
 PIPE_SIZE = 1 << 20  # the writer process's input pipe (Linux default: 64 KiB)
 _F_SETPIPE_SZ = 1031
 
@@ -141,8 +144,12 @@ class RecordingSession:
                                    else _TaskChannel())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: list[Item] = []
-        self._outbox_items = 0  # each chunk of a run counted
-        self._runs: dict[int, Item] = {}  # the run in the outbox of each response
+        self._outbox_items = 0  # items other than chunks (a run's chunks count in its lists)
+        # Each response's chunks not yet sent, as two lists kept for its whole life: the
+        # proxy's closure appends to them through bound methods, without a lookup; a frame
+        # takes copies and empties them.
+        self._lists: dict[int, tuple[list[int], list[bytes]]] = {}
+        self._run_at: dict[int, int] = {}  # where each response's run sits in the outbox
         self._outbox_plain = True  # only runs of chunks and acknowledgements: marshal
         self._outbox_since = NO_BACKLOG
         self._timer: asyncio.Handle | None = None  # the pending frame's send
@@ -184,11 +191,11 @@ class RecordingSession:
         return is_sse
 
     def chunk(self, iid: int, offset_ns: int, data: bytes) -> None:
-        run = self._runs.get(iid) or self._new_run(iid)
-        run[2].append(offset_ns)
-        run[3].append(data)
-        self._outbox_items += 1
-        self._size_or_schedule()
+        offsets, datas = self._lists_of(iid)
+        offsets.append(offset_ns)
+        datas.append(data)
+        if len(datas) == 1 or len(datas) >= FRAME_ITEMS:
+            self._run_grew(iid)
 
     def chunk_recorder(self, iid: int, anchor_ns: int) -> Callable[[bytes], bool]:
         """The proxy's call for each chunk of one response, as one closure (this is the
@@ -196,16 +203,15 @@ class RecordingSession:
         `anchor_ns`, queues it, and returns whether the writer is now behind by LAG_HIGH_NS
         (the proxy should stop reading that upstream; `congested` is then set)."""
         clock = time.monotonic_ns
-        runs = self._runs  # never replaced: `_send` empties it
+        offsets, datas = self._lists_of(iid)
+        add_offset, add_data = offsets.append, datas.append
 
         def record(data: bytes) -> bool:
             now = clock()
-            run = runs.get(iid) or self._new_run(iid)
-            run[2].append(now - anchor_ns)
-            run[3].append(data)
-            self._outbox_items += 1
-            if self._outbox_items >= FRAME_ITEMS or self._timer is None:
-                self._size_or_schedule()
+            add_offset(now - anchor_ns)
+            add_data(data)
+            if len(datas) == 1 or len(datas) >= FRAME_ITEMS:
+                self._run_grew(iid)  # its first chunk this frame, or a frame's worth
             if now - self.backlog_since_ns > LAG_HIGH_NS:
                 # What the writer said may wait unread while this loop is busy: read it first
                 self._channel.poll()
@@ -216,31 +222,51 @@ class RecordingSession:
 
         return record
 
-    def _new_run(self, iid: int) -> Item:
-        """A run for this response's chunks in the outbox (its first chunk this frame)."""
-        run = self._runs[iid] = (RUN, iid, [], [])
-        self._outbox.append(run)
-        return run
+    def _lists_of(self, iid: int) -> tuple[list[int], list[bytes]]:
+        lists = self._lists.get(iid)
+        if lists is None:
+            lists = self._lists[iid] = ([], [])
+        return lists
+
+    def _run_grew(self, iid: int) -> None:
+        """A response's first chunk this frame (its run takes its place in the outbox), or
+        its FRAME_ITEMS-th (the frame goes now)."""
+        lists = self._lists.get(iid)
+        if iid not in self._open or lists is None:
+            for held in self._lists.pop(iid, ([], [])):
+                held.clear()  # after its end: dropped, as the writer would
+            return
+        if iid not in self._run_at:
+            self._run_at[iid] = len(self._outbox)
+            self._outbox.append((RUN, iid, *lists))
+        if len(lists[1]) >= FRAME_ITEMS:
+            self._send()
+        else:
+            self._schedule()
 
     def _put(self, item: Item) -> None:
         self._outbox.append(item)
         self._outbox_items += 1
-        self._size_or_schedule()
-
-    def _size_or_schedule(self) -> None:
         if self._outbox_items >= FRAME_ITEMS:
             self._send()
-        elif self._timer is None:
-            now = time.monotonic_ns()
-            self._outbox_since = now
-            if self.backlog_since_ns == NO_BACKLOG:
-                self.backlog_since_ns = now
-            assert self._loop is not None
-            if (self._last_frame_items < QUIET_FRAME_ITEMS
-                    and now - self._last_frame_ns >= QUIET_GAP_NS):
-                self._timer = self._loop.call_soon(self._send)
-            else:
-                self._timer = self._loop.call_later(FRAME_DELAY_S, self._send)
+        else:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        """The outbox's first item: its frame goes FRAME_DELAY_S later (after a quiet spell,
+        at the end of this loop turn)."""
+        if self._timer is not None:
+            return
+        now = time.monotonic_ns()
+        self._outbox_since = now
+        if self.backlog_since_ns == NO_BACKLOG:
+            self.backlog_since_ns = now
+        assert self._loop is not None
+        if (self._last_frame_items < QUIET_FRAME_ITEMS
+                and now - self._last_frame_ns >= QUIET_GAP_NS):
+            self._timer = self._loop.call_soon(self._send)
+        else:
+            self._timer = self._loop.call_later(FRAME_DELAY_S, self._send)
 
     def _send(self) -> None:
         """FRAME_DELAY_S after its first item (at the end of that loop turn after a quiet
@@ -250,9 +276,16 @@ class RecordingSession:
             self._timer = None
         items = self._outbox.copy()
         self._outbox.clear()
-        self._runs.clear()
+        count = self._outbox_items
+        for iid, index in self._run_at.items():
+            _, _, offsets, datas = items[index]
+            items[index] = (RUN, iid, offsets.copy(), datas.copy())
+            count += len(datas)
+            offsets.clear()
+            datas.clear()
+        self._run_at.clear()
         plain, self._outbox_plain = self._outbox_plain, True
-        count, self._outbox_items = self._outbox_items, 0
+        self._outbox_items = 0
         if not items:
             return
         self._last_frame_ns = time.monotonic_ns()
@@ -275,7 +308,13 @@ class RecordingSession:
         framing cannot show truncation) a stream ending mid-event counts as closed early."""
         if iid in self._open:
             self._open.discard(iid)
-            self._runs.pop(iid, None)  # a chunk after its end is not moved before it
+            index = self._run_at.pop(iid, None)
+            offsets, datas = self._lists.pop(iid, ([], []))
+            if index is not None:  # its run is taken now: a chunk after its end is dropped
+                self._outbox[index] = (RUN, iid, offsets.copy(), datas.copy())
+                self._outbox_items += len(datas)
+            offsets.clear()
+            datas.clear()
             self._outbox_plain = False
             self._put((END, iid, offset_ns, reason, error, check_truncation))
 

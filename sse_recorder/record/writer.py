@@ -11,7 +11,7 @@ tokens and the writer gives each its cassette id when its BEGIN is written, so t
 never waits on the store. ACK items carry the session's frame numbers: after each commit
 the writer reports the last one it passed, and everything queued before it is on disk.
 A batch is cut by count and by body size, so one transaction stays a few ms of work,
-and one that ends nothing waits up to BATCH_DELAY_S for more frames.
+and a small one that ends nothing waits up to BATCH_DELAY_S for more frames.
 """
 
 from __future__ import annotations
@@ -48,10 +48,12 @@ MAX_BATCH = 2048  # items per transaction: ~2 ms of work, so the writer answers 
 MAX_BATCH_BYTES = 256 * 1024  # body bytes per transaction: a flood's 64 KiB reads are ~600 rows
 # A transaction costs the writer ~0.35 ms of CPU whatever it holds (a handoff to the
 # driver's thread and back, the commit), as much as 500 one-event chunks: a batch short of
-# MAX_BATCH waits up to this long for more frames, unless what it holds ends something
-# (END, FLUSH, STOP: someone may be waiting on it). In a flood, a 10 ms frame becomes a
-# batch of two or three; a quiet stream's chunks are committed this much later.
+# BATCH_WAIT_ITEMS waits up to this long for more frames, unless what it holds ends
+# something (END, FLUSH, STOP: someone may be waiting on it). A flood's frame (25 ms of it,
+# a thousand chunks) is written as it comes; a quiet stream's chunks are committed this much
+# later, a few frames to a transaction.
 BATCH_DELAY_S = 0.025
+BATCH_WAIT_ITEMS = 256
 
 # Item kinds. An item is a tuple whose first element is its kind:
 # (BEGIN, token, started_at, RecordedRequest), (HEAD, token, offset_ns, ResponseHead, is_sse),
@@ -189,8 +191,8 @@ class Writer:
             timer.cancel()
 
     def _full(self) -> bool:
-        """Whether the queue holds a whole batch, or an item that ends something (counted
-        as `_take` counts them)."""
+        """Whether the queue holds enough for a batch not to wait (BATCH_WAIT_ITEMS items,
+        counted as `_take` counts them, or MAX_BATCH_BYTES), or an item that ends something."""
         count = size = 0
         for item in self.queue:
             kind = item[0]
@@ -201,7 +203,7 @@ class Writer:
                 return True
             elif kind != ACK:
                 count += 1
-            if count >= MAX_BATCH or size >= MAX_BATCH_BYTES:
+            if count >= BATCH_WAIT_ITEMS or size >= MAX_BATCH_BYTES:
                 return True
         return False
 

@@ -748,6 +748,41 @@ async def test_a_young_batch_waits_for_more_frames_unless_something_ends(
     assert got.interactions[0].outcome is Outcome.CLEAN
 
 
+@pytest.mark.parametrize("queued", [writer_module.BATCH_WAIT_ITEMS - 1,
+                                    writer_module.BATCH_WAIT_ITEMS])
+async def test_a_batch_of_a_flood_is_written_without_waiting(
+    queued: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frame of BATCH_WAIT_ITEMS chunks or more (a flood's) is a batch worth its
+    transaction: written as it comes; one chunk fewer waits for more frames."""
+    monkeypatch.setattr(writer_module, "BATCH_DELAY_S", 30.0)
+    session = task_session(str(tmp_path / "rec.cassette"))
+    await session.start()
+    committed = asyncio.Event()
+    writer = session._channel._writer  # type: ignore[attr-defined]
+    tell_session = writer.on_commit
+
+    def on_commit(commit: Commit) -> None:
+        tell_session(commit)
+        if commit.chunks:
+            committed.set()
+
+    writer.on_commit = on_commit
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+    await session.flush()  # the start is written: the next batch holds the chunks alone
+    for n in range(queued):
+        session.chunk(iid, n + 2, b"data: %d\n\n" % n)
+    session._send()
+    if queued < writer_module.BATCH_WAIT_ITEMS:
+        with pytest.raises(TimeoutError):  # the writer waits for more (30 s here)
+            await asyncio.wait_for(committed.wait(), 0.3)
+    else:
+        await asyncio.wait_for(committed.wait(), 10)
+    assert session.chunks_written == (queued if committed.is_set() else 0)
+    await session.close()
+
+
 async def test_a_young_batch_is_written_once_its_delay_is_over(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
