@@ -143,13 +143,22 @@ class MatchedReplayRouter(ReplayRouter):
     MARK = REPLAYED
 
     def __init__(
-        self, host: str, port: int, answers: Callable[[IncomingRequest], bool]
+        self, host: str, port: int, answers: Callable[[IncomingRequest], bool],
+        let_go: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__(host, port)
         self.answers = answers
+        self.let_go = let_go
 
     def running(self) -> None:
         pass  # unmatched requests must still reach the upstream
+
+    async def done(self) -> None:
+        """The replay server closes its reader of the cassette here, before the recorder
+        (after this addon in the chain) folds the WAL back: SQLite leaves WAL mode only
+        with no other connection open, so the cassette ends as one file."""
+        if self.let_go is not None:
+            await self.let_go()
 
     def request(self, flow: http.HTTPFlow) -> None:
         request = flow.request

@@ -191,7 +191,8 @@ async def record(
                     for i in known
                 )
 
-            addons.insert(0, MatchedReplayRouter(replayer.host, replayer.port, answers))
+            addons.insert(0, MatchedReplayRouter(replayer.host, replayer.port, answers,
+                                                 replayer.close))
         await run_mitmproxy(settings, addons, on_ready)
     finally:
         await session.close()  # idempotent: the addon's `done` normally closed it already

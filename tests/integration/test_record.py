@@ -142,6 +142,28 @@ async def test_stream_open_at_shutdown_is_kept(
     assert [c.data for c in recording[1]] == ticks_writes(6)
 
 
+async def test_replay_matched_answers_from_the_cassette_and_leaves_one_file(
+    demo_upstream: str, recorder: RecorderFactory, tmp_path: Path
+) -> None:
+    """`--replay-matched` reads the cassette it appends to: that reader lets go before the
+    recorder folds the WAL back, so a stop leaves the cassette alone, no -wal or -shm."""
+    cassette = tmp_path / "cassette.sqlite"
+    first = recorder("--upstream", demo_upstream)
+    assert (await probe(f"{first.url}/ticks?n=3&interval_ms=1")).outcome == "clean"
+    assert await asyncio.to_thread(first.stop, signal.SIGTERM) == 0
+    again = recorder("--upstream", demo_upstream, "--replay-matched")
+    replayed = await probe(f"{again.url}/ticks?n=3&interval_ms=1")  # from the cassette
+    fresh = await probe(f"{again.url}/ticks?n=2&interval_ms=1")  # new: recorded
+    assert await asyncio.to_thread(again.stop, signal.SIGTERM) == 0
+    assert b"".join(d for _, d in replayed.chunks) == b"".join(ticks_writes(3))
+    assert fresh.outcome == "clean"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cassette")) == [
+        "cassette.sqlite"]
+    recordings = await load(cassette)
+    assert [i.request.url.rsplit("/", 1)[1] for i, _, _ in recordings] == [
+        "ticks?n=3&interval_ms=1", "ticks?n=2&interval_ms=1"]  # the replayed one not again
+
+
 async def test_concurrent_streams_are_kept_apart(
     demo_upstream: str, recorder: RecorderFactory, tmp_path: Path
 ) -> None:
