@@ -34,9 +34,6 @@ from sse_recorder.record.session import RecorderConfig, RecordingSession
 from sse_recorder.routes import RouteFilter
 
 log = logging.getLogger("sse_recorder")
-# mitmproxy sets the root logger to DEBUG; aiosqlite then formats the repr of every batch
-# it executes (all rows) while holding the GIL: measured at ~8% of the recorder's CPU.
-logging.getLogger("aiosqlite").setLevel(logging.WARNING)
 
 _TRUNCATED_H1 = (
     "HTTP/1 protocol error: peer closed connection without sending complete message body"

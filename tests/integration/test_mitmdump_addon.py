@@ -150,6 +150,7 @@ async def test_records_a_stream_and_stops_cleanly_on_sigterm(
     assert received.outcome == "clean" and len(received.chunks) == 20
     assert proxy.stop(signal.SIGTERM) == 0, proxy.output()
     assert "sse-recorder: flushed 20 chunks" in proxy.output()
+    assert "alembic" not in proxy.output()  # creating the cassette logs nothing of its own
     assert cassette_files(tmp_path) == ["cassette.sqlite"]  # WAL folded back in: one file
     [recording] = await load(tmp_path / "cassette.sqlite")
     interaction, chunks, _ = recording
