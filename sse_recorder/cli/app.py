@@ -21,7 +21,7 @@ import errno
 import os
 import socket
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -55,7 +55,15 @@ def _fail(message: str) -> NoReturn:
 
 class _Group(click.Group):
     """Click's usage errors are four lines (usage, blank, hint, error): here they are one,
-    naming the help to read, with click's exit status 2."""
+    naming the help to read, with click's exit status 2. No command at all is a request
+    for help, not an error: the help on stdout, exit status 0, as `--help` (click 8.2
+    raises it as a usage error, which the one-line form would flatten)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args and not ctx.resilient_parsing:
+            click.echo(ctx.get_help(), color=ctx.color)
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
 
     def main(
         self, args: Sequence[str] | None = None, prog_name: str | None = None,
@@ -228,6 +236,41 @@ def check_pairings(ctx: click.Context, pairings: Sequence[Pairing]) -> None:
             verb = "needs" if rule.needs else "does nothing with"
             raise click.UsageError(f"{_shown(ctx, rule.option)} {verb} "
                                    f"{_shown(ctx, rule.other, value=False)}: {rule.why}", ctx)
+
+
+# The ignore options `match_options` adds, by the `MatchConfig` field each fills; which
+# --match part makes each one count is `matching.IGNORED_FROM`.
+IGNORE_OPTIONS = {"ignore_json": "ignore_json", "ignore_query": "ignore_query",
+                  "ignore_header": "ignore_headers"}
+
+
+def check_ignores(ctx: click.Context, options: Mapping[str, str] = IGNORE_OPTIONS) -> None:
+    """Raise a usage error for an ignore option that --match gives nothing to ignore from:
+    `--ignore-header` without headers compared does nothing, like `--speed` with
+    `--instant`. `options`: those to check (parameter name: `MatchConfig` field)."""
+    from sse_recorder.replay.matching import CRITERIA, DEFAULT_CRITERIA, IGNORED_FROM, MatchConfig
+
+    match = ctx.params.get("match")
+    try:
+        config = MatchConfig.parse(match, **{field: ctx.params[name]
+                                             for name, field in options.items()})
+    except SSERecorderError as exc:
+        _fail(str(exc))
+    for name, field in options.items():
+        idle = {n.lower() for n in config.idle(field)}
+        typed = next((v for v in ctx.params[name] if v.lower() in idle), None)
+        if typed is None:
+            continue
+        part = IGNORED_FROM[field]
+        if part in config.criteria:  # only the headers named by header:NAME are compared
+            why = f"--match {match} compares only the headers it names"
+        elif match:
+            why = f"--match {match} leaves {part} out"
+        else:
+            default = ",".join(c for c in CRITERIA if c in DEFAULT_CRITERIA)
+            why = f"the default --match {default} leaves {part} out"
+        raise click.UsageError(f"{_shown(ctx, name, value=False)} {typed} needs {part} in "
+                               f"--match: {why}", ctx)
 
 
 def _given(ctx: click.Context, name: str) -> bool:

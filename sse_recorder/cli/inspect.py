@@ -35,16 +35,22 @@ from sse_recorder.report.timeline import (
 
 BODY_LINES = 40  # of a pretty-printed body in `show` (--json has everything)
 
+# The format version is written out (tests/unit/test_cli_usage.py holds it to the store's
+# FORMAT_VERSION): reading the constant would import SQLAlchemy for `--help` (0.6 s).
 LS_SCHEMA = """\b
 ls --json:
-{"cassette": PATH, "format_version": 1, "interactions": [SUMMARY, ...]}
+{"cassette": PATH,
+ "format_version": 2 (lower in a file only older releases recorded into),
+ "interactions": [SUMMARY, ...]}
 SUMMARY: {"id", "method", "url", "status" (null: no response), "content_type",
   "sse", "started_at" (ISO 8601, local offset), "head_ms", "duration_ms",
   "chunk_count", "event_count", "body_size", "complete", "outcome", "error"}"""
 
 SHOW_SCHEMA = """\b
 show --json:
-{"cassette": PATH, "format_version": 1, "interactions": [INTERACTION, ...]}
+{"cassette": PATH,
+ "format_version": 2 (lower in a file only older releases recorded into),
+ "interactions": [INTERACTION, ...]}
 INTERACTION: the `ls --json` SUMMARY fields, plus
   "request": {"method", "url", "http_version", "headers": [[NAME, VALUE], ...],
               "body": {"size", "text" (null unless UTF-8), "base64"}},

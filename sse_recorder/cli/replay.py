@@ -17,6 +17,7 @@ from sse_recorder.cli.app import (
     _run,
     cannot_listen,
     cassette_argument,
+    check_ignores,
     check_pairings,
     confdir_option,
     listen_options,
@@ -117,6 +118,7 @@ def replay(
     stderr says what matched and how it ended. Ctrl-C stops.
     """
     check_pairings(click.get_current_context(), PAIRINGS)
+    check_ignores(click.get_current_context())
     _check_control(click.get_current_context(), control_port, control_host,
                    control_allow_remote)
     from sse_recorder.faults import FaultPlan

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 import click
 
 from sse_recorder.cli.app import (
+    IGNORE_OPTIONS,
     CassetteTarget,
     _fail,
     _run,
     cassette_argument,
+    check_ignores,
     json_option,
     main,
     match_options,
@@ -140,6 +142,9 @@ def diff(a: Path | Location, b: Path | Location, as_json: bool, html_file: Path 
     if pair_by == "id" and (match or ignore_json or ignore_query):
         _fail("--match, --ignore-json and --ignore-query pair by the matching rules: they do "
               "nothing with --pair-by id")
+    # --ignore-header also leaves response headers out of the findings: it always counts
+    check_ignores(click.get_current_context(),
+                  {n: f for n, f in IGNORE_OPTIONS.items() if n != "ignore_header"})
     try:
         options = Options(
             pair_by, MatchConfig.parse(match, ignore_json, ignore_query, ignore_header),

@@ -30,6 +30,9 @@ DEFAULT_CRITERIA = frozenset({"method", "path", "query", "body"})
 # Never compared by a bare "headers" criterion: they describe the connection, not the
 # request (Last-Event-ID is served by resuming the recorded stream).
 UNCOMPARED_HEADERS = HOP_BY_HOP | {"host", "last-event-id"}
+# The criterion each ignore list takes names out of: when it is not compared, the list
+# changes nothing (`MatchConfig.idle`), which the command line refuses rather than accept.
+IGNORED_FROM = {"ignore_json": "body", "ignore_query": "query", "ignore_headers": "headers"}
 
 
 class WhenExhausted(StrEnum):
@@ -86,6 +89,17 @@ class MatchConfig:
             frozenset(headers),
             exhausted,
         )
+
+    def idle(self, ignore: str) -> frozenset[str]:
+        """The names in the ignore list `ignore` (an `IGNORED_FROM` key) that no comparison
+        looks at: all of them when its criterion is not compared, and with `header:NAME`
+        criteria the headers not named."""
+        names: frozenset[str] = getattr(self, ignore)
+        if IGNORED_FROM[ignore] not in self.criteria:
+            return names
+        if ignore == "ignore_headers" and self.match_headers:
+            return names - self.match_headers
+        return frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,26 +143,34 @@ class CassetteSettings:
         """`ReplayOptions` from the marker; raises ValueError (with why) if they are bad."""
         from sse_recorder.errors import ConfigError
         from sse_recorder.faults import FaultPlan
-        from sse_recorder.replay.matching import MatchConfig
+        from sse_recorder.replay.matching import IGNORED_FROM, MatchConfig
         from sse_recorder.replay.schedule import Timing
         from sse_recorder.replay.server import ReplayOptions
 
         k = self.kwargs
         try:
             seed = k.get("seed")
-            return ReplayOptions(
+            match = MatchConfig.parse(
+                k.get("match"), strings(k.get("ignore_json"), "ignore_json"),
+                strings(k.get("ignore_query"), "ignore_query"),
+                strings(k.get("ignore_headers"), "ignore_headers"),
+                str(k.get("when_exhausted", "repeat-last")),
+            )
+            options = ReplayOptions(
                 timing=Timing.parse(str(k["speed"]), k.get("max_gap")),
-                match=MatchConfig.parse(
-                    k.get("match"), strings(k.get("ignore_json"), "ignore_json"),
-                    strings(k.get("ignore_query"), "ignore_query"),
-                    strings(k.get("ignore_headers"), "ignore_headers"),
-                    str(k.get("when_exhausted", "repeat-last")),
-                ),
+                match=match,
                 faults=FaultPlan.load(strings(k.get("faults"), "faults"),
                                       seed=None if seed is None else int(seed)),
             )
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+        for ignore, part in IGNORED_FROM.items():  # as `replay` refuses --ignore-* alone
+            if idle := match.idle(ignore):
+                compared = ("only the headers it names" if part in match.criteria
+                            else f"no {part}")
+                raise ValueError(f"{ignore}={sorted(idle)} does nothing: match compares "
+                                 f"{compared}")
+        return options
 
     def replay_arguments(self, options: ReplayOptions) -> list[str]:
         """The `sse-recorder replay` options that serve this cassette as `options` does

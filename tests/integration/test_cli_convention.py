@@ -185,6 +185,16 @@ FAILURES = {
                                "--loop asyncio does nothing with --proxy"),
     "match-without-replay-matched": Failure(("record", "{tmp}/new.sqlite", "--match", "path"),
                                             "--match path needs --replay-matched"),
+    "ignore-header-without-headers": Failure(
+        ("replay", "{cassette}", "--ignore-header", "X-Foo"),
+        "--ignore-header X-Foo needs headers in --match: the default --match "
+        "method,path,query,body leaves headers out"),
+    "ignore-json-without-body": Failure(
+        ("replay", "{cassette}", "--ignore-json", "model", "--match", "method,path"),
+        "--ignore-json model needs body in --match"),
+    "diff-ignore-query-without-query": Failure(
+        ("diff", "{cassette}", "{cassette}", "--match", "path", "--ignore-query", "page"),
+        "--ignore-query page needs query in --match"),
     # listening
     "record-port-in-use": Failure(("record", "{tmp}/new.sqlite", "--listen-port", "{busy}",
                                    "--confdir", "{conf}"),
@@ -289,6 +299,24 @@ def test_error_is_one_line_and_exit_2(
     after = {name: stat for name, stat in snapshot(tmp_path).items()
              if name.split("/")[0] not in case.leaves}
     assert after == before  # no partial file left, nothing touched
+
+
+def test_no_command_is_the_help_and_a_usage_error_one_line() -> None:
+    """Bare `sse-recorder` asks for help: the help `--help` prints, on stdout, exit 0 (not
+    click 8.2's usage error, which the one-line form would flatten into one long line)."""
+    bare = subprocess.run([SSE_RECORDER], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    asked = subprocess.run([SSE_RECORDER, "--help"], capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+    assert (bare.returncode, bare.stderr) == (0, "")
+    assert bare.stdout == asked.stdout
+    assert bare.stdout.startswith("Usage: sse-recorder [OPTIONS] COMMAND [ARGS]...\n")
+    assert "\nCommands:\n" in bare.stdout
+    wrong = subprocess.run([SSE_RECORDER, "--zzz"], capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+    assert (wrong.returncode, wrong.stdout) == (2, "")
+    assert wrong.stderr == ("sse-recorder: No such option '--zzz'. "
+                            "(see sse-recorder --help)\n")
 
 
 def test_the_older_spellings_still_work(tmp_path: Path, cassette: Path) -> None:

@@ -193,9 +193,13 @@ def test_cassettes_that_cannot_be_replayed_fail_with_one_line_and_stay_untouched
         @pytest.mark.sse_cassette("empty", match="method,colour")
         def test_bad_match(sse_cassette):
             pass
+
+        @pytest.mark.sse_cassette("empty", ignore_headers=["X-Trace"])
+        def test_idle_ignore(sse_cassette):
+            pass
     ''') + garbage_tests)
     result = run(suite)
-    result.assert_outcomes(errors=9)
+    result.assert_outcomes(errors=10)
     result.stdout.fnmatch_lines_random([
         "sse-recorder: */garbage-none.sqlite: not a readable cassette: file is not a database",
         "sse-recorder: */garbage-once.sqlite: not a readable cassette: file is not a database",
@@ -209,6 +213,7 @@ def test_cassettes_that_cannot_be_replayed_fail_with_one_line_and_stay_untouched
         "never records); record it with --sse-record-mode=once --sse-upstream=URL",
         "sse-recorder: unknown sse_cassette argument(s) colour; known: record_mode, *",
         "sse-recorder: bad --match part 'colour': *",
+        "sse-recorder: ignore_headers=['x-trace'] does nothing: match compares no headers",
     ])
     assert {p.name: p.read_bytes() for p in cassettes.iterdir()} == before
 
