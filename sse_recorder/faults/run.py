@@ -5,6 +5,8 @@ Rules:
   head, then `transform(pieces)` on the recorded body, cut at events first when
   `needs_events()` says so (`split_at_events`);
 - `transform` is pure: it turns timed pieces into timed pieces and at most one `Ending`;
+  pieces cut at events are joined back into their recorded chunk where no fault acted
+  between them (`stages.rejoin`), so a fault changes no other write;
 - `log` gets one entry per fault that fired, for `--fault-log`;
 - `slow_close` acts last, on the close that ends the body: a fault's (drop, timeout), the
   recorded one (`ends`: a recorded FIN or RST, or a close-delimited body's close), or, for
@@ -19,7 +21,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sse_recorder.faults.registry import Http, Latency, NoHead, Params, Refuse, SlowClose, Stage
-from sse_recorder.faults.stages import FRAMED, PIPELINE, Ending, Log, Piece, close_late, fired, of
+from sse_recorder.faults.stages import (
+    FRAMED,
+    PIPELINE,
+    Ending,
+    Log,
+    Piece,
+    close_late,
+    fired,
+    of,
+    rejoin,
+)
 from sse_recorder.framing.registry import Dialect
 from sse_recorder.model import Outcome
 from sse_recorder.sse import Comment, Event, Item, SSEParser
@@ -111,9 +123,13 @@ class FaultRun:
     # -- the body --------------------------------------------------------------------------
 
     def transform(self, pieces: Iterable[Piece]) -> Iterator[Piece | Ending]:
-        """The body through every stage that has a fault, in `PIPELINE` order."""
+        """The body through every stage that has a fault, in `PIPELINE` order; the pieces of
+        a recorded chunk that no fault parted are one write again (`rejoin`) before the
+        throttle."""
         stream: Iterable[Piece | Ending] = pieces
         for stage, apply in PIPELINE:
+            if stage is Stage.THROTTLE:  # the rate and the deadline see the writes as they go
+                stream = rejoin(stream)
             faults = [(f, rng) for f, rng in self.chosen if f.params.acts_at() is stage]
             if faults:
                 framed = FRAMED.get(stage) if self.dialect is not None else None
@@ -135,7 +151,7 @@ def split_at_frames(chunks: Iterable[tuple[float, bytes]], dialect: Dialect) -> 
     frames (error frames too), so at_event=K / after_event=K name frame K."""
     parser = dialect.parser()
     position = frames = 0
-    for due, data in chunks:
+    for chunk, (due, data) in enumerate(chunks):
         start = position
         position += len(data)
         cursor = 0
@@ -143,18 +159,19 @@ def split_at_frames(chunks: Iterable[tuple[float, bytes]], dialect: Dialect) -> 
             frames += 1
             cut = frame.end - start
             if cut > cursor:
-                yield Piece(due, data[cursor:cut], frames, True)
+                yield Piece(due, data[cursor:cut], frames, True, chunk)
                 cursor = cut
         if cursor < len(data):
-            yield Piece(due, data[cursor:], frames, parser.open_start >= position)
+            yield Piece(due, data[cursor:], frames, parser.open_start >= position, chunk)
 
 
 def split_at_events(chunks: Iterable[tuple[float, bytes]]) -> Iterator[Piece]:
-    """Cut timed chunks at every event and comment boundary (a CRLF stays whole)."""
+    """Cut timed chunks at every event and comment boundary (a CRLF stays whole); each piece
+    names the chunk it came from (`Piece.chunk`: its index)."""
     parser = SSEParser()
     position = 0
     events = 0
-    for due, data in chunks:
+    for chunk, (due, data) in enumerate(chunks):
         start = position
         position += len(data)
         cursor = 0
@@ -168,10 +185,10 @@ def split_at_events(chunks: Iterable[tuple[float, bytes]]) -> Iterator[Piece]:
             if isinstance(item, Event):
                 events += 1
             if cut > cursor:
-                yield Piece(due, data[cursor:cut], events, True)
+                yield Piece(due, data[cursor:cut], events, True, chunk)
                 cursor = cut
         if cursor < len(data):
-            yield Piece(due, data[cursor:], events, parser.at_event_boundary)
+            yield Piece(due, data[cursor:], events, parser.at_event_boundary, chunk)
 
 
 def _inside_block(comment: Comment, later: Sequence[Item], parser: SSEParser) -> bool:

@@ -320,6 +320,9 @@ def describe_types() -> str:
         "Sizes are bytes, or with K, M, G (powers of 1024): 512, 10K, 1M.",
         "after_event=K acts once K events were sent; per=event,p=P instead rolls P at every"
         f" event ({', '.join(PER_EVENT_TYPES)}).",
+        "at=T acts at T, as drop:after=T does: nothing due at T or later goes out before it.",
+        "Recorded chunks keep their boundaries and gaps except where a fault acts (rechunk"
+        " and throttle re-cut them all).",
         f"inject:shape= takes {', '.join(SHAPES)}.",
     ]
     return "\n".join(lines)

@@ -3,12 +3,20 @@
 Rules:
 - `PIPELINE` runs in a fixed order: content (inject, corrupt, retry), cuts (drop, stall,
   timeout), timing (pause, latency, heartbeat), rechunk, throttle, and the `drop:after=`
-  deadline, so a deadline counts the time the others add; `close_late` (slow_close) comes
-  after all of them, as it needs to know how the recorded body ends (`FaultRun.ends`);
+  deadline, so a deadline counts the time the others add; `rejoin` runs before throttle
+  (see `FaultRun.transform`); `close_late` (slow_close) comes after all of them, as it
+  needs to know how the recorded body ends (`FaultRun.ends`);
 - a stage gets only the faults of its `Stage`, reads their typed parameters and appends one
   log entry per firing; it performs no I/O;
 - an `Ending` is the last thing a stage yields; per=event faults roll their own generator
-  once per event, in stream order, so the same seed gives the same stream.
+  once per event, in stream order, so the same seed gives the same stream;
+- a piece knows the recorded chunk it came from (`Piece.chunk`): a stage that passes a
+  piece on, shifted or cut short, keeps it; what a fault makes or re-cuts (an injected
+  event, a heartbeat, rechunk's and throttle's writes) has none. `rejoin` then sends the
+  pieces of one chunk that are still back to back and due together as one write again, so
+  cutting at events changes no write where no fault acted;
+- `at=T` (pause, stall, timeout) acts at T, before the first piece due at T or later, as
+  `drop:after=T` does: whatever is due from T on comes after the fault, or never.
 """
 
 from __future__ import annotations
@@ -48,12 +56,14 @@ if TYPE_CHECKING:  # spec.py builds FaultRun, which runs these stages
 @dataclass(slots=True)
 class Piece:
     """A run of response bytes due at `due` seconds; `events` counts events completed by the
-    end of this piece, `boundary` says whether it ends between events."""
+    end of this piece, `boundary` says whether it ends between events; `chunk` is the index
+    of the recorded chunk it is (part of), None for a write of its own (see `rejoin`)."""
 
     due: float
     data: bytes
     events: int = 0
     boundary: bool = True
+    chunk: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,15 +97,23 @@ def _roll(fault: Fault, rng: random.Random) -> bool:
     return rng.random() < fault.probability
 
 
-def _fires(fault: Fault, rng: random.Random, due: float, events: int, at: float | None,
-           after_event: int | None) -> bool:
-    """Whether a fault fires at the event boundary `events` events and `due` s into the
-    body: a draw per event (per=event), else at its time (at=), else after its event."""
+def _fires(fault: Fault, rng: random.Random, events: int, after_event: int | None) -> bool:
+    """Whether a fault fires at the event boundary after `events` events: a draw per event
+    (per=event), else after its event. A fault with at= fires before a piece (`_reached`)."""
     if fault.per_event:
         return _roll(fault, rng)
-    if at is not None:
-        return due >= at
-    return events == after_event
+    return after_event is not None and events == after_event
+
+
+# Times this close are the same time: recorded offsets are whole nanoseconds, and `700ms`
+# reads as 0.7000000000000001 s, which a chunk recorded at 700 ms must not slip under.
+SAME_TIME = 1e-9
+
+
+def _reached(fault: Fault, at: float | None, due: float) -> bool:
+    """Whether the time of an at= fault has come by a piece due at `due`: it then acts at
+    `at`, before that piece (a piece due exactly at T included, as for drop:after=T)."""
+    return at is not None and not fault.per_event and due >= at - SAME_TIME
 
 
 # -- content: inject, corrupt, retry ---------------------------------------------------------
@@ -150,11 +168,12 @@ def _inject(injects: list[tuple[Fault, Inject, random.Random]], log: Log, due: f
 def _corrupt(corrupts: list[tuple[Fault, Corrupt, random.Random]], log: Log,
              pieces: list[Piece], completed: int, dialect: Dialect | None = None
              ) -> Iterator[Piece]:
-    """The event in `pieces`, corrupted by the first fault that fires on it."""
+    """The event in `pieces`, corrupted by the first fault that fires on it: one piece, due
+    with its last one and part of that one's chunk (a duplicate is a write of its own)."""
     for fault, corrupt, rng in corrupts:
         if not (_roll(fault, rng) if fault.per_event else corrupt.at_event == completed):
             continue
-        due, mode = pieces[-1].due, corrupt.mode
+        due, mode, chunk = pieces[-1].due, corrupt.mode, pieces[-1].chunk
         fired(log, fault, due, event=completed, mode=mode)
         data = b"".join(p.data for p in pieces)
         if mode == "omit":
@@ -167,7 +186,7 @@ def _corrupt(corrupts: list[tuple[Fault, Corrupt, random.Random]], log: Log,
             changed = dialect.corrupt(data, mode)
             if changed is None:
                 log[-1]["applied"] = False  # e.g. crc on a text frame
-            yield Piece(due, data if changed is None else changed, completed, True)
+            yield Piece(due, data if changed is None else changed, completed, True, chunk)
             return
         marker = data.find(b"data:")
         if marker >= 0:
@@ -178,7 +197,7 @@ def _corrupt(corrupts: list[tuple[Fault, Corrupt, random.Random]], log: Log,
             else:  # json: a stray character before the value
                 skip = 6 if data[marker + 5: marker + 6] == b" " else 5
                 data = data[: marker + skip] + b"!" + data[marker + skip:]
-        yield Piece(due, data, completed, True)
+        yield Piece(due, data, completed, True, chunk)
         return
     yield from pieces
 
@@ -187,10 +206,17 @@ def _corrupt(corrupts: list[tuple[Fault, Corrupt, random.Random]], log: Log,
 
 
 def cuts(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterator[Action]:
-    """End the body after N bytes, inside event N, after event N, or stall after event N
-    (a timeout: and close `duration` later)."""
+    """End the body after N bytes, inside event N, after event N, or stall after event N or
+    at a time (a timeout: and close `duration` later). A stall or timeout at T acts before
+    the first piece due at T or later, even when the event it belongs to is half sent (a
+    recorded chunk that ended inside an event), as `drop:after=T` does."""
     drops, stalls, timeouts = of(chosen, Drop), of(chosen, Stall), of(chosen, Timeout)
+    timed: list[tuple[float, Fault, Stall | Timeout]] = sorted(
+        [(stall.at, fault, stall) for fault, stall, _ in stalls if stall.at is not None]
+        + [(timeout.at, fault, timeout) for fault, timeout, _ in timeouts
+           if timeout.at is not None], key=lambda armed: armed[0])  # at=T, earliest first
     sent = 0
+    completed = 0  # events sent so far
     started = False
     for piece in stream:
         if isinstance(piece, Ending):
@@ -202,37 +228,46 @@ def cuts(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterat
                 if timeout.after_event == 0 and not fault.per_event:
                     yield _time_out(fault, timeout, log, piece.due, 0)
                     return
+        if timed and _reached(timed[0][1], timed[0][0], piece.due):  # the earliest T
+            at, fault, params = timed[0]
+            if isinstance(params, Timeout):
+                yield _time_out(fault, params, log, at, completed)
+            else:
+                fired(log, fault, at, event=completed)
+                yield Ending(Outcome.STALLED, at)
+            return
         for fault, drop, _ in drops:
             if drop.after_bytes is not None and sent + len(piece.data) >= drop.after_bytes:
                 cut = piece.data[: drop.after_bytes - sent]
                 if cut:
-                    yield Piece(piece.due, cut, piece.events, False)
+                    yield Piece(piece.due, cut, piece.events, False, piece.chunk)
                 fired(log, fault, piece.due, bytes=drop.after_bytes, how=drop.how)
                 yield Ending(drop.ending, piece.due)
                 return
             if piece.boundary and drop.mid_event is not None and piece.events == drop.mid_event:
                 half = piece.data[: len(piece.data) // 2]
                 if half:
-                    yield Piece(piece.due, half, piece.events - 1, False)
+                    yield Piece(piece.due, half, piece.events - 1, False, piece.chunk)
                 fired(log, fault, piece.due, event=piece.events, how=drop.how)
                 yield Ending(drop.ending, piece.due)
                 return
         yield piece
         sent += len(piece.data)
+        completed = piece.events
         if not piece.boundary:
             continue
         for fault, drop, rng in drops:
-            if _fires(fault, rng, piece.due, piece.events, None, drop.after_event):
+            if _fires(fault, rng, piece.events, drop.after_event):
                 fired(log, fault, piece.due, event=piece.events, how=drop.how)
                 yield Ending(drop.ending, piece.due)
                 return
         for fault, stall, rng in stalls:
-            if _fires(fault, rng, piece.due, piece.events, stall.at, stall.after_event):
+            if _fires(fault, rng, piece.events, stall.after_event):
                 fired(log, fault, piece.due, event=piece.events)
                 yield Ending(Outcome.STALLED, piece.due)
                 return
         for fault, timeout, rng in timeouts:
-            if _fires(fault, rng, piece.due, piece.events, timeout.at, timeout.after_event):
+            if _fires(fault, rng, piece.events, timeout.after_event):
                 yield _time_out(fault, timeout, log, piece.due, piece.events)
                 return
     if not started:  # an empty body: the timeout still closes it
@@ -253,10 +288,13 @@ def _time_out(fault: Fault, timeout: Timeout, log: Log, due: float, events: int)
 
 
 def timing(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterator[Action]:
-    """Pauses shift everything after them; latency delays each piece; heartbeats fill gaps
-    between events. Order is kept: nothing is due before what came before it. A signalled
-    pause sends `stream-pause` as it starts and `stream-resume` as it ends (heartbeats due
-    during the pause come between them)."""
+    """Pauses shift everything after them; latency delays each recorded chunk (its pieces
+    alike); heartbeats fill gaps between events. Order is kept: nothing is due before what
+    came before it. A signalled pause sends `stream-pause` as it starts and `stream-resume`
+    as it ends (heartbeats due during the pause come between them). A pause at T starts at
+    T, before the first piece due at T or later; a signalled one whose T falls inside an
+    event (a recorded chunk ended inside it) starts once that event is out, as its
+    `stream-pause` event cannot go inside another."""
     pauses = of(chosen, Pause)
     latencies = [(latency, rng) for _, latency, rng in of(chosen, Latency)
                  if latency.chunk is not None]
@@ -271,9 +309,14 @@ def timing(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iter
     next_tick = [beat.every for _, beat, _ in beats]
     resumes: list[Piece] = []  # stream-resume events, due when their pause ends
     at_boundary = True
+    completed = 0  # events passed on so far
+    drawn: tuple[int | None, float] = (None, 0.0)  # a recorded chunk and its latency
+    timed = sorted(((index, armed) for index, armed in enumerate(pauses)
+                    if armed[1].at is not None), key=lambda item: item[1][1].at or 0.0)
 
     def fillers(until: float, events: int) -> list[Piece]:
-        """The heartbeats due before `until` and the pending resumes, in time order."""
+        """The heartbeats due before `until` and the pending resumes, in time order; one
+        that came due while an event was half sent goes right after it, not before."""
         due: list[Piece] = []
         for index, (fault, beat, _) in enumerate(beats):
             while next_tick[index] < until:
@@ -282,42 +325,66 @@ def timing(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iter
                 next_tick[index] += beat.every
         due += resumes
         resumes.clear()
-        return sorted(due, key=lambda filler: filler.due)
+        return [Piece(max(filler.due, last_due), filler.data, filler.events, True)
+                for filler in sorted(due, key=lambda filler: filler.due)]
+
+    def begin(fault: Fault, pause: Pause, start: float, events: int) -> list[Piece]:
+        """A pause from `start` on: later pieces shifted, its log entry, its signal."""
+        nonlocal shift
+        shift += pause.duration
+        fired(log, fault, start, event=events, duration_ms=round(pause.duration * 1000, 3),
+              **({"signal": True} if pause.signal else {}))
+        if not pause.signal:
+            return []
+        resumes.append(Piece(start + pause.duration, _announce(
+            "stream-resume", position=sent), events, True))
+        return [Piece(start, _announce("stream-pause", reason=pause.reason, position=sent),
+                      events, True)]
 
     for piece in stream:
         if isinstance(piece, Ending):
             yield from fillers(0.0, 0)  # the resumes still due
             yield Ending(piece.outcome, max(piece.due + shift, last_due))
             return
-        due = piece.due + shift
-        for latency, rng in latencies:
-            due += _draw(latency, rng)
-        due = max(due, last_due)
+        if latencies and (piece.chunk is None or piece.chunk != drawn[0]):
+            extra = 0.0
+            for latency, rng in latencies:
+                extra += _draw(latency, rng)
+            drawn = (piece.chunk, extra)
+        due = max(piece.due + shift + drawn[1], last_due)
+        for index, (fault, pause, _) in timed:  # at=T: before the first piece due from T
+            if index in paused or not _reached(fault, pause.at, due):
+                continue
+            if pause.signal and not at_boundary:
+                continue  # inside an event: once it is out
+            paused.add(index)
+            start = max(pause.at or 0.0, last_due)
+            if pause.signal:
+                for filler in fillers(start, completed):  # the heartbeats before it
+                    yield filler
+                    last_due = max(last_due, filler.due)
+                start = max(start, last_due)
+            yield from begin(fault, pause, start, completed)
+            last_due = max(last_due, start)
+            due += pause.duration
         if at_boundary:
             for filler in fillers(due, piece.events):
                 yield filler
                 last_due = max(last_due, filler.due)
             due = max(due, last_due)
-        yield Piece(due, piece.data, piece.events, piece.boundary)
+        yield Piece(due, piece.data, piece.events, piece.boundary, piece.chunk)
         sent += len(piece.data)
         last_due = due
         at_boundary = piece.boundary
+        completed = piece.events
         if not piece.boundary:
             continue
         for index, (fault, pause, rng) in enumerate(pauses):
             if index in paused and not fault.per_event:
                 continue
-            if _fires(fault, rng, due, piece.events, pause.at, pause.after_event):
+            if _fires(fault, rng, piece.events, pause.after_event):
                 paused.add(index)
-                shift += pause.duration
-                fired(log, fault, due, event=piece.events,
-                      duration_ms=round(pause.duration * 1000, 3),
-                      **({"signal": True} if pause.signal else {}))
-                if pause.signal:
-                    yield Piece(due, _announce("stream-pause", reason=pause.reason,
-                                               position=sent), piece.events, True)
-                    resumes.append(Piece(due + pause.duration, _announce(
-                        "stream-resume", position=sent), piece.events, True))
+                yield from begin(fault, pause, due, piece.events)
     yield from fillers(0.0, 0)
 
 
@@ -435,6 +502,36 @@ def _adversarial_cuts(data: bytes) -> list[int]:
     return sorted(c for c in points if 0 < c < len(data))
 
 
+def rejoin(stream: Iterable[Action]) -> Iterator[Action]:
+    """The pieces of one recorded chunk that are still back to back and due together, as
+    one write again: the body was cut at events for the faults to find their places, and a
+    chunk no fault acted inside goes out as recorded. A fault that acted inside one (an
+    event injected, a pause begun, the body cut) leaves it split there."""
+    held: list[Piece] = []
+    for action in stream:
+        if (held and isinstance(action, Piece) and action.chunk is not None
+                and action.chunk == held[-1].chunk and action.due == held[-1].due):
+            held.append(action)
+            continue
+        if held:
+            yield _joined(held)
+            held = []
+        if isinstance(action, Piece):
+            held.append(action)
+        else:
+            yield action
+    if held:
+        yield _joined(held)
+
+
+def _joined(pieces: Sequence[Piece]) -> Piece:
+    if len(pieces) == 1:
+        return pieces[0]
+    last = pieces[-1]
+    return Piece(last.due, b"".join(p.data for p in pieces), last.events, last.boundary,
+                 last.chunk)
+
+
 def throttle(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iterator[Action]:
     """At most `rate` bytes/s (the first throttle fault only), in writes of at most 20 ms
     worth; a recorded gap longer than the transfer time is kept."""
@@ -473,7 +570,7 @@ def deadline(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> It
     fault, drop, _ = min(of(chosen, Drop), key=lambda armed: armed[1].after or 0.0)
     limit = drop.after or 0.0
     for action in stream:
-        if action.due >= limit:
+        if action.due >= limit - SAME_TIME:
             fired(log, fault, limit, how=drop.how)
             yield Ending(drop.ending, limit)
             return

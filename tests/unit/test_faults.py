@@ -7,6 +7,8 @@ streams whose bytes and timings are known exactly.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,6 +30,7 @@ from sse_recorder.faults import (
     parse_size,
     parse_spec,
     split_at_events,
+    split_at_frames,
 )
 from sse_recorder.faults.registry import REGISTRY, Drop, Http
 from sse_recorder.model import Interaction, Outcome, RecordedRequest, ResponseHead
@@ -613,10 +616,10 @@ def test_split_at_events_on_a_known_stream() -> None:
     chunks = [(0.0, b"data: a\n\ndata: b\n"), (0.5, b"\n: hb\n"), (0.7, b"\ndata: c\r"),
               (0.9, b"\n\r\n")]
     pieces = list(split_at_events(chunks))
-    assert pieces == [
-        Piece(0.0, b"data: a\n\n", 1, True), Piece(0.0, b"data: b\n", 1, False),
-        Piece(0.5, b"\n", 2, True), Piece(0.5, b": hb\n", 2, True),
-        Piece(0.7, b"\ndata: c\r", 2, False), Piece(0.9, b"\n\r\n", 3, True),
+    assert pieces == [  # each names the recorded chunk it is part of
+        Piece(0.0, b"data: a\n\n", 1, True, 0), Piece(0.0, b"data: b\n", 1, False, 0),
+        Piece(0.5, b"\n", 2, True, 1), Piece(0.5, b": hb\n", 2, True, 1),
+        Piece(0.7, b"\ndata: c\r", 2, False, 2), Piece(0.9, b"\n\r\n", 3, True, 3),
     ]
 
 
@@ -692,8 +695,11 @@ def test_stall() -> None:
     actions, run = transformed("stall:after_event=3")
     assert ids(body(actions)) == ["0", "1", "2"]
     assert ending(actions) == Ending(Outcome.STALLED, 0.2)
-    actions, _ = transformed("stall:at=150ms")
-    assert ids(body(actions)) == ["0", "1", "2"] and ending(actions) == Ending(Outcome.STALLED, 0.2)
+    actions, run = transformed("stall:at=150ms")  # at T: the 0.2 event never comes
+    assert ids(body(actions)) == ["0", "1"]
+    assert ending(actions) == Ending(Outcome.STALLED, pytest.approx(0.15))
+    assert run.log == [{"fault": "stall:at=150ms", "type": "stall", "at_ms": 150.0,
+                        "event": 2}]
 
 
 def test_pause_shifts_everything_after_event_k() -> None:
@@ -701,8 +707,9 @@ def test_pause_shifts_everything_after_event_k() -> None:
     assert body(actions) == STREAM
     assert dues(actions) == pytest.approx([0.0, 0.1, 1.2, 1.3, 1.4])
     assert run.log[0]["event"] == 2 and run.log[0]["duration_ms"] == 1000.0
-    actions, _ = transformed("pause:at=150ms,duration=500ms")
-    assert dues(actions) == pytest.approx([0.0, 0.1, 0.2, 0.8, 0.9])  # after the 0.2 event
+    actions, run = transformed("pause:at=150ms,duration=500ms")
+    assert dues(actions) == pytest.approx([0.0, 0.1, 0.7, 0.8, 0.9])  # from 150 ms on
+    assert run.log[0]["at_ms"] == 150.0 and run.log[0]["event"] == 2
     actions, _ = transformed("pause:duration=100ms,per=event,p=1")
     assert dues(actions) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
 
@@ -791,6 +798,246 @@ def test_retry_field_first() -> None:
     parser.feed(body(actions))
     assert parser.reconnection_time == 1500
     assert run.log[0]["value"] == 1500
+
+
+# -- recorded chunks stay whole where no fault acts ------------------------------------------
+
+# Two events in the first recorded chunk and in the last, as a server flushing late writes them.
+SHARED = [(0.005, b"id: a1\ndata: one\n\nid: a2\ndata: two\n\n"),
+          (0.306, b"id: a3\ndata: three\n\n"), (0.606, b"id: a4\ndata: four\n\n"),
+          (0.906, b"id: a5\ndata: five\n\nid: a6\ndata: six\n\n")]
+A1, A2 = SHARED[0][1][:18], SHARED[0][1][18:]
+INJECTED = b"event: injected\ndata: x\n\n"
+
+
+def writes(actions: Sequence[Action]) -> list[tuple[float, bytes]]:
+    return [(round(p.due, 9), p.data) for p in pieces_of(actions)]
+
+
+@pytest.mark.parametrize("spec", [
+    "drop:after_event=100", "drop:mid_event=100", "drop:per=event,p=0", "stall:after_event=100",
+    "stall:at=5s", "timeout:after_event=100,duration=1s", "timeout:at=5s,duration=1s",
+    "pause:after_event=100,duration=1s", "pause:at=5s,duration=1s,signal=true",
+    "heartbeat:every=10s", "inject:after_event=100,shape=error",
+    "inject:shape=error,per=event,p=0", "corrupt:mode=json,at_event=100",
+])
+def test_a_fault_that_never_fires_keeps_every_recorded_chunk(spec: str) -> None:
+    actions, run = transformed(spec, chunks=SHARED)
+    assert writes(actions) == SHARED and ending(actions) is None and run.log == []
+
+
+@pytest.mark.parametrize(("specs", "expected", "end"), [
+    # Where a fault acts inside a chunk of two events, that chunk alone is split there.
+    (["inject:after_event=1,event=injected,data=x"],
+     [(0.005, A1), (0.005, INJECTED), (0.005, A2), *SHARED[1:]], None),
+    (["inject:after_event=3,event=injected,data=x"],
+     [*SHARED[:2], (0.306, INJECTED), *SHARED[2:]], None),
+    (["pause:after_event=1,duration=1s"],
+     [(0.005, A1), (1.005, A2), *[(d + 1, c) for d, c in SHARED[1:]]], None),
+    (["drop:mid_event=2,how=rst"], [(0.005, A1 + A2[: len(A2) // 2])],
+     Ending(Outcome.RESET, 0.005)),
+    (["corrupt:mode=omit,at_event=2"], [(0.005, A1), *SHARED[1:]], None),
+    # Where it acts between chunks, no chunk is split.
+    (["retry:value=1000"], [(0.005, b"retry: 1000\n\n"), *SHARED], None),
+    (["pause:after_event=2,duration=1s"], [SHARED[0], *[(d + 1, c) for d, c in SHARED[1:]]],
+     None),
+    (["drop:after_event=4"], SHARED[:3], Ending(Outcome.CLOSED, 0.606)),
+    (["heartbeat:every=200ms"],
+     [SHARED[0], (0.2, b": heartbeat\n\n"), SHARED[1], (0.4, b": heartbeat\n\n"),
+      (0.6, b": heartbeat\n\n"), SHARED[2], (0.8, b": heartbeat\n\n"), SHARED[3]], None),
+    (["corrupt:mode=field,at_event=3"],
+     [SHARED[0], (0.306, b"id: a3\ndata  three\n\n"), *SHARED[2:]], None),
+    (["latency:chunk=10ms", "stall:after_event=100"], [(d + 0.01, c) for d, c in SHARED], None),
+    (["stall:at=700ms"], SHARED[:3], Ending(Outcome.STALLED, pytest.approx(0.7))),
+])
+def test_a_fault_that_fires_keeps_the_other_chunks(
+    specs: list[str], expected: list[tuple[float, bytes]], end: Ending | None
+) -> None:
+    actions, _ = transformed(*specs, chunks=SHARED)
+    assert writes(actions) == [(pytest.approx(d), c) for d, c in expected]
+    assert ending(actions) == end
+
+
+def test_throttle_makes_the_same_writes_beside_a_fault_that_cuts_at_events() -> None:
+    alone, _ = transformed("throttle:rate=1K", chunks=SHARED)
+    beside, _ = transformed("throttle:rate=1K", "heartbeat:every=10s", chunks=SHARED)
+    assert writes(beside) == writes(alone)
+    assert b"id: a1\ndata: one\n\nid" in [data for _, data in writes(alone)]
+
+
+def test_latency_delays_a_chunk_of_several_events_once() -> None:
+    actions, _ = transformed("latency:chunk=20ms,jitter=15ms", "stall:after_event=100",
+                             chunks=SHARED)
+    assert [data for _, data in writes(actions)] == [data for _, data in SHARED]
+
+
+def test_frames_of_another_stream_keep_their_chunks() -> None:
+    from sse_recorder.framing.registry import NDJSON
+
+    chunks = [(0.0, b'{"i": 0}\n{"i": 1}\n'), (0.1, b'{"i": 2}\n'), (0.2, b'{"i": 3}\n')]
+    run = run_of("drop:after_event=100")
+    run.dialect = NDJSON
+    actions = list(run.transform(split_at_frames(chunks, NDJSON)))
+    assert writes(actions) == chunks
+
+
+def fault_point(chunks: list[tuple[float, bytes]], k: int) -> int | None:
+    """Where a fault after event k acts: the end of the first piece between events that
+    counts k events (`split_at_events`, tested above, is the oracle); None: it never does."""
+    total = 0
+    for piece in split_at_events(chunks):
+        total += len(piece.data)
+        if piece.boundary and piece.events == k:
+            return total
+    return None
+
+
+def between_events(chunks: list[tuple[float, bytes]]) -> set[int]:
+    """The positions where a piece that ends between events ends."""
+    total, found = 0, set()
+    for piece in split_at_events(chunks):
+        total += len(piece.data)
+        if piece.boundary:
+            found.add(total)
+    return found
+
+
+def made_by_a_fault(data: bytes) -> bool:
+    return data in (INJECTED, b": heartbeat\n\n") or data.startswith(b"event: stream-")
+
+
+@HYPOTHESIS
+@given(chunked(), st.integers(1, 9), st.sampled_from([
+    "inject:after_event={k},event=injected,data=x", "pause:after_event={k},duration=1s",
+    "pause:after_event={k},duration=1s,signal=true", "drop:after_event={k}",
+    "stall:after_event={k}", "timeout:after_event={k},duration=1s",
+    "heartbeat:every=5ms", "corrupt:mode=json,at_event=100",
+]))
+def test_a_fault_splits_a_recorded_chunk_only_where_it_acts(
+    case: tuple[bytes, list[bytes]], k: int, spec: str
+) -> None:
+    stream, parts = case
+    chunks = [(i * 0.01, c) for i, c in enumerate(parts)]
+    kind = spec.split(":")[0]
+    acts_at = fault_point(chunks, k) if "{k}" in spec else None
+    actions, _ = transformed(spec.format(k=k), chunks=chunks)
+    cut_short = kind in ("drop", "stall", "timeout") and acts_at is not None
+    limit = acts_at if cut_short and acts_at is not None else len(stream)
+    recorded = [p for p in pieces_of(actions) if not made_by_a_fault(p.data)]
+    assert b"".join(p.data for p in recorded) == stream[:limit]
+    assert (ending(actions) is not None) == cut_short
+    position = 0
+    inserted: set[int] = set()  # where, in the recorded bytes, the fault's own writes went
+    for piece in pieces_of(actions):
+        if made_by_a_fault(piece.data):
+            inserted.add(position)
+        else:
+            position += len(piece.data)
+    chunk_ends = list(itertools.accumulate(len(c) for _, c in chunks))
+    if kind == "heartbeat":  # between events only: in a gap between chunks, or right after
+        # an event that was half sent when the beat came due (which may split its chunk)
+        assert inserted <= {0, *chunk_ends} | between_events(chunks)
+    else:  # the others' own writes (an injected event, stream-pause) where they acted
+        assert inserted <= {acts_at, len(stream)}
+    # The recorded chunk ends, plus the place where the fault acted, and no other cut.
+    expected = {e for e in chunk_ends if 0 < e <= limit} | (
+        {acts_at} if acts_at is not None else set())
+    cuts = list(itertools.accumulate(len(p.data) for p in recorded))
+    assert set(cuts) - expected <= inserted and expected <= set(cuts)
+    # Each write is due with its recorded chunk (a pause: 1 s later from where it acted),
+    # and none before the one before it.
+    assert dues(actions) == sorted(dues(actions))
+    position = 0
+    for piece in recorded:
+        index = bisect.bisect_right(chunk_ends, position)
+        shift = 1.0 if kind == "pause" and acts_at is not None and position >= acts_at else 0
+        assert piece.due == pytest.approx(chunks[index][0] + shift)
+        position += len(piece.data)
+
+
+# -- at=T acts at T --------------------------------------------------------------------------
+
+AT_CHUNKS = [(0.005, tick(0)), (0.306, tick(1)), (0.606, tick(2)), (0.906, tick(3))]
+
+
+def test_stall_at_a_time_sends_nothing_due_from_then() -> None:
+    actions, run = transformed("stall:at=700ms", chunks=AT_CHUNKS)
+    assert writes(actions) == AT_CHUNKS[:3]
+    assert ending(actions) == Ending(Outcome.STALLED, pytest.approx(0.7))
+    assert run.log == [{"fault": "stall:at=700ms", "type": "stall", "at_ms": 700.0,
+                        "event": 3}]
+    actions, run = transformed("stall:at=0", chunks=AT_CHUNKS)
+    assert actions == [Ending(Outcome.STALLED, 0.0)] and run.log[0]["event"] == 0
+    exact, _ = transformed("stall:at=606ms", chunks=AT_CHUNKS)  # a chunk due at T: after it
+    assert writes(exact) == AT_CHUNKS[:2]
+
+
+def test_timeout_at_a_time_closes_duration_after_it() -> None:
+    actions, run = transformed("timeout:at=100ms,duration=200ms", chunks=AT_CHUNKS)
+    assert writes(actions) == AT_CHUNKS[:1]
+    assert ending(actions) == Ending(Outcome.CLOSED, pytest.approx(0.3))
+    assert run.log[0]["at_ms"] == 100.0 and run.log[0]["close_ms"] == 300.0
+
+
+def test_pause_at_a_time_shifts_what_is_due_from_then() -> None:
+    actions, run = transformed("pause:at=700ms,duration=1s", chunks=AT_CHUNKS)
+    assert writes(actions) == [*AT_CHUNKS[:3], (1.906, tick(3))]
+    assert run.log[0]["at_ms"] == 700.0 and run.log[0]["event"] == 3
+    signalled, _ = transformed("pause:at=700ms,duration=1s,signal=true",
+                               "heartbeat:every=250ms", chunks=AT_CHUNKS)
+    # stream-pause at T, the heartbeats due meanwhile, stream-resume as it ends, then 1.906.
+    added = [(due, data.split(b"\n")[0]) for due, data in writes(signalled)
+             if not data.startswith(b"id:")]
+    beat = b": heartbeat"
+    assert added == [(0.25, beat), (0.5, beat), (0.7, b"event: stream-pause"), (0.75, beat),
+                     (1.0, beat), (1.25, beat), (1.5, beat), (1.7, b"event: stream-resume"),
+                     (1.75, beat)]
+    assert writes(signalled)[-1] == (1.906, tick(3))
+
+
+def test_at_inside_an_event_cut_across_chunks() -> None:
+    # Event 1 is written half at 100 ms and half at 300 ms; T = 200 ms falls between.
+    event = tick(1)
+    chunks = [(0.0, tick(0)), (0.1, event[:5]), (0.3, event[5:]), (0.4, tick(2))]
+    stalled, _ = transformed("stall:at=200ms", chunks=chunks)
+    assert writes(stalled) == chunks[:2]  # left half sent, as drop:after=200ms would
+    paused, _ = transformed("pause:at=200ms,duration=1s", chunks=chunks)
+    assert writes(paused) == [*chunks[:2], (1.3, event[5:]), (1.4, tick(2))]
+    signalled, _ = transformed("pause:at=200ms,duration=1s,signal=true", chunks=chunks)
+    announced = writes(signalled)
+    # The stream-pause event waits for the end of the event it would have cut.
+    assert announced[:3] == chunks[:3] and b"stream-pause" in announced[3][1]
+    assert announced[3][0] == 0.3 and announced[-1] == (1.4, tick(2))
+    assert [e.id for e in events(body(signalled)) if e.id] == ["0", "1", "2"]
+
+
+@HYPOTHESIS
+@given(chunked(), st.lists(st.integers(0, 40), min_size=13, max_size=13),
+       st.integers(0, 400), st.sampled_from(["stall", "timeout", "pause"]))
+def test_at_acts_at_t(case: tuple[bytes, list[bytes]], gaps: list[int], t_ms: int,
+                      kind: str) -> None:
+    _, parts = case
+    due_ms = list(itertools.accumulate(gaps))[: len(parts)]
+    chunks = [(ms / 1000, c) for ms, c in zip(due_ms, parts, strict=True)]
+    spec = {"stall": f"stall:at={t_ms}ms", "timeout": f"timeout:at={t_ms}ms,duration=250ms",
+            "pause": f"pause:at={t_ms}ms,duration=250ms"}[kind]
+    actions, run = transformed(spec, chunks=chunks)
+    sent = [(ms, c) for ms, c in zip(due_ms, parts, strict=True) if c]
+    fires = any(ms >= t_ms for ms, _ in sent)
+    assert bool(run.log) == fires and (not fires or run.log[0]["at_ms"] == t_ms)
+    if kind == "pause":  # every chunk as recorded, those due from T on 250 ms later
+        assert writes(actions) == [(pytest.approx((ms + 250 * (ms >= t_ms)) / 1000), c)
+                                   for ms, c in sent]
+        assert ending(actions) is None
+        return
+    # Nothing due at T or later goes out; what does, as recorded.
+    assert writes(actions) == [(pytest.approx(ms / 1000), c) for ms, c in sent if ms < t_ms]
+    if not fires:
+        assert ending(actions) is None
+    elif kind == "stall":
+        assert ending(actions) == Ending(Outcome.STALLED, pytest.approx(t_ms / 1000))
+    else:
+        assert ending(actions) == Ending(Outcome.CLOSED, pytest.approx(t_ms / 1000 + 0.25))
 
 
 # -- re-chunking -----------------------------------------------------------------------------
