@@ -748,6 +748,21 @@ async def test_a_young_batch_waits_for_more_frames_unless_something_ends(
     assert got.interactions[0].outcome is Outcome.CLEAN
 
 
+def commit_event(session: RecordingSession, *, with_chunks: bool = False) -> asyncio.Event:
+    """Set by the task writer's next commit (one that stored chunks, with `with_chunks`)."""
+    committed = asyncio.Event()
+    writer = session._channel._writer  # type: ignore[attr-defined]
+    tell_session = writer.on_commit
+
+    def on_commit(commit: Commit) -> None:
+        tell_session(commit)
+        if commit.chunks or not with_chunks:
+            committed.set()
+
+    writer.on_commit = on_commit
+    return committed
+
+
 @pytest.mark.parametrize("queued", [writer_module.BATCH_WAIT_ITEMS - 1,
                                     writer_module.BATCH_WAIT_ITEMS])
 async def test_a_batch_of_a_flood_is_written_without_waiting(
@@ -758,16 +773,7 @@ async def test_a_batch_of_a_flood_is_written_without_waiting(
     monkeypatch.setattr(writer_module, "BATCH_DELAY_S", 30.0)
     session = task_session(str(tmp_path / "rec.cassette"))
     await session.start()
-    committed = asyncio.Event()
-    writer = session._channel._writer  # type: ignore[attr-defined]
-    tell_session = writer.on_commit
-
-    def on_commit(commit: Commit) -> None:
-        tell_session(commit)
-        if commit.chunks:
-            committed.set()
-
-    writer.on_commit = on_commit
+    committed = commit_event(session, with_chunks=True)
     iid = session.begin(GET, 1.0)
     session.head(iid, SSE_HEAD, 1)
     await session.flush()  # the start is written: the next batch holds the chunks alone
@@ -789,15 +795,7 @@ async def test_a_young_batch_is_written_once_its_delay_is_over(
     monkeypatch.setattr(writer_module, "BATCH_DELAY_S", 0.05)
     session = task_session(str(tmp_path / "rec.cassette"))
     await session.start()
-    committed = asyncio.Event()
-    writer = session._channel._writer  # type: ignore[attr-defined]
-    tell_session = writer.on_commit
-
-    def on_commit(commit: Commit) -> None:
-        tell_session(commit)
-        committed.set()
-
-    writer.on_commit = on_commit
+    committed = commit_event(session)
     iid = session.begin(GET, 1.0)
     session.head(iid, SSE_HEAD, 1)
     session.chunk(iid, 2, b"data: 1\n\n")
