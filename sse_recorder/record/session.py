@@ -88,7 +88,8 @@ FRAME_DELAY_S = 0.025
 QUIET_GAP_S = 0.002
 QUIET_GAP_NS = int(QUIET_GAP_S * 1e9)
 QUIET_FRAME_ITEMS = 8  # the last frame held fewer items: traffic may be quiet
-FRAME_ITEMS = 2048  # a busy loop runs timers late: a frame is also cut at this many items
+FRAME_ITEMS = 2048  # a busy loop runs timers late: a frame also goes once a response has this
+# many chunks in it, or it holds this many other items
 PIPE_SIZE = 1 << 20  # the writer process's input pipe (Linux default: 64 KiB)
 _F_SETPIPE_SZ = 1031
 
