@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import shutil
 import threading
 import time
 from collections.abc import Coroutine, Generator, Iterator
@@ -265,6 +266,10 @@ class SSECassette:
         self._proxy: InProcessProxy | Process | None = None
         self._proxy_url: str | None = None
         self._recording_as = ""  # base_url or proxy_url: what the recorder was started for
+        # Where the recorder writes: the cassette itself, or (record mode all over an
+        # existing one) a file beside the test's temporary files, moved over the cassette
+        # only once the recording stopped cleanly and the test passed.
+        self._record_path = settings.path
         self._reported = 0
         self._owned: list[int] = []  # ports this fixture's servers listen on
 
@@ -395,8 +400,12 @@ class SSECassette:
                 pytest.fail(f"sse-recorder: {exc} (record mode {mode} never records over "
                             "anything but a cassette; move this file away to record afresh)",
                             pytrace=False)
-        if mode is RecordMode.ALL:
-            self._remove()
+        if mode is RecordMode.ALL and exists:
+            if not isinstance(self.path, Path):
+                self._remove()  # refused: a store's cassette is never replaced by a test
+            else:
+                self._workdir.mkdir(parents=True, exist_ok=True)
+                self._record_path = self._workdir / f"all-{time.monotonic_ns()}-{self.path.name}"
         self.recording = True  # the recorder starts when the test asks for a URL
 
     def _exists(self) -> bool:
@@ -454,7 +463,7 @@ class SSECassette:
             # the older spellings (--cassette, --upstream, replay's --port), which every
             # release accepts: a pipx recorder of another release works too
             args = [found.path, "record", "--cassette",
-                    str(self.path), *where, "--listen-port", "0",
+                    str(self._record_path), *where, "--listen-port", "0",
                     "--confdir", str(self._confdir())]
             if self.record_mode is RecordMode.NEW_EPISODES:
                 args.append("--replay-matched")
@@ -495,11 +504,13 @@ class SSECassette:
         self._own(urlsplit(self._proxy.url).port)
         return self._proxy.url
 
-    def _stop(self) -> list[str]:
-        """Stop everything this test started; returns what went wrong, if anything."""
+    def _stop(self, passed: bool = False) -> list[str]:
+        """Stop everything this test started; returns what went wrong, if anything.
+        `passed`: the test itself passed (record mode all replaces a cassette only then)."""
         problems: list[str] = []
         if self._proxy is not None:
             self._proxy.stop()
+        code: int | None = None
         if self._recorder is not None:
             try:
                 code = self._recorder.stop()
@@ -509,6 +520,12 @@ class SSECassette:
                 if code != 0:
                     problems.append(f"sse-recorder: recording {self._shown()} failed (exit "
                                     f"{code}){self._recorder.stderr_tail()}")
+                elif not passed:  # what the recorder saw (an upstream down...) may say why
+                    problems.append(f"sse-recorder: the recorder's last words while "
+                                    f"recording {self._shown()}"
+                                    f"{self._recorder.stderr_tail(5)}")
+        if self._record_path != self.path:
+            problems += self._replace(self._record_path, code == 0 and passed)
         if self._server is not None:
             self._state.loop.run(self._server.close())
         if self._state.guard is not None:
@@ -516,6 +533,21 @@ class SSECassette:
                 self._state.guard.disown(port)
         self._owned.clear()
         return problems
+
+    def _replace(self, recorded: Path, keep: bool) -> list[str]:
+        """Record mode all: the new recording takes the cassette's place, or it is dropped
+        and the cassette stays as it was."""
+        assert isinstance(self.path, Path)
+        if keep and recorded.exists():
+            self._remove()
+            shutil.move(recorded, self.path)
+            return []
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{recorded}{suffix}").unlink(missing_ok=True)
+        if self._recorder is None:
+            return []  # nothing was recorded: nothing to say
+        return [f"sse-recorder: record mode all: {self._shown()} kept as it was (the test or "
+                "its recording failed, or recorded nothing)"]
 
     def take_unmatched_report(self) -> str:
         """A report of unmatched requests not reported yet: the nearest recording of each
@@ -537,6 +569,7 @@ class SSECassette:
 
 
 _CASSETTE = pytest.StashKey[SSECassette]()
+_PASSED = pytest.StashKey[bool]()  # the test's call phase passed (set by makereport)
 
 
 @pytest.fixture
@@ -565,7 +598,7 @@ def sse_cassette(
         yield cassette
     finally:
         del item.stash[_CASSETTE]
-        problems = cassette._stop()
+        problems = cassette._stop(passed=item.stash.get(_PASSED, False))
         late = cassette.take_unmatched_report()
         if late or problems:
             pytest.fail("\n\n".join([*problems, late] if late else problems), pytrace=False)
@@ -590,6 +623,8 @@ def pytest_runtest_makereport(
         text = cassette.take_unmatched_report()
         if text:
             _explain(report, "sse-recorder: unmatched requests", text)
+    if report.when == "call":
+        item.stash[_PASSED] = report.passed
     return report
 
 

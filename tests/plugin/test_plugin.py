@@ -276,6 +276,31 @@ def test_new_episodes_appends_what_is_missing_and_all_rewrites(
     assert not Path(f"{cassette}-wal").exists()
 
 
+def test_all_keeps_the_cassette_when_its_recording_fails(
+    suite: pytest.Pytester, recorded: Path
+) -> None:
+    """Record mode all records beside the cassette and replaces it only once the test
+    passed: an upstream that is down (a nightly re-record on a bad night) loses nothing,
+    and the failure says what the recorder saw."""
+    cassette = place(suite, recorded, "test_nightly", "base")
+    before = snapshot(cassette)
+    suite.makepyfile(test_nightly='''
+        import httpx, pytest
+
+        @pytest.mark.sse_cassette("base", record_mode="all", upstream="http://127.0.0.1:9")
+        def test_logs(sse_cassette):
+            assert httpx.get(sse_cassette.base_url + "/ci/logs").status_code == 200
+    ''')
+    result = run(suite)
+    result.assert_outcomes(failed=1, errors=1)
+    result.stdout.fnmatch_lines_random([
+        "*sse-recorder: record mode all: cassettes/test_nightly/base.sqlite kept as it was*",
+        "*sse-recorder: the recorder's last words while recording*",
+    ])
+    assert snapshot(cassette) == before  # same bytes, same mtime
+    assert sorted(p.name for p in cassette.parent.iterdir()) == ["base.sqlite"]
+
+
 def test_the_command_line_record_mode_wins_over_the_marker(
     suite: pytest.Pytester, recorded: Path
 ) -> None:
