@@ -53,6 +53,26 @@ def _fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def write_whole(path: Path, data: bytes) -> None:
+    """Write an output file (`-o`, `--html`) whole or not at all: a temporary file beside
+    it, renamed into place once complete. A path that is no regular file (`/dev/null`, a
+    FIFO, `/dev/stdout`) is written as it is: a rename would replace the device itself."""
+    try:
+        if path.exists() and not path.is_file():
+            with path.open("wb") as out:
+                out.write(data)
+            return
+    except OSError as exc:
+        _fail(f"{path}: cannot write: {exc.strerror or exc}")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        _fail(f"{path}: cannot write: {exc.strerror or exc}")
+
+
 class _Group(click.Group):
     """Click's usage errors are four lines (usage, blank, hint, error): here they are one,
     naming the help to read, with click's exit status 2. No command at all is a request

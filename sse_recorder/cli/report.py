@@ -22,6 +22,7 @@ from sse_recorder.cli.app import (
     json_option,
     main,
     match_options,
+    write_whole,
 )
 from sse_recorder.cli.formats import size
 from sse_recorder.errors import SSERecorderError
@@ -59,17 +60,6 @@ def _diff_epilog() -> str:
     return DIFF_EPILOG.format(kinds="\n".join(kinds), thresholds=thresholds)
 
 
-def _write(path: Path, text: str) -> None:
-    """Write a page, or fail in one line (nothing half-written is left behind)."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        partial.write_text(text, encoding="utf-8")
-        partial.replace(path)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        _fail(f"cannot write {path}: {exc.strerror or exc}")
-
-
 @main.command()
 @cassette_argument
 @click.argument("ids", nargs=-1, type=int, metavar="[ID]...")
@@ -98,7 +88,7 @@ def report(cassette: Path | Location, ids: tuple[int, ...], output: Path | None)
     if str(target) == "-":
         sys.stdout.write(page)
         return
-    _write(target, page)
+    write_whole(target, page.encode())
     click.echo(target)
     click.echo(f"{len(recordings)} interaction{'s' if len(recordings) != 1 else ''}, "
                f"{size(len(page.encode()))}", err=True)
@@ -156,7 +146,7 @@ def diff(a: Path | Location, b: Path | Location, as_json: bool, html_file: Path 
     if html_file is not None:
         from sse_recorder.report.html import diff_page
 
-        _write(html_file, diff_page(str(a), str(b), found, options))
+        write_whole(html_file, diff_page(str(a), str(b), found, options).encode())
     if as_json:
         document = {
             "a": str(a), "b": str(b), "pair_by": pair_by,

@@ -1,20 +1,31 @@
 """`sse-recorder export` and `import`: cassettes to and from HAR, mitmproxy flows, `.sse`
 text and JSON lines (`sse_recorder.transfer`). Nothing partial is ever written: both write
-a temporary file beside the target and rename it into place once complete."""
+a temporary file beside the target and rename it into place once complete (an import into
+a store copies the finished file in)."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from sse_recorder.cli.app import _fail, _run, cassette_argument, main, needs_mitmproxy
+from sse_recorder.cli.app import (
+    CassetteTarget,
+    _fail,
+    _run,
+    cassette_argument,
+    main,
+    needs_mitmproxy,
+    write_whole,
+)
 from sse_recorder.errors import SSERecorderError
 from sse_recorder.transfer.formats import FORMATS
+
+if TYPE_CHECKING:
+    from sse_recorder.store.location import Location
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMAT_HELP = "; ".join(f"{f.name}: {f.what}" for f in FORMATS.values()) + "."
@@ -71,30 +82,20 @@ def export(cassette: Path, ids: tuple[int, ...], format_name: str, output: Path 
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
         return
-    _write_whole(output, data)
+    write_whole(output, data)
     click.echo(f"exported {len(exchanges)} interaction{'s' if len(exchanges) != 1 else ''} "
                f"to {output} ({format_name})", err=True)
-
-
-def _write_whole(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.exporting")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        _fail(f"{path}: cannot write: {exc.strerror or exc}")
 
 
 @main.command("import")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--format", "format_name", type=click.Choice(list(FORMATS)),
               help="The input's format (default: guessed from its content). " + FORMAT_HELP)
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
-              required=True, metavar="CASSETTE",
-              help="The cassette to create (an existing file is refused).")
+@click.option("-o", "--output", type=CassetteTarget(), required=True, metavar="CASSETTE",
+              help="The cassette to create, a file or a store URL (an existing one is "
+                   "refused).")
 @redaction_options
-def import_(file: Path, format_name: str | None, output: Path,
+def import_(file: Path, format_name: str | None, output: Path | Location,
             redact_header: tuple[str, ...], redact_query: tuple[str, ...],
             redact_json: tuple[str, ...], redact_value: tuple[str, ...],
             redact_env: tuple[str, ...]) -> None:

@@ -26,7 +26,9 @@ from sse_recorder.record.session import (
     RecordingSession,
     WriterMode,
 )
-from sse_recorder.store.cassette import Cassette
+from sse_recorder.store.cassette import Cassette, stored_names
+from sse_recorder.store.copy import copy
+from sse_recorder.store.location import Location
 from sse_recorder.transfer import TransferError
 
 FLUSH_EVERY = 4096  # chunks queued before waiting for the writer: bounds an import's memory
@@ -88,11 +90,15 @@ async def read_cassette(path: Path, ids: Sequence[int] = ()) -> list[Exchange]:
 
 async def write_cassette(
     exchanges: Iterable[Exchange],
-    target: Path,
+    target: Path | Location,
     rules: RedactionRules | None = None,
     on_recorded: Callable[[Recorded], None] | None = None,
 ) -> None:
-    """Write a new cassette at `target` as the recorder would have recorded `exchanges`."""
+    """Write a new cassette at `target` as the recorder would have recorded `exchanges`
+    (a store's: written to a file first, then copied in whole)."""
+    if isinstance(target, Location):
+        await _write_into_store(exchanges, target, rules, on_recorded)
+        return
     if target.exists() or target.is_symlink():
         raise TransferError(f"{target}: exists: import writes a new cassette (remove it, "
                             "or choose another -o)")
@@ -113,6 +119,21 @@ async def write_cassette(
     finally:
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{temporary}{suffix}").unlink(missing_ok=True)
+
+
+async def _write_into_store(
+    exchanges: Iterable[Exchange], target: Location, rules: RedactionRules | None,
+    on_recorded: Callable[[Recorded], None] | None,
+) -> None:
+    """A new cassette in a store: staged as a file, so a failed import leaves nothing in
+    the store, then copied in (`store.copy`)."""
+    if target.name in await stored_names(target):
+        raise TransferError(f"{target}: exists: import writes a new cassette (choose another "
+                            "cassette= name, or `sse-recorder copy` into this one)")
+    with tempfile.TemporaryDirectory(prefix="sse-recorder-import-") as directory:
+        staged = Path(directory) / "import.sqlite"
+        await write_cassette(exchanges, staged, rules, on_recorded)
+        await copy(staged, target)
 
 
 async def _record(exchanges: Iterable[Exchange], path: Path, rules: RedactionRules,

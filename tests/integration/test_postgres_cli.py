@@ -83,6 +83,37 @@ async def test_copy_file_to_store_to_file_keeps_everything(
     assert "#2 -> #4: 700 chunks" in again.stderr and "#1 -> #5: 2 chunks" in again.stderr
 
 
+async def test_import_into_a_store_writes_a_new_cassette_there(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """`import -o STORE-URL` goes to the store (it once wrote a file named after the URL);
+    a name the store already holds is refused, as an existing file is."""
+    source = tmp_path / "hand.sse"
+    source.write_text("GET http://127.0.0.1/stream\n\nHTTP/1.1 200 OK\n"
+                      "Content-Type: text/event-stream\n\n"
+                      "data: one\n\n@wait 20ms\ndata: two\n\n")
+    name = f"i{uuid.uuid4().hex[:10]}"
+    target = f"{postgres_url}?cassette={name}"
+    done = run("import", str(source), "-o", target)
+    assert done.returncode == 0, done.stderr
+    assert password_of(postgres_url) not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hand.sse"]  # nothing local
+    assert list(Path.cwd().glob("postgresql*")) == []
+    assert await stored_chunks(target) == [[b"data: one\n\n", b"data: two\n\n"]]
+    again = run("import", str(source), "-o", target)
+    assert_one_line_exit_2(again, "exists", password=password_of(postgres_url))
+    assert len(await stored_chunks(target)) == 1
+    refused = run("import", str(source), "-o", "mysql://u:secret@127.0.0.1/db?cassette=x")
+    assert_one_line_exit_2(refused, "unsupported store URL scheme", password="secret")
+
+
+async def stored_chunks(url: str) -> list[list[bytes]]:
+    """Each interaction's chunk bytes, from a store's cassette."""
+    async with await open_store(url) as cassette:
+        return [[c.data async for c in cassette.chunks(i.id)]
+                for i in await cassette.interactions()]
+
+
 def test_errors_are_one_line_without_the_password(postgres_url: str, tmp_path: Path) -> None:
     password = password_of(postgres_url)
     wrong = postgres_url.replace(f":{password}@", ":not-the-password@")

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import select
+import stat
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -97,6 +100,47 @@ def test_the_demo_cassette_round_trips_byte_for_byte(
     first, second = in_thread(load(demo_cassette)), in_thread(load(back))
     assert {r.interaction.outcome for r in first} >= {Outcome.CLEAN, Outcome.RESET}
     assert_same(first, second)
+
+
+@pytest.mark.parametrize("command", [("export", "--format", "sse", "-o"), ("report", "-o")],
+                         ids=["export", "report"])
+def test_an_output_that_is_no_regular_file_is_written_not_replaced(
+    command: tuple[str, ...], demo_cassette: Path, tmp_path: Path
+) -> None:
+    """`-o /dev/null` (or a FIFO) is written into: renaming the finished file over it, as
+    for a regular file, replaced a root user's /dev/null with a plain file."""
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    holder = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # no end of input before it closes
+    with ThreadPoolExecutor(1) as pool:
+        received = pool.submit(_drain, reader)
+        done = run(command[0], demo_cassette, *command[1:], fifo)
+        os.close(holder)
+        got = received.result(60)
+    os.close(reader)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_ISFIFO(fifo.stat().st_mode)  # still the FIFO
+    assert got and [p.name for p in tmp_path.iterdir()] == ["out.fifo"]  # nothing beside it
+    if command[0] == "report":  # a page of its own moment: whole, not byte-equal
+        assert got.startswith(b"<!DOCTYPE html>") and got.endswith(b"</html>\n")
+    else:
+        assert run(command[0], demo_cassette, *command[1:], tmp_path / "whole").returncode == 0
+        assert got == (tmp_path / "whole").read_bytes()
+
+
+def _drain(fd: int) -> bytes:
+    """Everything read from a non-blocking pipe until its end of input."""
+    got = bytearray()
+    while True:
+        select.select([fd], [], [], 1.0)
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            continue
+        if not data:
+            return bytes(got)
+        got += data
 
 
 def test_export_chooses_interactions_and_writes_to_stdout(demo_cassette: Path) -> None:
