@@ -306,6 +306,8 @@ def _shown(ctx: click.Context, name: str, value: bool = True) -> str:
     shown = param.documented[0] if isinstance(param, AliasedOption) else param.opts[0]
     if value and not (isinstance(param, click.Option) and param.is_flag):
         given = ctx.params[name]
+        if isinstance(given, tuple):  # a repeatable option: its first value
+            given = given[0]
         shown += f" {given:g}" if isinstance(given, float) else f" {given}"
     return shown
 

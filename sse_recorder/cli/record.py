@@ -19,10 +19,12 @@ from sse_recorder.cli.app import (
     _fail,
     _run,
     cannot_listen,
+    check_ignores,
     check_pairings,
     confdir_option,
     listen_options,
     main,
+    match_options,
     needs_mitmproxy,
 )
 from sse_recorder.cli.formats import count, seconds, size
@@ -59,8 +61,9 @@ if TYPE_CHECKING:
 @click.option("--ssl-insecure", is_flag=True, help="Do not verify upstream TLS certificates.")
 @click.option("--replay-matched", is_flag=True,
               help="Answer requests the cassette already holds from it; record only new ones.")
-@click.option("--match", "match", metavar="LIST",
-              help="With --replay-matched: matching criteria, as for `replay --match`.")
+@match_options("matching (with --replay-matched)",
+               "With --replay-matched: matching criteria, as for `replay --match`.",
+               "Header to ignore when matching (with --replay-matched; repeatable).")
 def record(
     cassette: Path | None,
     cassette_option: Path | None,
@@ -78,6 +81,9 @@ def record(
     ssl_insecure: bool,
     replay_matched: bool,
     match: str | None,
+    ignore_json: tuple[str, ...],
+    ignore_query: tuple[str, ...],
+    ignore_header: tuple[str, ...],
 ) -> None:
     """Run mitmproxy and record every interaction into CASSETTE until Ctrl-C.
 
@@ -87,6 +93,8 @@ def record(
     """
     ctx = click.get_current_context()
     check_pairings(ctx, PAIRINGS)
+    if replay_matched:
+        check_ignores(ctx)
     if cassette is None and cassette_option is None:
         raise click.UsageError("Missing argument 'CASSETTE'.", ctx)
     if cassette is not None and cassette_option is not None:
@@ -126,7 +134,8 @@ def record(
             return await run_proxy(
                 cassette, settings, ready, RouteFilter.parse(include, exclude),
                 RecorderConfig(redaction=rules, on_recorded=tally.add),
-                MatchConfig.parse(match) if replay_matched else None, tally.upstream_error,
+                MatchConfig.parse(match, ignore_json, ignore_query, ignore_header)
+                if replay_matched else None, tally.upstream_error,
             )
         except ListenFailed as exc:
             raise SSERecorderError(cannot_listen(listen_host, listen_port, exc.error)) from None
@@ -155,9 +164,10 @@ def secret_values(values: tuple[str, ...], env_names: tuple[str, ...]) -> list[s
         _fail(f"{SECRET_OPTIONS[exc.option]}: {exc}")
 
 
-PAIRINGS = (
-    Pairing("match", "replay_matched", needs=True,
-            why="it says how requests are matched against the cassette's"),
+PAIRINGS = tuple(
+    Pairing(option, "replay_matched", needs=True,
+            why="it says how requests are matched against the cassette's")
+    for option in ("match", "ignore_json", "ignore_query", "ignore_header")
 )
 
 # What an upstream error text means, and what to do (the first match is shown).

@@ -465,10 +465,8 @@ class SSECassette:
             args = [found.path, "record", "--cassette",
                     str(self._record_path), *where, "--listen-port", "0",
                     "--confdir", str(self._confdir())]
-            if self.record_mode is RecordMode.NEW_EPISODES:
-                args.append("--replay-matched")
-                if self.settings.kwargs.get("match"):
-                    args += ["--match", str(self.settings.kwargs["match"])]
+            if self.record_mode is RecordMode.NEW_EPISODES:  # matched as when replaying
+                args += ["--replay-matched", *self.settings.match_arguments()]
             process = Process(args, self._workdir / f"recorder-{time.monotonic_ns()}.log")
         except ProcessError as exc:
             pytest.fail(f"sse-recorder: cannot record {self._shown()}: {exc}", pytrace=False)

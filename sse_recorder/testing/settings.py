@@ -172,6 +172,17 @@ class CassetteSettings:
                                  f"{compared}")
         return options
 
+    def match_arguments(self) -> list[str]:
+        """`--match` and `--ignore-*` for the marker's matching rules (`replay --proxy`, and
+        `record --replay-matched` in record mode new_episodes)."""
+        k = self.kwargs
+        args = ["--match", str(k["match"])] if k.get("match") else []
+        for option, key in (("--ignore-json", "ignore_json"), ("--ignore-query", "ignore_query"),
+                            ("--ignore-header", "ignore_headers")):
+            for value in strings(k.get(key), key):
+                args += [option, value]
+        return args
+
     def replay_arguments(self, options: ReplayOptions) -> list[str]:
         """The `sse-recorder replay` options that serve this cassette as `options` does
         (for `replay --proxy` in a subprocess, where mitmproxy is not importable here)."""
@@ -180,12 +191,7 @@ class CassetteSettings:
         args = ["--instant"] if timing.instant else ["--speed", str(timing.speed)]
         if timing.max_gap is not None and not timing.instant:
             args += ["--max-gap", f"{timing.max_gap * 1000:g}ms"]
-        if k.get("match"):
-            args += ["--match", str(k["match"])]
-        for option, key in (("--ignore-json", "ignore_json"), ("--ignore-query", "ignore_query"),
-                            ("--ignore-header", "ignore_headers")):
-            for value in strings(k.get(key), key):
-                args += [option, value]
+        args += self.match_arguments()
         args += ["--when-exhausted", str(k.get("when_exhausted", "repeat-last"))]
         for spec in strings(k.get("faults"), "faults"):
             args += ["--fault", spec]

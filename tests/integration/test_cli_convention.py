@@ -185,6 +185,9 @@ FAILURES = {
                                "--loop asyncio does nothing with --proxy"),
     "match-without-replay-matched": Failure(("record", "{tmp}/new.sqlite", "--match", "path"),
                                             "--match path needs --replay-matched"),
+    "ignore-without-replay-matched": Failure(
+        ("record", "{tmp}/new.sqlite", "--ignore-query", "t"),
+        "--ignore-query t needs --replay-matched"),
     "ignore-header-without-headers": Failure(
         ("replay", "{cassette}", "--ignore-header", "X-Foo"),
         "--ignore-header X-Foo needs headers in --match: the default --match "

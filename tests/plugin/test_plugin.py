@@ -276,6 +276,28 @@ def test_new_episodes_appends_what_is_missing_and_all_rewrites(
     assert not Path(f"{cassette}-wal").exists()
 
 
+def test_new_episodes_matches_by_the_markers_rules(
+    suite: pytest.Pytester, recorded: Path, demo_upstream: str
+) -> None:
+    """new_episodes replays what matches under the marker's own rules (its ignore_query
+    here) and records nothing again: a query parameter that changes every run, ignored,
+    once grew the cassette by a duplicate per run."""
+    cassette = place(suite, recorded, "test_ignored", "episodes")
+    suite.makepyfile(test_ignored='''
+        import time
+        import httpx, pytest
+
+        @pytest.mark.sse_cassette("episodes", record_mode="new_episodes", ignore_query=["t"])
+        def test_logs(sse_cassette):
+            url = f"{sse_cassette.base_url}/ci/logs?t={time.time_ns()}"
+            assert httpx.get(url).status_code == 200
+    ''')
+    before = urls(cassette)
+    run(suite, f"--sse-upstream={demo_upstream}").assert_outcomes(passed=1)
+    run(suite, f"--sse-upstream={demo_upstream}").assert_outcomes(passed=1)
+    assert urls(cassette) == before  # answered from the cassette both times
+
+
 def test_all_keeps_the_cassette_when_its_recording_fails(
     suite: pytest.Pytester, recorded: Path
 ) -> None:
