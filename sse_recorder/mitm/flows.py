@@ -134,8 +134,11 @@ def _exchange(flow: http.HTTPFlow, where: str) -> tuple[Exchange, str | None]:
     head = _ns(resp.timestamp_start - start)
     end = _ns((resp.timestamp_end or resp.timestamp_start) - start)
     if resp.raw_content is None:
-        return (Exchange(request, start, response, head, (), Outcome.CLOSED, end, NOT_STORED),
-                f"{where} ({request.method} {request.url}): {NOT_STORED}")
+        # no body kept: the upstream failed on the way (its error says so), or a streamed
+        # body was not stored
+        why = f"{error}: imported with its head only" if error is not None else NOT_STORED
+        return (Exchange(request, start, response, head, (), Outcome.CLOSED, end, why),
+                f"{where} ({request.method} {request.url}): {why}")
     outcome = Outcome.CLEAN if error is None else Outcome.CLOSED
     return Exchange(request, start, response, head, ((end, body),) if body else (), outcome,
                     end, error), None

@@ -158,6 +158,7 @@ def test_export_chooses_interactions_and_writes_to_stdout(demo_cassette: Path) -
 
 
 TICKS = "/ticks?n=6&interval_ms=30"
+TICKS_RESET = "/ticks?n=3&interval_ms=10&end=reset"
 
 
 def _mitmdump(confdir: Path, upstream: str, workdir: Path, *sets: str) -> Mitmdump:
@@ -183,6 +184,7 @@ def mitmproxy_files(
     try:
         async def fetch_all() -> None:
             await asyncio.gather(*(probe(p.url + TICKS) for p in proxies.values()))
+            await probe(proxies["buffered"].url + TICKS_RESET)  # the upstream resets it
 
         in_thread(fetch_all())
     finally:
@@ -200,8 +202,10 @@ def test_mitmproxy_files_with_the_body_import_as_one_chunk(
     out = tmp_path / "imported.sqlite"
     done = cli("import", mitmproxy_files[config] / file, "-o", out)
     assert done.returncode == 0, done.stderr
-    assert "warning" not in done.stderr
-    [(interaction, chunks, events)] = in_thread(load(out))
+    (interaction, chunks, events), *reset = in_thread(load(out))
+    assert len(reset) == (config == "buffered")  # that proxy also carried the reset stream
+    assert "warning" not in "".join(line for line in done.stderr.splitlines()
+                                    if TICKS_RESET not in line)
     assert interaction.request.url.endswith(TICKS)
     assert interaction.response is not None and interaction.response.status == 200
     assert interaction.is_sse and interaction.outcome is Outcome.CLEAN
@@ -210,6 +214,22 @@ def test_mitmproxy_files_with_the_body_import_as_one_chunk(
     assert interaction.head_offset_ns is not None
     assert chunks[0].offset_ns - interaction.head_offset_ns > 100_000_000
     assert len([e for e in events if e.kind == "event"]) == 6
+
+
+def test_a_flow_whose_upstream_failed_imports_with_the_failure(
+    mitmproxy_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """mitmproxy keeps no body of a response its upstream reset: the import says so, not
+    that a streamed body went unstored."""
+    out = tmp_path / "imported.sqlite"
+    done = cli("import", mitmproxy_files["buffered"] / "flows", "-o", out)
+    assert done.returncode == 0, done.stderr
+    [warning] = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert TICKS_RESET in warning and "store_streamed_bodies" not in warning
+    assert "imported with its head only" in warning
+    [reset] = [r for r in in_thread(load(out)) if r[0].request.url.endswith(TICKS_RESET)]
+    assert reset[0].outcome is Outcome.CLOSED and reset[1] == []
+    assert reset[0].error is not None and "store_streamed_bodies" not in reset[0].error
 
 
 @pytest.mark.parametrize("file", ["flows", "dump.har"])
