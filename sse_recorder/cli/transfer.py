@@ -79,8 +79,11 @@ def export(cassette: Path, ids: tuple[int, ...], format_name: str, output: Path 
     exchanges = _run(read_cassette(cassette, ids))
     data: bytes = _flows_guard(lambda: FORMATS[format_name].write(exchanges))
     if output is None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        except OSError as exc:  # a full disk, a closed pipe...
+            _fail(f"cannot write to standard output: {exc.strerror or exc}")
         return
     write_whole(output, data)
     click.echo(f"exported {len(exchanges)} interaction{'s' if len(exchanges) != 1 else ''} "

@@ -143,6 +143,16 @@ def _drain(fd: int) -> bytes:
         got += data
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_export_to_a_full_stdout_fails_in_one_line(demo_cassette: Path) -> None:
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([SSE_RECORDER, "export", str(demo_cassette), "--format", "har"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "sse-recorder: cannot write to standard output: No space left on device"]
+
+
 def test_export_chooses_interactions_and_writes_to_stdout(demo_cassette: Path) -> None:
     done = cli("export", demo_cassette, "--format", "jsonl", "3", "1")
     assert done.returncode == 0, done.stderr
