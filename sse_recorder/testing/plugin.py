@@ -42,7 +42,13 @@ from sse_recorder.experiment.pytest_support import (  # sse_scenario: the fixtur
 from sse_recorder.testing import locate
 from sse_recorder.testing.network import Guard
 from sse_recorder.testing.processes import START_TIMEOUT, STOP_TIMEOUT, Process, ProcessError
-from sse_recorder.testing.settings import CassetteSettings, RecordMode, check_speed
+from sse_recorder.testing.settings import (
+    CassetteSettings,
+    RecordMode,
+    check_speed,
+    named,
+    sharing_default_name,
+)
 
 if TYPE_CHECKING:
     from sse_recorder.mitm.inprocess import InProcessProxy
@@ -580,6 +586,11 @@ def sse_cassette(
         settings = CassetteSettings.for_item(item)
     except ValueError as exc:
         pytest.fail(f"sse-recorder: {exc}", pytrace=False)
+    if not named(item) and (others := sharing_default_name(item)):
+        pytest.fail(f"sse-recorder: {item.nodeid} and {others[0]} would share the cassette "
+                    f"{settings.name}: their ids differ only in characters a file name "
+                    "cannot hold; name one: @pytest.mark.sse_cassette(\"NAME\")",
+                    pytrace=False)
     state = request.config.stash[_STATE]
     if state.confdir is None:
         configured = request.config.getini("sse_confdir")

@@ -53,7 +53,7 @@ def strings(value: object, what: str) -> tuple[str, ...]:
     raise ValueError(f"{what} must be a string or a list of strings, got {value!r}")
 
 
-def _default_name(item: pytest.Item) -> str:
+def default_name(item: pytest.Item) -> str:
     """Test name below its module (class and parameters included), safe as a file name."""
     names: list[str] = []
     for node in item.listchain():
@@ -62,6 +62,30 @@ def _default_name(item: pytest.Item) -> str:
         elif node is not item.session and not isinstance(node, pytest.Package | pytest.Dir):
             names.append(node.name)
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(names)).strip("-.") or "cassette"
+
+
+def named(item: pytest.Item) -> bool:
+    """Whether a marker names this test's cassette (a name, or a path): tests may share a
+    cassette on purpose then."""
+    return any(m.args or m.kwargs.get("path") for m in item.iter_markers("sse_cassette"))
+
+
+def sharing_default_name(item: pytest.Item) -> list[str]:
+    """The other tests of this module whose default cassette name is this test's: ids that
+    differ only where a file name cannot follow (`[a/b]`, `[a-b]`). Worked out once per
+    module and session."""
+    cache = item.session.stash.setdefault(_DEFAULT_NAMES, {})
+    names = cache.get(item.path)
+    if names is None:
+        names = cache[item.path] = {}
+        for other in item.session.items:
+            if (other.path == item.path and "sse_cassette" in getattr(other, "fixturenames", ())
+                    and not named(other)):
+                names.setdefault(default_name(other), []).append(other.nodeid)
+    return [n for n in names.get(default_name(item), []) if n != item.nodeid]
+
+
+_DEFAULT_NAMES = pytest.StashKey[dict[Path, dict[str, list[str]]]]()
 
 
 def store_cassette(url: str, name: str | None) -> Any:
@@ -126,7 +150,7 @@ class CassetteSettings:
                     or config.getini("sse_upstream") or None)
         speed = config.getoption("sse_speed") or kwargs.get("speed") or config.getini("sse_speed")
         kwargs["speed"] = speed or "instant"
-        name = name or _default_name(item)
+        name = name or default_name(item)
         module_dir = item.path.parent
         store = config.getini("sse_store") or None
         if kwargs.get("path") and "://" in str(kwargs["path"]):

@@ -298,6 +298,33 @@ def test_new_episodes_matches_by_the_markers_rules(
     assert urls(cassette) == before  # answered from the cassette both times
 
 
+def test_ids_that_would_share_a_cassette_file_fail_naming_both(
+    suite: pytest.Pytester,
+) -> None:
+    """`[a/b]` and `[a-b]` both make `test_p-a-b.sqlite`: instead of one test replaying the
+    other's recording, both fail saying so; a named cassette may be shared on purpose."""
+    suite.makepyfile(test_ids='''
+        import pytest
+
+        @pytest.mark.parametrize("q", ["a/b", "a-b"])
+        def test_p(sse_cassette, q):
+            pass
+
+        @pytest.mark.sse_cassette("shared")
+        @pytest.mark.parametrize("q", ["x y", "x-y"])
+        def test_named(sse_cassette, q):
+            pass
+    ''')
+    result = run(suite)
+    result.assert_outcomes(errors=4)
+    result.stdout.fnmatch_lines_random([
+        "*sse-recorder: test_ids.py::test_p[[]a/b] and test_ids.py::test_p[[]a-b] would share "
+        "the cassette test_p-a-b: *name one*",
+        "*sse-recorder: test_ids.py::test_p[[]a-b] and test_ids.py::test_p[[]a/b] would share*",
+    ])
+    assert result.stdout.str().count("no such cassette") == 2  # the named pair: just missing
+
+
 def test_all_keeps_the_cassette_when_its_recording_fails(
     suite: pytest.Pytester, recorded: Path
 ) -> None:
