@@ -196,7 +196,7 @@ class RecordingSession:
         offsets.append(offset_ns)
         datas.append(data)
         if len(datas) == 1 or len(datas) >= FRAME_ITEMS:
-            self._run_grew(iid)
+            self._run_grew(iid, offsets, datas)
 
     def chunk_recorder(self, iid: int, anchor_ns: int) -> Callable[[bytes], bool]:
         """The proxy's call for each chunk of one response, as one closure (this is the
@@ -212,7 +212,7 @@ class RecordingSession:
             add_offset(now - anchor_ns)
             add_data(data)
             if len(datas) == 1 or len(datas) >= FRAME_ITEMS:
-                self._run_grew(iid)  # its first chunk this frame, or a frame's worth
+                self._run_grew(iid, offsets, datas)  # first chunk this frame, or a frame's worth
             if now - self.backlog_since_ns > LAG_HIGH_NS:
                 # What the writer said may wait unread while this loop is busy: read it first
                 self._channel.poll()
@@ -229,21 +229,31 @@ class RecordingSession:
             lists = self._lists[iid] = ([], [])
         return lists
 
-    def _run_grew(self, iid: int) -> None:
+    def _run_grew(self, iid: int, offsets: list[int], datas: list[bytes]) -> None:
         """A response's first chunk this frame (its run takes its place in the outbox), or
         its FRAME_ITEMS-th (the frame goes now)."""
-        lists = self._lists.get(iid)
-        if iid not in self._open or lists is None:
-            for held in self._lists.pop(iid, ([], [])):
-                held.clear()  # after its end: dropped, as the writer would
+        if iid not in self._open:  # after its end: dropped, as the writer would
+            self._lists.pop(iid, None)
+            offsets.clear()
+            datas.clear()
             return
         if iid not in self._run_at:
             self._run_at[iid] = len(self._outbox)
-            self._outbox.append((RUN, iid, *lists))
-        if len(lists[1]) >= FRAME_ITEMS:
+            self._outbox.append((RUN, iid, offsets, datas))
+        if len(datas) >= FRAME_ITEMS:
             self._send()
         else:
             self._schedule()
+
+    @staticmethod
+    def _taken(item: Item) -> Item:
+        """A run of the outbox as a frame carries it: copies of its response's lists,
+        which are emptied for the next frame."""
+        _, iid, offsets, datas = item
+        run = (RUN, iid, offsets.copy(), datas.copy())
+        offsets.clear()
+        datas.clear()
+        return run
 
     def _put(self, item: Item) -> None:
         self._outbox.append(item)
@@ -278,12 +288,9 @@ class RecordingSession:
         items = self._outbox.copy()
         self._outbox.clear()
         count = self._outbox_items
-        for iid, index in self._run_at.items():
-            _, _, offsets, datas = items[index]
-            items[index] = (RUN, iid, offsets.copy(), datas.copy())
-            count += len(datas)
-            offsets.clear()
-            datas.clear()
+        for index in self._run_at.values():
+            items[index] = self._taken(items[index])
+            count += len(items[index][3])
         self._run_at.clear()
         plain, self._outbox_plain = self._outbox_plain, True
         self._outbox_items = 0
@@ -310,12 +317,10 @@ class RecordingSession:
         if iid in self._open:
             self._open.discard(iid)
             index = self._run_at.pop(iid, None)
-            offsets, datas = self._lists.pop(iid, ([], []))
+            self._lists.pop(iid, None)
             if index is not None:  # its run is taken now: a chunk after its end is dropped
-                self._outbox[index] = (RUN, iid, offsets.copy(), datas.copy())
-                self._outbox_items += len(datas)
-            offsets.clear()
-            datas.clear()
+                self._outbox[index] = self._taken(self._outbox[index])
+                self._outbox_items += len(self._outbox[index][3])
             self._outbox_plain = False
             self._put((END, iid, offset_ns, reason, error, check_truncation))
 
