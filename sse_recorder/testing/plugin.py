@@ -430,8 +430,7 @@ class SSECassette:
             pytest.fail(f"sse-recorder: {self._shown()}: a store's cassette is never "
                         "replaced by a test (record mode all, or a failed recording): "
                         "`sse-recorder copy` or drop it yourself", pytrace=False)
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        _delete(self.path)
 
     def _where(self) -> str:
         """The cassette as shown, and where a relative `path=` was looked for."""
@@ -546,8 +545,7 @@ class SSECassette:
             self._remove()
             shutil.move(recorded, self.path)
             return []
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(f"{recorded}{suffix}").unlink(missing_ok=True)
+        _delete(recorded)
         if self._recorder is None:
             return []  # nothing was recorded: nothing to say
         return [f"sse-recorder: record mode all: {self._shown()} kept as it was (the test or "
@@ -572,6 +570,12 @@ class SSECassette:
         return "\n".join(lines)
 
 
+def _delete(cassette: Path) -> None:
+    """A SQLite cassette file and its side files."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{cassette}{suffix}").unlink(missing_ok=True)
+
+
 _CASSETTE = pytest.StashKey[SSECassette]()
 _PASSED = pytest.StashKey[bool]()  # the test's call phase passed (set by makereport)
 
@@ -586,7 +590,7 @@ def sse_cassette(
         settings = CassetteSettings.for_item(item)
     except ValueError as exc:
         pytest.fail(f"sse-recorder: {exc}", pytrace=False)
-    if not named(item) and (others := sharing_default_name(item)):
+    if not named(item) and (others := sharing_default_name(item, settings.name)):
         pytest.fail(f"sse-recorder: {item.nodeid} and {others[0]} would share the cassette "
                     f"{settings.name}: their ids differ only in characters a file name "
                     "cannot hold; name one: @pytest.mark.sse_cassette(\"NAME\")",

@@ -70,10 +70,10 @@ def named(item: pytest.Item) -> bool:
     return any(m.args or m.kwargs.get("path") for m in item.iter_markers("sse_cassette"))
 
 
-def sharing_default_name(item: pytest.Item) -> list[str]:
-    """The other tests of this module whose default cassette name is this test's: ids that
-    differ only where a file name cannot follow (`[a/b]`, `[a-b]`). Worked out once per
-    module and session."""
+def sharing_default_name(item: pytest.Item, name: str) -> list[str]:
+    """The other tests of this module whose default cassette name is `name`, this test's:
+    ids that differ only where a file name cannot follow (`[a/b]`, `[a-b]`). Worked out
+    once per module and session."""
     cache = item.session.stash.setdefault(_DEFAULT_NAMES, {})
     names = cache.get(item.path)
     if names is None:
@@ -82,7 +82,7 @@ def sharing_default_name(item: pytest.Item) -> list[str]:
             if (other.path == item.path and "sse_cassette" in getattr(other, "fixturenames", ())
                     and not named(other)):
                 names.setdefault(default_name(other), []).append(other.nodeid)
-    return [n for n in names.get(default_name(item), []) if n != item.nodeid]
+    return [n for n in names.get(name, []) if n != item.nodeid]
 
 
 _DEFAULT_NAMES = pytest.StashKey[dict[Path, dict[str, list[str]]]]()
