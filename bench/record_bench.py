@@ -12,7 +12,11 @@ its own process (`bench/_client.py`) so its GIL cannot stall the proxy or the se
 2. fast: events/s of a back-to-back stream (50,000 events) through the recorder divided by
    the pass-through (target >= 0.95), the repetitions spread over 3 fresh proxy pairs (two
    processes of one program differ by a few percent: hash seeds, memory layout); afterwards
-   each cassette must hold every byte the client received.
+   each cassette must hold every byte the client received. Each repetition floods the
+   pass-through and the recorder of one pair back to back, in random order, and the figure is
+   the median of those per-repetition ratios: this host drifts (a pass-through alone went
+   from 26,000 to 48,000 events/s within minutes), which a ratio of the two medians reads as
+   the recorder's cost or gain (it is printed beside it).
    The recorder's writer runs behind the stream, so each recorder run also waits until the
    cassette holds the whole response (reported as the commit lag, against the 250 ms bound of
    `recorder.py`) and the proxies' CPU per event is reported: the wall-clock ratio of a
@@ -114,7 +118,7 @@ class Plan:
     # 8% of the writer's CPU went uncounted, and one repetition swung 0.73-1.12x; 50,000 or
     # more swing about +-5%.
     fast_events: int
-    fast_reps: int  # fast: repetitions per proxy pair
+    fast_reps: int  # fast: repetitions per proxy pair (the spare-core part: spare_reps)
     chunks: int  # cassette: chunks per repetition
     interactions: int  # cassette: interactions the chunks are spread over
     cassette_reps: int
@@ -126,10 +130,11 @@ class Plan:
     # memory layout: why pyperf spreads a benchmark over processes), and the flood ratio
     # compares two processes: one pair per run made whole runs read 0.93 or 1.06.
     fast_stacks: int = 1
+    spare_reps: int = 4
 
 
-FULL = Plan(12, 200, 10, 50_000, 4, 200_000, 4, 3, 480, fast_stacks=3)
-QUICK = Plan(2, 100, 10, 5_000, 3, 20_000, 4, 1, 90, 3, 2.0)
+FULL = Plan(12, 200, 10, 50_000, 6, 200_000, 4, 3, 540, fast_stacks=3)
+QUICK = Plan(2, 100, 10, 5_000, 3, 20_000, 4, 1, 90, 3, 2.0, spare_reps=3)
 
 
 def signed_ms(ns: float) -> str:
@@ -347,7 +352,8 @@ def bench_latency(stack: ProxyStack, plan: Plan, summary: Summary) -> None:
 
 def bench_fast(stacks: Sequence[ProxyStack], plan: Plan, summary: Summary) -> None:
     load = ForeignLoad([pid for stack in stacks for pid in stack.own_pids()])
-    rates, runs = fast_runs(stacks, plan, "fast", ("direct", "passthrough", "recorder"))
+    rates, runs = fast_runs(stacks, plan.fast_reps, plan, "fast",
+                            ("direct", "passthrough", "recorder"))
     medians = {c: median(r) for c, r in rates.items()}
     rows = [
         [c, len(r), f"{medians[c]:,.0f}", f"{min(r):,.0f}", f"{max(r):,.0f}",
@@ -360,8 +366,10 @@ def bench_fast(stacks: Sequence[ProxyStack], plan: Plan, summary: Summary) -> No
     print(table(["config", "reps", "median", "min", "max", "/ passthrough", "proxy CPU us/ev"],
                 rows))
     paired = [a / b for a, b in zip(rates["recorder"], rates["passthrough"], strict=True)]
-    print(f"recorder / passthrough per repetition: median {fmt_ratio(median(paired))}, "
-          f"range {fmt_ratio(min(paired))} .. {fmt_ratio(max(paired))}")
+    value = median(paired)
+    print(f"recorder / passthrough per repetition: median {fmt_ratio(value)}, "
+          f"range {fmt_ratio(min(paired))} .. {fmt_ratio(max(paired))}; ratio of the medians "
+          f"{fmt_ratio(ratio(medians['recorder'], medians['passthrough']))}")
     # The stream is short enough for the recorder's queue to absorb a backlog, so the wall
     # clock flatters it; CPU per event bounds what a proxy can sustain on one core.
     cpu_ratio = ratio(runs["recorder"].cpu_per_event(), runs["passthrough"].cpu_per_event())
@@ -371,7 +379,6 @@ def bench_fast(stacks: Sequence[ProxyStack], plan: Plan, summary: Summary) -> No
     print(f"the recorder's writer process: {writer_us:.1f} us CPU per event (off the proxy, "
           "but on the same 2 CPUs as the proxy, the upstream and the client)")
     print(load.describe())
-    value = ratio(medians["recorder"], medians["passthrough"])
     summary.add("fast stream, recorder / passthrough ev/s",
                 f"{fmt_ratio(value)} (target >= {FAST_TARGET}; writer {writer_us:.1f} us CPU "
                 "per event on the shared CPUs)", value >= FAST_TARGET)
@@ -382,14 +389,14 @@ def bench_fast(stacks: Sequence[ProxyStack], plan: Plan, summary: Summary) -> No
         bench_fast_spare_core(stacks, plan, summary)
 
 
-def fast_runs(stacks: Sequence[ProxyStack], plan: Plan, tag: str,
+def fast_runs(stacks: Sequence[ProxyStack], reps: int, plan: Plan, tag: str,
               configs: Sequence[str]) -> tuple[dict[str, list[float]], dict[str, Runs]]:
     """The back-to-back stream through each configuration, interleaved in random order,
-    `plan.fast_reps` times through each proxy pair."""
+    `reps` times through each proxy pair."""
     rates: dict[str, list[float]] = {c: [] for c in configs}
     runs = {c: Runs() for c in configs}
     query = f"n={plan.fast_events}&interval_ms=0"
-    for r in range(plan.fast_reps * len(stacks)):
+    for r in range(reps * len(stacks)):
         stack = stacks[r % len(stacks)]
         for config in random.sample(list(configs), len(configs)):
             reply = stack.fetch(config, query, f"{tag}-{r}")
@@ -426,17 +433,18 @@ def bench_fast_spare_core(stacks: Sequence[ProxyStack], plan: Plan, summary: Sum
             pin(pid, {first})
         for pid in writers:
             pin(pid, {second})
-        rates, runs = fast_runs(stacks, plan, "spare", ("passthrough", "recorder"))
+        rates, runs = fast_runs(stacks, plan.spare_reps, plan, "spare",
+                                ("passthrough", "recorder"))
     finally:
         for pid in stream_pids + writers:
             pin(pid, every)
     medians = {c: median(r) for c, r in rates.items()}
-    value = ratio(medians["recorder"], medians["passthrough"])
     paired = [a / b for a, b in zip(rates["recorder"], rates["passthrough"], strict=True)]
+    value = median(paired)
     print(f"\n2b. the same with a core to spare for the writer (the upstream, the proxies and "
           f"the client on CPU {first}, the writer on CPU {second}), events/s: pass-through "
-          f"{medians['passthrough']:,.0f}, recorder {medians['recorder']:,.0f} = "
-          f"{fmt_ratio(value)} (per repetition {fmt_ratio(min(paired))} .. "
+          f"{medians['passthrough']:,.0f}, recorder {medians['recorder']:,.0f} (medians); "
+          f"per repetition {fmt_ratio(value)} (median; {fmt_ratio(min(paired))} .. "
           f"{fmt_ratio(max(paired))}); proxy CPU per event {runs['passthrough'].cpu_text()} "
           f"vs {runs['recorder'].cpu_text()} us; commit lag max "
           f"{ms(max(runs['recorder'].lags_ns))} ms")

@@ -85,11 +85,12 @@ NO_BACKLOG = 1 << 62  # `backlog_since_ns` when everything is committed
 # delay 0.015 -> 0.101 ms). A gap alone is no sign of quiet: a flood's proxy sharing a CPU is
 # often off it for longer.
 FRAME_DELAY_S = 0.025
+FRAME_DELAY_NS = int(FRAME_DELAY_S * 1e9)
 QUIET_GAP_S = 0.002
 QUIET_GAP_NS = int(QUIET_GAP_S * 1e9)
 QUIET_FRAME_ITEMS = 8  # the last frame held fewer items: traffic may be quiet
-FRAME_ITEMS = 2048  # a busy loop runs timers late: a frame also goes once a response has this
-# many chunks in it, or it holds this many other items
+FRAME_ITEMS = 2048  # a frame also goes once a response has this many chunks in it, or it
+# holds this many other items
 PIPE_SIZE = 1 << 20  # the writer process's input pipe (Linux default: 64 KiB)
 _F_SETPIPE_SZ = 1031
 
@@ -139,6 +140,7 @@ class RecordingSession:
         # proxy compares it with its clock after each chunk, and past LAG_HIGH_NS stops
         # reading and sets `congested`.
         self.backlog_since_ns = NO_BACKLOG
+        self._due_ns = NO_BACKLOG  # see `_update_due`
         self.congested = False
         self.max_lag_ns = 0  # the oldest data a commit held (for benchmarks)
         self._channel: _Channel = (_ProcessChannel() if self.config.writer is WriterMode.PROCESS
@@ -213,15 +215,34 @@ class RecordingSession:
             add_data(data)
             if len(datas) == 1 or len(datas) >= FRAME_ITEMS:
                 self._run_grew(iid, offsets, datas)  # first chunk this frame, or a frame's worth
-            if now - self.backlog_since_ns > LAG_HIGH_NS:
-                # What the writer said may wait unread while this loop is busy: read it first
-                self._channel.poll()
-                if now - self.backlog_since_ns > LAG_HIGH_NS:
-                    self.congested = True
-                    return True
+            if now > self._due_ns:
+                return self._overdue(now)
             return False
 
         return record
+
+    def _overdue(self, now: int) -> bool:
+        """A chunk past `_due_ns`: the pending frame's time has come (the loop could not run
+        its timer: mitmproxy hands over the ~2,000 chunks of one 64 KiB read of a flood in a
+        single callback, ~75 ms of work), or the writer may be LAG_HIGH_NS behind. Returns
+        whether the proxy should stop reading this upstream."""
+        if self._timer is not None and now - self._outbox_since >= FRAME_DELAY_NS:
+            self._send()
+        if now - self.backlog_since_ns > LAG_HIGH_NS:
+            # What the writer said may wait unread while this loop is busy: read it first
+            self._channel.poll()
+            if now - self.backlog_since_ns > LAG_HIGH_NS:
+                self.congested = True
+                return True
+        return False
+
+    def _update_due(self) -> None:
+        """When the closure next has something to check: the pending frame's send time, or
+        the backlog reaching LAG_HIGH_NS."""
+        due = self.backlog_since_ns + LAG_HIGH_NS
+        if self._timer is not None:
+            due = min(due, self._outbox_since + FRAME_DELAY_NS)
+        self._due_ns = due
 
     def _lists_of(self, iid: int) -> tuple[list[int], list[bytes]]:
         lists = self._lists.get(iid)
@@ -278,6 +299,7 @@ class RecordingSession:
             self._timer = self._loop.call_soon(self._send)
         else:
             self._timer = self._loop.call_later(FRAME_DELAY_S, self._send)
+        self._update_due()
 
     def _send(self) -> None:
         """FRAME_DELAY_S after its first item (at the end of that loop turn after a quiet
@@ -285,6 +307,7 @@ class RecordingSession:
         if self._timer is not None:
             self._timer.cancel()  # a frame cut by size: its timer has nothing left to send
             self._timer = None
+            self._update_due()
         items = self._outbox.copy()
         self._outbox.clear()
         count = self._outbox_items
@@ -353,6 +376,7 @@ class RecordingSession:
             self.backlog_since_ns = self._outbox_since
         else:
             self.backlog_since_ns = NO_BACKLOG
+        self._update_due()
         self.chunks_written += commit.chunks
         if self.congested and now - self.backlog_since_ns < LAG_LOW_NS:
             self._congestion(False)
@@ -404,6 +428,7 @@ class RecordingSession:
         self._send()
         await self._channel.close()
         self.backlog_since_ns = NO_BACKLOG
+        self._update_due()
         self._congestion(False)
         for done in self._flushes.values():
             if not done.done():

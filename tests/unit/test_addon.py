@@ -463,6 +463,7 @@ async def test_a_congested_writer_pauses_the_upstream_until_it_drains(
         stream(b"data: 1\n\n")
         assert transport.is_reading()  # the writer keeps up: nothing paused
         session.backlog_since_ns = time.monotonic_ns() - 2 * LAG_HIGH_NS  # it fell behind
+        session._update_due()
         stream(b"data: 2\n\n")
         assert not transport.is_reading() and session.congested
         await session.flush()  # the writer commits, the lag falls: reading resumes

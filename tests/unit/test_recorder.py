@@ -763,13 +763,21 @@ def commit_event(session: RecordingSession, *, with_chunks: bool = False) -> asy
     return committed
 
 
-@pytest.mark.parametrize("queued", [writer_module.BATCH_WAIT_ITEMS - 1,
-                                    writer_module.BATCH_WAIT_ITEMS])
+def whole_event(size: int) -> bytes:
+    return b"data: " + b"x" * (size - 8) + b"\n\n"
+
+
+@pytest.mark.parametrize(("chunks", "worth_it"), [
+    ([b"data: %d\n\n" % n for n in range(writer_module.BATCH_WAIT_ITEMS - 1)], False),
+    ([b"data: %d\n\n" % n for n in range(writer_module.BATCH_WAIT_ITEMS)], True),
+    ([whole_event(writer_module.BATCH_WAIT_BYTES - 1)], False),
+    ([whole_event(writer_module.BATCH_WAIT_BYTES)], True),
+], ids=["items-1", "items", "bytes-1", "bytes"])
 async def test_a_batch_of_a_flood_is_written_without_waiting(
-    queued: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    chunks: list[bytes], worth_it: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A frame of BATCH_WAIT_ITEMS chunks or more (a flood's) is a batch worth its
-    transaction: written as it comes; one chunk fewer waits for more frames."""
+    """A batch of BATCH_WAIT_ITEMS chunks or BATCH_WAIT_BYTES (a flood's) is worth its
+    transaction: written as it comes; one chunk or byte less waits for more frames."""
     monkeypatch.setattr(writer_module, "BATCH_DELAY_S", 30.0)
     session = task_session(str(tmp_path / "rec.cassette"))
     await session.start()
@@ -777,10 +785,11 @@ async def test_a_batch_of_a_flood_is_written_without_waiting(
     iid = session.begin(GET, 1.0)
     session.head(iid, SSE_HEAD, 1)
     await session.flush()  # the start is written: the next batch holds the chunks alone
-    for n in range(queued):
-        session.chunk(iid, n + 2, b"data: %d\n\n" % n)
+    for n, data in enumerate(chunks):
+        session.chunk(iid, n + 2, data)
     session._send()
-    if queued < writer_module.BATCH_WAIT_ITEMS:
+    queued = len(chunks)
+    if not worth_it:
         with pytest.raises(TimeoutError):  # the writer waits for more (30 s here)
             await asyncio.wait_for(committed.wait(), 0.3)
     else:
@@ -912,6 +921,7 @@ async def test_chunk_recorder_stamps_queues_and_says_when_the_writer_is_behind(
     after = time.monotonic_ns() - anchor
     assert session._frame >= 2  # 3-item frames went out without waiting for the timer
     session.backlog_since_ns = time.monotonic_ns() - 2 * session_module.LAG_HIGH_NS
+    session._update_due()
     assert record(b": behind\n") is True and session.congested
     await session.flush()
     session.end(iid, Outcome.CLEAN, after)
@@ -921,6 +931,38 @@ async def test_chunk_recorder_stamps_queues_and_says_when_the_writer_is_behind(
     assert [c.data for c in stored] == [*pieces, b": behind\n"]
     offsets = [c.offset_ns for c in stored]
     assert offsets == sorted(offsets) and 0 <= offsets[0] and offsets[6] <= after
+
+
+async def test_the_closure_sends_a_frame_whose_timer_the_busy_loop_cannot_run(
+    tmp_path: Path,
+) -> None:
+    """mitmproxy hands over the ~2,000 chunks of one 64 KiB read of a flood in one callback
+    (~75 ms): the frame's timer cannot run meanwhile, so the closure sends the frame itself
+    once it is FRAME_DELAY_S old (it went 75-136 ms late, and the data it held met the
+    LAG_HIGH_NS brake before the writer ever saw it). A younger frame keeps waiting."""
+    session = task_session(str(tmp_path / "rec.cassette"))
+    await session.start()
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+    await session.flush()
+    frames = session._frame
+    session._last_frame_ns = time.monotonic_ns()  # busy: the next frame waits on its timer
+    record = session.chunk_recorder(iid, time.monotonic_ns())
+    assert record(b"data: 1\n\n") is False
+    assert record(b"data: 2\n\n") is False
+    assert session._frame == frames and session._timer is not None  # young: it waits
+    # the loop has been busy since the frame began (no await in between): age it
+    session._outbox_since -= session_module.FRAME_DELAY_NS
+    session._update_due()
+    assert record(b"data: 3\n\n") is False  # sent by the closure, no brake
+    assert session._frame == frames + 1 and session._timer is None
+    assert not session.congested
+    assert record(b"data: 4\n\n") is False  # starts the next frame, on its timer again
+    assert session._frame == frames + 1 and session._timer is not None
+    session.end(iid, Outcome.CLEAN, 10)
+    await session.close()
+    stored = (await read_back(tmp_path / "rec.cassette")).chunks[iid]
+    assert [c.data for c in stored] == [b"data: %d\n\n" % n for n in range(1, 5)]
 
 
 async def test_a_frame_goes_at_once_after_a_quiet_spell_and_waits_while_busy(
