@@ -1,7 +1,7 @@
 """`sse-recorder export` and `import`: cassettes to and from HAR, mitmproxy flows, `.sse`
 text and JSON lines (`sse_recorder.transfer`). Nothing partial is ever written: both write
 a temporary file beside the target and rename it into place once complete (an import into
-a store copies the finished file in)."""
+a store copies the finished file in); an import stopped by Ctrl-C or SIGTERM removes it."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from sse_recorder.cli.app import (
     write_whole,
 )
 from sse_recorder.errors import SSERecorderError
+from sse_recorder.partial import removing_on_sigterm
 from sse_recorder.transfer.formats import FORMATS
 
 if TYPE_CHECKING:
@@ -119,8 +120,9 @@ def import_(file: Path, format_name: str | None, output: Path | Location,
     for warning in imported.warnings:
         click.echo(f"sse-recorder: warning: {warning}", err=True)
     lines: list[str] = []
-    _run(write_cassette(imported.exchanges, output, rules,
-                        lambda item: lines.append(recorded_line(item))))
+    with removing_on_sigterm("import"):  # SIGTERM does not unwind: the handler cleans up
+        _run(write_cassette(imported.exchanges, output, rules,
+                            lambda item: lines.append(recorded_line(item))))
     for line in lines:
         click.echo(line, err=True)
     count = len(imported.exchanges)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sse_recorder import partial
 from sse_recorder.errors import CassetteError
 from sse_recorder.model import Outcome, RecordedEvent, RecordedRequest, ResponseHead
 from sse_recorder.record.redact import RedactionRules
@@ -105,20 +106,22 @@ async def write_cassette(
     if target.parent.is_dir() and not os.access(target.parent, os.W_OK):
         raise TransferError(f"{target}: cannot create: {target.parent} is not writable")
     temporary = target.with_name(f".{target.name}.{os.getpid()}.importing")
-    try:
-        await _record(exchanges, temporary, rules or RedactionRules(), on_recorded)
-        if not temporary.exists():  # the session removes a cassette left empty
-            raise TransferError(f"{target}: nothing to import: the input holds no interaction")
-        async with await Cassette.open(temporary) as written:
-            await written.interactions()  # every value readable, or a CassetteError
-        if target.exists():
-            raise TransferError(f"{target}: was created meanwhile; not overwriting it")
-        os.replace(temporary, target)
-    except CassetteError as exc:
-        raise TransferError(str(exc).replace(str(temporary), str(target))) from None
-    finally:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(f"{temporary}{suffix}").unlink(missing_ok=True)
+    with partial.writing(temporary):
+        try:
+            await _record(exchanges, temporary, rules or RedactionRules(), on_recorded)
+            if not temporary.exists():  # the session removes a cassette left empty
+                raise TransferError(f"{target}: nothing to import: the input holds no "
+                                    "interaction")
+            async with await Cassette.open(temporary) as written:
+                await written.interactions()  # every value readable, or a CassetteError
+            if target.exists():
+                raise TransferError(f"{target}: was created meanwhile; not overwriting it")
+            os.replace(temporary, target)
+        except CassetteError as exc:
+            raise TransferError(str(exc).replace(str(temporary), str(target))) from None
+        finally:
+            for suffix in ("", *partial.SQLITE_SIDE_FILES):
+                Path(f"{temporary}{suffix}").unlink(missing_ok=True)
 
 
 async def _write_into_store(
@@ -130,7 +133,8 @@ async def _write_into_store(
     if target.name in await stored_names(target):
         raise TransferError(f"{target}: exists: import writes a new cassette (choose another "
                             "cassette= name, or `sse-recorder copy` into this one)")
-    with tempfile.TemporaryDirectory(prefix="sse-recorder-import-") as directory:
+    with (tempfile.TemporaryDirectory(prefix="sse-recorder-import-") as directory,
+          partial.writing(Path(directory))):
         staged = Path(directory) / "import.sqlite"
         await write_cassette(exchanges, staged, rules, on_recorded)
         await copy(staged, target)

@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import select
+import signal
 import stat
 import subprocess
 import time
@@ -31,7 +32,9 @@ from httpx_sse import aconnect_sse
 from sse_recorder.cli import main
 from sse_recorder.demo.upstream import ticks_writes
 from sse_recorder.demo.walkthrough import REQUESTS
-from sse_recorder.model import Outcome
+from sse_recorder.model import Outcome, RecordedRequest, ResponseHead
+from sse_recorder.transfer.exchange import Exchange
+from sse_recorder.transfer.formats import FORMATS as TRANSFER_FORMATS
 from sse_recorder.wire.probe import probe
 from tests.helpers import MITMDUMP, REPO, SSE_RECORDER, RecordDemo
 from tests.integration.support import CHAT, Recorded, in_thread, load, replay_process, retrying
@@ -373,6 +376,44 @@ def test_bad_input_is_one_line_exit_2_and_nothing_is_written(
     assert done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
     assert done.stderr.startswith(f"sse-recorder: {source}"), done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def big_import_file(path: Path, interactions: int, chunks: int) -> Path:
+    sse = ResponseHead(200, "OK", [("content-type", "text/event-stream")], "HTTP/1.1")
+    path.write_bytes(TRANSFER_FORMATS["jsonl"].write([
+        Exchange(RecordedRequest("GET", f"http://127.0.0.1:9/s/{n}", [], b"", "HTTP/1.1"),
+                 1.0 + n, sse, 1000, tuple((k * 1000, b"data: %d\n\n" % k)
+                                           for k in range(chunks)), Outcome.CLEAN, 10**6)
+        for n in range(interactions)
+    ]))
+    return path
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_an_import_stopped_by_a_signal_leaves_nothing(signal_name: str, tmp_path: Path) -> None:
+    """SIGTERM ends a process without unwinding (no `finally` runs): the import's handler
+    removes its temporary cassette and WAL, says so in one line and exits 143; Ctrl-C
+    unwinds, and leaves nothing either."""
+    source = big_import_file(tmp_path / "big.jsonl", 4000, 20)
+    process = subprocess.Popen([SSE_RECORDER, "import", str(source), "-o",
+                                str(tmp_path / "out.sqlite")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".out.sqlite.*.importing")):  # it is writing
+            assert process.poll() is None, "the import ended before it could be stopped"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        process.send_signal(getattr(signal, signal_name))
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    if signal_name == "SIGTERM":
+        assert process.returncode == 143
+        assert stderr == "sse-recorder: import stopped (SIGTERM): nothing partial left\n"
+    else:
+        assert process.returncode != 0 and "Traceback" not in stderr, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl"]
 
 
 def test_usage_errors_and_a_bad_sse_file_given_to_replay_are_one_line(tmp_path: Path) -> None:

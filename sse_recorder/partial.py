@@ -1,0 +1,65 @@
+"""Files being written that are not whole yet, and what removes them when SIGTERM comes.
+
+A command stopped by SIGTERM ends without unwinding (no `finally` runs), so the temporary
+file of an import or an export would stay beside its target. Writers register such paths
+while they write (`writing`); `removing_on_sigterm` makes SIGTERM remove them before the
+process exits, as Ctrl-C's unwinding does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+TERMINATED = 128 + signal.SIGTERM  # the shell's status for a process SIGTERM ended
+
+_paths: set[Path] = set()
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[Path]:
+    """`path` (a file, with its SQLite side files, or a directory) is partial until the
+    block ends."""
+    _paths.add(path)
+    try:
+        yield path
+    finally:
+        _paths.discard(path)
+
+
+def remove_all() -> None:
+    """Remove every partial path registered."""
+    for path in list(_paths):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        for candidate in (path, *(Path(f"{path}{suffix}") for suffix in SQLITE_SIDE_FILES)):
+            try:
+                candidate.unlink(missing_ok=True)
+            except OSError:
+                continue
+
+
+@contextmanager
+def removing_on_sigterm(what: str) -> Iterator[None]:
+    """While the block runs, SIGTERM removes the partial paths, says so in one line and
+    exits with status 143 (the previous handler is back afterwards)."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        remove_all()
+        sys.stderr.write(f"sse-recorder: {what} stopped (SIGTERM): nothing partial left\n")
+        sys.stderr.flush()
+        os._exit(TERMINATED)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
