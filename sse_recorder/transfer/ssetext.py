@@ -143,8 +143,9 @@ class _Reader:
         if self.state in _BEFORE_HEAD:
             self.fail("the file ends before the response: write its status line "
                       "(HTTP/1.1 200 OK), or `@end proxy-error` for none")
-        if self.state is not State.OUTSIDE:
-            self._finish(Outcome.CLEAN, None, None)
+        if self.state is not State.OUTSIDE:  # as `@end clean`: the end at the clock's time
+            assert self.draft is not None
+            self._finish(Outcome.CLEAN, self.draft.clock, None)
         if not self.done:
             raise TransferError(f"{self.name}: no interaction in the file (it starts with a "
                                 "request line such as `GET http://127.0.0.1/stream`)")

@@ -196,6 +196,19 @@ def test_the_readme_example_reads_as_it_says() -> None:
     assert (exchange.outcome, exchange.end_offset_ns) == (Outcome.CLOSED, 40_240_000_000)
 
 
+def test_a_file_ending_without_end_reads_as_end_clean() -> None:
+    """`@end` is optional at the end of the file, where it means `@end clean`: the end
+    at the clock's time (the last chunk's, or `@wait` later), as an explicit one gives."""
+    stream = (b"GET http://127.0.0.1/s\n\n@wait 40ms\nHTTP/1.1 200 OK\n"
+              b"Content-Type: text/event-stream\n\n@pace 100ms\ndata: 1\n\ndata: 2\n\n")
+    for ending in (b"", b"@wait 5ms\n"):
+        [implicit] = ssetext.load(stream + ending, "f.sse", now=1.0).exchanges
+        [explicit] = ssetext.load(stream + ending + b"@end clean\n", "f.sse", now=1.0).exchanges
+        assert implicit == explicit
+        assert implicit.outcome is Outcome.CLEAN
+        assert implicit.end_offset_ns == implicit.chunks[-1][0] + (5_000_000 if ending else 0)
+
+
 def test_pace_line_endings_raw_and_absolute_times() -> None:
     text = b"""POST http://h/x HTTP/2.0
 @started 2026-01-15T10:30:00Z
