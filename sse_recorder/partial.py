@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,7 +51,12 @@ def remove_all() -> None:
 @contextmanager
 def removing_on_sigterm(what: str) -> Iterator[None]:
     """While the block runs, SIGTERM removes the partial paths, says so in one line and
-    exits with status 143 (the previous handler is back afterwards)."""
+    exits with status 143 (the previous handler is back afterwards). Off the main thread
+    (a command run by click's CliRunner in a worker thread) signals cannot be handled, nor
+    do they arrive there: the block just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def stop(signum: int, frame: FrameType | None) -> None:
         remove_all()

@@ -80,12 +80,14 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                      b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n"
                      b"Connection: close\r\n\r\n")
-        for gap, piece in zip(gaps, pieces, strict=True):
+        for index, (gap, piece) in enumerate(zip(gaps, pieces, strict=True)):
             await asyncio.sleep(gap / 1000)
-            writer.write(_chunk(piece))
+            # the last piece and the body's end in one write: the proxy reads them together,
+            # before a page that closes on the last event can be seen gone (on a loaded
+            # machine the close could beat a separate terminator: recorded "client-gone")
+            last = index == len(pieces) - 1
+            writer.write(_chunk(piece) + (b"0\r\n\r\n" if last else b""))
             await writer.drain()
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
