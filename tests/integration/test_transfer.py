@@ -394,7 +394,7 @@ def test_an_import_stopped_by_a_signal_leaves_nothing(signal_name: str, tmp_path
     """SIGTERM ends a process without unwinding (no `finally` runs): the import's handler
     removes its temporary cassette and WAL, says so in one line and exits 143; Ctrl-C
     unwinds, and leaves nothing either."""
-    source = big_import_file(tmp_path / "big.jsonl", 4000, 20)
+    source = big_import_file(tmp_path / "big.jsonl", 2000, 20)
     process = subprocess.Popen([SSE_RECORDER, "import", str(source), "-o",
                                 str(tmp_path / "out.sqlite")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
