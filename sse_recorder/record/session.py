@@ -19,7 +19,9 @@ writer that kept up), it stops reading from that upstream and marks the session 
 once a commit brings the lag under `LAG_LOW_NS`, `on_congestion(False)` lets it read again.
 So the backlog stays near LAG_HIGH_NS at any rate the proxy can forward: a flood is slowed to
 what the writer can store. A writer process also outlives a proxy killed with SIGKILL and
-stores what it was handed, so such a kill loses only the frame not yet sent (FRAME_DELAY_S).
+stores what it was handed, so such a kill loses only the frame not yet sent (FRAME_DELAY_S:
+the same per-chunk check sends a frame that is due when the loop is too busy to run its
+timer).
 A storage failure (or a writer process that dies) is reported once through `on_failure`, so
 the shell can stop the proxy instead of passing traffic unrecorded.
 """
