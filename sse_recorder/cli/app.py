@@ -47,6 +47,9 @@ def _run(
         _fail(str(exc))
 
 
+INTERRUPTED = 130  # the shell's status for a process SIGINT ended
+
+
 def _fail(message: str) -> NoReturn:
     """An expected failure: one line on stderr, exit status 2."""
     click.echo(f"sse-recorder: {' '.join(message.split())}", err=True)
@@ -104,9 +107,9 @@ class _Group(click.Group):
             _fail(f"{exc.format_message()} (see {_command_path(exc)} --help)")
         except click.ClickException as exc:
             _fail(exc.format_message())
-        except click.Abort:
-            click.echo("Aborted.", err=True)
-            sys.exit(1)
+        except click.Abort:  # Ctrl-C (click has ended the terminal's line already)
+            click.echo("sse-recorder: stopped (Ctrl-C)", err=True)
+            sys.exit(INTERRUPTED)
         sys.exit(status if isinstance(status, int) else 0)
 
 
