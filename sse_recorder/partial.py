@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 
@@ -35,17 +35,20 @@ def writing(path: Path) -> Iterator[Path]:
         _paths.discard(path)
 
 
+def remove_sqlite_file(path: Path) -> None:
+    """A SQLite file and its side files, those that exist."""
+    for suffix in ("", *SQLITE_SIDE_FILES):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 def remove_all() -> None:
-    """Remove every partial path registered."""
+    """Remove every partial path registered (as far as it can: a signal handler's work)."""
     for path in list(_paths):
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
             continue
-        for candidate in (path, *(Path(f"{path}{suffix}") for suffix in SQLITE_SIDE_FILES)):
-            try:
-                candidate.unlink(missing_ok=True)
-            except OSError:
-                continue
+        with suppress(OSError):
+            remove_sqlite_file(path)
 
 
 @contextmanager

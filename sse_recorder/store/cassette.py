@@ -54,6 +54,7 @@ from sse_recorder.model import (
     RecordedRequest,
     ResponseHead,
 )
+from sse_recorder.partial import remove_sqlite_file
 from sse_recorder.sse import EventCounter
 from sse_recorder.store import migrate, postgres, rows, sqlite
 from sse_recorder.store.location import Location, locate
@@ -775,8 +776,7 @@ def _make_parents(path: Path) -> list[Path]:
 def _remove(files: list[Path], dirs: list[Path]) -> None:
     """Remove files (with their SQLite side files), then directories if left empty."""
     for file in files:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(f"{file}{suffix}").unlink(missing_ok=True)
+        remove_sqlite_file(file)
     for directory in dirs:
         try:
             directory.rmdir()

@@ -39,6 +39,7 @@ from sse_recorder.experiment.pytest_support import (  # sse_scenario: the fixtur
     generate_tests,
     sse_scenario,  # noqa: F401
 )
+from sse_recorder.partial import remove_sqlite_file
 from sse_recorder.testing import locate
 from sse_recorder.testing.network import Guard
 from sse_recorder.testing.processes import START_TIMEOUT, STOP_TIMEOUT, Process, ProcessError
@@ -430,7 +431,7 @@ class SSECassette:
             pytest.fail(f"sse-recorder: {self._shown()}: a store's cassette is never "
                         "replaced by a test (record mode all, or a failed recording): "
                         "`sse-recorder copy` or drop it yourself", pytrace=False)
-        _delete(self.path)
+        remove_sqlite_file(self.path)
 
     def _where(self) -> str:
         """The cassette as shown, and where a relative `path=` was looked for."""
@@ -545,7 +546,7 @@ class SSECassette:
             self._remove()
             shutil.move(recorded, self.path)
             return []
-        _delete(recorded)
+        remove_sqlite_file(recorded)
         if self._recorder is None:
             return []  # nothing was recorded: nothing to say
         return [f"sse-recorder: record mode all: {self._shown()} kept as it was (the test or "
@@ -568,12 +569,6 @@ class SSECassette:
         lines.append("to record what is missing: --sse-record-mode=new_episodes "
                      "--sse-upstream=URL (or upstream= on the marker)")
         return "\n".join(lines)
-
-
-def _delete(cassette: Path) -> None:
-    """A SQLite cassette file and its side files."""
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(f"{cassette}{suffix}").unlink(missing_ok=True)
 
 
 _CASSETTE = pytest.StashKey[SSECassette]()

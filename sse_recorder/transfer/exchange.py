@@ -120,8 +120,7 @@ async def write_cassette(
         except CassetteError as exc:
             raise TransferError(str(exc).replace(str(temporary), str(target))) from None
         finally:
-            for suffix in ("", *partial.SQLITE_SIDE_FILES):
-                Path(f"{temporary}{suffix}").unlink(missing_ok=True)
+            partial.remove_sqlite_file(temporary)
 
 
 async def _write_into_store(
