@@ -19,6 +19,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
@@ -329,16 +330,7 @@ def _stream_callable(
     session: RecordingSession, flow: http.HTTPFlow, state: _Flow,
     pause: Callable[[http.HTTPFlow], None],
 ) -> Callable[[bytes], bytes | list[bytes]]:
-    record = session.chunk_recorder(state.iid, state.anchor_ns)
-
-    def stream(data: bytes) -> bytes | list[bytes]:
-        if not data:
-            return []  # b"" would end a chunked body early; the end is handled in hooks
-        try:
-            if record(data):  # the writer is behind
-                pause(flow)
-        except Exception:  # noqa: BLE001 - raising here would crash mitmproxy's layer
-            log.exception("sse-recorder: dropped a chunk")
-        return data
-
-    return stream
+    """mitmproxy's stream callable: each chunk recorded and returned untouched; `[]` for the
+    final empty call (b"" would end a chunked body early; the end is handled in hooks)."""
+    empty: list[bytes] = []
+    return session.chunk_forwarder(state.iid, state.anchor_ns, partial(pause, flow), empty)

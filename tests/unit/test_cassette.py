@@ -621,6 +621,41 @@ def test_chunks_read_back_exactly_however_batches_and_blocks_cut_them(
             assert chunks == written[iid][start:]
 
 
+@settings(max_examples=300, deadline=None)
+@given(sizes=st.lists(st.integers(0, 40), min_size=1, max_size=80),
+       block_bytes=st.integers(1, 100))
+def test_a_run_is_cut_into_the_fewest_blocks_that_keep_the_limit(
+    sizes: list[int], block_bytes: int
+) -> None:
+    """Blocks of consecutive chunks, each as big as it can be without passing the limit
+    (a chunk over the limit, or with nothing beside it, is a row of its own, as in v1), in
+    order, covering every chunk once: a chunk at the edge of the limit on either side of a
+    block boundary lands in the right block."""
+    datas = [bytes([n % 251]) * size for n, size in enumerate(sizes)]
+    offsets = [1000 + n for n in range(len(datas))]
+    rows: list[tuple[object, ...]] = []
+    original = cassette_module.BLOCK_BYTES
+    cassette_module.BLOCK_BYTES = block_bytes
+    try:
+        cassette_module._pack(7, 3, offsets, datas, rows)
+    finally:
+        cassette_module.BLOCK_BYTES = original
+    counts = [row[4] or 1 for row in rows]
+    assert [row[1] for row in rows] == [3 + sum(counts[:n]) for n in range(len(rows))]
+    assert sum(counts) == len(datas) and all(row[0] == 7 for row in rows)
+    start = 0
+    for row, count in zip(rows, counts, strict=True):
+        block = datas[start:start + count]
+        assert row[2] == offsets[start] and row[3] == b"".join(block)
+        if count == 1:
+            assert row[4] is None  # a v1 row
+        else:
+            assert sum(map(len, block)) <= block_bytes
+        if start + count < len(datas):  # the next chunk would have passed the limit
+            assert sum(map(len, block)) + len(datas[start + count]) > block_bytes
+        start += count
+
+
 @pytest.mark.parametrize("alone", [True, False], ids=["chunks-alone", "with-an-end"])
 async def test_a_failed_write_is_one_line_and_leaves_the_file_as_it_was(
     tmp_path: Path, alone: bool

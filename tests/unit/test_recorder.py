@@ -828,14 +828,14 @@ async def test_a_chunk_after_its_end_is_not_stored_before_it(tmp_path: Path) -> 
     await session.start()
     iid = session.begin(GET, 1.0)
     session.head(iid, SSE_HEAD, 1)
-    record = session.chunk_recorder(iid, 0)
+    record = session.chunk_forwarder(iid, 0, lambda: None, [])
     record(b"data: 1\n\n")
     session.end(iid, Outcome.CLEAN, 99)
     for _ in range(3):  # the proxy's closure keeps nothing it will never send
-        record(b"data: late\n\n")
-    held = [cell.cell_contents for cell in record.__closure__ or ()
-            if isinstance(cell.cell_contents, list)]
-    assert len(held) == 2 and all(len(column) <= 1 for column in held)
+        assert record(b"data: late\n\n") == b"data: late\n\n"  # forwarded all the same
+    cells = dict(zip(record.__code__.co_freevars, record.__closure__ or (), strict=True))
+    held = [cells[name].cell_contents for name in ("offsets", "datas")]
+    assert all(len(column) <= 1 for column in held)
     session.chunk(iid, 100, b"data: later\n\n")
     await session.close()
     got = await read_back(tmp_path / "rec.cassette")
@@ -903,26 +903,30 @@ async def test_the_backlog_age_is_kept_and_congestion_cleared_by_a_commit(
     await session.close()
 
 
-async def test_chunk_recorder_stamps_queues_and_says_when_the_writer_is_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_the_chunk_forwarder_stamps_queues_and_says_when_the_writer_is_behind(
+    tmp_path: Path,
 ) -> None:
-    """The proxy's per-chunk closure: offsets from the response's anchor, frames cut at
-    FRAME_ITEMS like `chunk`, and True (with `congested` set) once the oldest uncommitted
-    item is older than LAG_HIGH_NS."""
-    monkeypatch.setattr(session_module, "FRAME_ITEMS", 3)
+    """The proxy's per-chunk closure: each chunk forwarded untouched and stored with its
+    offset from the response's anchor, `at_end` for the empty call (nothing stored), and
+    `on_behind` called (with `congested` set) once the oldest uncommitted item is older than
+    LAG_HIGH_NS."""
     session = task_session(str(tmp_path / "rec.cassette"))
     await session.start()
     iid = session.begin(GET, 1.0)
     anchor = time.monotonic_ns()
     session.head(iid, SSE_HEAD, 1)
-    record = session.chunk_recorder(iid, anchor)
+    behind: list[int] = []
+    end_marker: list[bytes] = []
+    forward = session.chunk_forwarder(iid, anchor, lambda: behind.append(1), end_marker)
     pieces = [b"data: %d\n\n" % n for n in range(7)]
-    assert [record(piece) for piece in pieces] == [False] * 7
+    assert [forward(piece) for piece in pieces] == pieces
+    assert forward(b"") is end_marker
     after = time.monotonic_ns() - anchor
-    assert session._frame >= 2  # 3-item frames went out without waiting for the timer
+    assert not behind and not session.congested
     session.backlog_since_ns = time.monotonic_ns() - 2 * session_module.LAG_HIGH_NS
     session._update_due()
-    assert record(b": behind\n") is True and session.congested
+    assert forward(b": behind\n") == b": behind\n"
+    assert behind == [1] and session.congested
     await session.flush()
     session.end(iid, Outcome.CLEAN, after)
     await session.close()
@@ -931,6 +935,24 @@ async def test_chunk_recorder_stamps_queues_and_says_when_the_writer_is_behind(
     assert [c.data for c in stored] == [*pieces, b": behind\n"]
     offsets = [c.offset_ns for c in stored]
     assert offsets == sorted(offsets) and 0 <= offsets[0] and offsets[6] <= after
+
+
+async def test_a_failing_chunk_forwarder_still_forwards(tmp_path: Path) -> None:
+    """Whatever goes wrong in recording a chunk (here: the pause hook raising), the chunk
+    still goes to the client: raising would break mitmproxy's stream."""
+    session = task_session(str(tmp_path / "rec.cassette"))
+    await session.start()
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+
+    def broken_pause() -> None:
+        raise RuntimeError("no transport")
+
+    forward = session.chunk_forwarder(iid, 0, broken_pause, [])
+    session.backlog_since_ns = time.monotonic_ns() - 2 * session_module.LAG_HIGH_NS
+    session._update_due()
+    assert forward(b"data: 1\n\n") == b"data: 1\n\n"
+    await session.close()
 
 
 async def test_the_closure_sends_a_frame_whose_timer_the_busy_loop_cannot_run(
@@ -947,17 +969,19 @@ async def test_the_closure_sends_a_frame_whose_timer_the_busy_loop_cannot_run(
     await session.flush()
     frames = session._frame
     session._last_frame_ns = time.monotonic_ns()  # busy: the next frame waits on its timer
-    record = session.chunk_recorder(iid, time.monotonic_ns())
-    assert record(b"data: 1\n\n") is False
-    assert record(b"data: 2\n\n") is False
+    behind: list[int] = []
+    record = session.chunk_forwarder(iid, time.monotonic_ns(), lambda: behind.append(1), [])
+    record(b"data: 1\n\n")
+    record(b"data: 2\n\n")
     assert session._frame == frames and session._timer is not None  # young: it waits
     # the loop has been busy since the frame began (no await in between): age it
     session._outbox_since -= session_module.FRAME_DELAY_NS
     session._update_due()
-    assert record(b"data: 3\n\n") is False  # sent by the closure, no brake
+    record(b"data: 3\n\n")  # sent by the closure, no brake
     assert session._frame == frames + 1 and session._timer is None
-    assert not session.congested
-    assert record(b"data: 4\n\n") is False  # starts the next frame, on its timer again
+    assert not session.congested and not behind
+    record(b"data: 4\n\n")  # starts the next frame, on its timer again
+    assert not behind
     assert session._frame == frames + 1 and session._timer is not None
     session.end(iid, Outcome.CLEAN, 10)
     await session.close()
@@ -1073,7 +1097,8 @@ FRAMINGS = {  # head, and how one JSON object is framed in the stream
 def test_secret_events_survive_any_frame_and_batch_cuts(data: st.DataObject, framing: str
                                                          ) -> None:
     """Two interleaved streams, one through the proxy's chunk closure and one through
-    `chunk`, cut into chunks anywhere, with frames and batches cut anywhere (tiny limits):
+    `chunk`, cut into chunks anywhere, with frames and batches cut anywhere (tiny limits,
+    and frames sent at any point):
     each stream is stored with its own chunks and times, and the secret, wherever the cuts
     fall around it, is never stored. SSE is redacted a run of whole events at a time,
     NDJSON a run of whole lines."""
@@ -1094,6 +1119,8 @@ def test_secret_events_survive_any_frame_and_batch_cuts(data: st.DataObject, fra
     order = data.draw(st.permutations(["closure"] * len(pieces["closure"])
                                       + ["chunk"] * len(pieces["chunk"])), label="order")
     flushes = data.draw(st.sets(st.integers(0, len(order))), label="flush points")
+    # the closure counts nothing: its frames go by time (here: sent at these points)
+    sends = data.draw(st.sets(st.integers(0, len(order))), label="frame send points")
     limits = (data.draw(st.integers(1, 5), label="frame items"),
               data.draw(st.integers(1, 6), label="batch items"),
               data.draw(st.integers(1, 120), label="batch bytes"))
@@ -1104,12 +1131,14 @@ def test_secret_events_survive_any_frame_and_batch_cuts(data: st.DataObject, fra
         ids = {name: session.begin(GET, 1.0) for name in pieces}
         for iid in ids.values():
             session.head(iid, head, 1)
-        closure = session.chunk_recorder(ids["closure"], 0)
+        closure = session.chunk_forwarder(ids["closure"], 0, lambda: None, [])
         given_at: list[int] = []
         sent = {name: 0 for name in pieces}
         for step, name in enumerate(order):
             if step in flushes:
                 await session.flush()
+            if step in sends:
+                session._send()
             piece = pieces[name][sent[name]]
             sent[name] += 1
             if name == "closure":
