@@ -277,21 +277,30 @@ async def test_congestion_is_judged_on_what_the_writer_said_not_on_what_was_read
     await session.start()
     iid = session.begin(GET, 1.0)
     session.head(iid, SSE_HEAD, 1)
-    record = session.chunk_recorder(iid, time.monotonic_ns())
-    assert record(b"data: 1\n\n") is False
+    behind: list[bytes] = []
+    chunks = iter([b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"])
+
+    def record() -> bool:
+        """One chunk through the proxy's closure: whether it said the writer is behind."""
+        count = len(behind)
+        forward(next(chunks))
+        return len(behind) > count
+
+    forward = session.chunk_forwarder(iid, time.monotonic_ns(), lambda: behind.append(b""), [])
+    assert record() is False
     session._send()  # the frame goes now, as its timer would
     answers = session._channel._answers  # type: ignore[attr-defined]
     # The loop stays busy (blocked here) until the writer's commit is in the pipe, unread.
     assert select.select([answers], [], [], 30)[0] == [answers]
     time.sleep(0.002)  # and the frame is older than LAG_HIGH_NS by now
-    assert record(b"data: 2\n\n") is False and not session.congested
+    assert record() is False and not session.congested
 
     writer = session._channel._process  # type: ignore[attr-defined]
     writer.send_signal(signal.SIGSTOP)  # a writer that cannot answer
     try:
         session._send()
         time.sleep(0.002)
-        assert record(b"data: 3\n\n") is True and session.congested
+        assert record() is True and session.congested
     finally:
         writer.send_signal(signal.SIGCONT)
     await session.flush()
