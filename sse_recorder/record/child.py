@@ -11,8 +11,9 @@ quarter of pickle's CPU per item (measured 0.04 against 0.18 us), and is safe he
 both ends run the same interpreter.
 The proxy sends `Start` first, then lists of writer items; this process answers `Ready` (or
 `Refused`: the cassette could not be opened), then a `Commit` per batch (as a plain tuple
-when it ended no interaction), `Failed` once if storage fails, and `Closed` when it has
-finished the cassette.
+when it ended no interaction), and `Closed` when it has finished the cassette; or, if
+storage fails, `Failed`, and it exits at once (status 1) with what it was handed unwritten:
+the proxy reads its answers only when it needs them, but it watches this process's exit.
 
 It reads its pipe eagerly, so what the proxy handed over survives the proxy: on end of input
 without a STOP (the proxy was killed) it ends the interactions still open as stopped,
@@ -143,32 +144,48 @@ async def _serve() -> int:
         else:
             out.write(encode(message))
 
+    failure = asyncio.Event()
+
     def failed(exc: Exception) -> None:
         send(Failed(str(exc)))
+        failure.set()
 
-    # Each commit wakes the proxy; a batch that ends nothing waits for more frames
-    # (`writer.BATCH_DELAY_S`), which bounds the commits a slow stream sends.
+    # A batch that ends nothing waits for more frames (`writer.BATCH_DELAY_S`), which bounds
+    # the commits a slow stream sends.
     writer = Writer(cassette, RedactionRules(*start.rules), send, failed)
     send(Ready(cassette.peek_next_id()))
     running = loop.create_task(writer.run())
-    stopped = False
-    while not stopped:
-        message = await read_message(reader)
-        if message is None:  # the proxy is gone: keep what it handed over
-            writer.feed([(END, token, None, Outcome.STOPPED, PROXY_GONE, False)
-                         for token in writer.open_tokens()] + [(STOP,)])
-            break
-        assert isinstance(message, list)
-        stopped = any(item[0] == STOP for item in message[-2:])  # STOP, then the frame's ACK
-        writer.feed(message)
+    reading = loop.create_task(_feed(reader, writer))
+    failing = loop.create_task(failure.wait())
+    await asyncio.wait((reading, failing), return_when=asyncio.FIRST_COMPLETED)
+    if failure.is_set():  # nothing more can be stored: say so by exiting
+        reading.cancel()
+        writer.feed([(STOP,)])
+    failing.cancel()
     await running
     await writer.finish()
-    send(Closed())
+    if not writer.failed:
+        send(Closed())
     try:
         await out.drain()
     except ConnectionError:
         pass  # the proxy is gone: nobody to tell
     return 1 if writer.failed else 0
+
+
+async def _feed(reader: asyncio.StreamReader, writer: Writer) -> None:
+    """Hand the writer every frame until the proxy's STOP (or its end of input: it is gone,
+    and what it handed over is kept, its open interactions ended as stopped)."""
+    stopped = False
+    while not stopped:
+        message = await read_message(reader)
+        if message is None:
+            writer.feed([(END, token, None, Outcome.STOPPED, PROXY_GONE, False)
+                         for token in writer.open_tokens()] + [(STOP,)])
+            return
+        assert isinstance(message, list)
+        stopped = any(item[0] == STOP for item in message[-2:])  # STOP, then the frame's ACK
+        writer.feed(message)
 
 
 def main() -> None:

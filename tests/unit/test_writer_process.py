@@ -129,6 +129,68 @@ def test_what_the_proxy_handed_over_survives_its_sigkill(tmp_path: Path) -> None
     assert interaction.outcome is Outcome.STOPPED and interaction.error == PROXY_GONE
 
 
+async def test_a_commit_nobody_waits_for_is_read_when_the_proxy_needs_it(
+    tmp_path: Path,
+) -> None:
+    """A frame of chunks only: its commit does not wake the proxy's loop (a wake-up per
+    commit cost more CPU than the frame); the proxy reads it once the brake's deadline
+    comes. A flush's answer, awaited, is read as it comes."""
+    session = RecordingSession(str(tmp_path / "rec.cassette"))
+    await session.start()
+    channel = session._channel
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+    await session.flush()  # awaited: read as it came
+    assert not channel._watching  # type: ignore[attr-defined]
+    forward = session.chunk_forwarder(iid, time.monotonic_ns(), lambda: None, [])
+    forward(b"data: 1\n\n")
+    session._send()
+    frame = session._frame
+    answers = channel._answers  # type: ignore[attr-defined]
+    assert select.select([answers], [], [], 30)[0] == [answers]  # its commit is in the pipe
+    for _ in range(5):  # turns of the loop: a watched pipe would be read in the first
+        await asyncio.sleep(0)
+    assert session._acked < frame and session.backlog_since_ns != session_module.NO_BACKLOG
+    session.backlog_since_ns -= 2 * session_module.LAG_HIGH_NS  # the brake's deadline comes
+    session._update_due()
+    forward(b"data: 2\n\n")
+    assert session._acked == frame and not session.congested  # read, and not behind
+    session.end(iid, Outcome.CLEAN, 10_000)
+    await session.close()
+    got = await read_back(tmp_path / "rec.cassette")
+    assert [c.data for c in got.chunks[iid]] == [b"data: 1\n\n", b"data: 2\n\n"]
+
+
+async def test_a_storage_failure_reaches_the_proxy_with_no_traffic(tmp_path: Path) -> None:
+    """The writer says a storage failure and exits; the proxy, which reads answers only when
+    it needs them, watches the writer's exit: the failure reaches it without another chunk
+    (a proxy left idle would otherwise learn of it only with its next traffic)."""
+    path = tmp_path / "rec.cassette"
+    failed = asyncio.Event()
+    failures: list[Exception] = []
+
+    def on_failure(exc: Exception) -> None:
+        failures.append(exc)
+        failed.set()
+
+    session = RecordingSession(str(path), on_failure=on_failure)
+    await session.start()
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+    await session.flush()
+    path.rename(tmp_path / "moved.cassette")  # the writer's next batch finds it gone
+    forward = session.chunk_forwarder(iid, time.monotonic_ns(), lambda: None, [])
+    forward(b"data: 1\n\n")
+    session._send()  # chunks only: nobody waits on its answer
+    await asyncio.wait_for(failed.wait(), 30)
+    message = str(failures[0])
+    assert message.startswith(f"{path}: the cassette was ") and "\n" not in message
+    process = session._channel._process  # type: ignore[attr-defined]
+    assert await process.wait() == 1  # it exited, with what it was handed unwritten
+    await session.close()
+    assert len(failures) == 1  # reported once
+
+
 def _wait_gone(pid: int, timeout: float = 30.0) -> None:
     """Wait for a process that is not our child to exit (pidfd: no polling)."""
     import select
@@ -271,9 +333,12 @@ async def test_congestion_is_judged_on_what_the_writer_said_not_on_what_was_read
 ) -> None:
     """The writer's commits can wait unread in the pipe while the proxy's loop is busy (in a
     flood, a median 66 ms and up to 380 ms): the proxy reads them before calling itself
-    congested. A writer that has not answered still makes it congested."""
+    congested. A writer that has not answered still makes it congested, and its next commit
+    wakes the congested proxy by itself (the answers are watched while it waits on them)."""
     monkeypatch.setattr(session_module, "LAG_HIGH_NS", 1_000_000)  # 1 ms: ages fast
-    session = RecordingSession(str(tmp_path / "rec.cassette"))
+    resumed = asyncio.Event()
+    session = RecordingSession(str(tmp_path / "rec.cassette"),
+                               on_congestion=lambda congested: congested or resumed.set())
     await session.start()
     iid = session.begin(GET, 1.0)
     session.head(iid, SSE_HEAD, 1)
@@ -303,7 +368,7 @@ async def test_congestion_is_judged_on_what_the_writer_said_not_on_what_was_read
         assert record() is True and session.congested
     finally:
         writer.send_signal(signal.SIGCONT)
-    await session.flush()
+    await asyncio.wait_for(resumed.wait(), 30)  # no chunk, no flush: the commit woke the loop
     assert not session.congested
     session.end(iid, Outcome.CLEAN, 10_000)
     await session.close()
