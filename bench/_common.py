@@ -140,6 +140,16 @@ def cpu_times(pid: int) -> tuple[float, float] | None:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def loop_thread_cpu_ns(pid: int) -> int | None:
+    """CPU time of a process's main thread in ns (Linux schedstat), or None elsewhere: for a
+    slow stream's few ms per round, where /proc/PID/stat's 10 ms ticks are too coarse. The
+    main thread is the proxy's event loop, where a recorder's per-chunk work runs."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU of a process, all threads (Linux /proc), or None elsewhere.
 
