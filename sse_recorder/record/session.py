@@ -4,8 +4,8 @@ The proxy calls `begin`, `head`, `end` and, for each streamed chunk, a `chunk_fo
 closure synchronously; each only appends to an outbox (well under a microsecond): a chunk
 joins its response's run (offsets and data as two lists, held by the closure for the
 response's life), so a flood, or many streams at once, cross to the writer, and are stored,
-as columns. About FRAME_DELAY_S after its first item (see there; or at FRAME_ITEMS items) the
-outbox goes to the writer (`record.writer`) as one frame: by default to a writer process of its own
+as columns. FRAME_DELAY_S after its first item (or at FRAME_ITEMS items) the outbox goes to
+the writer (`record.writer`) as one frame: by default to a writer process of its own
 (`record.child`, `WriterMode.PROCESS`), so parsing, redaction and SQLite run on another core;
 or to a task on this loop (`WriterMode.TASK`), for embedding without a second process and
 for unit tests.
@@ -13,16 +13,15 @@ for unit tests.
 Loss on a crash is bounded by time. The session keeps `backlog_since_ns`, when the oldest
 frame the writer has not committed yet was queued. The proxy checks it after each chunk:
 past `LAG_HIGH_NS`, and still past it once what the writer has already answered is read
-(its commits wait unread in the pipe until the proxy needs them: `_ProcessChannel`; in a
-flood a busy loop left them unread a median 66 ms and up to 380 ms, which made the proxy
-stop its upstream for most of the flood with a writer that kept up), it stops reading from
-that upstream and marks the session `congested`; once a commit brings the lag under
-`LAG_LOW_NS`, `on_congestion(False)` lets it read again.
+(its commits wait unread in the pipe while a busy loop does not look: in a flood, a median
+66 ms and up to 380 ms, which made the proxy stop its upstream for most of the flood with a
+writer that kept up), it stops reading from that upstream and marks the session `congested`;
+once a commit brings the lag under `LAG_LOW_NS`, `on_congestion(False)` lets it read again.
 So the backlog stays near LAG_HIGH_NS at any rate the proxy can forward: a flood is slowed to
 what the writer can store. A writer process also outlives a proxy killed with SIGKILL and
-stores what it was handed, so such a kill loses only the frame not yet sent (FRAME_DELAY_S
-to FRAME_TIMER_S: the same per-chunk check sends a frame that is due when the loop is too
-busy to end its turn).
+stores what it was handed, so such a kill loses only the frame not yet sent (FRAME_DELAY_S:
+the same per-chunk check sends a frame that is due when the loop is too busy to run its
+timer).
 A storage failure (or a writer process that dies) is reported once through `on_failure`, so
 the shell can stop the proxy instead of passing traffic unrecorded.
 """
@@ -81,24 +80,15 @@ NO_BACKLOG = 1 << 62  # `backlog_since_ns` when everything is committed
 # pipe write wakes the writer on the other CPU, which costs the proxy far more than the bytes:
 # in a flood of one-event chunks, 2 ms frames took 6.6% of the proxy's CPU, 10 ms frames 1.5%
 # (py-spy, bench/record_bench.py part 2); and each frame is a wake-up and a read for the
-# writer: 25 ms frames cut its CPU per event by a fifth against 10 ms ones. A frame goes at
-# the end of the loop turn in which a chunk finds it FRAME_DELAY_S old (the chunk is on its
-# way to the client by then, and the proxy is awake anyway); a frame no later chunk pushes
-# out goes by timer, FRAME_TIMER_S after its first item. After a quiet spell (the last frame
-# small and QUIET_GAP_S old), a frame goes at the end of its first item's turn. Sends are
-# thus never a timer of their own that falls due just as a paced stream's next chunk arrives
-# (10 ms timers met a 10 ms-spaced stream's next event every time: median added delay 0.015
-# -> 0.101 ms), and a stream of events 10-50 ms apart sends a frame per 2-4 events instead
-# of one per event (each frame costs the proxy ~40 us of CPU at that pace, where a chunk's
-# whole way through mitmproxy costs ~350). A gap alone is no sign of quiet: a flood's proxy
-# sharing a CPU is often off it for longer. When one callback runs long (mitmproxy hands over
-# the ~2,000 chunks of a flood's 64 KiB read at once, ~75 ms of work), the turn ends too late:
-# a frame still unsent FRAME_BUSY_NS after it fell due is sent by the closure itself.
+# writer: 25 ms frames cut its CPU per event by a fifth against 10 ms ones. After a quiet
+# spell (the last frame small and QUIET_GAP_S old), a frame goes at the end of the loop turn
+# instead: no timer wake-up of its own, and no send falling due just before a slow stream's
+# next chunk (10 ms timers met a 10 ms-spaced stream's next event every time: median added
+# delay 0.015 -> 0.101 ms). A gap alone is no sign of quiet: a flood's proxy sharing a CPU is
+# often off it for longer.
 FRAME_DELAY_S = 0.025
 FRAME_DELAY_NS = int(FRAME_DELAY_S * 1e9)
-FRAME_TIMER_S = 2 * FRAME_DELAY_S
-FRAME_BUSY_NS = 5_000_000
-QUIET_GAP_S = FRAME_TIMER_S
+QUIET_GAP_S = 0.002
 QUIET_GAP_NS = int(QUIET_GAP_S * 1e9)
 QUIET_FRAME_ITEMS = 8  # the last frame held fewer items: traffic may be quiet
 FRAME_ITEMS = 2048  # a frame also goes once a response's run fed by `chunk` has this many
@@ -172,7 +162,6 @@ class RecordingSession:
         self._outbox_awaited = False  # holds an END, FLUSH or STOP: its answer is awaited
         self._outbox_since = NO_BACKLOG
         self._timer: asyncio.Handle | None = None  # the pending frame's send
-        self._at_turn_end = False  # `_timer` sends at the end of this loop turn
         self._last_frame_ns = 0
         self._last_frame_items = 0
         self._frame = 0
@@ -256,18 +245,12 @@ class RecordingSession:
         return forward
 
     def _overdue(self, now: int) -> bool:
-        """A chunk past `_due_ns`: the pending frame's time has come (it goes at the end of
-        this loop turn, or now if this turn has run FRAME_BUSY_NS past it), or the writer may
-        be LAG_HIGH_NS behind. Returns whether the proxy should stop reading this upstream."""
+        """A chunk past `_due_ns`: the pending frame's time has come (the loop could not run
+        its timer: mitmproxy hands over the ~2,000 chunks of one 64 KiB read of a flood in a
+        single callback, ~75 ms of work), or the writer may be LAG_HIGH_NS behind. Returns
+        whether the proxy should stop reading this upstream."""
         if self._timer is not None and now - self._outbox_since >= FRAME_DELAY_NS:
-            if not self._at_turn_end:  # due: it goes once this chunk is on its way
-                assert self._loop is not None
-                self._timer.cancel()
-                self._timer = self._loop.call_soon(self._send)
-                self._at_turn_end = True
-                self._update_due()
-            elif now - self._outbox_since >= FRAME_DELAY_NS + FRAME_BUSY_NS:
-                self._send()  # this turn is one long callback: it cannot wait for its end
+            self._send()
         if now - self.backlog_since_ns > LAG_HIGH_NS:
             # What the writer said may wait unread while this loop is busy: read it first
             self._channel.poll()
@@ -282,8 +265,7 @@ class RecordingSession:
         the backlog reaching LAG_HIGH_NS."""
         due = self.backlog_since_ns + LAG_HIGH_NS
         if self._timer is not None:
-            late = FRAME_BUSY_NS if self._at_turn_end else 0
-            due = min(due, self._outbox_since + FRAME_DELAY_NS + late)
+            due = min(due, self._outbox_since + FRAME_DELAY_NS)
         self._due_ns = due
 
     def _lists_of(self, iid: int) -> tuple[list[int], list[bytes]]:
@@ -327,8 +309,8 @@ class RecordingSession:
             self._schedule()
 
     def _schedule(self) -> None:
-        """The outbox's first item: its frame goes with the first chunk FRAME_DELAY_S later,
-        or by timer FRAME_TIMER_S later (after a quiet spell, at the end of this loop turn)."""
+        """The outbox's first item: its frame goes FRAME_DELAY_S later (after a quiet spell,
+        at the end of this loop turn)."""
         if self._timer is not None:
             return
         now = time.monotonic_ns()
@@ -339,15 +321,13 @@ class RecordingSession:
         if (self._last_frame_items < QUIET_FRAME_ITEMS
                 and now - self._last_frame_ns >= QUIET_GAP_NS):
             self._timer = self._loop.call_soon(self._send)
-            self._at_turn_end = True
         else:
-            self._timer = self._loop.call_later(FRAME_TIMER_S, self._send)
-            self._at_turn_end = False
+            self._timer = self._loop.call_later(FRAME_DELAY_S, self._send)
         self._update_due()
 
     def _send(self) -> None:
-        """When `_schedule` or `_overdue` says, or at FRAME_ITEMS items: the outbox goes to
-        the writer as one frame."""
+        """FRAME_DELAY_S after its first item (at the end of that loop turn after a quiet
+        spell), or at FRAME_ITEMS items: the outbox goes to the writer as one frame."""
         if self._timer is not None:
             self._timer.cancel()  # a frame cut by size: its timer has nothing left to send
             self._timer = None

@@ -955,76 +955,34 @@ async def test_a_failing_chunk_forwarder_still_forwards(tmp_path: Path) -> None:
     await session.close()
 
 
-def _pending_delay(session: RecordingSession) -> float | None:
-    """Seconds until the pending frame's timer; None: it goes at the end of this loop turn."""
-    timer = session._timer
-    assert timer is not None
-    if isinstance(timer, asyncio.TimerHandle):
-        return timer.when() - asyncio.get_running_loop().time()
-    return None
-
-
-async def test_a_due_frame_goes_once_the_chunk_that_finds_it_due_is_on_its_way(
+async def test_the_closure_sends_a_frame_whose_timer_the_busy_loop_cannot_run(
     tmp_path: Path,
 ) -> None:
-    """A paced stream's frame waits on a FRAME_TIMER_S timer; the first chunk that finds it
-    FRAME_DELAY_S old sends it at the end of that loop turn (after the chunk is forwarded),
-    not from inside the closure and not by a timer of its own that could fall due as the
-    next chunk arrives. The frame holds every chunk up to that one."""
-    session = task_session(str(tmp_path / "rec.cassette"))
-    await session.start()
-    iid = session.begin(GET, 1.0)
-    session.head(iid, SSE_HEAD, 1)
-    await session.flush()
-    frames = session._frame
-    session._last_frame_ns = time.monotonic_ns()  # traffic: not a quiet spell
-    record = session.chunk_forwarder(iid, time.monotonic_ns(), lambda: None, [])
-    record(b"data: 1\n\n")
-    delay = _pending_delay(session)
-    assert delay is not None
-    assert session_module.FRAME_DELAY_S < delay <= session_module.FRAME_TIMER_S
-    record(b"data: 2\n\n")  # young: it waits
-    session._outbox_since -= session_module.FRAME_DELAY_NS  # as if FRAME_DELAY_S went by
-    session._update_due()
-    assert record(b"data: 3\n\n") == b"data: 3\n\n"
-    assert session._frame == frames and _pending_delay(session) is None  # at the turn's end
-    await asyncio.sleep(0)  # the end of this loop turn: the frame is out, all three in it
-    assert session._frame == frames + 1 and session._timer is None
-    assert session._unacked[-1][0] == session._frame
-    session.end(iid, Outcome.CLEAN, 10)
-    await session.close()
-    stored = (await read_back(tmp_path / "rec.cassette")).chunks[iid]
-    assert [c.data for c in stored] == [b"data: %d\n\n" % n for n in range(1, 4)]
-
-
-async def test_the_closure_sends_a_frame_whose_turn_does_not_end(tmp_path: Path) -> None:
     """mitmproxy hands over the ~2,000 chunks of one 64 KiB read of a flood in one callback
-    (~75 ms): neither a timer nor the end of the turn can run meanwhile, so the closure sends
-    the frame itself once it is FRAME_BUSY_NS past due (it went 75-136 ms late, and the data
-    it held met the LAG_HIGH_NS brake before the writer ever saw it)."""
+    (~75 ms): the frame's timer cannot run meanwhile, so the closure sends the frame itself
+    once it is FRAME_DELAY_S old (it went 75-136 ms late, and the data it held met the
+    LAG_HIGH_NS brake before the writer ever saw it). A younger frame keeps waiting."""
     session = task_session(str(tmp_path / "rec.cassette"))
     await session.start()
     iid = session.begin(GET, 1.0)
     session.head(iid, SSE_HEAD, 1)
     await session.flush()
     frames = session._frame
-    session._last_frame_ns = time.monotonic_ns()  # busy: the next frame waits
+    session._last_frame_ns = time.monotonic_ns()  # busy: the next frame waits on its timer
     behind: list[int] = []
     record = session.chunk_forwarder(iid, time.monotonic_ns(), lambda: behind.append(1), [])
     record(b"data: 1\n\n")
+    record(b"data: 2\n\n")
+    assert session._frame == frames and session._timer is not None  # young: it waits
     # the loop has been busy since the frame began (no await in between): age it
     session._outbox_since -= session_module.FRAME_DELAY_NS
-    session._update_due()
-    record(b"data: 2\n\n")  # due: to go at the end of the turn
-    assert session._frame == frames and _pending_delay(session) is None
-    session._outbox_since -= session_module.FRAME_BUSY_NS  # the turn goes on
     session._update_due()
     record(b"data: 3\n\n")  # sent by the closure, no brake
     assert session._frame == frames + 1 and session._timer is None
     assert not session.congested and not behind
     record(b"data: 4\n\n")  # starts the next frame, on its timer again
     assert not behind
-    assert session._frame == frames + 1 and _pending_delay(session) is not None
+    assert session._frame == frames + 1 and session._timer is not None
     session.end(iid, Outcome.CLEAN, 10)
     await session.close()
     stored = (await read_back(tmp_path / "rec.cassette")).chunks[iid]
@@ -1035,25 +993,32 @@ async def test_a_frame_goes_at_once_after_a_quiet_spell_and_waits_while_busy(
     tmp_path: Path,
 ) -> None:
     """Within QUIET_GAP_S of the last frame, or after a full one (busy traffic), a new frame
-    waits for more items (fewer pipe writes in a flood); after a quiet spell (a small frame,
-    QUIET_GAP_S ago) it goes at the end of the loop turn (no timer wake-up, no send falling
-    due as a slow stream's next chunk arrives)."""
+    waits FRAME_DELAY_S for more items (fewer pipe writes in a flood); after a quiet spell (a
+    small frame, QUIET_GAP_S ago) it goes at the end of the loop turn (no timer wake-up, no
+    send falling due as a slow stream's next chunk arrives)."""
     session = task_session(str(tmp_path / "rec.cassette"))
     await session.start()
+    loop = asyncio.get_running_loop()
     iid = session.begin(GET, 1.0)
 
-    assert _pending_delay(session) is None  # the first frame ever: nothing was sent before
+    def pending_delay() -> float | None:
+        """Seconds until the pending frame's send; None: at the end of this loop turn."""
+        timer = session._timer
+        assert timer is not None
+        return timer.when() - loop.time() if isinstance(timer, asyncio.TimerHandle) else None
+
+    assert pending_delay() is None  # the first frame ever: nothing was sent before
     session.head(iid, SSE_HEAD, 1)
     await session.flush()
     session._last_frame_ns = time.monotonic_ns()  # as if a frame had just gone: busy
     feed(session, iid, [b"data: x\n\n"])
-    delay = _pending_delay(session)
+    delay = pending_delay()
     assert delay is not None
-    assert session_module.FRAME_DELAY_S < delay <= session_module.FRAME_TIMER_S
+    assert session_module.QUIET_GAP_S < delay <= session_module.FRAME_DELAY_S
     await session.flush()
     session._last_frame_ns -= session_module.QUIET_GAP_NS  # as if QUIET_GAP_S went by
     feed(session, iid, [b"data: y\n\n"])
-    assert _pending_delay(session) is None
+    assert pending_delay() is None
     await asyncio.sleep(0)  # the end of this loop turn: the frame is out
     assert session._timer is None and session._frame == 3
     full = [b"data: %d\n\n" % n for n in range(session_module.QUIET_FRAME_ITEMS)]
@@ -1061,7 +1026,7 @@ async def test_a_frame_goes_at_once_after_a_quiet_spell_and_waits_while_busy(
     await session.flush()  # a full frame: even after a gap, traffic counts as busy
     session._last_frame_ns -= session_module.QUIET_GAP_NS
     feed(session, iid, [b"data: z\n\n"])
-    assert _pending_delay(session) is not None
+    assert pending_delay() is not None
     session.end(iid, Outcome.CLEAN, 99)
     await session.close()
     got = await read_back(tmp_path / "rec.cassette")
