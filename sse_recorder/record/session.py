@@ -13,10 +13,11 @@ for unit tests.
 Loss on a crash is bounded by time. The session keeps `backlog_since_ns`, when the oldest
 frame the writer has not committed yet was queued. The proxy checks it after each chunk:
 past `LAG_HIGH_NS`, and still past it once what the writer has already answered is read
-(its commits wait unread in the pipe while a busy loop does not look: in a flood, a median
-66 ms and up to 380 ms, which made the proxy stop its upstream for most of the flood with a
-writer that kept up), it stops reading from that upstream and marks the session `congested`;
-once a commit brings the lag under `LAG_LOW_NS`, `on_congestion(False)` lets it read again.
+(its commits wait unread in the pipe until the proxy needs them: `_ProcessChannel`; in a
+flood a busy loop left them unread a median 66 ms and up to 380 ms, which made the proxy
+stop its upstream for most of the flood with a writer that kept up), it stops reading from
+that upstream and marks the session `congested`; once a commit brings the lag under
+`LAG_LOW_NS`, `on_congestion(False)` lets it read again.
 So the backlog stays near LAG_HIGH_NS at any rate the proxy can forward: a flood is slowed to
 what the writer can store. A writer process also outlives a proxy killed with SIGKILL and
 stores what it was handed, so such a kill loses only the frame not yet sent (FRAME_DELAY_S:
