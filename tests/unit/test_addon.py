@@ -433,9 +433,9 @@ async def test_bad_secret_options_are_options_errors(
 async def test_a_congested_writer_pauses_the_upstream_until_it_drains(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While uncommitted data is older than LAG_HIGH_NS, each streamed chunk pauses
-    reading from its upstream (a real loopback connection here); the commit that brings the
-    lag down resumes it."""
+    """While uncommitted data is older than LAG_HIGH_NS (judged once the writer's answers
+    are read), each streamed chunk pauses reading from its upstream (a real loopback
+    connection here); the commit that brings the lag down resumes it."""
     accepted: list[asyncio.StreamWriter] = []
 
     async def on_connect(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -464,7 +464,10 @@ async def test_a_congested_writer_pauses_the_upstream_until_it_drains(
         assert transport.is_reading()  # the writer keeps up: nothing paused
         session.backlog_since_ns = time.monotonic_ns() - 2 * LAG_HIGH_NS  # it fell behind
         session._update_due()
-        stream(b"data: 2\n\n")
+        stream(b"data: 2\n\n")  # the writer's answers are read at the turn's end first
+        assert transport.is_reading() and not session.congested
+        await asyncio.sleep(0)
+        stream(b"data: 3\n\n")  # still behind: paused
         assert not transport.is_reading() and session.congested
         await session.flush()  # the writer commits, the lag falls: reading resumes
         assert transport.is_reading() and not session.congested

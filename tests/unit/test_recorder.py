@@ -909,7 +909,8 @@ async def test_the_chunk_forwarder_stamps_queues_and_says_when_the_writer_is_beh
     """The proxy's per-chunk closure: each chunk forwarded untouched and stored with its
     offset from the response's anchor, `at_end` for the empty call (nothing stored), and
     `on_behind` called (with `congested` set) once the oldest uncommitted item is older than
-    LAG_HIGH_NS."""
+    LAG_HIGH_NS: the chunk that finds the deadline asks for the writer's answers to be read
+    at the end of the loop turn and goes on; the next one, still behind, brakes."""
     session = task_session(str(tmp_path / "rec.cassette"))
     await session.start()
     iid = session.begin(GET, 1.0)
@@ -926,15 +927,43 @@ async def test_the_chunk_forwarder_stamps_queues_and_says_when_the_writer_is_beh
     session.backlog_since_ns = time.monotonic_ns() - 2 * session_module.LAG_HIGH_NS
     session._update_due()
     assert forward(b": behind\n") == b": behind\n"
+    assert not behind and not session.congested  # not judged before the answers are read
+    await asyncio.sleep(0)  # the end of the loop turn: read (nothing came)
+    assert forward(b": still\n") == b": still\n"
     assert behind == [1] and session.congested
     await session.flush()
     session.end(iid, Outcome.CLEAN, after)
     await session.close()
     got = await read_back(tmp_path / "rec.cassette")
     stored = got.chunks[iid]
-    assert [c.data for c in stored] == [*pieces, b": behind\n"]
+    assert [c.data for c in stored] == [*pieces, b": behind\n", b": still\n"]
     offsets = [c.offset_ns for c in stored]
     assert offsets == sorted(offsets) and 0 <= offsets[0] and offsets[6] <= after
+
+
+async def test_a_turn_that_does_not_end_reads_the_answers_from_the_closure(
+    tmp_path: Path,
+) -> None:
+    """A flood's chunks come in one long callback: the read asked for at the end of the turn
+    cannot run, so once ANSWERS_GRACE_NS has passed the closure reads the writer's answers
+    itself and brakes if the writer is still behind."""
+    session = task_session(str(tmp_path / "rec.cassette"))
+    await session.start()
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+    behind: list[int] = []
+    forward = session.chunk_forwarder(iid, 0, lambda: behind.append(1), [])
+    session.backlog_since_ns = time.monotonic_ns() - 2 * session_module.LAG_HIGH_NS
+    session._update_due()
+    forward(b"data: 1\n\n")
+    assert session._answers_read is not None and not behind  # asked for, not read yet
+    forward(b"data: 2\n\n")  # the same turn, within the grace: no check, no read
+    assert session._answers_read is not None and not behind
+    session._answers_asked_ns -= session_module.ANSWERS_GRACE_NS  # the turn goes on
+    session._update_due()
+    forward(b"data: 3\n\n")
+    assert session._answers_read is None and behind == [1] and session.congested
+    await session.close()
 
 
 async def test_a_failing_chunk_forwarder_still_forwards(tmp_path: Path) -> None:
@@ -952,6 +981,9 @@ async def test_a_failing_chunk_forwarder_still_forwards(tmp_path: Path) -> None:
     session.backlog_since_ns = time.monotonic_ns() - 2 * session_module.LAG_HIGH_NS
     session._update_due()
     assert forward(b"data: 1\n\n") == b"data: 1\n\n"
+    await asyncio.sleep(0)  # the writer's answers read: still behind
+    assert forward(b"data: 2\n\n") == b"data: 2\n\n"  # the pause raised, forwarded anyway
+    assert session.congested
     await session.close()
 
 

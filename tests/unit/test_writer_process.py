@@ -154,6 +154,8 @@ async def test_a_commit_nobody_waits_for_is_read_when_the_proxy_needs_it(
     session.backlog_since_ns -= 2 * session_module.LAG_HIGH_NS  # the brake's deadline comes
     session._update_due()
     forward(b"data: 2\n\n")
+    assert session._acked < frame  # asked for, read at the end of this loop turn
+    await asyncio.sleep(0)
     assert session._acked == frame and not session.congested  # read, and not behind
     session.end(iid, Outcome.CLEAN, 10_000)
     await session.close()
@@ -343,7 +345,8 @@ async def test_congestion_is_judged_on_what_the_writer_said_not_on_what_was_read
     iid = session.begin(GET, 1.0)
     session.head(iid, SSE_HEAD, 1)
     behind: list[bytes] = []
-    chunks = iter([b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"])
+    sent = [b"data: %d\n\n" % n for n in range(1, 5)]
+    chunks = iter(sent)
 
     def record() -> bool:
         """One chunk through the proxy's closure: whether it said the writer is behind."""
@@ -358,13 +361,18 @@ async def test_congestion_is_judged_on_what_the_writer_said_not_on_what_was_read
     # The loop stays busy (blocked here) until the writer's commit is in the pipe, unread.
     assert select.select([answers], [], [], 30)[0] == [answers]
     time.sleep(0.002)  # and the frame is older than LAG_HIGH_NS by now
-    assert record() is False and not session.congested
+    assert record() is False and not session.congested  # answers read at the turn's end
+    await asyncio.sleep(0)  # read at the turn's end: the commit was there, not behind
+    assert session._answers_read is None and not session.congested
 
     writer = session._channel._process  # type: ignore[attr-defined]
     writer.send_signal(signal.SIGSTOP)  # a writer that cannot answer
     try:
         session._send()
         time.sleep(0.002)
+        session._answers_read_ns -= session_module.ANSWERS_GRACE_NS  # last read long ago
+        assert record() is False  # asks for the answers to be read at the turn's end
+        await asyncio.sleep(0)
         assert record() is True and session.congested
     finally:
         writer.send_signal(signal.SIGCONT)
@@ -373,4 +381,4 @@ async def test_congestion_is_judged_on_what_the_writer_said_not_on_what_was_read
     session.end(iid, Outcome.CLEAN, 10_000)
     await session.close()
     got = await read_back(tmp_path / "rec.cassette")
-    assert [c.data for c in got.chunks[iid]] == [b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"]
+    assert [c.data for c in got.chunks[iid]] == sent
