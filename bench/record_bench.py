@@ -366,7 +366,7 @@ def bench_latency(stacks: Sequence[ProxyStack], plan: Plan, summary: Summary) ->
                 f"{signed_ms(d99)} ms (target <= {P99_TARGET_MS} ms)",
                 d99 / 1e6 <= P99_TARGET_MS)
     # At this pace each event wakes the proxy on its own, its code is cold, and what the
-    # recorder adds per event (a closure call, a frame every few events, reading the writer's
+    # recorder adds per event (a closure call, a frame per event, reading the writer's
     # answers when the brake's deadline comes) is paid at cold-cache prices: the same CPU
     # ratio as the flood's, taken where it is hardest to meet.
     loop_us = {c: runs[c].loop_cpu_per_event() for c in ("passthrough", "recorder")}

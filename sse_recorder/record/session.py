@@ -233,7 +233,6 @@ class RecordingSession:
         clock = time.monotonic_ns
         offsets, datas = self._lists_of(iid)
         add_offset, add_data = offsets.append, datas.append
-        session = self
 
         def forward(data: bytes) -> bytes | End:
             if not data:
@@ -244,8 +243,8 @@ class RecordingSession:
                 add_offset(now - anchor_ns)
                 add_data(data)
                 if first:  # its run joins the outbox (a chunk after the end is dropped)
-                    session._run_grew(iid, offsets, datas)
-                if now > session._due_ns and session._overdue(now):
+                    self._run_grew(iid, offsets, datas)
+                if now > self._due_ns and self._overdue(now):
                     on_behind()
             except Exception:  # noqa: BLE001 - raising here would break the proxy's stream
                 log.exception("sse-recorder: dropped a chunk")
@@ -256,8 +255,10 @@ class RecordingSession:
     def _overdue(self, now: int) -> bool:
         """A chunk past `_due_ns`: the pending frame's time has come (the loop could not run
         its timer: mitmproxy hands over the ~2,000 chunks of one 64 KiB read of a flood in a
-        single callback, ~75 ms of work), or the writer may be LAG_HIGH_NS behind. Returns
-        whether the proxy should stop reading this upstream."""
+        single callback, ~75 ms of work), or the writer may be LAG_HIGH_NS behind: its
+        answers are read first (at the end of this turn, see ANSWERS_GRACE_NS), and the brake
+        is decided on a chunk after that. Returns whether the proxy should stop reading this
+        upstream."""
         if self._timer is not None and now - self._outbox_since >= FRAME_DELAY_NS:
             self._send()
         if now - self.backlog_since_ns > LAG_HIGH_NS:

@@ -176,9 +176,6 @@ def _pack(iid: int, seq: int, offsets: list[int], datas: list[bytes],
     batch of ~2,000 chunks spans two blocks, and a Python step per chunk to find the cut
     cost the writer process 0.14 us per chunk."""
     count = len(datas)
-    if count == 1:
-        rows.append((iid, seq, offsets[0], datas[0], None, None, None))
-        return
     sizes = list(map(len, datas))
     ends = list(accumulate(sizes))
     start = 0
