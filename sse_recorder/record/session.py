@@ -4,8 +4,9 @@ The proxy calls `begin`, `head`, `end` and, for each streamed chunk, a `chunk_fo
 closure synchronously; each only appends to an outbox (well under a microsecond): a chunk
 joins its response's run (offsets and data as two lists, held by the closure for the
 response's life), so a flood, or many streams at once, cross to the writer, and are stored,
-as columns. FRAME_DELAY_S after its first item (or at FRAME_ITEMS items) the outbox goes to
-the writer (`record.writer`) as one frame: by default to a writer process of its own
+as columns. FRAME_DELAY_S after its first item (or at FRAME_ITEMS items; a slow stream's
+chunks ride along longer: QUIET_RIDE_NS) the outbox goes to the writer (`record.writer`) as
+one frame: by default to a writer process of its own
 (`record.child`, `WriterMode.PROCESS`), so parsing, redaction and SQLite run on another core;
 or to a task on this loop (`WriterMode.TASK`), for embedding without a second process and
 for unit tests.
@@ -20,9 +21,9 @@ that upstream and marks the session `congested`; once a commit brings the lag un
 `LAG_LOW_NS`, `on_congestion(False)` lets it read again.
 So the backlog stays near LAG_HIGH_NS at any rate the proxy can forward: a flood is slowed to
 what the writer can store. A writer process also outlives a proxy killed with SIGKILL and
-stores what it was handed, so such a kill loses only the frame not yet sent (FRAME_DELAY_S:
-the same per-chunk check sends a frame that is due when the loop is too busy to run its
-timer).
+stores what it was handed, so such a kill loses only the frame not yet sent (FRAME_DELAY_S,
+QUIET_FRAME_DELAY_S for a slow stream's: the same per-chunk check sends a frame that is due
+when the loop is too busy to run its timer).
 A storage failure (or a writer process that dies) is reported once through `on_failure`, so
 the shell can stop the proxy instead of passing traffic unrecorded.
 """
@@ -73,8 +74,11 @@ from sse_recorder.store.cassette import Cassette
 
 log = logging.getLogger(__name__)
 
-LAG_HIGH_NS = 100_000_000  # uncommitted data this old: congested (stop reading upstreams)
-LAG_LOW_NS = 50_000_000  # back under this after a commit: no longer congested
+# Uncommitted data this old: congested (stop reading upstreams). Above two quiet frames'
+# cycle (QUIET_RIDE_NS plus a stream's gap, the writer's answer read when the next quiet
+# frame goes), so a slow stream never needs a read of the answers of its own.
+LAG_HIGH_NS = 150_000_000
+LAG_LOW_NS = 75_000_000  # back under this after a commit: no longer congested
 # Reading the writer's answers for the brake takes ~100 us with cold caches: done in the
 # closure it delayed the chunk that found the deadline (one in ten of a 10 ms stream: p99
 # +0.13 ms); it runs at the end of that loop turn instead, unless the turn has already gone
@@ -96,10 +100,22 @@ FRAME_DELAY_S = 0.025
 FRAME_DELAY_NS = int(FRAME_DELAY_S * 1e9)
 QUIET_GAP_S = 0.002
 QUIET_GAP_NS = int(QUIET_GAP_S * 1e9)
-QUIET_FRAME_ITEMS = 8  # the last frame held fewer items: traffic may be quiet
+QUIET_FRAME_ITEMS = 32  # the last frame held fewer items: traffic may be quiet
+# A slow stream's chunks wake the proxy one by one, with cold caches, and a frame per chunk
+# (a loop turn of its own, marshal, a pipe write) took the recorder's proxy CPU per event of
+# a 10 ms stream to 1.15-1.23x the pass-through's. So after a quiet spell, chunks ride along:
+# their frame goes at the end of the loop turn of the first chunk QUIET_RIDE_NS after the
+# frame began (a chunk already forwarded: nothing waits on the send), and the writer's
+# answers are read in that same turn; a stream that stops sends it by timer,
+# QUIET_FRAME_DELAY_S after it began. Other items after a quiet spell (an interaction's
+# begin, head and end, a flush) still go at the end of their own loop turn.
+QUIET_RIDE_NS = 50_000_000
+QUIET_FRAME_DELAY_S = 0.1
+QUIET_FRAME_DELAY_NS = int(QUIET_FRAME_DELAY_S * 1e9)
 FRAME_ITEMS = 2048  # a frame also goes once a response's run fed by `chunk` has this many
 # chunks, or it holds this many other items (the proxy's closure counts nothing: by time)
 PIPE_SIZE = 1 << 20  # the writer process's input pipe (Linux default: 64 KiB)
+_READ_SIZE = 1 << 16  # the writer's answers are read this much at a time
 _F_SETPIPE_SZ = 1031
 
 End = TypeVar("End")  # what the proxy's per-chunk call returns for the body's end
@@ -168,6 +184,7 @@ class RecordingSession:
         self._outbox_awaited = False  # holds an END, FLUSH or STOP: its answer is awaited
         self._outbox_since = NO_BACKLOG
         self._timer: asyncio.Handle | None = None  # the pending frame's send
+        self._ride_ns = NO_BACKLOG  # a quiet frame of chunks: it goes after the chunk past this
         self._last_frame_ns = 0
         self._last_frame_items = 0
         self._frame = 0
@@ -253,14 +270,21 @@ class RecordingSession:
         return forward
 
     def _overdue(self, now: int) -> bool:
-        """A chunk past `_due_ns`: the pending frame's time has come (the loop could not run
-        its timer: mitmproxy hands over the ~2,000 chunks of one 64 KiB read of a flood in a
-        single callback, ~75 ms of work), or the writer may be LAG_HIGH_NS behind: its
+        """A chunk past `_due_ns`: a riding frame's chunks have ridden long enough (it goes
+        at the end of this turn: QUIET_RIDE_NS), the pending frame's time has come (the loop
+        could not run its timer: mitmproxy hands over the ~2,000 chunks of one 64 KiB read of
+        a flood in a single callback, ~75 ms of work), or the writer may be LAG_HIGH_NS behind: its
         answers are read first (at the end of this turn, see ANSWERS_GRACE_NS), and the brake
         is decided on a chunk after that. Returns whether the proxy should stop reading this
         upstream."""
-        if self._timer is not None and now - self._outbox_since >= FRAME_DELAY_NS:
-            self._send()
+        if self._timer is not None:
+            if self._ride_ns != NO_BACKLOG:  # chunks riding after a quiet spell
+                if now - self._outbox_since >= QUIET_FRAME_DELAY_NS:  # a busy loop's turn
+                    self._send()
+                elif now >= self._ride_ns:
+                    self._send_soon(read_answers=True)
+            elif now - self._outbox_since >= FRAME_DELAY_NS:
+                self._send()
         if now - self.backlog_since_ns > LAG_HIGH_NS:
             if now - self._answers_read_ns > ANSWERS_GRACE_NS:
                 # What the writer said waits unread in its pipe: read it at the end of this
@@ -298,7 +322,8 @@ class RecordingSession:
         if self._answers_read is not None:
             due = max(due, self._answers_asked_ns + ANSWERS_GRACE_NS)
         if self._timer is not None:
-            due = min(due, self._outbox_since + FRAME_DELAY_NS)
+            due = min(due, self._outbox_since + FRAME_DELAY_NS
+                      if self._ride_ns == NO_BACKLOG else self._ride_ns)
         self._due_ns = due
 
     def _lists_of(self, iid: int) -> tuple[list[int], list[bytes]]:
@@ -321,7 +346,7 @@ class RecordingSession:
         if len(datas) >= FRAME_ITEMS:
             self._send()
         else:
-            self._schedule()
+            self._schedule(ride=True)
 
     @staticmethod
     def _taken(item: Item) -> Item:
@@ -341,22 +366,41 @@ class RecordingSession:
         else:
             self._schedule()
 
-    def _schedule(self) -> None:
-        """The outbox's first item: its frame goes FRAME_DELAY_S later (after a quiet spell,
-        at the end of this loop turn)."""
+    def _schedule(self, ride: bool = False) -> None:
+        """The outbox's first item: its frame goes FRAME_DELAY_S later; after a quiet spell,
+        at the end of this loop turn, or (`ride`: chunks) with a later chunk's turn (see
+        QUIET_RIDE_NS). An item other than a chunk ends a ride at the end of this turn."""
         if self._timer is not None:
+            if not ride and self._ride_ns != NO_BACKLOG:
+                self._send_soon(read_answers=True)
             return
         now = time.monotonic_ns()
         self._outbox_since = now
         if self.backlog_since_ns == NO_BACKLOG:
             self.backlog_since_ns = now
         assert self._loop is not None
-        if (self._last_frame_items < QUIET_FRAME_ITEMS
-                and now - self._last_frame_ns >= QUIET_GAP_NS):
-            self._timer = self._loop.call_soon(self._send)
-        else:
+        if (self._last_frame_items >= QUIET_FRAME_ITEMS
+                or now - self._last_frame_ns < QUIET_GAP_NS):
             self._timer = self._loop.call_later(FRAME_DELAY_S, self._send)
+        elif ride:
+            self._ride_ns = now + QUIET_RIDE_NS
+            self._timer = self._loop.call_later(QUIET_FRAME_DELAY_S, self._send_quiet)
+        else:
+            self._timer = self._loop.call_soon(self._send)
         self._update_due()
+
+    def _send_soon(self, read_answers: bool = False) -> None:
+        """The pending frame goes at the end of this loop turn (and, for a quiet frame, the
+        writer's answers are read in that turn: no turn of their own)."""
+        assert self._timer is not None and self._loop is not None
+        self._timer.cancel()
+        self._ride_ns = NO_BACKLOG
+        self._timer = self._loop.call_soon(self._send_quiet if read_answers else self._send)
+        self._update_due()
+
+    def _send_quiet(self) -> None:
+        self._send()
+        self._read_answers()
 
     def _send(self) -> None:
         """FRAME_DELAY_S after its first item (at the end of that loop turn after a quiet
@@ -364,6 +408,7 @@ class RecordingSession:
         if self._timer is not None:
             self._timer.cancel()  # a frame cut by size: its timer has nothing left to send
             self._timer = None
+            self._ride_ns = NO_BACKLOG
             self._update_due()
         items = self._outbox.copy()
         self._outbox.clear()
@@ -597,7 +642,7 @@ class _ProcessChannel:
         answer = await self._first
         if not isinstance(answer, Ready):
             await process.wait()
-            self.poll()  # its end of input, now certain: the pipe is closed
+            self._read(to_the_end=True)  # its end of input, now certain: the pipe is closed
             if isinstance(answer, Refused):
                 raise CassetteError(answer.message)
             raise CassetteError(f"{session.cassette_path}: the writer process did not start "
@@ -620,22 +665,29 @@ class _ProcessChannel:
         """The writer exited: read what it said last (a storage failure, or Closed); an exit
         without Closed is a failure of its own (`_died`)."""
         await process.wait()
-        self.poll()
+        self._read(to_the_end=True)
 
     def poll(self) -> None:
         """Read and act on everything the writer has said so far, without waiting."""
+        self._read(to_the_end=False)
+
+    def _read(self, to_the_end: bool) -> None:
+        """A short read is all there was, unless the writer has exited (`to_the_end`: its
+        end of input must be seen)."""
         if self._ended:
             return
         end_of_input = False
         while True:
             try:
-                data = os.read(self._answers, 1 << 16)
+                data = os.read(self._answers, _READ_SIZE)
             except BlockingIOError:
                 break
             if not data:
                 end_of_input = True
                 break
             self._buffer += data
+            if len(data) < _READ_SIZE and not to_the_end:  # no second read to learn that
+                break
         for message in take_messages(self._buffer):
             self._handle(message)
         if end_of_input and not self._ended:  # before Closed: the writer died

@@ -1021,13 +1021,16 @@ async def test_the_closure_sends_a_frame_whose_timer_the_busy_loop_cannot_run(
     assert [c.data for c in stored] == [b"data: %d\n\n" % n for n in range(1, 5)]
 
 
-async def test_a_frame_goes_at_once_after_a_quiet_spell_and_waits_while_busy(
+async def test_frames_wait_while_busy_and_chunks_ride_along_after_a_quiet_spell(
     tmp_path: Path,
 ) -> None:
     """Within QUIET_GAP_S of the last frame, or after a full one (busy traffic), a new frame
-    waits FRAME_DELAY_S for more items (fewer pipe writes in a flood); after a quiet spell (a
-    small frame, QUIET_GAP_S ago) it goes at the end of the loop turn (no timer wake-up, no
-    send falling due as a slow stream's next chunk arrives)."""
+    waits FRAME_DELAY_S for more items (fewer pipe writes in a flood). After a quiet spell (a
+    small frame, QUIET_GAP_S ago) an item other than a chunk goes at the end of its loop
+    turn, and chunks ride along: their frame goes at the end of the turn of the first chunk
+    QUIET_RIDE_NS after it began, with the writer's answers read in that turn; an item other
+    than a chunk ends the ride at the end of its turn, and a stream that stops is sent by
+    timer, QUIET_FRAME_DELAY_S after its first chunk."""
     session = task_session(str(tmp_path / "rec.cassette"))
     await session.start()
     loop = asyncio.get_running_loop()
@@ -1043,27 +1046,82 @@ async def test_a_frame_goes_at_once_after_a_quiet_spell_and_waits_while_busy(
     session.head(iid, SSE_HEAD, 1)
     await session.flush()
     session._last_frame_ns = time.monotonic_ns()  # as if a frame had just gone: busy
-    feed(session, iid, [b"data: x\n\n"])
+    record = session.chunk_forwarder(iid, 0, lambda: None, [])
+    record(b"data: x\n\n")
     delay = pending_delay()
     assert delay is not None
     assert session_module.QUIET_GAP_S < delay <= session_module.FRAME_DELAY_S
     await session.flush()
+    frames = session._frame
     session._last_frame_ns -= session_module.QUIET_GAP_NS  # as if QUIET_GAP_S went by
-    feed(session, iid, [b"data: y\n\n"])
+    record(b"data: y1\n\n")  # rides: a frame of chunks, on a timer that rarely fires
+    delay = pending_delay()
+    assert delay is not None
+    assert session_module.FRAME_DELAY_S < delay <= session_module.QUIET_FRAME_DELAY_S
+    record(b"data: y2\n\n")  # before QUIET_RIDE_NS: rides on
+    assert session._frame == frames and pending_delay() is not None
+    read_before = session._answers_read_ns
+    session._ride_ns -= session_module.QUIET_RIDE_NS  # as if QUIET_RIDE_NS went by
+    session._update_due()
+    record(b"data: y3\n\n")  # the ride ends with this chunk's turn
+    assert pending_delay() is None and session._frame == frames
+    await asyncio.sleep(0)  # the end of this loop turn: the frame is out, answers read
+    assert session._timer is None and session._frame == frames + 1
+    assert session._answers_read_ns > read_before
+    session._last_frame_ns -= session_module.QUIET_GAP_NS
+    record(b"data: z\n\n")
+    assert pending_delay() is not None
+    session.end(iid, Outcome.CLEAN, 99)  # not a chunk: ends the ride at the end of the turn
     assert pending_delay() is None
-    await asyncio.sleep(0)  # the end of this loop turn: the frame is out
-    assert session._timer is None and session._frame == 3
+    await session.flush()
+    iid2 = session.begin(GET, 2.0)
+    session.head(iid2, SSE_HEAD, 1)
+    await session.flush()
     full = [b"data: %d\n\n" % n for n in range(session_module.QUIET_FRAME_ITEMS)]
-    feed(session, iid, full)
+    feed(session, iid2, full)
     await session.flush()  # a full frame: even after a gap, traffic counts as busy
     session._last_frame_ns -= session_module.QUIET_GAP_NS
-    feed(session, iid, [b"data: z\n\n"])
-    assert pending_delay() is not None
-    session.end(iid, Outcome.CLEAN, 99)
+    feed(session, iid2, [b"data: w\n\n"])
+    delay = pending_delay()
+    assert delay is not None and delay <= session_module.FRAME_DELAY_S
+    await session.flush()
+    frames = session._frame
+    session._last_frame_ns -= session_module.QUIET_GAP_NS
+    feed(session, iid2, [b"data: last\n\n"])  # rides, and the stream stops: the timer sends
+    async with asyncio.timeout(5):
+        while session._frame == frames:
+            await asyncio.sleep(0.005)
+    session.end(iid2, Outcome.CLEAN, 99)
     await session.close()
     got = await read_back(tmp_path / "rec.cassette")
     assert [c.data for c in got.chunks[iid]] == [
-        b"data: x\n\n", b"data: y\n\n", *full, b"data: z\n\n"]
+        b"data: x\n\n", b"data: y1\n\n", b"data: y2\n\n", b"data: y3\n\n", b"data: z\n\n"]
+    assert [c.data for c in got.chunks[iid2]] == [*full, b"data: w\n\n", b"data: last\n\n"]
+
+
+async def test_a_busy_loop_sends_a_riding_frame_from_the_closure(tmp_path: Path) -> None:
+    """A flood that starts after a quiet spell begins with a riding frame, and its chunks
+    come in one long callback: the closure sends it itself once it is QUIET_FRAME_DELAY_S
+    old, so a kill loses no more than that."""
+    session = task_session(str(tmp_path / "rec.cassette"))
+    await session.start()
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 1)
+    await session.flush()
+    frames = session._frame
+    session._last_frame_ns -= session_module.QUIET_GAP_NS
+    record = session.chunk_forwarder(iid, time.monotonic_ns(), lambda: None, [])
+    record(b"data: 1\n\n")
+    assert session._ride_ns != session_module.NO_BACKLOG
+    session._outbox_since -= session_module.QUIET_FRAME_DELAY_NS  # one long turn
+    session._ride_ns -= session_module.QUIET_FRAME_DELAY_NS
+    session._update_due()
+    record(b"data: 2\n\n")
+    assert session._frame == frames + 1 and session._timer is None
+    session.end(iid, Outcome.CLEAN, 10)
+    await session.close()
+    stored = (await read_back(tmp_path / "rec.cassette")).chunks[iid]
+    assert [c.data for c in stored] == [b"data: 1\n\n", b"data: 2\n\n"]
 
 
 # --------------------------------------------------------------------------------------------
