@@ -619,7 +619,9 @@ class _ProcessChannel:
         answers, their_end = os.pipe()
         try:
             self._process = process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "sse_recorder.record.child",
+                # -P: not the working directory first on the path (a checkout of another
+                # version there would answer for this one)
+                sys.executable, "-P", "-m", "sse_recorder.record.child",
                 stdin=asyncio.subprocess.PIPE, stdout=their_end, env=env,
             )
         except BaseException:

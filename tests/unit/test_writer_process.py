@@ -58,6 +58,30 @@ async def test_a_recording_through_the_writer_process(tmp_path: Path) -> None:
         (first, Outcome.CLEAN, 2, 3), (second, Outcome.STOPPED, 0, 0)]
 
 
+async def test_the_writer_process_ignores_a_checkout_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`python -m` puts the working directory first on the path: started from a directory
+    holding another checkout (here one whose writer would fail at once), the writer process
+    must still be this installation's (it is started with -P)."""
+    decoy = tmp_path / "checkout" / "sse_recorder" / "record"
+    decoy.mkdir(parents=True)
+    for package in (decoy.parent, decoy):
+        (package / "__init__.py").write_text("")
+    (decoy / "child.py").write_text("raise SystemExit(7)\n")
+    monkeypatch.chdir(decoy.parents[1])
+    path = tmp_path / "rec.cassette"
+    session = RecordingSession(str(path))
+    await session.start()
+    iid = session.begin(GET, 1.0)
+    session.head(iid, SSE_HEAD, 10)
+    feed(session, iid, [b"data: one\n\n"])
+    session.end(iid, Outcome.CLEAN, 5000)
+    await session.close()
+    assert session.failure is None
+    assert [c.data for c in (await read_back(path)).chunks[iid]] == [b"data: one\n\n"]
+
+
 async def test_appending_numbers_tokens_as_the_cassette_does(tmp_path: Path) -> None:
     path = tmp_path / "rec.cassette"
     for started in (1.0, 2.0):
