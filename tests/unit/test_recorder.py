@@ -993,7 +993,8 @@ async def test_the_closure_sends_a_frame_whose_timer_the_busy_loop_cannot_run(
     """mitmproxy hands over the ~2,000 chunks of one 64 KiB read of a flood in one callback
     (~75 ms): the frame's timer cannot run meanwhile, so the closure sends the frame itself
     once it is FRAME_DELAY_S old (it went 75-136 ms late, and the data it held met the
-    LAG_HIGH_NS brake before the writer ever saw it). A younger frame keeps waiting."""
+    LAG_HIGH_NS brake before the writer ever saw it). A younger frame keeps waiting. So does
+    a riding frame (a flood that starts after a quiet spell) once QUIET_FRAME_DELAY_S old."""
     session = task_session(str(tmp_path / "rec.cassette"))
     await session.start()
     iid = session.begin(GET, 1.0)
@@ -1015,10 +1016,20 @@ async def test_the_closure_sends_a_frame_whose_timer_the_busy_loop_cannot_run(
     record(b"data: 4\n\n")  # starts the next frame, on its timer again
     assert not behind
     assert session._frame == frames + 1 and session._timer is not None
+    await session.flush()
+    frames = session._frame
+    session._last_frame_ns -= session_module.QUIET_GAP_NS  # quiet: the next chunks ride
+    record(b"data: 5\n\n")
+    assert session._ride_ns != session_module.NO_BACKLOG
+    session._outbox_since -= session_module.QUIET_FRAME_DELAY_NS  # one long turn
+    session._ride_ns -= session_module.QUIET_FRAME_DELAY_NS
+    session._update_due()
+    record(b"data: 6\n\n")
+    assert session._frame == frames + 1 and session._timer is None and not behind
     session.end(iid, Outcome.CLEAN, 10)
     await session.close()
     stored = (await read_back(tmp_path / "rec.cassette")).chunks[iid]
-    assert [c.data for c in stored] == [b"data: %d\n\n" % n for n in range(1, 5)]
+    assert [c.data for c in stored] == [b"data: %d\n\n" % n for n in range(1, 7)]
 
 
 async def test_frames_wait_while_busy_and_chunks_ride_along_after_a_quiet_spell(
@@ -1097,31 +1108,6 @@ async def test_frames_wait_while_busy_and_chunks_ride_along_after_a_quiet_spell(
     assert [c.data for c in got.chunks[iid]] == [
         b"data: x\n\n", b"data: y1\n\n", b"data: y2\n\n", b"data: y3\n\n", b"data: z\n\n"]
     assert [c.data for c in got.chunks[iid2]] == [*full, b"data: w\n\n", b"data: last\n\n"]
-
-
-async def test_a_busy_loop_sends_a_riding_frame_from_the_closure(tmp_path: Path) -> None:
-    """A flood that starts after a quiet spell begins with a riding frame, and its chunks
-    come in one long callback: the closure sends it itself once it is QUIET_FRAME_DELAY_S
-    old, so a kill loses no more than that."""
-    session = task_session(str(tmp_path / "rec.cassette"))
-    await session.start()
-    iid = session.begin(GET, 1.0)
-    session.head(iid, SSE_HEAD, 1)
-    await session.flush()
-    frames = session._frame
-    session._last_frame_ns -= session_module.QUIET_GAP_NS
-    record = session.chunk_forwarder(iid, time.monotonic_ns(), lambda: None, [])
-    record(b"data: 1\n\n")
-    assert session._ride_ns != session_module.NO_BACKLOG
-    session._outbox_since -= session_module.QUIET_FRAME_DELAY_NS  # one long turn
-    session._ride_ns -= session_module.QUIET_FRAME_DELAY_NS
-    session._update_due()
-    record(b"data: 2\n\n")
-    assert session._frame == frames + 1 and session._timer is None
-    session.end(iid, Outcome.CLEAN, 10)
-    await session.close()
-    stored = (await read_back(tmp_path / "rec.cassette")).chunks[iid]
-    assert [c.data for c in stored] == [b"data: 1\n\n", b"data: 2\n\n"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,16 +70,14 @@ async def test_the_writer_process_ignores_a_checkout_in_the_working_directory(
         (package / "__init__.py").write_text("")
     (decoy / "child.py").write_text("raise SystemExit(7)\n")
     monkeypatch.chdir(decoy.parents[1])
-    path = tmp_path / "rec.cassette"
-    session = RecordingSession(str(path))
-    await session.start()
+    session = RecordingSession(str(tmp_path / "rec.cassette"))
+    await session.start()  # the decoy's writer would exit before saying Ready
     iid = session.begin(GET, 1.0)
     session.head(iid, SSE_HEAD, 10)
-    feed(session, iid, [b"data: one\n\n"])
-    session.end(iid, Outcome.CLEAN, 5000)
+    feed(session, iid, [b"data: one\n\n", b"data: two\n\n"])
+    await session.flush()
+    assert session.chunks_written == 2 and session.failure is None  # stored by this writer
     await session.close()
-    assert session.failure is None
-    assert [c.data for c in (await read_back(path)).chunks[iid]] == [b"data: one\n\n"]
 
 
 async def test_appending_numbers_tokens_as_the_cassette_does(tmp_path: Path) -> None:
