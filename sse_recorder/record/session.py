@@ -100,7 +100,8 @@ FRAME_DELAY_S = 0.025
 FRAME_DELAY_NS = int(FRAME_DELAY_S * 1e9)
 QUIET_GAP_S = 0.002
 QUIET_GAP_NS = int(QUIET_GAP_S * 1e9)
-QUIET_FRAME_ITEMS = 32  # the last frame held fewer items: traffic may be quiet
+QUIET_FRAME_ITEMS = 32  # the last frame held fewer items: traffic may be quiet (a 10 ms
+# stream's riding frames hold ~6 chunks; a 1 ms stream's would hold ~50: busy, 25 ms frames)
 # A slow stream's chunks wake the proxy one by one, with cold caches, and a frame per chunk
 # (a loop turn of its own, marshal, a pipe write) took the recorder's proxy CPU per event of
 # a 10 ms stream to 1.15-1.23x the pass-through's. So after a quiet spell, chunks ride along:
@@ -403,8 +404,9 @@ class RecordingSession:
         self._read_answers()
 
     def _send(self) -> None:
-        """FRAME_DELAY_S after its first item (at the end of that loop turn after a quiet
-        spell), or at FRAME_ITEMS items: the outbox goes to the writer as one frame."""
+        """FRAME_DELAY_S after its first item (after a quiet spell: at the end of that loop
+        turn, or of a riding chunk's), or at FRAME_ITEMS items: the outbox goes to the writer
+        as one frame."""
         if self._timer is not None:
             self._timer.cancel()  # a frame cut by size: its timer has nothing left to send
             self._timer = None
