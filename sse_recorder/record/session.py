@@ -91,11 +91,11 @@ NO_BACKLOG = 1 << 62  # `backlog_since_ns` when everything is committed
 # in a flood of one-event chunks, 2 ms frames took 6.6% of the proxy's CPU, 10 ms frames 1.5%
 # (py-spy, bench/record_bench.py part 2); and each frame is a wake-up and a read for the
 # writer: 25 ms frames cut its CPU per event by a fifth against 10 ms ones. After a quiet
-# spell (the last frame small and QUIET_GAP_S old), a frame goes at the end of the loop turn
-# instead: no timer wake-up of its own, and no send falling due just before a slow stream's
-# next chunk (10 ms timers met a 10 ms-spaced stream's next event every time: median added
-# delay 0.015 -> 0.101 ms). A gap alone is no sign of quiet: a flood's proxy sharing a CPU is
-# often off it for longer.
+# spell (the last frame small and QUIET_GAP_S old), a frame goes at the end of a loop turn
+# instead (its own, or a riding chunk's: QUIET_RIDE_NS): no timer wake-up of its own, and no
+# send falling due just before a slow stream's next chunk (10 ms timers met a 10 ms-spaced
+# stream's next event every time: median added delay 0.015 -> 0.101 ms). A gap alone is no
+# sign of quiet: a flood's proxy sharing a CPU is often off it for longer.
 FRAME_DELAY_S = 0.025
 FRAME_DELAY_NS = int(FRAME_DELAY_S * 1e9)
 QUIET_GAP_S = 0.002
