@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from _common import (
@@ -267,6 +267,14 @@ def warm_up(stack: ProxyStack) -> None:
         stack.fetch(config, "n=50&interval_ms=1&stamp=1", "warmup", stamps=True)
 
 
+Total = TypeVar("Total", int, float)
+
+
+def _summed(total: Total | None, value: Total | None) -> Total | None:
+    """A run's figure added to a total; None once any run lacked it (not on this system)."""
+    return None if total is None or value is None else total + value
+
+
 class Runs:
     """What the runs of one configuration add up to: proxy CPU, events, recorder lags."""
 
@@ -282,14 +290,8 @@ class Runs:
         if "lag_ns" in reply:
             self.lags_ns.append(reply["lag_ns"])
         self.writer_cpu_s += reply.get("writer_cpu_s", 0.0)
-        if self.cpu_s is not None and "cpu_s" in reply:
-            self.cpu_s += reply["cpu_s"]
-        else:
-            self.cpu_s = None
-        if self.loop_cpu_ns is not None and "loop_cpu_ns" in reply:
-            self.loop_cpu_ns += reply["loop_cpu_ns"]
-        else:
-            self.loop_cpu_ns = None
+        self.cpu_s = _summed(self.cpu_s, reply.get("cpu_s"))
+        self.loop_cpu_ns = _summed(self.loop_cpu_ns, reply.get("loop_cpu_ns"))
 
     def loop_cpu_per_event(self) -> float:
         """The proxy loop thread's CPU per event in us (schedstat: ns, not 10 ms ticks)."""

@@ -283,7 +283,7 @@ class RecordingSession:
                 if now - self._outbox_since >= QUIET_FRAME_DELAY_NS:  # a busy loop's turn
                     self._send()
                 elif now >= self._ride_ns:
-                    self._send_soon(read_answers=True)
+                    self._send_soon()
             elif now - self._outbox_since >= FRAME_DELAY_NS:
                 self._send()
         if now - self.backlog_since_ns > LAG_HIGH_NS:
@@ -373,7 +373,7 @@ class RecordingSession:
         QUIET_RIDE_NS). An item other than a chunk ends a ride at the end of this turn."""
         if self._timer is not None:
             if not ride and self._ride_ns != NO_BACKLOG:
-                self._send_soon(read_answers=True)
+                self._send_soon()
             return
         now = time.monotonic_ns()
         self._outbox_since = now
@@ -390,13 +390,13 @@ class RecordingSession:
             self._timer = self._loop.call_soon(self._send)
         self._update_due()
 
-    def _send_soon(self, read_answers: bool = False) -> None:
-        """The pending frame goes at the end of this loop turn (and, for a quiet frame, the
-        writer's answers are read in that turn: no turn of their own)."""
+    def _send_soon(self) -> None:
+        """A riding frame goes at the end of this loop turn, and the writer's answers are
+        read in that turn (no turn of their own)."""
         assert self._timer is not None and self._loop is not None
         self._timer.cancel()
         self._ride_ns = NO_BACKLOG
-        self._timer = self._loop.call_soon(self._send_quiet if read_answers else self._send)
+        self._timer = self._loop.call_soon(self._send_quiet)
         self._update_due()
 
     def _send_quiet(self) -> None:
