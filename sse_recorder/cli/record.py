@@ -31,7 +31,7 @@ from sse_recorder.cli.formats import count, seconds, size
 from sse_recorder.errors import SSERecorderError
 
 if TYPE_CHECKING:
-    from sse_recorder.record.writer import Recorded
+    from sse_recorder.record.items import Recorded
 
 
 @main.command()

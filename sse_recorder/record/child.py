@@ -31,11 +31,14 @@ import signal
 import struct
 import sys
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sse_recorder.model import Outcome
+from sse_recorder.record.items import END, STOP, Commit
 from sse_recorder.record.redact import RedactionRules
-from sse_recorder.record.writer import END, STOP, Commit, Writer
+
+if TYPE_CHECKING:
+    from sse_recorder.record.writer import Writer
 
 FRAME = struct.Struct(">IB")  # size, then how the message is serialised
 PICKLED, MARSHALLED = 0, 1
@@ -116,6 +119,8 @@ def rules_message(rules: RedactionRules) -> tuple[frozenset[str], frozenset[str]
 
 
 async def _serve() -> int:
+    # here, not at the top: the proxy's process imports this module for its messages only
+    from sse_recorder.record.writer import Writer
     from sse_recorder.store.cassette import Cassette
 
     loop = asyncio.get_running_loop()

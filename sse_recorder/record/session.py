@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sse_recorder.errors import CassetteError
 from sse_recorder.model import Outcome, RecordedRequest, ResponseHead
@@ -56,8 +56,7 @@ from sse_recorder.record.child import (
     rules_message,
     take_messages,
 )
-from sse_recorder.record.redact import RedactionRules
-from sse_recorder.record.writer import (
+from sse_recorder.record.items import (
     ACK,
     BEGIN,
     END,
@@ -68,9 +67,12 @@ from sse_recorder.record.writer import (
     Commit,
     Item,
     Recorded,
-    Writer,
 )
-from sse_recorder.store.cassette import Cassette
+from sse_recorder.record.redact import RedactionRules
+
+if TYPE_CHECKING:  # imported where used: the proxy's process never loads the store
+    from sse_recorder.record.writer import Writer
+    from sse_recorder.store.cassette import Cassette
 
 log = logging.getLogger(__name__)
 
@@ -560,6 +562,9 @@ class _TaskChannel:
         self._writer: Writer | None = None
 
     async def start(self, session: RecordingSession) -> int:
+        from sse_recorder.record.writer import Writer
+        from sse_recorder.store.cassette import Cassette
+
         cassette = await Cassette.open_for_recording(session.cassette_path)
         self._writer = Writer(cassette, session.config.redaction, session._committed,
                               session._failed)

@@ -21,12 +21,24 @@ import logging
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from itertools import accumulate, islice
 
 from sse_recorder.framing.registry import dialect_for
 from sse_recorder.model import Outcome, RecordedRequest, ResponseHead
 from sse_recorder.record.body import Body
+from sse_recorder.record.items import (
+    ACK,
+    BEGIN,
+    END,
+    FLUSH,
+    HEAD,
+    RUN,
+    STOP,
+    Commit,
+    Item,
+    Recorded,
+)
 from sse_recorder.record.redact import (
     RedactionRules,
     Scrubber,
@@ -59,43 +71,7 @@ BATCH_DELAY_S = 0.025
 BATCH_WAIT_ITEMS = 1024
 BATCH_WAIT_BYTES = 64 * 1024
 
-# Item kinds. An item is a tuple whose first element is its kind:
-# (BEGIN, token, started_at, RecordedRequest), (HEAD, token, offset_ns, ResponseHead, is_sse),
-# (RUN, token, [offset_ns, ...], [bytes, ...]): consecutive chunks of one response, as two
-# columns, so that a flood's thousands of chunks per frame cross the pipe and are measured,
-# cut and packed by C loops (marshal, accumulate, join) instead of a Python step per chunk;
-# (END, token, offset_ns, Outcome, error, check_truncation), (ACK, frame),
-# (FLUSH, flush_token), (STOP,).
-BEGIN, HEAD, RUN, END, ACK, FLUSH, STOP = range(7)
-Item = tuple
 _NO_WAIT = frozenset({END, FLUSH, STOP})  # a batch holding one of these is written at once
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    """One interaction as committed to the cassette: what `sse-recorder record` prints a
-    line for."""
-
-    id: int
-    method: str
-    url: str  # as stored (redacted)
-    status: int | None  # None: no response head
-    events: int
-    chunks: int
-    body_size: int
-    duration_ns: int | None  # end offset
-    outcome: Outcome
-    error: str | None  # e.g. mitmproxy's upstream error text (certificate, connection refused)
-
-
-@dataclass(slots=True)
-class Commit:
-    """What one committed batch tells the proxy side."""
-
-    acked: int | None  # the last ACK frame passed: everything queued before it is stored
-    flushed: list[int] = field(default_factory=list)  # FLUSH tokens passed
-    chunks: int = 0  # chunk rows written
-    recorded: list[Recorded] = field(default_factory=list)  # interactions ended
 
 
 @dataclass(slots=True)

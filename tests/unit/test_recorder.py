@@ -34,9 +34,10 @@ from sse_recorder.model import (
 from sse_recorder.record import session as session_module
 from sse_recorder.record import writer as writer_module
 from sse_recorder.record.body import Body
+from sse_recorder.record.items import ACK, RUN, Commit
 from sse_recorder.record.redact import MARKER, RedactionRules
 from sse_recorder.record.session import Recorded, RecorderConfig, RecordingSession
-from sse_recorder.record.writer import ACK, RUN, Commit, Writer
+from sse_recorder.record.writer import Writer
 from sse_recorder.sse import Comment, Event, Item, parse
 from sse_recorder.store.cassette import Cassette, WriteBatch
 from tests.helpers import task_session

@@ -80,6 +80,21 @@ async def test_the_writer_process_ignores_a_checkout_in_the_working_directory(
     await session.close()
 
 
+def test_the_proxy_process_loads_none_of_the_store(tmp_path: Path) -> None:
+    """The recording addon's imports stop at the session: SQLAlchemy, the migrations and
+    aiosqlite are the writer process's alone (they were 0.4 s of the proxy's start-up)."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent("""
+            import sys
+            import sse_recorder.mitm.record_addon
+            store = ("sqlalchemy", "alembic", "aiosqlite", "sqlite3", "sse_recorder.store")
+            print(sorted(m for m in sys.modules if m.startswith(store)))
+        """)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 async def test_appending_numbers_tokens_as_the_cassette_does(tmp_path: Path) -> None:
     path = tmp_path / "rec.cassette"
     for started in (1.0, 2.0):
