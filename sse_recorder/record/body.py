@@ -19,8 +19,11 @@ from itertools import accumulate
 
 from sse_recorder.framing.registry import Dialect
 from sse_recorder.record.redact import (
+    CARRY,
+    LOOKAHEAD,
     MAX_HELD,
     Scrubber,
+    Span,
     StreamDecoder,
     apply,
     decode_body,
@@ -65,6 +68,7 @@ class Body:
         self._held_ns: list[int] = []  # offsets of the chunks not stored yet
         self._held: list[bytes] = []  # their data
         self._ready = 0  # bytes at the start of `_held` already redacted (whole events)
+        self._carry = b""  # an event released before its end: its tail, raw (`_unfinished`)
         self.next_stored = 0  # seq of the next chunk to store
         self.frames = 0  # frames of a stream in another framing, as received
         self.stored_size = 0  # bytes of the chunks stored
@@ -110,7 +114,9 @@ class Body:
     def _redact_complete_events(self, batch: WriteBatch) -> None:
         """Redact the held bytes up to the last blank line (whole events), then store every
         chunk that lies wholly in what is redacted. A chunk ending inside an event waits for
-        that event's end (usually the next chunk); past MAX_HELD, a line end will do."""
+        that event's end (usually the next chunk); past MAX_HELD, the event is released up to
+        a line end (or a byte) LOOKAHEAD before what is held, and the rest of it is redacted
+        with its tail (`_carry`)."""
         held = self._held
         buffer = held[0] if len(held) == 1 else b"".join(held)
         tail = buffer[self._ready:]
@@ -118,8 +124,10 @@ class Body:
         if cut >= 0:
             self._redact_up_to(self._ready + cut + 2, buffer)
         elif len(tail) > MAX_HELD:
-            line_end = max(tail.rfind(b"\n"), tail.rfind(b"\r"))
-            self._redact_up_to(self._ready + line_end + 1 if line_end >= 0 else None, buffer)
+            before = len(tail) - LOOKAHEAD
+            line_end = max(tail.rfind(b"\n", 0, before), tail.rfind(b"\r", 0, before))
+            end = line_end + 1 if line_end >= 0 else before
+            self._redact_up_to(self._ready + end, buffer, lookahead=True)
         else:
             return
         ends = list(accumulate(map(len, self._held)))
@@ -128,24 +136,35 @@ class Body:
             self._ready -= ends[count - 1]
             self._release(count, batch)
 
-    def _redact_up_to(self, end: int | None, buffer: bytes | None = None) -> None:
-        """Redact held bytes from `_ready` to `end` (None: all of them), whole events, and
-        count the events in them (as redacted: the bytes that will be stored)."""
+    def _redact_up_to(self, end: int | None, buffer: bytes | None = None, *,
+                      lookahead: bool = False) -> None:
+        """Redact held bytes from `_ready` to `end` (None: all of them) and count the events
+        in them (as redacted: the bytes that will be stored). The redaction reads the tail of
+        an event released before its end first, and with `lookahead` what is held after
+        `end` too; only spans in the region apply (the part of one begun before it is
+        dropped: its replacement went out with its start)."""
         if buffer is None:
             buffer = b"".join(self._held)
         if end is None:
             end = len(buffer)
-        region = buffer[self._ready:end]
-        spans = self.scrub.stream_spans(region)
+        start, carry = self._ready, self._carry
+        region = buffer[start:end]
+        text = buffer[start:] if lookahead else region
+        if carry:
+            text = carry + text
+        spans = self.scrub.stream_spans(text)
+        if carry or lookahead:
+            spans = _within(spans, len(carry), len(carry) + len(region))
+        stored = region
         if spans:
-            start = self._ready
             shifted = [(a + start, b + start, r) for a, b, r in spans]
             self._held = split_like(self._held, shifted)
             end += sum(len(r) - (b - a) for a, b, r in spans)
-            region = apply(region, spans)
+            stored = apply(region, spans)
         assert self.counter is not None
-        self.counter.feed(region)
+        self.counter.feed(stored)
         self._ready = end
+        self._carry = _unfinished(carry + region if carry else region)
 
     def _release(self, count: int, batch: WriteBatch) -> None:
         """Store the first `count` held chunks (redacted)."""
@@ -216,3 +235,31 @@ class Body:
         batch.runs.append((self.iid, self.next_stored, offsets, datas))
         self.next_stored += len(datas)
         self.stored_size += sum(map(len, datas))
+
+
+def _within(spans: list[Span], low: int, high: int) -> list[Span]:
+    """The parts of `spans` in [low, high), relative to `low`; a part cut off a span's start
+    is replaced by nothing."""
+    out: list[Span] = []
+    for start, end, replacement in spans:
+        if end > low and start < high:
+            out.append((max(start, low) - low, min(end, high) - low,
+                        replacement if start >= low else b""))
+    return out
+
+
+def _unfinished(text: bytes) -> bytes:
+    """The event `text` ends inside, as the redaction of its rest must read it: its last
+    CARRY bytes or so, whole lines, a longer line keeping its field name (`data:`)."""
+    boundary = max(text.rfind(b"\n\n"), text.rfind(b"\r\r"), text.rfind(b"\n\r"))
+    event = text[boundary + 2:] if boundary >= 0 else text
+    if not event.strip(b"\r\n"):
+        return b""
+    if len(event) <= CARRY:
+        return event
+    cut = len(event) - CARRY
+    line = max(event.rfind(b"\n", 0, cut), event.rfind(b"\r", 0, cut)) + 1
+    colon = event.find(b":", line, cut)
+    if colon < 0:  # the cut is at a line's start, or inside its field name
+        return event[line:] if cut - line < 64 else event[cut:]
+    return event[line:colon + 1] + b" " + event[cut:]

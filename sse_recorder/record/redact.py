@@ -35,7 +35,12 @@ except ImportError:  # pragma: no cover - recording without mitmproxy's dependen
 
 MARKER = "[REDACTED]"
 _MARK = MARKER.encode()
-MAX_HELD = 1 << 20  # an SSE event longer than this is released (and redacted) line by line
+MAX_HELD = 1 << 20  # an SSE event longer than this is released (and redacted) before its end
+# Such a release leaves this much of the event held (a secret across the cut is seen whole),
+# and the event's last CARRY bytes released are kept (raw, in the writer's memory only) to
+# redact the rest with: a key on one side, its value on the other, is still found.
+LOOKAHEAD = 64 << 10
+CARRY = 64 << 10
 MAX_DECODED = 64 << 20  # a compressed body decoding to more than this is stored as received
 MIN_LEARNED = 6  # shorter values taken out by name are not scrubbed elsewhere ("true", "1")
 

@@ -31,6 +31,7 @@ from sse_recorder.model import (
     RecordedRequest,
     ResponseHead,
 )
+from sse_recorder.record import body as body_module
 from sse_recorder.record import session as session_module
 from sse_recorder.record import writer as writer_module
 from sse_recorder.record.body import Body
@@ -1304,6 +1305,59 @@ def test_event_chunk_attribution_for_any_chunking(
         assert event.last_chunk == chunk_holding(item.end - 1)
         assert event.offset_ns == event.last_chunk * 10
     assert [(c[1], c[3]) for c in batch.all_chunks()] == list(enumerate(chunks))
+
+
+LONG_SHAPES = {  # how the credential sits in an event longer than MAX_HELD
+    "one line": lambda pad, name, secret: b'data: {"pad": "%s", "%s": "%s", "z": 1}\n\n'
+    % (pad, name, secret),
+    "value on the next line": lambda pad, name, secret: b'data: {"pad": "%s", "%s":\ndata: '
+    b'"%s"}\n\n' % (pad, name, secret),
+    "pad lines first": lambda pad, name, secret: b"".join(
+        b"data: %s\n" % pad[i:i + 40] for i in range(0, len(pad), 40))
+    + b'data: {"%s": "%s"}\n\n' % (name, secret),
+}
+
+
+@HYPOTHESIS
+@given(data=st.data(), shape=st.sampled_from(sorted(LONG_SHAPES)),
+       name=st.sampled_from([b"api_key", b"token", b"client_secret"]))
+def test_a_secret_in_an_event_longer_than_max_held_is_redacted_across_any_cut(
+    data: st.DataObject, shape: str, name: bytes
+) -> None:
+    """An event past MAX_HELD is released before its end: the credential's key and its value
+    can then fall on either side of a release (limits scaled down: 300 bytes held at most,
+    60 of lookahead, 120 of carry). Neither the named value nor a value given by itself
+    (`--redact-value`) is stored, whatever the chunking, and the stream keeps its events."""
+    secret = b"sk-" + data.draw(st.binary(min_size=8, max_size=24), label="s").hex().encode()
+    by_value = b"VAL-" + data.draw(st.text("0123456789", min_size=6, max_size=12),
+                                   label="v").encode()
+    pad = data.draw(st.integers(300, 900), label="pad") * b"a"
+    at = data.draw(st.integers(0, len(pad)), label="value position")
+    pad = pad[:at] + by_value + pad[at:]
+    stream = (b"data: before\n\n" + LONG_SHAPES[shape](pad, name, secret)
+              + b"data: after\n\n")
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=40),
+                                label="cuts")))
+    bounds = [0, *cuts, len(stream)]
+    chunks = [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    group = data.draw(st.integers(1, 3), label="chunks fed per call")
+    rules = RedactionRules.with_extra(values=[by_value.decode()])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(body_module, "MAX_HELD", 300)
+        patch.setattr(body_module, "LOOKAHEAD", 60)
+        patch.setattr(body_module, "CARRY", 120)
+        body = Body(1, rules.scrubber(), is_sse=True)
+        batch = WriteBatch()
+        for start in range(0, len(chunks), group):
+            body.feed(list(range(start, start + group)), chunks[start:start + group], batch)
+        body.finish(batch)
+    stored = b"".join(c[3] for c in batch.all_chunks())
+    assert secret not in stored and by_value not in stored
+    assert len(batch.all_chunks()) == len(chunks)  # redaction keeps the chunk count
+    assert body.events == 3
+    events = [e.data for e in sse_events(batch)]
+    assert events[0] == "before" and events[2] == "after" and MARKER in events[1]
+    assert stored.count(b"\n") == stream.count(b"\n")  # no line gained or lost
 
 
 def test_writer_state_stays_bounded_on_a_long_stream() -> None:
