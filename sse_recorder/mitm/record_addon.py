@@ -302,6 +302,10 @@ class Recorder:
         offset = time.monotonic_ns() - state.anchor_ns
         if not state.streamed and flow.response is not None and flow.response.raw_content:
             session.chunk(state.iid, offset, flow.response.raw_content)
+        if state.close_delimited and self.transports.upstream_was_reset(flow.server_conn):
+            # the connection's end is such a body's end: mitmproxy calls an RST complete
+            session.end(state.iid, Outcome.RESET, offset, "the upstream reset the connection")
+            return
         session.end(
             state.iid, Outcome.CLEAN, offset, None, check_truncation=state.close_delimited
         )

@@ -83,6 +83,8 @@ async def test_live_delivery_and_exact_recording(
     [
         ("end=clean", Outcome.CLEAN),
         ("end=reset", Outcome.RESET),
+        ("end=reset&framing=close", Outcome.RESET),  # the body's end is the RST itself
+        ("end=reset&framing=length", Outcome.RESET),
         ("end=close", Outcome.CLOSED),
         ("end=close&framing=close", Outcome.CLOSED),
         ("end=close&framing=length", Outcome.CLOSED),
