@@ -296,7 +296,7 @@ def timing(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iter
     event (a recorded chunk ended inside it) starts once that event is out, as its
     `stream-pause` event cannot go inside another."""
     pauses = of(chosen, Pause)
-    latencies = [(latency, rng) for _, latency, rng in of(chosen, Latency)
+    latencies = [(fault, latency, rng) for fault, latency, rng in of(chosen, Latency)
                  if latency.chunk is not None]
     beats = of(chosen, Heartbeat)
     if not (pauses or latencies or beats):
@@ -348,8 +348,11 @@ def timing(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iter
             return
         if latencies and (piece.chunk is None or piece.chunk != drawn[0]):
             extra = 0.0
-            for latency, rng in latencies:
-                extra += _draw(latency, rng)
+            for fault, latency, rng in latencies:
+                delay = _draw(latency, rng)
+                extra += delay
+                if drawn == (None, 0.0):  # the first chunk it delays: logged once, as throttle
+                    fired(log, fault, piece.due + shift, first_delay_ms=round(delay * 1000, 3))
             drawn = (piece.chunk, extra)
         due = max(piece.due + shift + drawn[1], last_due)
         for index, (fault, pause, _) in timed:  # at=T: before the first piece due from T

@@ -871,6 +871,19 @@ def test_latency_delays_a_chunk_of_several_events_once() -> None:
     assert [data for _, data in writes(actions)] == [data for _, data in SHARED]
 
 
+def test_a_chunk_latency_is_logged_once_at_the_first_chunk_it_delays() -> None:
+    """Like throttle, a per-chunk fault is one entry, not one per chunk."""
+    actions, run = transformed("latency:chunk=10ms", chunks=SHARED)
+    assert writes(actions)[0][0] == pytest.approx(SHARED[0][0] + 0.01)
+    assert run.log == [{"fault": "latency:chunk=10ms", "type": "latency",
+                        "at_ms": round(SHARED[0][0] * 1000, 3), "first_delay_ms": 10.0}]
+    _, both = transformed("latency:head=1s,chunk=10ms", chunks=SHARED)
+    assert both.head_delay() == 1.0  # the server asks before the body
+    assert [sorted(entry) for entry in both.log] == [
+        ["at_ms", "fault", "first_delay_ms", "type"],
+        ["at_ms", "fault", "head_delay_ms", "type"]]
+
+
 def test_frames_of_another_stream_keep_their_chunks() -> None:
     from sse_recorder.framing.registry import NDJSON
 
