@@ -44,7 +44,7 @@ from sse_recorder.wire.connections import call_at_monotonic
 MAX_REQUEST_BODY = 64 << 20
 # All request bodies being received at once: one of MAX_REQUEST_BODY fits, two do not.
 MAX_BUFFERED = 96 << 20
-MAX_HEAD = 64 * 1024  # a request head still incomplete after this many bytes is a 431
+MAX_HEAD = 64 * 1024  # a request head over this many bytes is a 431
 READ_SIZE = 65536
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # A request line whose method is a token (RFC 9110 §5.6.2) that llhttp does not know
@@ -370,6 +370,12 @@ def _percent_encoded_line(data: bytes) -> bytes:
 def _check_head(message: _Message, limits: Limits) -> None:
     """What RFC 9112 says to reject that llhttp accepts, and a body declared too large;
     notes the declared Content-Length and whether the client waits for 100 Continue."""
+    # A head that completed within one read was never counted as it came (`_feed`): its
+    # size, as its parts give it (optional whitespace aside), is held to the same limit.
+    size = (len(message.method) + len(message.target) + len(b"  HTTP/1.1\r\n\r\n")
+            + sum(len(name) + len(value) + len(b": \r\n") for name, value in message.fields))
+    if size > MAX_HEAD:
+        raise BadRequest(f"request head over {MAX_HEAD} bytes", 431)
     hosts = 0
     for name, value in message.fields:
         if name == b"host":

@@ -13,11 +13,12 @@ import time
 import types
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sse_recorder.wire.requests import (
     MAX_HEAD,
+    READ_SIZE,
     BadRequest,
     Budget,
     Limits,
@@ -313,6 +314,31 @@ async def test_what_the_reader_checks_itself_has_its_status(raw: bytes, status: 
     with pytest.raises(BadRequest) as caught:
         await read_request(reader_of(raw, eof=False))
     assert caught.value.status == status and str(caught.value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(over=st.integers(-40, 40), cuts=st.lists(st.integers(1, MAX_HEAD + 100), max_size=4))
+def test_a_head_over_max_head_is_a_431_however_it_arrives(over: int, cuts: list[int]
+                                                          ) -> None:
+    """The limit holds on either side of a read: a head over MAX_HEAD bytes completed within
+    one read was let through (65,536-byte reads, a 66,000-byte head: 200)."""
+    start = b"GET /x HTTP/1.1\r\nHost: a\r\nX-Big: "
+    end = b"\r\n\r\n"
+    raw = start + b"z" * (MAX_HEAD + over - len(start) - len(end)) + end
+    assert len(raw) == MAX_HEAD + over
+    bounds = [0, *sorted(c for c in set(cuts) if c < len(raw)), len(raw)]
+
+    async def read() -> int:
+        pieces = [raw[i:min(i + READ_SIZE, b)] for a, b in zip(bounds, bounds[1:], strict=False)
+                  for i in range(a, b, READ_SIZE)]  # no read returns more than it asks
+        reader = Pieces(pieces)
+        try:
+            await read_request(reader)  # type: ignore[arg-type]
+        except BadRequest as exc:
+            return exc.status
+        return 200
+
+    assert asyncio.run(read()) == (431 if over > 0 else 200)
 
 
 async def test_an_unknown_method_after_a_good_request_is_named_right() -> None:
