@@ -78,7 +78,7 @@ def _summary(label: str, recorded: ProbeResult, one: ProbeResult, ten: ProbeResu
 
 
 def _side_by_side(recorded: ProbeResult, one: ProbeResult, ten: ProbeResult, echo: Echo) -> None:
-    echo("    chunk  recorded gap  replay 1x gap  replay 10x gap (x10)  what changed")
+    echo("    chunk      live gap  replay 1x gap  replay 10x gap (x10)  what changed")
     rec, a, b = recorded.gaps_ms(), one.gaps_ms(), ten.gaps_ms()
     for i, preview in enumerate(_chunk_previews(recorded)[1:12], start=1):
         echo(f"    {i:>5}  {rec[i - 1]:>9.2f} ms  {a[i - 1] if i - 1 < len(a) else 0:>10.2f} ms  "
@@ -161,7 +161,8 @@ async def _demo(workdir: Path, echo: Echo) -> int:
     echo("")
     one, one_served = await _replay(exe, cassette, workdir, "1")
     ten, ten_served = await _replay(exe, cassette, workdir, "10")
-    echo("replayed from the cassette (upstream stopped): recorded / 1x / 10x")
+    echo("live through the recorder, then replayed from the cassette (upstream stopped): "
+         "live / 1x / 10x")
     interactions = await _recorded(cassette)
     problems = (_record_problems("1", one_served, interactions)
                 + _record_problems("10", ten_served, interactions))
