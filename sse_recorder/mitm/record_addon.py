@@ -188,6 +188,12 @@ class Recorder:
 
     async def done(self) -> None:
         self._congestion(False)
+        # mitmproxy keeps streaming while the cassette closes (measured: 30 more events of a
+        # 5 ms stream reached the client, never stored): a stream still open is cut first, so
+        # its client gets nothing the cassette lacks (it is stored as `stopped`).
+        for flow in self._live.values():
+            if flow.live:  # (a storage failure has killed them already)
+                self.transports.reset_client(flow.client_conn)
         if self.session is not None:
             session, self.session = self.session, None
             await session.close()

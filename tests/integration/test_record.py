@@ -7,6 +7,7 @@ exact is exact: bytes, chunk boundaries, order, end reasons.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import statistics
@@ -142,6 +143,31 @@ async def test_stream_open_at_shutdown_is_kept(
     assert recording[0].outcome is Outcome.STOPPED
     assert not recording[0].complete
     assert [c.data for c in recording[1]] == ticks_writes(6)
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
+async def test_a_stream_cut_by_the_stop_gives_its_client_nothing_the_cassette_lacks(
+    how: signal.Signals, demo_upstream: str, recorder: RecorderFactory, tmp_path: Path
+) -> None:
+    """mitmproxy keeps its connections going while the recorder closes its cassette: the
+    client got events after the stop that were never stored (found by a stranger's audit).
+    The stop now cuts the streams still open first."""
+    proxy = recorder("--upstream", demo_upstream)
+    received = b""
+    stopping: asyncio.Task[int] | None = None
+    with contextlib.suppress(httpx.HTTPError):  # the stream is cut
+        async with httpx.AsyncClient(timeout=30) as client, client.stream(
+                "GET", f"{proxy.url}/ticks?n=3000&interval_ms=5") as response:
+            async for piece in response.aiter_raw():
+                received += piece
+                if stopping is None and received.count(b"\n\n") >= 10:
+                    stopping = asyncio.create_task(asyncio.to_thread(proxy.stop, how))
+    assert stopping is not None and await stopping == 0
+    [(interaction, chunks, _)] = await load(tmp_path / "cassette.sqlite")
+    stored = b"".join(c.data for c in chunks)
+    assert interaction.outcome is Outcome.STOPPED
+    assert received.count(b"\n\n") >= 10
+    assert stored.startswith(received), (len(stored), len(received))
 
 
 async def test_replay_matched_answers_from_the_cassette_and_leaves_one_file(
