@@ -7,8 +7,10 @@ redacted (a chunk ending inside an event waits for that event's end). The writer
 events: readers derive them from the chunks stored (`framing.derive`), so no event can hold
 what the chunks do not; it only counts them (`sse.EventCounter`, mostly one regex per
 batch) and notes whether the body ended inside one. A stream in another framing is stored
-a run of whole frames at a time. Any other body is redacted whole at its end (decoded first
-if it has a content coding).
+a run of whole frames at a time, any other body a run of whole lines at a time (one with a
+content coding is decoded and redacted whole at its end). A run is redacted after the tail
+of the one before when that matters (`_carry`); an event, frame or line past MAX_HELD is
+stored before its end, all but LOOKAHEAD bytes of it, so a secret across the cut is seen.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from itertools import accumulate
 from sse_recorder.framing.registry import Dialect
 from sse_recorder.record.redact import (
     CARRY,
+    LINE_CARRY,
     LOOKAHEAD,
     MAX_HELD,
     Scrubber,
@@ -93,16 +96,21 @@ class Body:
             self._redact_complete_events(batch)
         elif self._scout is not None:
             self._release_whole_frames(datas, batch)
-        # other bodies are stored whole by finish()
+        elif not self.codings:
+            self._release_whole_lines(batch)
+        # a body of another type with a content coding is decoded and stored whole by finish()
 
     def finish(self, batch: WriteBatch) -> bool:
         """Store what is held; returns whether the body ended in the middle of an event."""
         if self._scout is not None:
             self.frames += len(self._scout.finish())
-            self._release_frames(len(self._held), batch)
+            self._release_text(len(self._held), batch, whole=True)
             return False
         if self.counter is None:
-            self._finish_whole(batch)
+            if self.codings:
+                self._finish_whole(batch)
+            else:
+                self._release_text(len(self._held), batch, whole=False)
             return False
         if self._held:
             self._redact_up_to(None)
@@ -176,7 +184,7 @@ class Body:
 
     def _release_whole_frames(self, datas: list[bytes], batch: WriteBatch) -> None:
         """Store the held chunks up to the last one that ends where a frame ends (redacted
-        as whole frames); past MAX_HELD, whatever is held."""
+        as whole frames); past MAX_HELD, all but LOOKAHEAD of what is held."""
         scout = self._scout
         assert scout is not None
         first_new = len(self._held) - len(datas)
@@ -186,34 +194,65 @@ class Body:
             if scout.open_start >= self._raw_position:
                 self._aligned = index + 1
         if self._aligned:
-            self._release_frames(self._aligned, batch)
-        elif sum(map(len, self._held)) > MAX_HELD:
-            self._release_frames(len(self._held), batch)
+            self._release_text(self._aligned, batch, whole=True)
+        else:
+            self._release_long(batch)
 
-    def _release_frames(self, count: int, batch: WriteBatch) -> None:
-        """Store the first `count` held chunks, redacted as whole frames."""
-        dialect = self.dialect
-        assert dialect is not None
+    # -- other bodies --------------------------------------------------------------------
+
+    def _release_whole_lines(self, batch: WriteBatch) -> None:
+        """A body of another type (a log, chunked JSON) is stored as it comes: the held
+        chunks up to the last one that ends a line; past MAX_HELD, all but LOOKAHEAD."""
+        held = self._held
+        count = len(held)
+        while count and not held[count - 1].endswith((b"\n", b"\r")):
+            count -= 1
+        if count:
+            self._release_text(count, batch, whole=False)
+        else:
+            self._release_long(batch)
+
+    def _release_long(self, batch: WriteBatch) -> None:
+        """Past MAX_HELD with no end in sight: the chunks that lie wholly before the last
+        LOOKAHEAD bytes held go (a secret across that cut is seen whole in what stays)."""
+        ends = list(accumulate(map(len, self._held)))
+        if ends and ends[-1] > MAX_HELD:
+            self._release_text(bisect_right(ends, ends[-1] - LOOKAHEAD), batch, whole=False,
+                               lookahead=True)
+
+    def _release_text(self, count: int, batch: WriteBatch, *, whole: bool,
+                      lookahead: bool = False) -> None:
+        """Store the first `count` held chunks, redacted after the tail of what went before
+        them (`_carry`: a credential's key there, its value here, is found) and, with
+        `lookahead`, before what stays held. `whole`: they end where a frame ends, so what
+        follows owes them nothing. An event stream message is redacted whole or not at all:
+        it has neither."""
         offsets, datas = self._held_ns[:count], self._held[:count]
         del self._held_ns[:count], self._held[:count]
         self._aligned = 0
         if not datas:
             return
-        spans = dialect.redact(b"".join(datas), self.scrub)
+        region = datas[0] if len(datas) == 1 else b"".join(datas)
+        if self.dialect is not None and self.dialect.binary:
+            spans = self.dialect.redact(region, self.scrub)
+        else:
+            carry = self._carry
+            after = b"".join(self._held) if lookahead else b""
+            spans = self.scrub.spans(carry + region + after if carry or after else region)
+            if carry or after:
+                spans = _within(spans, len(carry), len(carry) + len(region))
+            kept = CARRY if lookahead else LINE_CARRY  # a cut at a line end needs only lines
+            self._carry = b"" if whole else (carry + region)[-kept:]
         self._store(offsets, split_like(datas, spans) if spans else datas, batch)
 
-    # -- other bodies --------------------------------------------------------------------
-
     def _finish_whole(self, batch: WriteBatch) -> None:
+        """A body of another type with a content coding, at its end: decoded whole to be
+        redacted (a coded stream cannot be cut at its lines)."""
         offsets, datas = self._held_ns, self._held
         self._held_ns, self._held = [], []
         if not datas:
             return
         raw = datas[0] if len(datas) == 1 else b"".join(datas)
-        if not self.codings:
-            spans = self.scrub.spans(raw)
-            self._store(offsets, split_like(datas, spans) if spans else datas, batch)
-            return
         decoded = decode_body(raw, self.codings)
         if decoded is None:
             log.warning("sse-recorder: #%d: body not decodable as %s: stored as received",

@@ -41,6 +41,10 @@ MAX_HELD = 1 << 20  # an SSE event longer than this is released (and redacted) b
 # redact the rest with: a key on one side, its value on the other, is still found.
 LOOKAHEAD = 64 << 10
 CARRY = 64 << 10
+# A body of another type (a log, chunked JSON) is stored a run of whole lines at a time; the
+# next run is redacted after this much of the last (pretty-printed JSON: a key, its value on
+# the next line).
+LINE_CARRY = 4 << 10
 MAX_DECODED = 64 << 20  # a compressed body decoding to more than this is stored as received
 MIN_LEARNED = 6  # shorter values taken out by name are not scrubbed elsewhere ("true", "1")
 
