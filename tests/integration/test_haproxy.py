@@ -103,3 +103,18 @@ def test_resume_lands_on_the_other_replica(balanced: tuple[str, list[Process]]) 
     # one request each: the resume was answered by the replica that had not seen the stream
     assert [len(lines) for lines in served(replicas, 2)] == [1, 1], [
         r.stderr() for r in replicas]
+
+
+def test_a_replica_that_stops_is_passed_over(balanced: tuple[str, list[Process]]) -> None:
+    """Found by a stranger's audit: with the recipe as it was (no retries, no health check),
+    every other request waited 3 s for a 503 once a replica had stopped."""
+    url, replicas = balanced
+    assert replicas[0].stop() == 0
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for _ in range(6):
+            started = time.monotonic()
+            response = client.get("/ticks", headers={"Last-Event-ID": str(TICKS - 3)})
+            ids = [event.id for event in httpx_sse.EventSource(response).iter_sse()]
+            assert response.status_code == 200
+            assert ids == [str(TICKS - 2), str(TICKS - 1)]  # the rest, from the live replica
+            assert time.monotonic() - started < 2.5  # not HAProxy's 1 s turn-around, thrice
