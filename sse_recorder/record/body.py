@@ -290,6 +290,8 @@ def _within(spans: list[Span], low: int, high: int) -> list[Span]:
 def _unfinished(text: bytes) -> bytes:
     """The event `text` ends inside, as the redaction of its rest must read it: its last
     CARRY bytes or so, whole lines, a longer line keeping its field name (`data:`)."""
+    if text.endswith((b"\n\n", b"\r\r", b"\n\r")):  # (a run of whole events: the usual)
+        return b""
     boundary = max(text.rfind(b"\n\n"), text.rfind(b"\r\r"), text.rfind(b"\n\r"))
     event = text[boundary + 2:] if boundary >= 0 else text
     if not event.strip(b"\r\n"):
