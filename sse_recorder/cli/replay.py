@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
 from collections.abc import Callable
@@ -189,8 +190,8 @@ def replay(
     except SSERecorderError as exc:
         _fail(str(exc))
     if count > 1 and control_port is not None:
-        _fail("--control-port needs one process, not --workers " + workers + ": each worker "
-              "would have faults of its own")
+        _fail(f"--control-port needs one process, not {_workers_setting(workers)}: each "
+              "worker would have faults of its own")
     if count == 1:
         _run(go(), factory)
     else:
@@ -210,15 +211,16 @@ PAIRINGS = (
 
 def _workers(text: str, pin: bool, as_proxy: bool) -> int:
     """How many processes serve. The proxy is one process: --workers on the command line is
-    refused with --proxy, from the environment it does not apply (so SSE_RECORDER_WORKERS
-    can be set for a whole test run)."""
+    refused with --proxy, from the environment it does not apply, and is not even read (so
+    SSE_RECORDER_WORKERS can be set for a whole test run)."""
     from sse_recorder.replay.workers import worker_count
 
-    count = worker_count(text)
+    ctx = click.get_current_context()
+    if as_proxy and _from_environment():
+        return 1
+    count = worker_count(text, "SSE_RECORDER_WORKERS" if _from_environment() else "--workers")
     if as_proxy:
-        ctx = click.get_current_context()
-        typed = ctx.get_parameter_source("workers") is click.core.ParameterSource.COMMANDLINE
-        if typed and count > 1:
+        if count > 1:
             raise click.UsageError("--workers does nothing with --proxy: the proxy is one "
                                    "process", ctx)
         return 1
@@ -228,11 +230,23 @@ def _workers(text: str, pin: bool, as_proxy: bool) -> int:
     return count
 
 
+def _from_environment() -> bool:
+    """The number of workers came from SSE_RECORDER_WORKERS: errors name it, not --workers
+    (which the user never typed)."""
+    source = click.get_current_context().get_parameter_source("workers")
+    return source is click.core.ParameterSource.ENVIRONMENT
+
+
+def _workers_setting(text: str) -> str:
+    """The number of workers as the user set it."""
+    return f"SSE_RECORDER_WORKERS={text}" if _from_environment() else f"--workers {text}"
+
+
 def _supervise(count: int, pin: bool, host: str, port: int,
                serve: Callable[[Seat], None]) -> int:
     """Listen once for `count` workers, each running `serve(seat)`; print the URL when all
     serve; the exit status (0 when stopped by a signal)."""
-    from sse_recorder.replay.workers import Supervisor, listen
+    from sse_recorder.replay.workers import StartError, Supervisor, listen
     from sse_recorder.wire.connections import base_url
 
     try:
@@ -251,9 +265,14 @@ def _supervise(count: int, pin: bool, host: str, port: int,
         return 0
 
     def report(line: str) -> None:
-        click.echo(f"sse-recorder: {line}", err=True)
+        """A line lost on a closed stderr (`2>&1 | head -1`) must not stop the serving."""
+        with contextlib.suppress(OSError, ValueError):
+            click.echo(f"sse-recorder: {line}", err=True)
 
-    return Supervisor(listeners, count, worker, ready, report).run()
+    try:
+        return Supervisor(listeners, count, worker, ready, report).run()
+    except StartError as exc:  # the workers already started are stopped
+        _fail(str(exc))
 
 
 async def _start_on(server: Any, sock: socket.socket) -> None:

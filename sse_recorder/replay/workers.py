@@ -3,8 +3,8 @@
 Why processes: one Python process tops out near 100,000 timed sends per second and cannot
 use a second core. Each worker is a fork of the supervising process with its own event loop
 and its own cassette reader; the supervisor only holds the listening sockets, prints the URL
-once every worker is ready, reports and replaces a worker that dies, and stops them all on
-SIGINT or SIGTERM.
+once every worker is ready, reports and replaces a worker that dies (and stops them all when
+its replacements keep failing to start), and stops them all on SIGINT or SIGTERM.
 
 How connections reach the workers:
 - SO_REUSEPORT (Linux, the BSDs): one listening socket per worker on the same address; the
@@ -38,20 +38,36 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
-from sse_recorder.errors import ConfigError
+from sse_recorder.errors import ConfigError, SSERecorderError
 
-__all__ = ["AUTO", "Listeners", "Seat", "Supervisor", "listen", "worker_count"]
+__all__ = ["AUTO", "Listeners", "Seat", "StartError", "Supervisor", "listen", "worker_count"]
 
 AUTO = "auto"
 BACKLOG = 4096
 STOP_TIMEOUT = 10.0  # seconds for the workers to stop after SIGTERM, then SIGKILL
 QUICK_DEATH = 1.0  # a worker that dies sooner than this is restarted after a growing delay
 MAX_DELAY = 8.0
+# Replacements that exit before they serve, in a row, before the supervisor gives up. Five
+# cover at least 3.75 s of retries (0.25 + 0.5 + 1 + 2 s apart): enough for a passing
+# shortage (file descriptors, memory, a locked cassette). A cause that outlasts them (the
+# cassette deleted or damaged) is not going away, and meanwhile the dead worker's socket
+# keeps queueing its share of new connections, which would wait for ever.
+MAX_FAILED_STARTS = 5
 
 
-def worker_count(text: str) -> int:
-    """`N` (at least 1) or `auto`: the CPUs this process may run on."""
+class StartError(SSERecorderError):
+    """A worker process could not be created (no file descriptor or memory left)."""
+
+    def __init__(self, what: str, exc: OSError) -> None:
+        self.reason = (exc.strerror or str(exc)).lower()
+        super().__init__(f"{what}: {self.reason}")
+
+
+def worker_count(text: str, source: str = "--workers") -> int:
+    """`N` (at least 1) or `auto`: the CPUs this process may run on. `source` names where
+    `text` came from (the option, or the environment variable) in the error."""
     if text.strip().lower() == AUTO:
         affinity = getattr(os, "sched_getaffinity", None)
         return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
@@ -60,7 +76,7 @@ def worker_count(text: str) -> int:
     except ValueError:
         count = 0
     if count < 1:
-        raise ConfigError(f"--workers takes a number of processes (1 or more) or {AUTO}, "
+        raise ConfigError(f"{source} takes a number of processes (1 or more) or {AUTO}, "
                           f"not {text!r}")
     return count
 
@@ -95,14 +111,17 @@ SOURCE_WORD: dict[int, int] = {socket.AF_INET: 12, socket.AF_INET6: 20}
 
 
 def listen(host: str, port: int, count: int, pin: bool = False) -> Listeners:
-    """Listening sockets on `host:port` (port 0: a free one) for `count` workers.
+    """Listening sockets on `host:port` (port 0: a free one) for `count` workers; `host` ""
+    is every interface, as for one process.
 
     Raises OSError when the address cannot be listened on, ConfigError when `pin` is
     asked where the kernel cannot do it."""
     if pin and not (REUSEPORT and sys.platform.startswith("linux")):
         raise ConfigError("--pin-clients needs Linux (SO_REUSEPORT with a BPF program)")
     family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    if port and REUSEPORT:
+        _check_free(family, kind, proto, address)
     sockets: list[socket.socket] = []
     try:
         for _ in range(count if REUSEPORT else 1):
@@ -122,7 +141,22 @@ def listen(host: str, port: int, count: int, pin: bool = False) -> Listeners:
         for sock in sockets:
             sock.close()
         raise
-    return Listeners(host, int(address[1]), sockets)
+    return Listeners(str(address[0]), int(address[1]), sockets)  # the URL one process prints
+
+
+def _check_free(family: int, kind: int, proto: int, address: tuple[Any, ...]) -> None:
+    """Raise OSError (EADDRINUSE) when something listens on `address` already.
+
+    The workers' sockets cannot tell: with SO_REUSEPORT they would join any other
+    SO_REUSEPORT listener of this user there (another `replay --workers`), and the kernel
+    would split the traffic between the two. A socket without it, bound the way one process
+    binds (SO_REUSEADDR, as asyncio does), fails on a busy port instead. It is closed before
+    the workers' sockets bind: a process taking the port in between is not caught."""
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind(address)
 
 
 def _pin_by_source(sock: socket.socket, family: int, count: int) -> None:
@@ -158,6 +192,7 @@ class _Worker:
     ready: bool = False
     started: float = 0.0
     delay: float = 0.0  # before the next restart when it keeps dying quickly
+    failed_starts: int = 0  # replacements in a row that ended before they served
     due: float | None = None  # when to start it again
 
 
@@ -172,15 +207,21 @@ class Supervisor:
     ready: Callable[[], None]  # every worker is serving: print the URL
     report: Callable[[str], None]  # one line about the workers
     workers: list[_Worker] = field(default_factory=list)
-    _selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
+    _selector: selectors.BaseSelector = field(init=False)
     _stopping: bool = False
     _announced: bool = False
     _wake: tuple[int, int] = (-1, -1)  # the signal wake-up pipe
 
     def run(self) -> int:
-        """Supervise until signalled (0), or until the first worker fails to start (its
-        exit status: it printed why)."""
-        wake_r, wake_w = self._wake = os.pipe()
+        """Supervise until signalled (0), until the first worker fails to start (its exit
+        status: it printed why), or until a worker's replacements keep failing to start (1).
+        Raises StartError when a first worker cannot be created: the others are stopped."""
+        try:
+            self._selector = selectors.DefaultSelector()
+            wake_r, wake_w = self._wake = os.pipe()
+        except OSError as exc:
+            self.listeners.close()
+            raise StartError("cannot supervise the workers", exc) from None
         os.set_blocking(wake_w, False)
         previous = {sig: signal.signal(sig, self._signalled)
                     for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -223,8 +264,19 @@ class Supervisor:
             for worker in self.workers:
                 if worker.due is not None and worker.due <= now and not self._stopping:
                     worker.due = None
-                    self._start(worker)
+                    failed = self._restart(worker)
+                    if failed is not None:
+                        return failed
         return 0
+
+    def _restart(self, worker: _Worker) -> int | None:
+        """Start a replacement; one that cannot be created counts as a failed start."""
+        try:
+            self._start(worker)
+        except StartError as exc:
+            worker.started = time.monotonic()
+            return self._replace(worker, f"could not be started ({exc.reason})", ready=False)
+        return None
 
     def _read(self, worker: _Worker) -> tuple[int, int] | None:
         """Read what the worker printed; once it ended, its pid and exit status."""
@@ -262,23 +314,43 @@ class Supervisor:
             if worker.index != 0:
                 self.report(f"worker {worker.index + 1} of {self.count} {how} while starting")
             return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1
+        return self._replace(worker, f"(pid {pid}) {how}", worker.ready)
+
+    def _replace(self, worker: _Worker, what: str, ready: bool) -> int | None:
+        """Schedule the replacement of a worker that ended (`what` happened to it), sooner
+        if it lived long; None, or 1 when its replacements keep failing to start."""
+        name = f"worker {worker.index + 1} of {self.count}"
+        worker.failed_starts = 0 if ready else worker.failed_starts + 1
+        if worker.failed_starts >= MAX_FAILED_STARTS:
+            self.report(f"{name} {what}; it failed to start {worker.failed_starts} times in a "
+                        "row: giving up, stopping every worker")
+            return 1
         lived = time.monotonic() - worker.started
         worker.delay = (min(max(worker.delay * 2, 0.25), MAX_DELAY)
                         if lived < QUICK_DEATH else 0.0)
         worker.ready = False
         worker.due = time.monotonic() + worker.delay
         after = f" in {worker.delay:g} s" if worker.delay else ""
-        self.report(f"worker {worker.index + 1} of {self.count} (pid {pid}) {how}; "
-                    f"starting another{after}")
+        self.report(f"{name} {what}; starting another{after}")
         return None
 
     def _start(self, worker: _Worker) -> None:
-        read, write = os.pipe()
+        """Fork the worker; StartError when the system has no pipe or process to spare."""
         seat = Seat(worker.index, self.listeners.for_worker(worker.index),
                     first=worker.index == 0 and worker.started == 0.0)
         for stream in (sys.stdout, sys.stderr):
-            stream.flush()  # or the child would write the parent's buffer again
-        pid = os.fork()
+            with contextlib.suppress(OSError, ValueError):  # a closed stderr loses its line
+                stream.flush()  # or the child would write the parent's buffer again
+        read = write = -1
+        try:
+            read, write = os.pipe()
+            pid = os.fork()
+        except OSError as exc:
+            for fd in (read, write):
+                if fd >= 0:
+                    os.close(fd)
+            raise StartError(f"cannot start worker {worker.index + 1} of {self.count}",
+                             exc) from None
         if pid == 0:  # the worker
             os.close(read)
             os._exit(self._child(seat, write))

@@ -127,13 +127,13 @@ def replay(cassette: Path, tmp_path: Path) -> Iterator[type[Replay]]:
     started: list[Replay] = []
 
     class Started(Replay):
-        def __init__(self, *options: str) -> None:
-            super().__init__(cassette, tmp_path / f"replay-{len(started)}.txt", *options)
+        def __init__(self, *options: str, of: Path = cassette) -> None:
+            super().__init__(of, tmp_path / f"replay-{len(started)}.txt", *options)
             started.append(self)
 
     yield Started
     for each in started:
-        each.stop()
+        each.stop()  # (one that exited already is reaped, its pipe closed)
 
 
 # -- /proc -------------------------------------------------------------------------------------

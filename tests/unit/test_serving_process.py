@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -102,3 +103,30 @@ def test_a_log_into_a_pipe_has_a_thread_of_its_own() -> None:
                           check=True)
     assert "sse-recorder-log" in done.stdout  # a pipe nobody reads must never block serving
     assert done.stderr == "GET /now\n"  # and what was queued is written at exit
+
+
+MIXING_SCRIPT = """
+import sys
+from sse_recorder.replay.records import BackgroundLog
+log = BackgroundLog(flush_timeout=60)
+for i in range(3000):
+    log(sys.argv[1] * 300)
+log.close()
+"""
+
+
+def test_two_processes_logging_to_one_pipe_never_mix_within_a_line() -> None:
+    """Workers share the stderr pipe; a reader slower than them keeps it full. Each line is
+    under PIPE_BUF, so the kernel keeps it whole, as long as no write holds more than that."""
+    read, write = os.pipe()
+    writers = [subprocess.Popen([sys.executable, "-c", MIXING_SCRIPT, letter], stderr=write)
+               for letter in "ab"]
+    os.close(write)
+    data = b""
+    with os.fdopen(read, "rb", buffering=0) as pipe:
+        while piece := pipe.read(512):  # a slow reader: the pipe stays full
+            data += piece
+    assert [writer.wait(60) for writer in writers] == [0, 0]
+    lines = data.decode().splitlines()
+    assert len(lines) == 6000
+    assert all(line in ("a" * 300, "b" * 300) for line in lines), "lines mixed"
