@@ -311,6 +311,7 @@ def timing(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iter
     at_boundary = True
     completed = 0  # events passed on so far
     drawn: tuple[int | None, float] = (None, 0.0)  # a recorded chunk and its latency
+    latency_logged = False
     timed = sorted(((index, armed) for index, armed in enumerate(pauses)
                     if armed[1].at is not None), key=lambda item: item[1][1].at or 0.0)
 
@@ -351,9 +352,9 @@ def timing(stream: Iterable[Action], chosen: Sequence[Chosen], log: Log) -> Iter
             for fault, latency, rng in latencies:
                 delay = _draw(latency, rng)
                 extra += delay
-                if drawn == (None, 0.0):  # the first chunk it delays: logged once, as throttle
+                if not latency_logged:  # the first chunk it delays: logged once, as throttle
                     fired(log, fault, piece.due + shift, first_delay_ms=round(delay * 1000, 3))
-            drawn = (piece.chunk, extra)
+            drawn, latency_logged = (piece.chunk, extra), True
         due = max(piece.due + shift + drawn[1], last_due)
         for index, (fault, pause, _) in timed:  # at=T: before the first piece due from T
             if index in paused or not _reached(fault, pause.at, due):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_right
+from collections.abc import Callable
 from itertools import accumulate
 
 from sse_recorder.framing.registry import Dialect
@@ -128,13 +129,12 @@ class Body:
         held = self._held
         buffer = held[0] if len(held) == 1 else b"".join(held)
         tail = buffer[self._ready:]
-        cut = max(tail.rfind(b"\n\n"), tail.rfind(b"\r\r"), tail.rfind(b"\n\r"))
+        cut = _last_blank_line(tail)
         if cut >= 0:
-            self._redact_up_to(self._ready + cut + 2, buffer)
+            self._redact_up_to(self._ready + cut, buffer)
         elif len(tail) > MAX_HELD:
             before = len(tail) - LOOKAHEAD
-            line_end = max(tail.rfind(b"\n", 0, before), tail.rfind(b"\r", 0, before))
-            end = line_end + 1 if line_end >= 0 else before
+            end = _line_start(tail, before) or before
             self._redact_up_to(self._ready + end, buffer, lookahead=True)
         else:
             return
@@ -157,12 +157,8 @@ class Body:
             end = len(buffer)
         start, carry = self._ready, self._carry
         region = buffer[start:end]
-        text = buffer[start:] if lookahead else region
-        if carry:
-            text = carry + text
-        spans = self.scrub.stream_spans(text)
-        if carry or lookahead:
-            spans = _within(spans, len(carry), len(carry) + len(region))
+        spans = self._spans_in(self.scrub.stream_spans, region,
+                               buffer[end:] if lookahead else b"")
         stored = region
         if spans:
             shifted = [(a + start, b + start, r) for a, b, r in spans]
@@ -174,11 +170,25 @@ class Body:
         self._ready = end
         self._carry = _unfinished(carry + region if carry else region)
 
-    def _release(self, count: int, batch: WriteBatch) -> None:
-        """Store the first `count` held chunks (redacted)."""
+    def _spans_in(self, find: Callable[[bytes], list[Span]], region: bytes, after: bytes
+                  ) -> list[Span]:
+        """`find`'s spans in `region`, read after the tail of what went before it (`_carry`)
+        and before `after`; the part of a span begun before the region is replaced by
+        nothing (its replacement went out with its start)."""
+        carry = self._carry
+        if not (carry or after):
+            return find(region)
+        return _within(find(carry + region + after), len(carry), len(carry) + len(region))
+
+    def _take(self, count: int) -> tuple[list[int], list[bytes]]:
+        """The first `count` held chunks' offsets and data, no longer held."""
         offsets, datas = self._held_ns[:count], self._held[:count]
         del self._held_ns[:count], self._held[:count]
-        self._store(offsets, datas, batch)
+        return offsets, datas
+
+    def _release(self, count: int, batch: WriteBatch) -> None:
+        """Store the first `count` held chunks (redacted)."""
+        self._store(*self._take(count), batch)
 
     # -- streams of other framings (NDJSON, AWS event stream...) -------------------------
 
@@ -227,8 +237,7 @@ class Body:
         `lookahead`, before what stays held. `whole`: they end where a frame ends, so what
         follows owes them nothing. An event stream message is redacted whole or not at all:
         it has neither."""
-        offsets, datas = self._held_ns[:count], self._held[:count]
-        del self._held_ns[:count], self._held[:count]
+        offsets, datas = self._take(count)
         self._aligned = 0
         if not datas:
             return
@@ -236,13 +245,10 @@ class Body:
         if self.dialect is not None and self.dialect.binary:
             spans = self.dialect.redact(region, self.scrub)
         else:
-            carry = self._carry
-            after = b"".join(self._held) if lookahead else b""
-            spans = self.scrub.spans(carry + region + after if carry or after else region)
-            if carry or after:
-                spans = _within(spans, len(carry), len(carry) + len(region))
+            spans = self._spans_in(self.scrub.spans, region,
+                                   b"".join(self._held) if lookahead else b"")
             kept = CARRY if lookahead else LINE_CARRY  # a cut at a line end needs only lines
-            self._carry = b"" if whole else (carry + region)[-kept:]
+            self._carry = b"" if whole else (self._carry + region)[-kept:]
         self._store(offsets, split_like(datas, spans) if spans else datas, batch)
 
     def _finish_whole(self, batch: WriteBatch) -> None:
@@ -292,15 +298,26 @@ def _unfinished(text: bytes) -> bytes:
     CARRY bytes or so, whole lines, a longer line keeping its field name (`data:`)."""
     if text.endswith((b"\n\n", b"\r\r", b"\n\r")):  # (a run of whole events: the usual)
         return b""
-    boundary = max(text.rfind(b"\n\n"), text.rfind(b"\r\r"), text.rfind(b"\n\r"))
-    event = text[boundary + 2:] if boundary >= 0 else text
+    event = text[max(_last_blank_line(text), 0):]
     if not event.strip(b"\r\n"):
         return b""
     if len(event) <= CARRY:
         return event
     cut = len(event) - CARRY
-    line = max(event.rfind(b"\n", 0, cut), event.rfind(b"\r", 0, cut)) + 1
+    line = _line_start(event, cut)
     colon = event.find(b":", line, cut)
     if colon < 0:  # the cut is at a line's start, or inside its field name
         return event[line:] if cut - line < 64 else event[cut:]
     return event[line:colon + 1] + b" " + event[cut:]
+
+
+def _last_blank_line(text: bytes) -> int:
+    """Where the text after the last blank line (an event's end) begins; -1: none. A CRLF
+    blank line's last LF stays after it (it ends no event of its own)."""
+    found = max(text.rfind(b"\n\n"), text.rfind(b"\r\r"), text.rfind(b"\n\r"))
+    return found + 2 if found >= 0 else -1
+
+
+def _line_start(text: bytes, position: int) -> int:
+    """Where the line holding `position` begins (0: the text's first line)."""
+    return max(text.rfind(b"\n", 0, position), text.rfind(b"\r", 0, position)) + 1

@@ -45,6 +45,7 @@ MAX_REQUEST_BODY = 64 << 20
 # All request bodies being received at once: one of MAX_REQUEST_BODY fits, two do not.
 MAX_BUFFERED = 96 << 20
 MAX_HEAD = 64 * 1024  # a request head over this many bytes is a 431
+_HEAD_TOO_LARGE = f"request head over {MAX_HEAD} bytes"
 READ_SIZE = 65536
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # A request line whose method is a token (RFC 9110 §5.6.2) that llhttp does not know
@@ -295,7 +296,7 @@ class RequestReader:
         if message is not None and not message.head_done:
             message.head_bytes += len(data)
             if message.head_bytes > MAX_HEAD:
-                raise BadRequest(f"request head over {MAX_HEAD} bytes", 431)
+                raise BadRequest(_HEAD_TOO_LARGE, 431)
 
     # -- llhttp's callbacks (httptools calls them by name) ---------------------------------
 
@@ -375,7 +376,7 @@ def _check_head(message: _Message, limits: Limits) -> None:
     size = (len(message.method) + len(message.target) + len(b"  HTTP/1.1\r\n\r\n")
             + sum(len(name) + len(value) + len(b": \r\n") for name, value in message.fields))
     if size > MAX_HEAD:
-        raise BadRequest(f"request head over {MAX_HEAD} bytes", 431)
+        raise BadRequest(_HEAD_TOO_LARGE, 431)
     hosts = 0
     for name, value in message.fields:
         if name == b"host":
