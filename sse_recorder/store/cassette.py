@@ -400,7 +400,7 @@ class Cassette:
         if revision is not None and not migrate.known(revision):
             raise CassetteError(
                 f"{path}: cassette schema revision {revision} is newer than this sse-recorder "
-                f"understands (revision {migrate.head()}); upgrade sse-recorder")
+                f"understands (revision {migrate.HEAD}); upgrade sse-recorder")
         missing = set(Base.metadata.tables) - tables
         if missing:
             raise CassetteError(f"{path}: damaged cassette, missing {', '.join(sorted(missing))}")
@@ -805,7 +805,7 @@ def _upgrade(connection: Any, schema: str | None) -> None:
     """Bring a cassette about to be recorded into to the head revision (a v1 file from
     before Alembic is stamped as revision 0001 first)."""
     revision = migrate.current(connection, schema)
-    if revision != migrate.head():
+    if revision != migrate.HEAD:
         migrate.upgrade(connection, schema, stamp_baseline=revision is None)
 
 

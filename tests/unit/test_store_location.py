@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from hypothesis import strategies as st
 
 from sse_recorder.errors import CassetteError
 from sse_recorder.model import RecordedRequest
-from sse_recorder.store import Location, locate, open_store
+from sse_recorder.store import Location, locate, migrate, open_store
 from sse_recorder.store.cassette import InteractionStart, WriteBatch
 from tests.unit.test_cassette import as_v1
 
@@ -116,3 +119,32 @@ async def test_a_newer_schema_revision_is_refused_in_one_line(tmp_path: Path) ->
         assert str(info.value) == (f"{path}: cassette schema revision 0042 is newer than this "
                                    "sse-recorder understands (revision 0002); upgrade "
                                    "sse-recorder")
+
+
+def test_the_revisions_known_without_alembic_are_alembics() -> None:
+    """Reading takes the known revisions from the file names; Alembic reads the files."""
+    found = {r.revision: r.down_revision for r in migrate.script().walk_revisions()}
+    assert set(found) == migrate.REVISIONS
+    assert migrate.script().get_current_head() == migrate.HEAD
+    ordered = sorted(found)  # one line of revisions, in the order of their names
+    assert [found[r] for r in ordered] == [None, *ordered[:-1]]
+
+
+async def test_reading_a_cassette_leaves_alembic_unloaded(tmp_path: Path) -> None:
+    """Every `ls`, `show` and `replay` opens a cassette from a cold process: Alembic (and
+    the templating it brings) was a third of that, and only writing a new revision needs it."""
+    path = tmp_path / "c.sqlite"
+    await _cassette_with_one(path)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import asyncio, sys
+            from sse_recorder.store import open_store
+            async def main():
+                async with await open_store({str(path)!r}) as cassette:
+                    print(len(await cassette.interactions()))
+            asyncio.run(main())
+            print(sorted(m for m in sys.modules if m.startswith(("alembic", "mako"))))
+        """)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["1", "[]"]
