@@ -12,6 +12,7 @@ connection the store already holds, with `alembic_version` beside the cassette's
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,11 +34,13 @@ VERSION_TABLE = "alembic_version"
 REVISIONS = frozenset(
     p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
 HEAD = max(REVISIONS)
+_IMPORTING = threading.Lock()  # Alembic (and every dialect it brings) by one thread at a time
 
 
 @cache
 def _config() -> Config:
-    from alembic.config import Config
+    with _IMPORTING:
+        from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -46,7 +49,8 @@ def _config() -> Config:
 
 @cache
 def script() -> ScriptDirectory:
-    from alembic.script import ScriptDirectory
+    with _IMPORTING:
+        from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(_config())
 
@@ -74,7 +78,8 @@ def upgrade(connection: Connection, schema: str | None, *, stamp_baseline: bool)
 
 
 def _run(connection: Connection, schema: str | None, fn: Any) -> None:
-    from alembic.runtime.environment import EnvironmentContext
+    with _IMPORTING:
+        from alembic.runtime.environment import EnvironmentContext
 
     with EnvironmentContext(_config(), script(), fn=fn) as env:
         env.configure(connection=connection, version_table_schema=schema,

@@ -83,8 +83,8 @@ def write_suite(pytester: pytest.Pytester, app: str) -> None:
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio", "-s",
-                                         *args, timeout=120)
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio",
+                                         "-p", "no:hypothesispytest", "-s", *args, timeout=120)
 
 
 def test_record_once_then_replay_in_proxy_and_base_url_modes(

@@ -35,8 +35,9 @@ def test_each_scenario_is_one_test(tmp_path: Path) -> None:
         ''', client="lei 0.05")
     (tmp_path / "test_plan.py").write_text(TEST_FILE)
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-rA",
-         "-q", "test_plan.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist",
+         "-p", "no:hypothesispytest", "-rA", "-q", "test_plan.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     out = done.stdout
     assert done.returncode == 1, out + done.stderr
     assert "PASSED test_plan.py::test_client_copes[baseline]" in out

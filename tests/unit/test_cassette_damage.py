@@ -197,23 +197,25 @@ async def test_damage_is_one_line_and_the_file_is_untouched(damaged: tuple[Path,
     assert side_files(path) == listing
 
 
-@pytest.mark.parametrize("damaged", list(DAMAGE), indirect=True)
-def test_damage_on_the_command_line_is_one_line_exit_2(damaged: tuple[Path, str]) -> None:
-    """`ls`, `show`, `show --json` and `replay` on the file, run side by side."""
+# Each damage through one command (in turn), as a process of its own: every damage is read by
+# every read path in `test_damage_is_one_line_and_the_file_is_untouched`; here the command line
+# turns each into one line and exit 2, and each command meets a quarter of them, of every kind.
+COMMANDS = (("ls",), ("show",), ("show", "--json"), ("replay", "--listen-port", "0"))
+
+
+IN_TURN = [(name, COMMANDS[n % len(COMMANDS)]) for n, name in enumerate(DAMAGE)]
+
+
+@pytest.mark.parametrize(("damaged", "command"), IN_TURN, indirect=["damaged"],
+                         ids=[f"{name}-{'-'.join(command[:2])}" for name, command in IN_TURN])
+def test_damage_on_the_command_line_is_one_line_exit_2(damaged: tuple[Path, str],
+                                                       command: tuple[str, ...]) -> None:
     path, message = damaged
-    commands = [["ls", str(path)], ["show", str(path)], ["show", str(path), "--json"],
-                ["replay", str(path), "--listen-port", "0"]]
-    running = [subprocess.Popen([SSE_RECORDER, *args], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for args in commands]
-    for args, process in zip(commands, running, strict=True):
-        try:
-            stdout, stderr = process.communicate(timeout=60)
-        finally:
-            process.kill()
-        done = subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
-        assert_one_line_exit_2(done, message)
-        assert done.stdout == ""  # nothing half-shown; a replay names no URL: nothing listens
+    done = subprocess.run([SSE_RECORDER, command[0], str(path), *command[1:]],
+                          stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)
+    assert_one_line_exit_2(done, message)
+    assert done.stdout == ""  # nothing half-shown; a replay names no URL: nothing listens
 
 
 @pytest.mark.parametrize("version", [2, 1])
