@@ -10,7 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+# pytester (tests/plugin) puts sys.modules back after each test, dropping what the test first
+# imported. The store imports Alembic and SQLAlchemy's PostgreSQL dialect on first use, and
+# both register themselves in SQLAlchemy for good: imported a second time, they fail
+# (SAWarning, an error here). Imported once now, they are in every snapshot.
+import alembic.config  # noqa: F401
+import alembic.runtime.environment  # noqa: F401
+import alembic.script  # noqa: F401
 import pytest
+import sqlalchemy.dialects.postgresql.asyncpg  # noqa: F401
 
 from tests.helpers import SSE_RECORDER, RecordDemo, RecorderFactory, record_args, start
 

@@ -12,7 +12,6 @@ connection the store already holds, with `alembic_version` beside the cassette's
 
 from __future__ import annotations
 
-import threading
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,13 +33,11 @@ VERSION_TABLE = "alembic_version"
 REVISIONS = frozenset(
     p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
 HEAD = max(REVISIONS)
-_IMPORTING = threading.Lock()  # Alembic (and every dialect it brings) by one thread at a time
 
 
 @cache
 def _config() -> Config:
-    with _IMPORTING:
-        from alembic.config import Config
+    from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -49,8 +46,7 @@ def _config() -> Config:
 
 @cache
 def script() -> ScriptDirectory:
-    with _IMPORTING:
-        from alembic.script import ScriptDirectory
+    from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(_config())
 
@@ -78,8 +74,7 @@ def upgrade(connection: Connection, schema: str | None, *, stamp_baseline: bool)
 
 
 def _run(connection: Connection, schema: str | None, fn: Any) -> None:
-    with _IMPORTING:
-        from alembic.runtime.environment import EnvironmentContext
+    from alembic.runtime.environment import EnvironmentContext
 
     with EnvironmentContext(_config(), script(), fn=fn) as env:
         env.configure(connection=connection, version_table_schema=schema,

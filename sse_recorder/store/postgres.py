@@ -18,9 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-# The dialect now, in the importing thread: left to the first engine, two threads' first
-# engines at once raced in its import (SQLAlchemy saw a function registered twice).
-import sqlalchemy.dialects.postgresql.asyncpg  # noqa: F401
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
