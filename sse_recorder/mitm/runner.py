@@ -15,7 +15,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import connection, http, options
 from mitmproxy.proxy import server_hooks
@@ -23,11 +23,13 @@ from mitmproxy.tools.dump import DumpMaster
 
 from sse_recorder.errors import SSERecorderError
 from sse_recorder.mitm.record_addon import Recorder
-from sse_recorder.mitm.replay_addon import MatchedReplayRouter, ReplayRouter
 from sse_recorder.record.session import RecorderConfig, RecordingSession
-from sse_recorder.replay.matching import IncomingRequest, MatchConfig, differences
-from sse_recorder.replay.server import ReplayOptions, ReplayServer
 from sse_recorder.routes import RouteFilter
+
+if TYPE_CHECKING:  # the replay (and the store under it) is imported where used: a recording
+    # proxy's process never loads the store (its start-up was 0.45 s of SQLAlchemy)
+    from sse_recorder.replay.matching import MatchConfig
+    from sse_recorder.replay.server import ReplayServer
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,8 @@ async def record(
     hears of upstream connections that failed before any request (address, error)."""
     replayer = None
     if replay_matched is not None and cassette.exists():
+        from sse_recorder.replay.server import ReplayOptions, ReplayServer
+
         replayer = await ReplayServer.open(str(cassette), ReplayOptions(match=replay_matched))
     session = RecordingSession(str(cassette), config)
     try:
@@ -182,6 +186,9 @@ async def record(
         if on_upstream_error is not None:
             addons.append(_UnansweredConnections(on_upstream_error))
         if replayer is not None:
+            from sse_recorder.mitm.replay_addon import MatchedReplayRouter
+            from sse_recorder.replay.matching import IncomingRequest, differences
+
             await replayer.start("127.0.0.1", 0)
             known, matching = replayer.matcher.interactions, replayer.options.match
 
@@ -205,4 +212,6 @@ async def replay(
     server: ReplayServer, settings: ProxySettings, on_ready: Callable[[Listening], None]
 ) -> None:
     """Serve a started `server`'s cassette to proxy clients until SIGINT/SIGTERM."""
+    from sse_recorder.mitm.replay_addon import ReplayRouter
+
     await run_mitmproxy(settings, [ReplayRouter(server.host, server.port)], on_ready)

@@ -19,11 +19,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from typing import TYPE_CHECKING
 
 from sse_recorder.errors import CassetteError
+
+if TYPE_CHECKING:  # SQLAlchemy only once a URL is parsed: a path needs none of it
+    from sqlalchemy.engine import URL
 
 # scheme://... : what a path never looks like (a drive letter has no '//').
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -126,6 +127,9 @@ def locate(target: str | Path | Location, name: str | None = None) -> Path | Loc
 def _parse(target: str) -> URL:
     """SQLAlchemy's URL, or one line that repeats no part of the target after '//' (where a
     password would be)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(target)
     except (ArgumentError, ValueError):
@@ -137,5 +141,7 @@ def _parse(target: str) -> URL:
 
 def _without_password(url: URL) -> str:
     """The URL as text with no password at all (`URL.set` cannot remove one)."""
+    from sqlalchemy.engine import URL
+
     return URL.create(url.drivername, url.username, None, url.host, url.port, url.database,
                       url.query).render_as_string(hide_password=False)

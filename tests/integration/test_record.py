@@ -11,6 +11,7 @@ import contextlib
 import json
 import signal
 import statistics
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -342,19 +343,25 @@ async def test_bad_cassettes_fail_in_one_line_and_stay_untouched(
     # many chunks, so that half the file loses pages the schema points at
     await probe(f"{proxy.url}/ticks?n=400&interval_ms=0&size=200")
     proxy.stop()
-    for name, path in _bad_cassettes(tmp_path, good).items():
-        before = path.read_bytes() if path.exists() else None
-        for command in (["ls", str(path)], ["show", str(path)], ["show", str(path), "1"],
-                        ["ls", "--json", str(path)]):
-            code, out, err = run_cli(*command)
-            assert code == 2, (name, command, out, err)
-            assert out == "" and len(err.strip().splitlines()) == 1, (name, err)
-            assert "Traceback" not in err and str(path) in err
-        assert (path.read_bytes() if path.exists() else None) == before, name
-        if name != "missing":  # recording into it must refuse too, without touching it
-            code, _, err = run_cli("record", "--cassette", str(path), "--listen-port", "0")
-            assert code == 2 and len(err.strip().splitlines()) == 1, (name, err)
-            assert path.read_bytes() == before, name
+    bad = _bad_cassettes(tmp_path, good)
+    before = {name: path.read_bytes() if path.exists() else None for name, path in bad.items()}
+    reading = {(name, tuple(command)): command for name, path in bad.items() for command in (
+        ["ls", str(path)], ["show", str(path)], ["show", str(path), "1"],
+        ["ls", "--json", str(path)])}
+    recording = {name: ["record", "--cassette", str(path), "--listen-port", "0"]
+                 for name, path in bad.items() if name != "missing"}
+    with ThreadPoolExecutor(4) as pool:  # 24 processes, side by side
+        read = dict(zip(reading, pool.map(lambda c: run_cli(*c), reading.values()), strict=True))
+        recorded = dict(zip(recording, pool.map(lambda c: run_cli(*c), recording.values()),
+                            strict=True))
+    for (name, command), (code, out, err) in read.items():
+        assert code == 2, (name, command, out, err)
+        assert out == "" and len(err.strip().splitlines()) == 1, (name, err)
+        assert "Traceback" not in err and str(bad[name]) in err
+    for name, (code, _, err) in recorded.items():  # recording into it must refuse too
+        assert code == 2 and len(err.strip().splitlines()) == 1, (name, err)
+    for name, path in bad.items():  # and nothing touched any of them
+        assert (path.read_bytes() if path.exists() else None) == before[name], name
 
 
 def _limit_file_size() -> None:

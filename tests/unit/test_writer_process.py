@@ -81,14 +81,19 @@ async def test_the_writer_process_ignores_a_checkout_in_the_working_directory(
 
 
 def test_the_proxy_process_loads_none_of_the_store(tmp_path: Path) -> None:
-    """The recording addon's imports stop at the session: SQLAlchemy, the migrations and
+    """The recording addon's imports stop at the session, and `sse-recorder record`'s (its
+    runner, the CASSETTE it parses) at the store's location: SQLAlchemy, the migrations and
     aiosqlite are the writer process's alone (they were 0.4 s of the proxy's start-up)."""
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent("""
             import sys
             import sse_recorder.mitm.record_addon
-            store = ("sqlalchemy", "alembic", "aiosqlite", "sqlite3", "sse_recorder.store")
-            print(sorted(m for m in sys.modules if m.startswith(store)))
+            import sse_recorder.mitm.runner
+            from sse_recorder.cli.app import CassetteTarget
+            CassetteTarget().convert("cassettes/c.sqlite", None, None)
+            store = ("sqlalchemy", "alembic", "aiosqlite", "sqlite3", "sse_recorder.store.")
+            print(sorted(m for m in sys.modules if m.startswith(store)
+                         and m != "sse_recorder.store.location"))
         """)],
         capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
