@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import os
 import sys
@@ -31,6 +33,7 @@ from sse_recorder.cli.formats import count, seconds, size
 from sse_recorder.errors import SSERecorderError
 
 if TYPE_CHECKING:
+    from sse_recorder.mitm.runner import Listening
     from sse_recorder.record.items import Recorded
 
 
@@ -104,13 +107,13 @@ def record(
     assert cassette is not None
     if replay_matched and not isinstance(cassette, Path):
         raise click.UsageError("--replay-matched needs a cassette file, not a store URL", ctx)
-    try:
-        from sse_recorder.mitm.runner import ListenFailed, Listening, ProxySettings
-        from sse_recorder.mitm.runner import record as run_proxy
-    except ImportError as exc:
-        _fail(needs_mitmproxy("recording", exc))
+    from sse_recorder.mitm import missing
+
+    lacking = missing()
+    if lacking is not None:
+        _fail(needs_mitmproxy("recording", lacking))
     from sse_recorder.record.redact import RedactionRules
-    from sse_recorder.record.session import RecorderConfig
+    from sse_recorder.record.session import RecorderConfig, RecordingSession
     from sse_recorder.replay.matching import MatchConfig
     from sse_recorder.routes import RouteFilter
 
@@ -127,16 +130,28 @@ def record(
     tally = Tally(cassette)
 
     async def go() -> int:
-        settings = ProxySettings(reverse, listen_host, listen_port, confdir, ssl_insecure)
         rules = RedactionRules.with_extra(redact_header, redact_query, redact_json,
                                           secret_values(redact_value, redact_env))
+        routes = RouteFilter.parse(include, exclude)  # bad options fail before the writer
+        matching = (MatchConfig.parse(match, ignore_json, ignore_query, ignore_header)
+                    if replay_matched else None)
+        session = RecordingSession(str(cassette), RecorderConfig(redaction=rules,
+                                                                 on_recorded=tally.add))
+        if not replay_matched:  # which reads the cassette before the writer opens it
+            session.begin_start()  # the writer process boots on the other core...
+            await asyncio.sleep(0)  # (spawned at this turn)
+        try:  # ...while this one imports mitmproxy
+            from sse_recorder.mitm.runner import ListenFailed, ProxySettings
+            from sse_recorder.mitm.runner import record as run_proxy
+        except ImportError as exc:
+            with contextlib.suppress(SSERecorderError):
+                await session.start()
+            await session.close()
+            raise SSERecorderError(needs_mitmproxy("recording", exc)) from None
+        settings = ProxySettings(reverse, listen_host, listen_port, confdir, ssl_insecure)
         try:
-            return await run_proxy(
-                cassette, settings, ready, RouteFilter.parse(include, exclude),
-                RecorderConfig(redaction=rules, on_recorded=tally.add),
-                MatchConfig.parse(match, ignore_json, ignore_query, ignore_header)
-                if replay_matched else None, tally.upstream_error,
-            )
+            return await run_proxy(cassette, settings, ready, routes, session, matching,
+                                   tally.upstream_error)
         except ListenFailed as exc:
             raise SSERecorderError(cannot_listen(listen_host, listen_port, exc.error)) from None
 

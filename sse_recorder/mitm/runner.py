@@ -23,7 +23,7 @@ from mitmproxy.tools.dump import DumpMaster
 
 from sse_recorder.errors import SSERecorderError
 from sse_recorder.mitm.record_addon import Recorder
-from sse_recorder.record.session import RecorderConfig, RecordingSession
+from sse_recorder.record.session import RecordingSession
 from sse_recorder.routes import RouteFilter
 
 if TYPE_CHECKING:  # the replay (and the store under it) is imported where used: a recording
@@ -164,21 +164,24 @@ async def record(
     settings: ProxySettings,
     on_ready: Callable[[Listening], None],
     routes: RouteFilter | None = None,
-    config: RecorderConfig | None = None,
+    session: RecordingSession | None = None,
     replay_matched: MatchConfig | None = None,
     on_upstream_error: Callable[[str, str], None] | None = None,
 ) -> int:
     """Record until SIGINT/SIGTERM; returns the process exit code.
 
-    With `replay_matched`, requests the cassette already answers (under that matching) are
-    replayed from it and not recorded again: VCR's "new episodes" mode. `on_upstream_error`
-    hears of upstream connections that failed before any request (address, error)."""
+    `session` records into `cassette` (a default one when None); it may be starting already
+    (`RecordingSession.begin_start`, not with `replay_matched`, which reads the cassette
+    before the writer opens it). With `replay_matched`, requests the cassette already
+    answers (under that matching) are replayed from it and not recorded again: VCR's "new
+    episodes" mode. `on_upstream_error` hears of upstream connections that failed before
+    any request (address, error)."""
     replayer = None
     if replay_matched is not None and cassette.exists():
         from sse_recorder.replay.server import ReplayOptions, ReplayServer
 
         replayer = await ReplayServer.open(str(cassette), ReplayOptions(match=replay_matched))
-    session = RecordingSession(str(cassette), config)
+    session = session or RecordingSession(str(cassette))
     try:
         await session.start()  # CassetteError here: nothing is listening yet
         recorder = Recorder(session=session, routes=routes)

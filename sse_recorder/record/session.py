@@ -201,12 +201,26 @@ class RecordingSession:
         self._flush_token = 0
         self._next_token = 1
         self._open: set[int] = set()  # interactions begun and not ended
+        self._starting: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
 
+    def begin_start(self) -> None:
+        """Start the writer without waiting for it (`start` waits): a caller with slow work
+        of its own lets the writer process boot on the other core meanwhile (`sse-recorder
+        record` imports mitmproxy, 0.75 s, while the writer imports the store and opens the
+        cassette, 0.6 s). Its process is spawned at the loop's next turn."""
+        if self._starting is None:
+            self._loop = asyncio.get_running_loop()
+            self._starting = self._loop.create_task(self._start_writer())
+
     async def start(self) -> None:
         """Open (or create) the cassette; raises CassetteError before any traffic flows."""
-        self._loop = asyncio.get_running_loop()
+        self.begin_start()
+        assert self._starting is not None
+        await self._starting
+
+    async def _start_writer(self) -> None:
         self._next_token = await self._channel.start(self)
         self._started = True
 

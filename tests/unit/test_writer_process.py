@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -117,6 +118,40 @@ async def test_a_cassette_the_writer_cannot_open_is_one_line(tmp_path: Path) -> 
     with pytest.raises(CassetteError, match="is a directory") as info:
         await session.start()
     assert "\n" not in str(info.value)
+
+
+def _children() -> set[int]:
+    with open(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/children") as listing:
+        return {int(pid) for pid in listing.read().split()}
+
+
+async def test_a_writer_begun_early_boots_while_the_loop_is_blocked(tmp_path: Path) -> None:
+    """`begin_start` spawns the writer at the loop's next turn, so it boots while the loop
+    is then blocked (`sse-recorder record` importing mitmproxy), and `start` waits for what
+    is left. A refusal begun early surfaces from `start` just the same."""
+    before = _children()
+    session = RecordingSession(str(tmp_path / "rec.cassette"))
+    try:
+        session.begin_start()
+        await asyncio.sleep(0)
+        spawned = _children() - before
+        assert len(spawned) == 1  # running before anything waited for it
+        session.begin_start()  # a second call starts nothing more
+        await session.start()
+        await session.start()  # and waiting twice is one start
+        assert _children() - before == spawned
+        iid = session.begin(GET, 1.0)
+        session.end(iid, Outcome.CLEAN, 10)
+    finally:
+        await session.close()
+    assert [i.id for i in (await read_back(tmp_path / "rec.cassette")).interactions] == [1]
+
+    refused = RecordingSession(str(tmp_path))  # a directory
+    refused.begin_start()
+    await asyncio.sleep(0)
+    with pytest.raises(CassetteError, match="is a directory"):
+        await refused.start()
+    await refused.close()  # nothing to close: it never started
 
 
 async def test_a_writer_process_that_dies_is_a_storage_failure(tmp_path: Path) -> None:
