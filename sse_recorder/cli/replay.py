@@ -145,6 +145,7 @@ def replay(
             faults=FaultPlan.load(fault_specs, fault_file, seed),
             fault_log=fault_log,
             cors=Cors.parse(cors_origins),
+            worker=None if seat is None else seat.index + 1,
         )
         render = Served.json_line if log_format == "json" else Served.log_line
         # a .sse file is imported first, into a temporary cassette removed on return

@@ -48,21 +48,28 @@ class Served:
     number: int = 0  # the server's response counter (what fault seeds are drawn from)
     time: float = 0.0  # wall clock when the answer ended
     faults: tuple[dict[str, Any], ...] = ()  # what fired, as `FaultRun.log` says
+    # `--workers`: which one answered (1..N; None: a single process). Each worker numbers
+    # its own responses, so in their shared logs (worker, number) names a response.
+    worker: int | None = None
 
-    def ended_at(self, when: float) -> Served:
-        """This record with its time (what `dataclasses.replace` does, at a fifth of the
-        cost: it runs once per request)."""
+    def ended_at(self, when: float, worker: int | None = None) -> Served:
+        """This record with its time and worker (what `dataclasses.replace` does, at a fifth
+        of the cost: it runs once per request)."""
         return Served(self.method, self.target, self.interaction_id, self.status, self.outcome,
-                      self.answer, self.explanation, self.number, when, self.faults)
+                      self.answer, self.explanation, self.number, when, self.faults, worker)
 
     def record(self) -> dict[str, Any]:
-        """The JSON-lines form shared by `--log-format json` and `--fault-log`."""
-        return {
+        """The JSON-lines form shared by `--log-format json` and `--fault-log` (`worker`
+        only from a worker of `--workers`)."""
+        record = {
             "number": self.number, "time": round(self.time, 6), "method": self.method,
             "target": self.target, "interaction": self.interaction_id, "status": self.status,
             "outcome": self.outcome.value, "answer": self.answer.value,
             "explanation": self.explanation, "faults": list(self.faults),
         }
+        if self.worker is not None:
+            record["worker"] = self.worker
+        return record
 
     def json_line(self) -> str:
         return json.dumps(self.record(), ensure_ascii=False)
@@ -75,6 +82,7 @@ class Served:
             outcome=Outcome(record["outcome"]), answer=Answer(record["answer"]),
             explanation=record.get("explanation", ""), number=record.get("number", 0),
             time=record.get("time", 0.0), faults=tuple(record.get("faults", ())),
+            worker=record.get("worker"),
         )
 
     def line(self) -> str:

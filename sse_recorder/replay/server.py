@@ -100,6 +100,7 @@ class ReplayOptions:
     linger: float = 2.0  # after an error answer: seconds to read what the client still sends
     served_kept: int = SERVED_KEPT  # records `ReplayServer.served` keeps
     cors: Cors = field(default_factory=Cors)  # off: which pages may read (replay/cors.py)
+    worker: int | None = None  # `--workers`: this process's number (1..N), in its records
 
 
 class ReplayServer:
@@ -246,13 +247,15 @@ class ReplayServer:
                 writer.close()
 
     def _record(self, served: Served) -> None:
+        if self.options.worker is not None and served.worker is None:
+            served = served.ended_at(served.time, self.options.worker)
         self.served.append(served)
         self.counts[served.answer] += 1
         if self.on_served is not None:
             self.on_served(served)
 
     def _served(self, served: Served) -> None:
-        served = served.ended_at(time.time())
+        served = served.ended_at(time.time(), self.options.worker)
         self._record(served)
         if self._fault_log is not None:
             try:

@@ -24,6 +24,7 @@ import pytest
 
 from sse_recorder.demo.upstream import tick_event
 from sse_recorder.model import Outcome, RecordedRequest, ResponseHead
+from sse_recorder.replay.records import Served
 from sse_recorder.store.cassette import (
     Cassette,
     EndUpdate,
@@ -268,6 +269,11 @@ def test_one_fault_log_of_whole_lines(replay: type[Replay], tmp_path: Path) -> N
     logged = [json.loads(line) for line in server.log.read_text().splitlines()
               if line.startswith("{")]
     assert len(logged) == 40
+    # each worker numbers its own responses: the worker says whose number it is
+    for named in (records, logged):
+        assert {r["worker"] for r in named} == {1, 2}  # 40 connections: both served
+        assert len({(r["worker"], r["number"]) for r in named}) == 40
+        assert all(Served.from_record(r).record() == r for r in named)
 
 
 # -- pinning -------------------------------------------------------------------------------------
