@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ipaddress
 import os
 import sys
@@ -138,19 +136,16 @@ def record(
         session = RecordingSession(str(cassette), RecorderConfig(redaction=rules,
                                                                  on_recorded=tally.add))
         if not replay_matched:  # which reads the cassette before the writer opens it
-            session.begin_start()  # the writer process boots on the other core...
-            await asyncio.sleep(0)  # (spawned at this turn)
+            await session.begin_start()  # the writer process boots on the other core...
         try:  # ...while this one imports mitmproxy
             from sse_recorder.mitm.runner import ListenFailed, ProxySettings
             from sse_recorder.mitm.runner import record as run_proxy
         except ImportError as exc:
-            with contextlib.suppress(SSERecorderError):
-                await session.start()
             await session.close()
             raise SSERecorderError(needs_mitmproxy("recording", exc)) from None
         settings = ProxySettings(reverse, listen_host, listen_port, confdir, ssl_insecure)
         try:
-            return await run_proxy(cassette, settings, ready, routes, session, matching,
+            return await run_proxy(cassette, session, settings, ready, routes, matching,
                                    tally.upstream_error)
         except ListenFailed as exc:
             raise SSERecorderError(cannot_listen(listen_host, listen_port, exc.error)) from None

@@ -216,14 +216,14 @@ def _workers(text: str, pin: bool, as_proxy: bool) -> int:
     SSE_RECORDER_WORKERS can be set for a whole test run)."""
     from sse_recorder.replay.workers import worker_count
 
-    ctx = click.get_current_context()
-    if as_proxy and _from_environment():
+    from_environment = _from_environment()
+    if as_proxy and from_environment:
         return 1
-    count = worker_count(text, "SSE_RECORDER_WORKERS" if _from_environment() else "--workers")
+    count = worker_count(text, "SSE_RECORDER_WORKERS" if from_environment else "--workers")
     if as_proxy:
         if count > 1:
             raise click.UsageError("--workers does nothing with --proxy: the proxy is one "
-                                   "process", ctx)
+                                   "process", click.get_current_context())
         return 1
     if pin and count == 1:
         raise SSERecorderError("--pin-clients needs --workers 2 or more: one worker serves "

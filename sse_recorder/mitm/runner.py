@@ -161,16 +161,16 @@ async def run_mitmproxy(
 
 async def record(
     cassette: Path,
+    session: RecordingSession,
     settings: ProxySettings,
     on_ready: Callable[[Listening], None],
     routes: RouteFilter | None = None,
-    session: RecordingSession | None = None,
     replay_matched: MatchConfig | None = None,
     on_upstream_error: Callable[[str, str], None] | None = None,
 ) -> int:
     """Record until SIGINT/SIGTERM; returns the process exit code.
 
-    `session` records into `cassette` (a default one when None); it may be starting already
+    `session` records into `cassette`; it may be starting already
     (`RecordingSession.begin_start`, not with `replay_matched`, which reads the cassette
     before the writer opens it). With `replay_matched`, requests the cassette already
     answers (under that matching) are replayed from it and not recorded again: VCR's "new
@@ -181,7 +181,6 @@ async def record(
         from sse_recorder.replay.server import ReplayOptions, ReplayServer
 
         replayer = await ReplayServer.open(str(cassette), ReplayOptions(match=replay_matched))
-    session = session or RecordingSession(str(cassette))
     try:
         await session.start()  # CassetteError here: nothing is listening yet
         recorder = Recorder(session=session, routes=routes)

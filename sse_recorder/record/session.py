@@ -205,20 +205,23 @@ class RecordingSession:
         self._started = False
         self._closed = False
 
-    def begin_start(self) -> None:
-        """Start the writer without waiting for it (`start` waits): a caller with slow work
-        of its own lets the writer process boot on the other core meanwhile (`sse-recorder
-        record` imports mitmproxy, 0.75 s, while the writer imports the store and opens the
-        cassette, 0.6 s). Its process is spawned at the loop's next turn."""
-        if self._starting is None:
-            self._loop = asyncio.get_running_loop()
-            self._starting = self._loop.create_task(self._start_writer())
+    async def begin_start(self) -> None:
+        """Start the writer without waiting for it to be ready (`start` waits): a caller with
+        slow work of its own lets the writer process boot on the other core meanwhile
+        (`sse-recorder record` imports mitmproxy, 0.75 s, while the writer imports the store
+        and opens the cassette, 0.6 s). Returns once its process is spawned (one loop turn)."""
+        self._starting_task()
+        await asyncio.sleep(0)
 
     async def start(self) -> None:
         """Open (or create) the cassette; raises CassetteError before any traffic flows."""
-        self.begin_start()
-        assert self._starting is not None
-        await self._starting
+        await self._starting_task()
+
+    def _starting_task(self) -> asyncio.Task[None]:
+        if self._starting is None:
+            self._loop = asyncio.get_running_loop()
+            self._starting = self._loop.create_task(self._start_writer())
+        return self._starting
 
     async def _start_writer(self) -> None:
         self._next_token = await self._channel.start(self)
@@ -547,7 +550,11 @@ class RecordingSession:
     # -- shutdown ------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Mark open interactions as stopped, write everything queued, close the file."""
+        """Mark open interactions as stopped, write everything queued, close the file (a
+        start begun and not waited for is waited for first; its failure is `start`'s)."""
+        if self._starting is not None and not self._started:
+            with contextlib.suppress(Exception):
+                await self._starting
         if not self._started or self._closed:
             return
         self._closed = True

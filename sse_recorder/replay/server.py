@@ -216,7 +216,8 @@ class ReplayServer:
                 except BadRequest as exc:
                     writer.write(responses.bad_request(exc.status, str(exc)))
                     self._record(Served("?", "?", None, exc.status, Outcome.CLEAN,
-                                        Answer.BAD_REQUEST, str(exc), time=time.time()))
+                                        Answer.BAD_REQUEST, str(exc), time=time.time(),
+                                        worker=self.options.worker))
                     await close_after_error(reader, writer, self.options.linger)
                     break
                 if request is None:
@@ -239,7 +240,8 @@ class ReplayServer:
             pass
         except Exception as exc:  # the last resort: one record, no traceback
             self._record(Served("?", "?", None, 0, Outcome.CLOSED, Answer.ERROR,
-                                _internal("serving a connection", exc), time=time.time()))
+                                _internal("serving a connection", exc), time=time.time(),
+                                worker=self.options.worker))
         finally:
             requests.close()
             self._tasks.discard(task)
@@ -247,8 +249,6 @@ class ReplayServer:
                 writer.close()
 
     def _record(self, served: Served) -> None:
-        if self.options.worker is not None and served.worker is None:
-            served = served.ended_at(served.time, self.options.worker)
         self.served.append(served)
         self.counts[served.answer] += 1
         if self.on_served is not None:

@@ -396,7 +396,7 @@ class Cassette:
             )
         if version < 1:
             raise CassetteError(f"{path}: unknown cassette format version {version}")
-        revision = await conn.run_sync(migrate.current, schema)
+        revision = await conn.run_sync(migrate.current, schema, tables)
         if revision is not None and not migrate.known(revision):
             raise CassetteError(
                 f"{path}: cassette schema revision {revision} is newer than this sse-recorder "

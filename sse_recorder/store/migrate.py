@@ -12,6 +12,7 @@ connection the store already holds, with `alembic_version` beside the cassette's
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,10 +52,14 @@ def script() -> ScriptDirectory:
     return ScriptDirectory.from_config(_config())
 
 
-def current(connection: Connection, schema: str | None) -> str | None:
+def current(connection: Connection, schema: str | None,
+            tables: Collection[str] | None = None) -> str | None:
     """The stored revision (None: no alembic_version table or row; several rows, which
-    this project never writes, read as one unknown revision)."""
-    if not inspect(connection).has_table(VERSION_TABLE, schema=schema):
+    this project never writes, read as one unknown revision). `tables`: the schema's
+    tables, when the caller has listed them already."""
+    present = (VERSION_TABLE in tables if tables is not None
+               else inspect(connection).has_table(VERSION_TABLE, schema=schema))
+    if not present:
         return None
     table = Table(VERSION_TABLE, MetaData(schema=schema), Column("version_num", String))
     found = sorted(connection.execute(select(table.c.version_num)).scalars())

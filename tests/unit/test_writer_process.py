@@ -132,11 +132,10 @@ async def test_a_writer_begun_early_boots_while_the_loop_is_blocked(tmp_path: Pa
     before = _children()
     session = RecordingSession(str(tmp_path / "rec.cassette"))
     try:
-        session.begin_start()
-        await asyncio.sleep(0)
+        await session.begin_start()
         spawned = _children() - before
         assert len(spawned) == 1  # running before anything waited for it
-        session.begin_start()  # a second call starts nothing more
+        await session.begin_start()  # a second call starts nothing more
         await session.start()
         await session.start()  # and waiting twice is one start
         assert _children() - before == spawned
@@ -147,11 +146,16 @@ async def test_a_writer_begun_early_boots_while_the_loop_is_blocked(tmp_path: Pa
     assert [i.id for i in (await read_back(tmp_path / "rec.cassette")).interactions] == [1]
 
     refused = RecordingSession(str(tmp_path))  # a directory
-    refused.begin_start()
-    await asyncio.sleep(0)
+    await refused.begin_start()
     with pytest.raises(CassetteError, match="is a directory"):
         await refused.start()
     await refused.close()  # nothing to close: it never started
+
+    abandoned = RecordingSession(str(tmp_path / "abandoned.cassette"))
+    await abandoned.begin_start()
+    await abandoned.close()  # begun, never waited for: closing waits for it, then closes
+    assert _children() - before == set()  # its writer has exited
+    assert not (tmp_path / "abandoned.cassette").exists()  # nothing recorded: no cassette
 
 
 async def test_a_writer_process_that_dies_is_a_storage_failure(tmp_path: Path) -> None:
