@@ -34,7 +34,9 @@ its own process (`bench/_client.py`) so its GIL cannot stall the proxy or the se
 
 The box is shared, so each proxy section also reports how many CPUs other processes used.
 Usage: `python bench/record_bench.py [--quick] [--only latency,fast,cassette,killflood] [--strict]
-[--recorder-script PATH]`.
+[--recorder-script PATH] [--aa]`. With `--aa` (parts 1 and 2 only) a second pass-through
+stands in for the recorder: each ratio then reads the noise between two identical proxies,
+the floor under which no recorder's figure can be told from nothing.
 Exit status 1 if a run fails or the cassette lost bytes; with --strict, also on any MISS.
 """
 
@@ -149,9 +151,11 @@ def signed_ms(ns: float) -> str:
 class ProxyStack:
     """Demo upstream, a pass-through mitmdump, a recording mitmdump and the client process."""
 
-    def __init__(self, workdir: Path, recorder_script: Path = RECORDER_SCRIPT) -> None:
+    def __init__(self, workdir: Path, recorder_script: Path = RECORDER_SCRIPT,
+                 aa: bool = False) -> None:
         self.workdir = workdir
         self.recorder_script = recorder_script
+        self.aa = aa  # an A/A run: a second pass-through in the recorder's place
         self.cassette = workdir / "recorder.db"
         self.services: list[Service] = []
         self.client: Client | None = None
@@ -168,13 +172,18 @@ class ProxyStack:
             "passthrough", base, self.workdir, BENCH_DIR / "passthrough_addon.py"
         )
         self.services.append(passthrough)
-        self.recorder, recorder_url = reverse_mitmdump(
-            "recorder", base, self.workdir, self.recorder_script,
-            [f"sse_cassette={self.cassette}"],
-        )
-        self.services.append(self.recorder)
-        # The addon is silently inactive on a bad option: insist on its start-up line.
-        self.recorder.wait_for(r"sse-recorder: recording into", timeout=30)
+        if self.aa:
+            self.recorder, recorder_url = reverse_mitmdump(
+                "recorder", base, self.workdir, BENCH_DIR / "passthrough_addon.py")
+            self.services.append(self.recorder)
+        else:
+            self.recorder, recorder_url = reverse_mitmdump(
+                "recorder", base, self.workdir, self.recorder_script,
+                [f"sse_cassette={self.cassette}"],
+            )
+            self.services.append(self.recorder)
+            # The addon is silently inactive on a bad option: insist on its start-up line.
+            self.recorder.wait_for(r"sse-recorder: recording into", timeout=30)
         self.urls = {"direct": base, "passthrough": passthrough_url, "recorder": recorder_url}
         assert passthrough.popen is not None and self.recorder.popen is not None
         self.pids = {"passthrough": passthrough.popen.pid, "recorder": self.recorder.popen.pid}
@@ -192,12 +201,13 @@ class ProxyStack:
         pid = self.pids.get(config)
         cpu_before = cpu_seconds(pid) if pid else None
         loop_before = loop_thread_cpu_ns(pid) if pid else None
-        writer_before = self.writer_cpu() if config == "recorder" else 0.0
+        recording = config == "recorder" and not self.aa
+        writer_before = self.writer_cpu() if recording else 0.0
         url = f"{self.urls[config]}/ticks?{query}&tag={tag}"
         reply = self.client.get(url, stamps=stamps)
         if reply["status"] != 200 or reply["outcome"] != "clean":
             raise BenchError(f"{config}: {url}: status {reply['status']}, {reply['ending']} end")
-        if config == "recorder":
+        if recording:
             self.received[tag] = reply["bytes"]
             reply["lag_ns"] = self.wait_recorded(
                 tag, reply["bytes"], reply["sent_at_ns"] + reply["last_ns"]
@@ -208,7 +218,7 @@ class ProxyStack:
             reply["loop_cpu_ns"] = loop_after - loop_before
         if cpu_before is not None and cpu_after is not None:
             reply["cpu_s"] = cpu_after - cpu_before
-        if config == "recorder":
+        if recording:
             reply["writer_cpu_s"] = self.writer_cpu() - writer_before
         return reply
 
@@ -310,6 +320,8 @@ class Runs:
         return "-" if math.isnan(value) else f"{value:.1f}"
 
     def lag(self) -> str:
+        if not self.lags_ns:
+            return "no commit lag: no recorder in this run (--aa)"
         return (f"recorder commit lag (client's last byte -> cassette complete, polled every 2 ms, "
                 f"an upper bound): median {ms(median(self.lags_ns))} ms, "
                 f"max {ms(max(self.lags_ns))} ms; each next run waited for it")
@@ -317,6 +329,8 @@ class Runs:
 
 def add_lag(summary: Summary, name: str, runs: Runs) -> None:
     """The project's bound (recorder.py, tests): commits follow data within 250 ms."""
+    if not runs.lags_ns:  # an A/A run: nothing recorded
+        return
     worst = max(runs.lags_ns)
     summary.add(name, f"max {ms(worst)} ms (bound <= {LAG_BOUND_MS} ms)",
                 worst / 1e6 <= LAG_BOUND_MS)
@@ -478,7 +492,7 @@ def bench_fast_spare_core(stacks: Sequence[ProxyStack], plan: Plan, summary: Sum
           f"per repetition {fmt_ratio(value)} (median; {fmt_ratio(min(paired))} .. "
           f"{fmt_ratio(max(paired))}); proxy CPU per event {runs['passthrough'].cpu_text()} "
           f"vs {runs['recorder'].cpu_text()} us; commit lag max "
-          f"{ms(max(runs['recorder'].lags_ns))} ms")
+          f"{ms(max(runs['recorder'].lags_ns, default=0))} ms")
     summary.add("fast stream with a core to spare for the writer, recorder / passthrough",
                 f"{fmt_ratio(value)} (target >= {FAST_TARGET})", value >= FAST_TARGET)
     add_lag(summary, "commit lag, fast stream, writer on its own core", runs["recorder"])
@@ -521,10 +535,11 @@ def check_cassette(stack: ProxyStack, summary: Summary) -> None:
 
 
 def run_proxy_benches(
-    plan: Plan, parts: set[str], workdir: Path, summary: Summary, recorder_script: Path
+    plan: Plan, parts: set[str], workdir: Path, summary: Summary, recorder_script: Path,
+    aa: bool = False,
 ) -> None:
     count = plan.fast_stacks
-    stacks = [ProxyStack(workdir / f"pair-{n}", recorder_script) for n in range(count)]
+    stacks = [ProxyStack(workdir / f"pair-{n}", recorder_script, aa) for n in range(count)]
     try:
         for stack in stacks:
             t0 = time.monotonic()
@@ -538,7 +553,7 @@ def run_proxy_benches(
             bench_latency(stacks, plan, summary)
         if "fast" in parts:
             bench_fast(stacks, plan, summary)
-        for stack in stacks:
+        for stack in stacks if not aa else ():
             check_cassette(stack, summary)
     finally:
         for stack in stacks:
@@ -881,11 +896,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recorder-script", type=Path, default=RECORDER_SCRIPT,
                         help="mitmdump -s script of the recorder (to A/B a change; takes "
                         "--set sse_cassette=PATH)")
+    parser.add_argument("--aa", action="store_true",
+                        help="A/A run of parts 1 and 2: a second pass-through stands in for "
+                        "the recorder, so each 'recorder' ratio reads the noise between two "
+                        "identical proxies on this host")
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     unknown = parts - {"latency", "fast", "cassette", "killflood"}
     if unknown:
         parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
+    if args.aa and parts - {"latency", "fast"}:
+        parser.error("--aa compares two pass-throughs: use it with --only latency,fast")
     plan = QUICK if args.quick else FULL
     random.seed(args.seed)
 
@@ -897,7 +918,8 @@ def main(argv: list[str] | None = None) -> int:
         with deadline(plan.bound_s), tempfile.TemporaryDirectory(prefix="sse-bench-") as tmp:
             workdir = Path(tmp)
             if parts & {"latency", "fast"}:
-                run_proxy_benches(plan, parts, workdir, summary, args.recorder_script.resolve())
+                run_proxy_benches(plan, parts, workdir, summary,
+                                  args.recorder_script.resolve(), args.aa)
             if "cassette" in parts:
                 bench_cassette(plan, workdir, summary)
             if "killflood" in parts:
