@@ -9,6 +9,9 @@ its own process (`bench/_client.py`) so its GIL cannot stall the proxy or the se
    spaced stream, direct vs `mitmdump -s bench/passthrough_addon.py` vs the recorder
    (`mitmdump -s addons/record.py`). Targets: recorder - pass-through <= 0.05 ms at the
    median and <= 0.5 ms at p99. The rounds are spread over the proxy pairs of part 2.
+   Every stack also runs a twin: a second pass-through, measured like the recorder, so each
+   ratio is printed beside what two identical proxies read in the same run (an A/A floor:
+   on this host a flood's per-repetition median swings about +-0.05 for identical proxies).
 2. fast: events/s of a back-to-back stream (50,000 events) through the recorder divided by
    the pass-through (target >= 0.95), the repetitions spread over 6 fresh proxy pairs (two
    processes of one program differ by a few percent: hash seeds, memory layout); afterwards
@@ -34,9 +37,7 @@ its own process (`bench/_client.py`) so its GIL cannot stall the proxy or the se
 
 The box is shared, so each proxy section also reports how many CPUs other processes used.
 Usage: `python bench/record_bench.py [--quick] [--only latency,fast,cassette,killflood] [--strict]
-[--recorder-script PATH] [--aa]`. With `--aa` (parts 1 and 2 only) a second pass-through
-stands in for the recorder: each ratio then reads the noise between two identical proxies,
-the floor under which no recorder's figure can be told from nothing.
+[--recorder-script PATH]`.
 Exit status 1 if a run fails or the cassette lost bytes; with --strict, also on any MISS.
 """
 
@@ -105,7 +106,7 @@ KILL_LOSS_TARGET_MS = 250  # kill -9 under a flood loses at most this much of th
 # stores what it was handed), or the proxy and its writer together (the brake's bound).
 KILL_TARGETS = ("proxy", "proxy+writer")
 
-CONFIGS = ("direct", "passthrough", "recorder")
+CONFIGS = ("direct", "passthrough", "twin", "recorder")  # twin: a second pass-through (A/A)
 RECORDER_SCRIPT = ROOT / "addons" / "record.py"
 
 
@@ -149,13 +150,12 @@ def signed_ms(ns: float) -> str:
 
 
 class ProxyStack:
-    """Demo upstream, a pass-through mitmdump, a recording mitmdump and the client process."""
+    """Demo upstream, a pass-through mitmdump, its twin (a second one, for an A/A floor), a
+    recording mitmdump and the client process."""
 
-    def __init__(self, workdir: Path, recorder_script: Path = RECORDER_SCRIPT,
-                 aa: bool = False) -> None:
+    def __init__(self, workdir: Path, recorder_script: Path = RECORDER_SCRIPT) -> None:
         self.workdir = workdir
         self.recorder_script = recorder_script
-        self.aa = aa  # an A/A run: a second pass-through in the recorder's place
         self.cassette = workdir / "recorder.db"
         self.services: list[Service] = []
         self.client: Client | None = None
@@ -172,21 +172,23 @@ class ProxyStack:
             "passthrough", base, self.workdir, BENCH_DIR / "passthrough_addon.py"
         )
         self.services.append(passthrough)
-        if self.aa:
-            self.recorder, recorder_url = reverse_mitmdump(
-                "recorder", base, self.workdir, BENCH_DIR / "passthrough_addon.py")
-            self.services.append(self.recorder)
-        else:
-            self.recorder, recorder_url = reverse_mitmdump(
-                "recorder", base, self.workdir, self.recorder_script,
-                [f"sse_cassette={self.cassette}"],
-            )
-            self.services.append(self.recorder)
-            # The addon is silently inactive on a bad option: insist on its start-up line.
-            self.recorder.wait_for(r"sse-recorder: recording into", timeout=30)
-        self.urls = {"direct": base, "passthrough": passthrough_url, "recorder": recorder_url}
-        assert passthrough.popen is not None and self.recorder.popen is not None
-        self.pids = {"passthrough": passthrough.popen.pid, "recorder": self.recorder.popen.pid}
+        twin, twin_url = reverse_mitmdump(
+            "twin", base, self.workdir, BENCH_DIR / "passthrough_addon.py"
+        )
+        self.services.append(twin)
+        self.recorder, recorder_url = reverse_mitmdump(
+            "recorder", base, self.workdir, self.recorder_script,
+            [f"sse_cassette={self.cassette}"],
+        )
+        self.services.append(self.recorder)
+        # The addon is silently inactive on a bad option: insist on its start-up line.
+        self.recorder.wait_for(r"sse-recorder: recording into", timeout=30)
+        self.urls = {"direct": base, "passthrough": passthrough_url, "twin": twin_url,
+                     "recorder": recorder_url}
+        assert passthrough.popen is not None and twin.popen is not None
+        assert self.recorder.popen is not None
+        self.pids = {"passthrough": passthrough.popen.pid, "twin": twin.popen.pid,
+                     "recorder": self.recorder.popen.pid}
         self.client = Client()
 
     def fetch(self, config: str, query: str, tag: str, *, stamps: bool = False) -> dict[str, Any]:
@@ -201,13 +203,12 @@ class ProxyStack:
         pid = self.pids.get(config)
         cpu_before = cpu_seconds(pid) if pid else None
         loop_before = loop_thread_cpu_ns(pid) if pid else None
-        recording = config == "recorder" and not self.aa
-        writer_before = self.writer_cpu() if recording else 0.0
+        writer_before = self.writer_cpu() if config == "recorder" else 0.0
         url = f"{self.urls[config]}/ticks?{query}&tag={tag}"
         reply = self.client.get(url, stamps=stamps)
         if reply["status"] != 200 or reply["outcome"] != "clean":
             raise BenchError(f"{config}: {url}: status {reply['status']}, {reply['ending']} end")
-        if recording:
+        if config == "recorder":
             self.received[tag] = reply["bytes"]
             reply["lag_ns"] = self.wait_recorded(
                 tag, reply["bytes"], reply["sent_at_ns"] + reply["last_ns"]
@@ -218,7 +219,7 @@ class ProxyStack:
             reply["loop_cpu_ns"] = loop_after - loop_before
         if cpu_before is not None and cpu_after is not None:
             reply["cpu_s"] = cpu_after - cpu_before
-        if recording:
+        if config == "recorder":
             reply["writer_cpu_s"] = self.writer_cpu() - writer_before
         return reply
 
@@ -320,8 +321,6 @@ class Runs:
         return "-" if math.isnan(value) else f"{value:.1f}"
 
     def lag(self) -> str:
-        if not self.lags_ns:
-            return "no commit lag: no recorder in this run (--aa)"
         return (f"recorder commit lag (client's last byte -> cassette complete, polled every 2 ms, "
                 f"an upper bound): median {ms(median(self.lags_ns))} ms, "
                 f"max {ms(max(self.lags_ns))} ms; each next run waited for it")
@@ -329,8 +328,6 @@ class Runs:
 
 def add_lag(summary: Summary, name: str, runs: Runs) -> None:
     """The project's bound (recorder.py, tests): commits follow data within 250 ms."""
-    if not runs.lags_ns:  # an A/A run: nothing recorded
-        return
     worst = max(runs.lags_ns)
     summary.add(name, f"max {ms(worst)} ms (bound <= {LAG_BOUND_MS} ms)",
                 worst / 1e6 <= LAG_BOUND_MS)
@@ -366,39 +363,43 @@ def bench_latency(stacks: Sequence[ProxyStack], plan: Plan, summary: Summary) ->
                  "proxy CPU us/ev"], rows))
     d50 = stats["recorder"][0] - stats["passthrough"][0]
     d99 = stats["recorder"][1] - stats["passthrough"][1]
+    twin50 = stats["twin"][0] - stats["passthrough"][0]
+    twin99 = stats["twin"][1] - stats["passthrough"][1]
     pairs = list(zip(round_stats["recorder"], round_stats["passthrough"], strict=True))
     r50 = [rec[0] - base[0] for rec, base in pairs]
     r99 = [rec[1] - base[1] for rec, base in pairs]
-    print(f"recorder - passthrough, all events: p50 {signed_ms(d50)} ms, p99 {signed_ms(d99)} ms")
+    print(f"recorder - passthrough, all events: p50 {signed_ms(d50)} ms, p99 {signed_ms(d99)} ms"
+          f" (twin - passthrough: p50 {signed_ms(twin50)}, p99 {signed_ms(twin99)} ms)")
     print(f"recorder - passthrough, per round (median, range): p50 {signed_ms(median(r50))} "
           f"({signed_ms(min(r50))} .. {signed_ms(max(r50))}) ms, p99 {signed_ms(median(r99))} "
           f"({signed_ms(min(r99))} .. {signed_ms(max(r99))}) ms")
     print(runs["recorder"].lag())
     print(load.describe())
     summary.add("latency p50, recorder - passthrough",
-                f"{signed_ms(d50)} ms (target <= {MEDIAN_TARGET_MS} ms)",
+                f"{signed_ms(d50)} ms (target <= {MEDIAN_TARGET_MS} ms; twin {signed_ms(twin50)})",
                 d50 / 1e6 <= MEDIAN_TARGET_MS)
     summary.add("latency p99, recorder - passthrough",
-                f"{signed_ms(d99)} ms (target <= {P99_TARGET_MS} ms)",
+                f"{signed_ms(d99)} ms (target <= {P99_TARGET_MS} ms; twin {signed_ms(twin99)})",
                 d99 / 1e6 <= P99_TARGET_MS)
     # At this pace each event wakes the proxy on its own, its code is cold, and what the
     # recorder adds per event (a closure call, a frame per event, reading the writer's
     # answers when the brake's deadline comes) is paid at cold-cache prices: the same CPU
     # ratio as the flood's, taken where it is hardest to meet.
-    loop_us = {c: runs[c].loop_cpu_per_event() for c in ("passthrough", "recorder")}
+    loop_us = {c: runs[c].loop_cpu_per_event() for c in ("passthrough", "twin", "recorder")}
     paced_cpu = ratio(loop_us["recorder"], loop_us["passthrough"])
+    twin_cpu = ratio(loop_us["twin"], loop_us["passthrough"])
     print(f"proxy CPU per event at this pace (its loop thread, schedstat): pass-through "
-          f"{loop_us['passthrough']:.1f} us, recorder {loop_us['recorder']:.1f} us: "
-          f"{fmt_ratio(paced_cpu)}")
+          f"{loop_us['passthrough']:.1f} us, twin {loop_us['twin']:.1f} us, recorder "
+          f"{loop_us['recorder']:.1f} us: {fmt_ratio(paced_cpu)} (twin {fmt_ratio(twin_cpu)})")
     summary.add(f"{plan.interval_ms} ms stream, proxy CPU/ev recorder / passthrough",
-                f"{fmt_ratio(paced_cpu)} (target <= {CPU_TARGET})", paced_cpu <= CPU_TARGET)
+                f"{fmt_ratio(paced_cpu)} (target <= {CPU_TARGET}; twin {fmt_ratio(twin_cpu)})",
+                paced_cpu <= CPU_TARGET)
     add_lag(summary, f"commit lag, {plan.interval_ms} ms stream", runs["recorder"])
 
 
 def bench_fast(stacks: Sequence[ProxyStack], plan: Plan, summary: Summary) -> None:
     load = ForeignLoad([pid for stack in stacks for pid in stack.own_pids()])
-    rates, runs = fast_runs(stacks, plan.fast_reps, plan, "fast",
-                            ("direct", "passthrough", "recorder"))
+    rates, runs = fast_runs(stacks, plan.fast_reps, plan, "fast", CONFIGS)
     medians = {c: median(r) for c, r in rates.items()}
     rows = [
         [c, len(r), f"{medians[c]:,.0f}", f"{min(r):,.0f}", f"{max(r):,.0f}",
@@ -412,23 +413,29 @@ def bench_fast(stacks: Sequence[ProxyStack], plan: Plan, summary: Summary) -> No
                 rows))
     paired = [a / b for a, b in zip(rates["recorder"], rates["passthrough"], strict=True)]
     value = median(paired)
-    print(f"recorder / passthrough per repetition: median {fmt_ratio(value)}, "
-          f"range {fmt_ratio(min(paired))} .. {fmt_ratio(max(paired))}; ratio of the medians "
-          f"{fmt_ratio(ratio(medians['recorder'], medians['passthrough']))}")
+    twins = [a / b for a, b in zip(rates["twin"], rates["passthrough"], strict=True)]
+    twin = median(twins)
+    for name, pairs in (("recorder", paired), ("twin", twins)):
+        print(f"{name} / passthrough per repetition: median {fmt_ratio(median(pairs))}, "
+              f"range {fmt_ratio(min(pairs))} .. {fmt_ratio(max(pairs))}; ratio of the "
+              f"medians {fmt_ratio(ratio(medians[name], medians['passthrough']))}")
     # The stream is short enough for the recorder's queue to absorb a backlog, so the wall
     # clock flatters it; CPU per event bounds what a proxy can sustain on one core.
     cpu_ratio = ratio(runs["recorder"].cpu_per_event(), runs["passthrough"].cpu_per_event())
-    print(f"proxy CPU per event, recorder / passthrough: {fmt_ratio(cpu_ratio)}")
+    twin_cpu = ratio(runs["twin"].cpu_per_event(), runs["passthrough"].cpu_per_event())
+    print(f"proxy CPU per event, recorder / passthrough: {fmt_ratio(cpu_ratio)} (twin "
+          f"{fmt_ratio(twin_cpu)})")
     print(runs["recorder"].lag())
     writer_us = runs["recorder"].writer_cpu_s / runs["recorder"].events * 1e6
     print(f"the recorder's writer process: {writer_us:.1f} us CPU per event (off the proxy, "
           "but on the same 2 CPUs as the proxy, the upstream and the client)")
     print(load.describe())
     summary.add("fast stream, recorder / passthrough ev/s",
-                f"{fmt_ratio(value)} (target >= {FAST_TARGET}; writer {writer_us:.1f} us CPU "
-                "per event on the shared CPUs)", value >= FAST_TARGET)
+                f"{fmt_ratio(value)} (target >= {FAST_TARGET}; twin {fmt_ratio(twin)}; writer "
+                f"{writer_us:.1f} us CPU per event on the shared CPUs)", value >= FAST_TARGET)
     summary.add("fast stream, proxy CPU/ev recorder / passthrough",
-                f"{fmt_ratio(cpu_ratio)} (target <= {CPU_TARGET})", cpu_ratio <= CPU_TARGET)
+                f"{fmt_ratio(cpu_ratio)} (target <= {CPU_TARGET}; twin {fmt_ratio(twin_cpu)})",
+                cpu_ratio <= CPU_TARGET)
     add_lag(summary, "commit lag, fast stream", runs["recorder"])
     if len(os.sched_getaffinity(0)) >= 2:
         bench_fast_spare_core(stacks, plan, summary)
@@ -492,7 +499,7 @@ def bench_fast_spare_core(stacks: Sequence[ProxyStack], plan: Plan, summary: Sum
           f"per repetition {fmt_ratio(value)} (median; {fmt_ratio(min(paired))} .. "
           f"{fmt_ratio(max(paired))}); proxy CPU per event {runs['passthrough'].cpu_text()} "
           f"vs {runs['recorder'].cpu_text()} us; commit lag max "
-          f"{ms(max(runs['recorder'].lags_ns, default=0))} ms")
+          f"{ms(max(runs['recorder'].lags_ns))} ms")
     summary.add("fast stream with a core to spare for the writer, recorder / passthrough",
                 f"{fmt_ratio(value)} (target >= {FAST_TARGET})", value >= FAST_TARGET)
     add_lag(summary, "commit lag, fast stream, writer on its own core", runs["recorder"])
@@ -535,11 +542,10 @@ def check_cassette(stack: ProxyStack, summary: Summary) -> None:
 
 
 def run_proxy_benches(
-    plan: Plan, parts: set[str], workdir: Path, summary: Summary, recorder_script: Path,
-    aa: bool = False,
+    plan: Plan, parts: set[str], workdir: Path, summary: Summary, recorder_script: Path
 ) -> None:
     count = plan.fast_stacks
-    stacks = [ProxyStack(workdir / f"pair-{n}", recorder_script, aa) for n in range(count)]
+    stacks = [ProxyStack(workdir / f"pair-{n}", recorder_script) for n in range(count)]
     try:
         for stack in stacks:
             t0 = time.monotonic()
@@ -553,7 +559,7 @@ def run_proxy_benches(
             bench_latency(stacks, plan, summary)
         if "fast" in parts:
             bench_fast(stacks, plan, summary)
-        for stack in stacks if not aa else ():
+        for stack in stacks:
             check_cassette(stack, summary)
     finally:
         for stack in stacks:
@@ -896,17 +902,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recorder-script", type=Path, default=RECORDER_SCRIPT,
                         help="mitmdump -s script of the recorder (to A/B a change; takes "
                         "--set sse_cassette=PATH)")
-    parser.add_argument("--aa", action="store_true",
-                        help="A/A run of parts 1 and 2: a second pass-through stands in for "
-                        "the recorder, so each 'recorder' ratio reads the noise between two "
-                        "identical proxies on this host")
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     unknown = parts - {"latency", "fast", "cassette", "killflood"}
     if unknown:
         parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
-    if args.aa and parts - {"latency", "fast"}:
-        parser.error("--aa compares two pass-throughs: use it with --only latency,fast")
     plan = QUICK if args.quick else FULL
     random.seed(args.seed)
 
@@ -918,8 +918,7 @@ def main(argv: list[str] | None = None) -> int:
         with deadline(plan.bound_s), tempfile.TemporaryDirectory(prefix="sse-bench-") as tmp:
             workdir = Path(tmp)
             if parts & {"latency", "fast"}:
-                run_proxy_benches(plan, parts, workdir, summary,
-                                  args.recorder_script.resolve(), args.aa)
+                run_proxy_benches(plan, parts, workdir, summary, args.recorder_script.resolve())
             if "cassette" in parts:
                 bench_cassette(plan, workdir, summary)
             if "killflood" in parts:
