@@ -170,7 +170,7 @@ def replay(
             if seat is None:
                 await _start(server, listen_host, listen_port)
             else:  # a worker: the supervisor listens, and prints the URL once all are ready
-                await _start_on(server, seat.sock)
+                await _start_on(server, seat.sockets)
             settle_for_serving()  # before the URL: from then on, a client may be waiting
             click.echo(server.base_url)
             _announce_control(control)
@@ -276,11 +276,11 @@ def _supervise(count: int, pin: bool, host: str, port: int,
         _fail(str(exc))
 
 
-async def _start_on(server: Any, sock: socket.socket) -> None:
-    """A worker's start: the listening socket is there already; only the fault log can
+async def _start_on(server: Any, sockets: tuple[socket.socket, ...]) -> None:
+    """A worker's start: the listening sockets are there already; only the fault log can
     fail."""
     try:
-        await server.start(sock=sock)
+        await server.start(sockets=sockets)
     except OSError as exc:
         raise SSERecorderError(f"cannot write the fault log {exc.filename}: "
                                f"{exc.strerror}") from None

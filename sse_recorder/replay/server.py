@@ -37,7 +37,7 @@ import logging
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -123,7 +123,7 @@ class ReplayServer:
         self.load = Load()
         self.player = Player(Bodies(cassette), self.options.timing, self.load)
         self.budget = Budget(self.options.max_buffered)
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []  # one per listening socket
         self._tasks: set[asyncio.Task[None]] = set()
         self._responses = 0  # numbers responses for fault seeding: same order, same faults
         self.faults = self.options.faults  # in play now: the control API replaces the plan
@@ -147,33 +147,36 @@ class ReplayServer:
         return cls(cassette, interactions, options, on_served)
 
     async def start(
-        self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None
+        self, host: str = "127.0.0.1", port: int = 0,
+        sockets: Sequence[socket.socket] = (),
     ) -> ReplayServer:
-        """Listen on `host:port`, or serve `sock`, a listening socket (a worker's)."""
+        """Listen on `host:port`, or serve `sockets`, listening already (a worker's: one per
+        address)."""
         if self.options.fault_log is not None and self._fault_log is None:
             # unbuffered append: a line is one write(2), whole even when workers share the file
             self._fault_log = open(self.options.fault_log, "ab", buffering=0)  # noqa: SIM115
-        if sock is not None:
-            self._server = await asyncio.start_server(self._connection, sock=sock,
-                                                      backlog=4096)
+        if sockets:
+            for sock in sockets:
+                self._servers.append(await asyncio.start_server(
+                    self._connection, sock=sock, backlog=4096))
         else:
-            self._server = await asyncio.start_server(self._connection, host, port,
-                                                      backlog=4096)
+            self._servers.append(await asyncio.start_server(self._connection, host, port,
+                                                            backlog=4096))
         return self
 
     @property
     def listening(self) -> bool:
-        return self._server is not None
+        return bool(self._servers)
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        assert self._servers
+        return int(self._servers[0].sockets[0].getsockname()[1])
 
     @property
     def host(self) -> str:
-        assert self._server is not None
-        return str(self._server.sockets[0].getsockname()[0])
+        assert self._servers
+        return str(self._servers[0].sockets[0].getsockname()[0])
 
     @property
     def base_url(self) -> str:
@@ -185,9 +188,13 @@ class ReplayServer:
         return self.load.streams
 
     async def close(self) -> None:
-        if self._server is not None:
-            await stop_serving(self._server, self._tasks)
-            self._server = None
+        servers, self._servers = self._servers, []
+        for other in servers[1:]:
+            other.close()
+        if servers:  # the connections of every server end with the first's
+            await stop_serving(servers[0], self._tasks)
+        for other in servers[1:]:
+            await other.wait_closed()
         if self._fault_log is not None:
             self._fault_log.close()
             self._fault_log = None

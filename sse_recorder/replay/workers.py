@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import errno
 import os
 import selectors
 import signal
@@ -35,7 +36,7 @@ import struct
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -86,15 +87,21 @@ def worker_count(text: str, source: str = "--workers") -> int:
 
 @dataclass
 class Listeners:
-    """The listening sockets: one per worker (SO_REUSEPORT), or one they share."""
+    """The listening sockets, a group per address the host names (`""`: IPv4 and IPv6),
+    all on one port: in each group one socket per worker (SO_REUSEPORT), or one they
+    share."""
 
     host: str
     port: int
-    sockets: list[socket.socket]
+    groups: list[list[socket.socket]]
 
-    def for_worker(self, index: int) -> socket.socket:
-        """Its own socket, or the shared one."""
-        return self.sockets[index % len(self.sockets)]
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return [sock for group in self.groups for sock in group]
+
+    def for_worker(self, index: int) -> tuple[socket.socket, ...]:
+        """Its own socket in each group, or the shared ones."""
+        return tuple(group[index % len(group)] for group in self.groups)
 
     def close(self) -> None:
         for sock in self.sockets:
@@ -110,38 +117,64 @@ LD_W_ABS, ALU_MOD_K, RET_A = 0x20, 0x94, 0x16
 SOURCE_WORD: dict[int, int] = {socket.AF_INET: 12, socket.AF_INET6: 20}
 
 
+_Address = tuple[int, int, int, tuple[Any, ...]]  # family, type, protocol, socket address
+PORT_TRIES = 8  # port 0 and several addresses: the first one's free port was taken elsewhere
+
+
 def listen(host: str, port: int, count: int, pin: bool = False) -> Listeners:
-    """Listening sockets on `host:port` (port 0: a free one) for `count` workers; `host` ""
-    is every interface, as for one process.
+    """Listening sockets on `host:port` (port 0: a free one) for `count` workers: on every
+    address `host` names, as one process listens (`""`: every interface, IPv4 and IPv6),
+    but on one port for all of them (one process given port 0 gets one per address).
 
     Raises OSError when the address cannot be listened on, ConfigError when `pin` is
     asked where the kernel cannot do it."""
     if pin and not (REUSEPORT and sys.platform.startswith("linux")):
         raise ConfigError("--pin-clients needs Linux (SO_REUSEPORT with a BPF program)")
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    addresses: list[_Address] = list(dict.fromkeys(
+        (family, kind, proto, address) for family, kind, proto, _, address
+        in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                              flags=socket.AI_PASSIVE)))
     if port and REUSEPORT:
-        _check_free(family, kind, proto, address)
-    sockets: list[socket.socket] = []
+        for address in addresses:
+            _check_free(*address)
+    for attempt in range(1, PORT_TRIES + 1):
+        try:
+            return _listen_on(addresses, count, pin)
+        except OSError as exc:
+            # port 0: another program took the first address's port on a later address
+            if port or len(addresses) == 1 or exc.errno != errno.EADDRINUSE \
+                    or attempt == PORT_TRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _listen_on(addresses: Sequence[_Address], count: int, pin: bool) -> Listeners:
+    """A group of sockets per address, all on the port the first one binds."""
+    groups: list[list[socket.socket]] = []
+    port = int(addresses[0][3][1])
     try:
-        for _ in range(count if REUSEPORT else 1):
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if REUSEPORT:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            address = sock.getsockname()  # port 0: the others join the port it got
-            sock.listen(BACKLOG)  # the kernel numbers the group's sockets in listen order
-        if pin:
-            _pin_by_source(sockets[0], family, count)
+        for family, kind, proto, address in addresses:
+            group: list[socket.socket] = []
+            groups.append(group)
+            for _ in range(count if REUSEPORT else 1):
+                sock = socket.socket(family, kind, proto)
+                group.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if REUSEPORT:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((address[0], port, *address[2:]))
+                port = sock.getsockname()[1]  # port 0: the others join the port it got
+                sock.listen(BACKLOG)  # the kernel numbers the group's sockets in listen order
+            if pin:
+                _pin_by_source(group[0], family, count)
     except BaseException:
-        for sock in sockets:
+        for sock in (sock for group in groups for sock in group):
             sock.close()
         raise
-    return Listeners(str(address[0]), int(address[1]), sockets)  # the URL one process prints
+    first = groups[0][0].getsockname()
+    return Listeners(str(first[0]), int(first[1]), groups)  # the URL one process prints
 
 
 def _check_free(family: int, kind: int, proto: int, address: tuple[Any, ...]) -> None:
@@ -180,7 +213,7 @@ class Seat:
     """What one worker serves from."""
 
     index: int  # 0..N-1
-    sock: socket.socket  # listening: serve it with `asyncio.start_server(sock=...)`
+    sockets: tuple[socket.socket, ...]  # listening, one per address: serve each
     first: bool  # the first worker's first start: it alone prints start-up warnings
 
 
@@ -373,7 +406,7 @@ class Supervisor:
                 if other.status >= 0:
                     os.close(other.status)
             for sock in self.listeners.sockets:
-                if sock is not seat.sock:
+                if sock not in seat.sockets:
                     sock.close()
             os.dup2(status, 1)  # the worker's first stdout line (its URL) says it is ready
             os.close(status)

@@ -379,7 +379,7 @@ def test_without_reuseport_the_workers_share_one_socket(monkeypatch: pytest.Monk
     listeners = workers.listen("127.0.0.1", 0, 3)
     try:
         assert len(listeners.sockets) == 1 and listeners.port
-        assert {listeners.for_worker(i) for i in range(3)} == {listeners.sockets[0]}
+        assert {listeners.for_worker(i) for i in range(3)} == {(listeners.sockets[0],)}
         with socket.create_connection(("127.0.0.1", listeners.port), timeout=5):
             conn, _ = listeners.sockets[0].accept()  # it listens
             conn.close()

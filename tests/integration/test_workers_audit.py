@@ -4,6 +4,7 @@ printed, and the number of workers set by the environment."""
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import shutil
@@ -19,7 +20,7 @@ import pytest
 
 from tests.helpers import SSE_RECORDER, read_line
 from tests.integration import test_workers
-from tests.integration.test_workers import Replay, alive, children, holder
+from tests.integration.test_workers import Replay, alive, children, holder, read_until
 
 cassette = test_workers.cassette  # the fixtures of the workers' suite
 replay = test_workers.replay
@@ -198,3 +199,66 @@ def test_the_environment_variable_is_not_read_for_the_proxy(
         finally:
             popen.send_signal(signal.SIGTERM)
             assert popen.wait(15) == 0
+
+
+# -- 8: every address the host names ----------------------------------------------------------
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+def test_every_interface_means_ipv4_and_ipv6_on_one_port(replay: type[Replay]) -> None:
+    """`--listen-host ""` is every interface of both families, as for one process (the
+    workers listened on IPv4 only), and on the one port printed."""
+    server = replay("--listen-host", "", "--workers", "2")
+    workers = server.workers()
+    for family, loopback in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        served = set()
+        for _ in range(12):  # both workers listen on each address
+            with socket.socket(family, socket.SOCK_STREAM) as conn:
+                conn.settimeout(10)
+                conn.connect((loopback, server.port))
+                conn.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert b"data: " in read_until(conn, b"\n\n")  # its response began
+                served.add(holder(conn, workers))
+        assert served == workers, loopback
+
+
+def test_a_port_taken_on_a_later_address_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Port 0 on two addresses: the first one's free port may be taken on the second (by
+    another program); another free port is tried, not a failure."""
+    from sse_recorder.replay import workers
+
+    calls = []
+    real = workers._listen_on
+
+    def taken_once(*args: object) -> workers.Listeners:
+        calls.append(args)
+        if len(calls) == 1:
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(workers, "_listen_on", taken_once)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", 0))])
+    listeners = workers.listen("localhost", 0, 2)
+    try:
+        assert len(calls) == 2 and len(listeners.groups) == 2
+        assert {sock.getsockname()[1] for sock in listeners.sockets} == {listeners.port}
+        assert listeners.for_worker(1) == (listeners.groups[0][1], listeners.groups[1][1])
+    finally:
+        listeners.close()
+    monkeypatch.setattr(workers, "_listen_on", lambda *a: (_ for _ in ()).throw(
+        OSError(errno.EADDRINUSE, "Address already in use")))
+    with pytest.raises(OSError):  # tried a bounded number of times, then said
+        workers.listen("localhost", 0, 2)
