@@ -118,7 +118,7 @@ SOURCE_WORD: dict[int, int] = {socket.AF_INET: 12, socket.AF_INET6: 20}
 
 
 _Address = tuple[int, int, int, tuple[Any, ...]]  # family, type, protocol, socket address
-PORT_TRIES = 8  # port 0 and several addresses: the first one's free port was taken elsewhere
+PORT_TRIES = 8  # port 0 on several addresses: free ports tried (see `listen`)
 
 
 def listen(host: str, port: int, count: int, pin: bool = False) -> Listeners:
@@ -137,15 +137,15 @@ def listen(host: str, port: int, count: int, pin: bool = False) -> Listeners:
     if port and REUSEPORT:
         for address in addresses:
             _check_free(*address)
-    for attempt in range(1, PORT_TRIES + 1):
+    # port 0 on several addresses: another program may hold the first one's free port on a
+    # later address; another free port is tried then
+    for _ in range(PORT_TRIES - 1 if not port and len(addresses) > 1 else 0):
         try:
             return _listen_on(addresses, count, pin)
         except OSError as exc:
-            # port 0: another program took the first address's port on a later address
-            if port or len(addresses) == 1 or exc.errno != errno.EADDRINUSE \
-                    or attempt == PORT_TRIES:
+            if exc.errno != errno.EADDRINUSE:
                 raise
-    raise AssertionError("unreachable")
+    return _listen_on(addresses, count, pin)  # the last try: its error is the caller's
 
 
 def _listen_on(addresses: Sequence[_Address], count: int, pin: bool) -> Listeners:

@@ -261,7 +261,20 @@ def test_a_port_taken_on_a_later_address_is_tried_again(
         assert listeners.for_worker(1) == (listeners.groups[0][1], listeners.groups[1][1])
     finally:
         listeners.close()
-    monkeypatch.setattr(workers, "_listen_on", lambda *a: (_ for _ in ()).throw(
-        OSError(errno.EADDRINUSE, "Address already in use")))
+    tries = []
+
+    def always_taken(*args: object) -> workers.Listeners:
+        tries.append(args)
+        raise OSError(errno.EADDRINUSE, "Address already in use")
+
+    monkeypatch.setattr(workers, "_listen_on", always_taken)
     with pytest.raises(OSError):  # tried a bounded number of times, then said
         workers.listen("localhost", 0, 2)
+    assert len(tries) == workers.PORT_TRIES
+    tries.clear()
+    with socket.socket() as probe:  # a free port, asked for by number
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    with pytest.raises(OSError):  # a port asked for is not another's to pick
+        workers.listen("localhost", free, 2)
+    assert len(tries) == 1
