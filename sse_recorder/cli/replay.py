@@ -247,8 +247,9 @@ def _supervise(count: int, pin: bool, host: str, port: int,
                serve: Callable[[Seat], None]) -> int:
     """Listen once for `count` workers, each running `serve(seat)`; print the URL when all
     serve; the exit status (0 when stopped by a signal)."""
-    from sse_recorder.replay.workers import StartError, Supervisor, listen
+    from sse_recorder.replay.workers import StartError, Supervisor
     from sse_recorder.wire.connections import base_url
+    from sse_recorder.wire.listening import listen
 
     try:
         listeners = listen(host, port, count, pin)

@@ -70,6 +70,7 @@ from sse_recorder.wire.connections import (
     stop_serving,
 )
 from sse_recorder.wire.endings import until_closed
+from sse_recorder.wire.listening import BACKLOG, listen
 from sse_recorder.wire.requests import (
     MAX_BUFFERED,
     BadRequest,
@@ -150,18 +151,22 @@ class ReplayServer:
         self, host: str = "127.0.0.1", port: int = 0,
         sockets: Sequence[socket.socket] = (),
     ) -> ReplayServer:
-        """Listen on `host:port`, or serve `sockets`, listening already (a worker's: one per
-        address)."""
+        """Listen on `host:port` (every address it names, on one port: `wire.listening`), or
+        serve `sockets`, listening already (a worker's: one per address)."""
         if self.options.fault_log is not None and self._fault_log is None:
             # unbuffered append: a line is one write(2), whole even when workers share the file
             self._fault_log = open(self.options.fault_log, "ab", buffering=0)  # noqa: SIM115
-        if sockets:
+        owned = not sockets
+        if owned:
+            sockets = listen(host, port, 1).sockets
+        try:
             for sock in sockets:
-                self._servers.append(await asyncio.start_server(
-                    self._connection, sock=sock, backlog=4096))
-        else:
-            self._servers.append(await asyncio.start_server(self._connection, host, port,
-                                                            backlog=4096))
+                self._servers.append(await asyncio.start_server(self._connection, sock=sock,
+                                                                backlog=BACKLOG))
+        except BaseException:
+            for sock in sockets if owned else ():
+                sock.close()
+            raise
         return self
 
     @property

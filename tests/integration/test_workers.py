@@ -373,10 +373,10 @@ def test_a_killed_supervisor_takes_its_workers_along(replay: type[Replay]) -> No
 
 
 def test_without_reuseport_the_workers_share_one_socket(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sse_recorder.replay import workers
+    from sse_recorder.wire import listening
 
-    monkeypatch.setattr(workers, "REUSEPORT", False)
-    listeners = workers.listen("127.0.0.1", 0, 3)
+    monkeypatch.setattr(listening, "REUSEPORT", False)
+    listeners = listening.listen("127.0.0.1", 0, 3)
     try:
         assert len(listeners.sockets) == 1 and listeners.port
         assert {listeners.for_worker(i) for i in range(3)} == {(listeners.sockets[0],)}
