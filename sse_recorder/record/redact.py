@@ -157,16 +157,46 @@ def value_forms(value: str) -> set[bytes]:
 
 
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
+# JSON's two-character escapes (RFC 8259 §7); `\/` is what PHP and others write for `/`
+_JSON_SHORT = {'"': b'\\"', "\\": b"\\\\", "/": b"\\/", "\b": b"\\b", "\f": b"\\f",
+               "\n": b"\\n", "\r": b"\\r", "\t": b"\\t"}
+
+
+def _hex(number: int, digits: int) -> bytes:
+    """`number` in hex as a regex matching either case (`2[fF]`)."""
+    return b"".join(b"[%s%s]" % (d.lower(), d.upper()) if d.isalpha() else d
+                    for d in (bytes([c]) for c in b"%0*X" % (digits, number)))
+
+
+def spelled(value: str) -> bytes:
+    """A regex for `value` with each character in any of the spellings a body or URL may
+    use: raw, percent-encoded (either hex case, `+` for a space), or JSON-escaped (`\\uXXXX`
+    in either case, a surrogate pair beyond the BMP, `\\/` and the other short escapes).
+    Mixed spellings match too: what encoders agree on is the characters, not the form
+    (Go writes `\\u003c`, PHP `\\/`, browsers `%2f` or `%2F`)."""
+    parts = []
+    for char in value:
+        raw = char.encode()
+        alternatives = {re.escape(raw), b"".join(b"%" + _hex(byte, 2) for byte in raw)}
+        units = char.encode("utf-16-be")
+        alternatives.add(b"".join(b"\\\\u" + _hex(int.from_bytes(units[i:i + 2], "big"), 4)
+                                  for i in range(0, len(units), 2)))
+        if char == " ":
+            alternatives.add(b"\\+")
+        if char in _JSON_SHORT:
+            alternatives.add(re.escape(_JSON_SHORT[char]))
+        parts.append(b"(?:" + b"|".join(sorted(alternatives)) + b")")
+    return b"".join(parts)
 
 
 def _needle_pattern(values: Iterable[str]) -> re.Pattern[bytes] | None:
-    forms: set[bytes] = set()
-    for value in values:
-        if value:
-            forms |= value_forms(value)
-    if not forms:
+    """Every value in any spelling (`spelled`), and in base64 (`value_forms`)."""
+    values = sorted({v for v in values if v}, key=len, reverse=True)
+    if not values:
         return None
-    return re.compile(b"|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)))
+    literal = {form for value in values for form in value_forms(value)}
+    return re.compile(b"|".join([spelled(value) for value in values]
+                                + [re.escape(f) for f in sorted(literal, key=len, reverse=True)]))
 
 
 class SecretOptionError(ValueError):
