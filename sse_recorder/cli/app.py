@@ -56,6 +56,24 @@ def _fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def refuse_overwriting(output: Path | None, option: str, *cassettes: object) -> None:
+    """Fail when `output` (what `option` writes) is one of `cassettes` (paths; a store URL
+    is never a file): writing it would destroy the recording."""
+    if output is None or str(output) == "-":
+        return
+    for cassette in cassettes:
+        if isinstance(cassette, Path) and _same_file(output, cassette):
+            _fail(f"{output}: is the cassette {cassette}: choose another {option}")
+
+
+def _same_file(one: Path, other: Path) -> bool:
+    try:
+        return one.resolve() == other.resolve() or (
+            one.exists() and other.exists() and one.samefile(other))  # a hard link too
+    except OSError:
+        return False
+
+
 def write_whole(path: Path, data: bytes) -> None:
     """Write an output file (`-o`, `--html`) whole or not at all: a temporary file beside
     it, renamed into place once complete. A path that is no regular file (`/dev/null`, a

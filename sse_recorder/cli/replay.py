@@ -25,6 +25,7 @@ from sse_recorder.cli.app import (
     main,
     match_options,
     needs_mitmproxy,
+    refuse_overwriting,
 )
 from sse_recorder.errors import SSERecorderError
 
@@ -122,6 +123,7 @@ def replay(
     check_ignores(click.get_current_context())
     _check_control(click.get_current_context(), control_port, control_host,
                    control_allow_remote)
+    refuse_overwriting(fault_log, "--fault-log", cassette)
     from sse_recorder.faults import FaultPlan
     from sse_recorder.replay.cors import Cors
     from sse_recorder.replay.matching import MatchConfig

@@ -22,6 +22,7 @@ from sse_recorder.cli.app import (
     json_option,
     main,
     match_options,
+    refuse_overwriting,
     write_whole,
 )
 from sse_recorder.cli.formats import size
@@ -76,8 +77,7 @@ def report(cassette: Path | Location, ids: tuple[int, ...], output: Path | None)
 
     if isinstance(cassette, Path):
         target = output or cassette.with_suffix(".html")
-        if target.resolve() == cassette.resolve():
-            _fail(f"{target}: is the cassette itself; choose another -o")
+        refuse_overwriting(target, "-o", cassette)
     elif output is None:
         _fail(f"{cassette}: a cassette in a store has no file beside it: name the page "
               "with -o FILE.html")
@@ -141,6 +141,7 @@ def diff(a: Path | Location, b: Path | Location, as_json: bool, html_file: Path 
             parse_thresholds(thresholds), frozenset(h.lower() for h in ignore_header))
     except SSERecorderError as exc:
         _fail(str(exc))
+    refuse_overwriting(html_file, "--html", a, b)
     found = compare(_run(load(a)), _run(load(b)), options)
     count = sum(len(r.findings) for r in found)
     if html_file is not None:

@@ -19,6 +19,7 @@ from sse_recorder.cli.app import (
     cassette_argument,
     main,
     needs_mitmproxy,
+    refuse_overwriting,
     write_whole,
 )
 from sse_recorder.errors import SSERecorderError
@@ -75,8 +76,7 @@ def export(cassette: Path, ids: tuple[int, ...], format_name: str, output: Path 
     and endings."""
     from sse_recorder.transfer.exchange import read_cassette
 
-    if output is not None and isinstance(cassette, Path) and output.resolve() == cassette.resolve():
-        _fail(f"{output}: is the cassette being exported: choose another -o")
+    refuse_overwriting(output, "-o", cassette)
     exchanges = _run(read_cassette(cassette, ids))
     data: bytes = _flows_guard(lambda: FORMATS[format_name].write(exchanges))
     if output is None:

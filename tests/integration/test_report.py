@@ -255,7 +255,7 @@ def on_a_terminal(*args: str) -> str:
     (("report", "{garbage}"), "not"),
     (("report", "{cassette}", "99"), "no interaction 99"),
     (("report", "{cassette}", "-o", "{tmp}/no/such/dir/r.html"), "cannot write"),
-    (("report", "{cassette}", "-o", "{cassette}"), "is the cassette itself"),
+    (("report", "{cassette}", "-o", "{cassette}"), "is the cassette"),
     (("report", "postgresql://u@127.0.0.1:9/db?cassette=c"), "name the page with -o"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv: tuple[str, ...], message: str,
@@ -268,3 +268,24 @@ def test_bad_input_is_one_line_and_exit_2(argv: tuple[str, ...], message: str,
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("sse-recorder: ")
     assert message.format(tmp=tmp_path) in done.stderr
     assert not list(tmp_path.glob("*.html")) and not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.parametrize("argv", [
+    ("report", "{a}", "-o", "{a}"),
+    ("diff", "{a}", "{b}", "--html", "{b}"),  # it replaced B with the page (an audit found)
+    ("diff", "{a}", "{b}", "--html", "{a}"),
+    ("diff", "{a}", "{b}", "--html", "{link}"),  # a hard link to A is A
+    ("export", "{a}", "--format", "sse", "-o", "{link}"),
+    ("replay", "{a}", "--fault-log", "{a}"),  # the log's lines appended to the database
+])
+def test_no_output_option_writes_over_a_cassette(argv: tuple[str, ...], cassette: Path,
+                                                 tmp_path: Path) -> None:
+    a, b = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    a.write_bytes(cassette.read_bytes())
+    b.write_bytes(cassette.read_bytes())
+    os.link(a, tmp_path / "link.sqlite")
+    before = a.read_bytes()
+    done = cli(*(arg.format(a=a, b=b, link=tmp_path / "link.sqlite") for arg in argv))
+    assert done.returncode == 2 and done.stdout == "", (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1 and "is the cassette" in done.stderr
+    assert a.read_bytes() == before and b.read_bytes() == before
