@@ -120,6 +120,12 @@ class FaultRun:
             fired(self.log, armed[0][0], 0.0)
         return bool(armed)
 
+    def played_until(self, due: float) -> None:
+        """The response was played up to `due` (its client left, or it ended): entries of
+        faults planned later are dropped from the log (they never fired)."""
+        last = round(due * 1000, 3)
+        self.log[:] = [entry for entry in self.log if entry["at_ms"] <= last]
+
     # -- the body --------------------------------------------------------------------------
 
     def transform(self, pieces: Iterable[Piece]) -> Iterator[Piece | Ending]:

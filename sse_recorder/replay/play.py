@@ -233,13 +233,19 @@ class Player:
         # (which would break a throttle's cap and shorten every planned gap).
         start = max(start, time.monotonic() - head_due)
         delay = run.head_delay()
-        await wait_until(start + head_due + delay, self.load)
+        reached = 0.0  # the due of the last action played: the log keeps what fired by then
+        if await _wait_for_client(start + head_due + delay, self.load, reader, writer):
+            run.played_until(reached)
+            return Outcome.CLIENT_GONE
         writer.write(responses.head(interaction.response, body_writer.head_field(length),
                                     connection))
         frame = body_writer.frame
         try:
             for action in actions:
-                await wait_until(start + delay + action.due, self.load)
+                if await _wait_for_client(start + delay + action.due, self.load, reader,
+                                          writer):
+                    return Outcome.CLIENT_GONE
+                reached = action.due
                 if isinstance(action, Ending):
                     return await end_early(action.outcome, writer, reader)
                 if not action.data:
@@ -254,6 +260,26 @@ class Player:
             return Outcome.CLIENT_GONE
         except Exception as exc:
             raise Interrupted(interaction, exc) from exc
+        finally:  # the plan was made for the whole body: what fired is what was played
+            run.played_until(reached)
+
+
+# A fault can hold a response for long without a write (a pause, a head delay): while it
+# waits, whether its client went away is checked this often, so the stream ends then (its
+# record made, `active_streams` down) instead of when the wait is over.
+GONE_POLL_S = 0.25
+
+
+async def _wait_for_client(due: float, load: Load, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> bool:
+    """`wait_until(due)`; True, sooner, when the client closed its end or the connection
+    (a client never half-closes an HTTP request it awaits, as `until_closed` assumes)."""
+    while due - time.monotonic() > GONE_POLL_S:
+        await asyncio.sleep(GONE_POLL_S)
+        if reader.at_eof() or writer.transport.is_closing():
+            return True
+    await wait_until(due, load)
+    return False
 
 
 async def _send_precisely(pieces: Timed, start: float, load: Load,

@@ -285,3 +285,51 @@ async def test_pause_at_a_time_shifts_what_is_due_after_it(
                                                     strict=True)), arrivals_ms(result)
 
     await retrying(check)
+
+
+# -- a client that leaves --------------------------------------------------------------------
+
+
+async def leave_after_first_chunk(url: str) -> float:
+    """GET `url`, read until the first event, close; the monotonic time it closed."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(f"GET {parts.path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    received = b""
+    while b"data: one" not in received:
+        piece = await asyncio.wait_for(reader.read(65536), 10)
+        assert piece, received
+        received += piece
+    writer.close()
+    await writer.wait_closed()
+    return time.monotonic()
+
+
+async def test_faults_planned_after_the_client_left_are_not_logged(
+    replay: Callable[..., Process], tmp_path: Path
+) -> None:
+    """The plan covers the whole body; the log says what fired (an audit found a drop
+    at 906 ms and every heartbeat logged for a client gone at 5 ms)."""
+    log = tmp_path / "faults.jsonl"
+    url = replay("--fault", "drop:after_event=5,how=rst", "--fault", "heartbeat:every=50ms",
+                 "--fault-log", str(log)).url + SHARED
+    await leave_after_first_chunk(url)
+    record = await fault_log(log)
+    assert record["outcome"] == "client-gone"
+    assert [f["type"] for f in record["faults"]].count("drop") == 0, record["faults"]
+    # the heartbeats written until the server saw the client gone, not the ~18 planned
+    assert all(f["at_ms"] < 500 for f in record["faults"]), record["faults"]
+
+
+async def test_a_client_leaving_during_a_long_pause_ends_its_stream(
+    replay: Callable[..., Process], tmp_path: Path
+) -> None:
+    """The pause would have held the stream, and its record, for 30 s."""
+    log = tmp_path / "faults.jsonl"
+    url = replay("--fault", "pause:after_event=1,duration=30s",
+                 "--fault-log", str(log)).url + SHARED
+    left = await leave_after_first_chunk(url)
+    record = await fault_log(log, timeout=10)
+    assert time.monotonic() - left < 5  # GONE_POLL_S after, with a loaded box's margin
+    assert record["outcome"] == "client-gone"
+    assert [f["type"] for f in record["faults"]] == ["pause"]  # it fired: the client saw it
