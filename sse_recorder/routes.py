@@ -2,7 +2,8 @@
 
 `api.openai.com/v1/*` matches any method; `POST */v1/messages` (or `POST /v1/messages`)
 only POSTs to that path on any host. Matching is fnmatch-style on `host + path` (no query
-string), case-insensitive for the method and host. The host is the recorded one
+string), case-insensitive for the method and host; an IPv6 host is written as in a URL,
+`[::1]/x` (or bare, `::1/x`). The host is the recorded one
 (`host_and_path` of the recorded URL) in every mode: never a replay's own address. A spec
 that reads as something else (a method glued to the path, a scheme, a port) is an error
 naming the spec it probably meant.
@@ -55,7 +56,20 @@ class Route:
         if slash and host.upper() in _METHODS - {"*"}:  # POST/v1/chat: "POST" is no host
             raise ConfigError(f"bad route {spec!r}: {host} is a method, not a host "
                               f"(did you mean '{host.upper()} /{path}'?)")
-        if ":" in host:
+        if host.startswith("["):  # an IPv6 address, as URLs write it: [::1]
+            address, closed, after = host[1:].partition("]")
+            if not closed or not address:
+                raise ConfigError(f"bad route {spec!r}: an IPv6 host is written [address], "
+                                  "as in a URL")
+            if after.startswith(":"):
+                raise ConfigError(f"bad route {spec!r}: routes match the host name without a "
+                                  f"port (did you mean '{prefix}[{address}]{slash}{path}'?)")
+            if after:
+                raise ConfigError(f"bad route {spec!r}: an IPv6 host is written [address], "
+                                  "as in a URL")
+            host = address
+            text = host + slash + path
+        elif host.count(":") == 1:  # two or more: an IPv6 address without its brackets
             bare = host.rsplit(":", 1)[0] + slash + path
             raise ConfigError(f"bad route {spec!r}: routes match the host name without a port "
                               f"(did you mean '{prefix}{bare}'?)")
@@ -66,7 +80,9 @@ class Route:
         return cls(method, text)
 
     def __str__(self) -> str:
-        return self.pattern if self.method == "*" else f"{self.method} {self.pattern}"
+        host, slash, path = self.pattern.partition("/")
+        pattern = f"[{host}]{slash}{path}" if ":" in host else self.pattern
+        return pattern if self.method == "*" else f"{self.method} {pattern}"
 
     def matches(self, method: str, host: str, path: str) -> bool:
         if self.method != "*" and method.upper() != self.method:

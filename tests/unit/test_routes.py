@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from sse_recorder.errors import ConfigError
@@ -181,6 +183,27 @@ def test_misread_specs_suggest_what_was_meant(spec: str, meant: str, why: str) -
         Route.parse(spec)
     assert str(info.value) == f"bad route {spec!r}: {why} (did you mean {meant!r}?)"
     Route.parse(meant)  # the suggestion is a good route
+
+
+@pytest.mark.parametrize("spec", ["[::1]/x", "::1/x", "GET [::1]/x", "[::1]/*", "[::*]/x"])
+def test_an_ipv6_host_is_written_as_in_a_url(spec: str) -> None:
+    """A recording of http://[::1]:8080/x: its route was refused (an audit found it)."""
+    route = Route.parse(spec)
+    assert route.matches("GET", *host_and_path("http://[::1]:8080/x"))
+    assert not route.matches("GET", *host_and_path("http://127.0.0.1:8080/x"))
+    assert str(Route.parse(str(route))) == str(route)  # printed as it parses back
+    assert str(route).removeprefix("GET ").startswith("[")
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("[::1]:8080/x", "without a port (did you mean '[::1]/x'?)"),
+    ("[::1/x", "an IPv6 host is written [address]"),
+    ("[]/x", "an IPv6 host is written [address]"),
+    ("[::1]x/y", "an IPv6 host is written [address]"),
+])
+def test_a_misspelled_ipv6_route_says_how_to_write_it(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Route.parse(spec)
 
 
 def test_a_host_merely_starting_like_a_method_is_a_host() -> None:
