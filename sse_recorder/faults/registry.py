@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from http import HTTPStatus
 from typing import Any, ClassVar, Self
 
 from sse_recorder.demo.payloads import HTTP_BODIES, SEED_EVENTS, SHAPES
@@ -355,6 +357,30 @@ REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not 
            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
            529: "Overloaded"}
 HTTP_SHAPES = ("text", *HTTP_BODIES)
+NO_BODY = (204, 304)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2: a header name
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _header(text: str) -> tuple[str, str]:
+    """`Name: value` for an injected response, checked: a valid name, a value on one line,
+    and none of the fields the server sets to frame the response."""
+    name, colon, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    if not colon or not _TOKEN.fullmatch(name):
+        raise ConfigError(f"http header= takes 'Name: value', not {text!r}")
+    if any(c in value for c in "\r\n\0"):
+        raise ConfigError("http header= takes a value on one line")
+    if name.lower() in FRAMING_HEADERS:
+        raise ConfigError(f"http header= cannot set {name}: the server frames the response")
+    return name, value
 TEXT_PLAIN = ("Content-Type", "text/plain; charset=utf-8")
 
 
@@ -374,18 +400,20 @@ class Http(Params):
     @classmethod
     def parse(cls, values: Values, per_event: bool) -> Self:
         status = values.get("status")
-        if status is None or not 100 <= status <= 599:
-            raise ConfigError("http needs status=100..599")
+        if status is None or not 200 <= status <= 599 or status in NO_BODY:
+            # 1xx are not final answers, 204 and 304 have no body: a client would read the
+            # injected body as the start of the next response
+            raise ConfigError("http needs status=200..599, not 204 or 304 (the response "
+                              "replaces the recorded one, body included)")
         if "body" in values and "shape" in values:
             raise ConfigError("http takes body= or shape=, not both (body= is sent as text)")
         shape = choice("shape", values.get("shape", "text"), HTTP_SHAPES)
-        reason = REASONS.get(status, "Error")
+        reason = REASONS.get(status) or _phrase(status)
         headers: list[tuple[str, str]] = []
         if "retry_after" in values:
             headers.append(("Retry-After", str(values["retry_after"])))
         if "header" in values:  # header=Name: value
-            name, _, value = values["header"].partition(":")
-            headers.append((name.strip(), value.strip()))
+            headers.append(_header(values["header"]))
         if "body" in values:
             body = values["body"].encode()
             headers.append(TEXT_PLAIN)

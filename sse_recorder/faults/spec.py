@@ -66,14 +66,32 @@ def _count(value: Any, key: str) -> int:
     return number
 
 
+# A fault's time longer than this is a typo (or 1e308): it would hold a stream, and its
+# client's slot, for good.
+MAX_FAULT_DURATION_S = 86_400.0
+
+
+def _duration(value: Any, type_: str, key: str) -> float:
+    seconds = parse_duration(value, f"{type_}.{key}")
+    if seconds > MAX_FAULT_DURATION_S:
+        raise ConfigError(f"{type_}.{key}: {value!r} is longer than a day")
+    return seconds
+
+
+def _text(value: Any, key: str) -> str:
+    if isinstance(value, list | tuple | dict):
+        raise ConfigError(f"{key} takes one value, not a {type(value).__name__}")
+    return str(value)
+
+
 # Kind -> reader(value, type name, key)
 _READERS: dict[Kind, Callable[[Any, str, str], Any]] = {
-    Kind.DURATION: lambda value, type_, key: parse_duration(value, f"{type_}.{key}"),
+    Kind.DURATION: _duration,
     Kind.COUNT: lambda value, type_, key: _count(value, key),
     Kind.SIZE: lambda value, type_, key: parse_size(value, f"{type_}.{key}"),
     Kind.WHOLE: lambda value, type_, key: _whole(value, key),
     Kind.FLAG: lambda value, type_, key: _flag(value, key),
-    Kind.TEXT: lambda value, type_, key: str(value),
+    Kind.TEXT: lambda value, type_, key: _text(value, key),
 }
 COMMON_KEYS = ("route", "p", "per", "on_resume")
 PER = ("connection", "event")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from sse_recorder.faults import (
     split_at_frames,
 )
 from sse_recorder.faults.registry import REGISTRY, Drop, Http
+from sse_recorder.faults.spec import parse_table
 from sse_recorder.model import Interaction, Outcome, RecordedRequest, ResponseHead
 from sse_recorder.sse import Comment, Event, SSEParser, encode_event, parse
 
@@ -247,8 +249,19 @@ BAD = [
     ("drop:mid_event=0", "drop mid_event= counts events from 1"),
     ("drop:after_bytes=lots", "bad size 'lots'"),
     ("drop:after=later", "bad duration 'later'"),
-    ("http", "http needs status=100..599"),
-    ("http:status=700", "http needs status=100..599"),
+    ("http", "http needs status=200..599"),
+    ("http:status=700", "http needs status=200..599"),
+    # what an audit found sent: a 1xx as a final answer, a body after 204 or 304, a header
+    # line no client parses, a second Content-Length, faults that hold a stream for good
+    ("http:status=101", "http needs status=200..599, not 204 or 304"),
+    ("http:status=204", "http needs status=200..599, not 204 or 304"),
+    ("http:status=304", "http needs status=200..599, not 204 or 304"),
+    ("http:status=500,header=foo", "http header= takes 'Name: value', not 'foo'"),
+    ("http:status=500,header=Bad Name: 1", "http header= takes 'Name: value'"),
+    ("http:status=500,header=Content-Length: 5", "cannot set Content-Length: the server frames"),
+    ("http:status=500,header=Connection: close", "cannot set Connection"),
+    ("pause:after_event=1,duration=100000s", "pause.duration: '100000s' is longer than a day"),
+    ("latency:head=25h", "latency.head"),
     ("http:status=abc", "status must be a whole number"),
     ("http:status=429,shape=google", "shape must be text, openai or anthropic"),
     ("http:status=500,body=oops,shape=openai", "http takes body= or shape=, not both"),
@@ -275,6 +288,24 @@ def test_bad_specs_name_the_bad_part(spec: str, message: str) -> None:
         parse_spec(spec)
     text = str(info.value)
     assert message in text and "\n" not in text
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"type": "http", "status": 500, "header": ["X-A: b", "X-C: d"]},
+     "header takes one value, not a list"),  # was sent as the line "['X-A: b', ...]"
+    ({"type": "latency", "head": 1e308}, "latency.head"),  # ms: held the stream for good
+    ({"type": "pause", "after_event": 1, "duration": 1e15}, "longer than a day"),
+])
+def test_bad_tables_name_the_bad_part(table: dict[str, object], message: str) -> None:
+    """The same checks for a TOML plan's tables and the control API's JSON."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_table(table)
+
+
+def test_an_injected_status_has_its_own_reason_phrase() -> None:
+    teapot, unknown = run_of("http:status=418").http_error(), run_of("http:status=599").http_error()
+    assert teapot is not None and teapot.reason == "I'm a Teapot"  # was "Error"
+    assert unknown is not None and unknown.reason == "Error"
 
 
 def test_every_type_is_described_and_has_a_valid_example() -> None:
