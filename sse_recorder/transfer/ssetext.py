@@ -22,12 +22,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import NoReturn
+from urllib.parse import urlsplit
 
 from sse_recorder.model import Outcome, RecordedRequest, ResponseHead
 from sse_recorder.transfer import TransferError
 from sse_recorder.transfer.exchange import Exchange, Imported
 
 LATEST_TIME = 253402214400.0  # 9999-12-31 UTC: a cassette's start times end there
+MAX_CLOCK_NS = (1 << 63) - 1  # offsets are stored as SQLite's 64-bit integers
 MAGIC = "# sse-recorder stream file (format: cassettes/SSE-FORMAT.md)"
 LINE_ENDINGS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
 # How `@end` names an outcome: the wire's words for the three a hand-written file wants,
@@ -194,6 +196,11 @@ class _Reader:
         if not re.match(r"https?://[^/?#\s]", url, re.IGNORECASE):
             self.fail(f"the URL must be absolute, http://host/path: {url[:60]!r}",
                       match.start(2) + 1)
+        try:
+            urlsplit(url).port  # noqa: B018 - unpaired brackets, a bad port: ValueError
+        except ValueError as exc:
+            self.fail(f"the URL's host or port is malformed ({exc}): {url[:60]!r}",
+                      match.start(2) + 1)
         self.draft = _Draft(method, url, version or "HTTP/1.1", self.now)
         self.state = State.REQUEST
 
@@ -309,7 +316,11 @@ class _Reader:
         (token,) = self._args(tokens, name, 1)
         draft = self.draft
         assert draft is not None
-        draft.clock = (draft.clock if relative else 0) + self.duration(token)
+        clock = (draft.clock if relative else 0) + self.duration(token)
+        if clock > MAX_CLOCK_NS:
+            self.fail("the clock would pass 292 years, more than a cassette holds (offsets "
+                      "are 64-bit nanoseconds)", token.column)
+        draft.clock = clock
         if self.state is State.BODY:
             draft.new_chunk()
         else:

@@ -266,6 +266,12 @@ data: 3
     (b"GET http://h/\n@chunk\n", "2:1", "cannot be used in the request head"),
     (b"GET http://h/\nHTTP/1.1 200 OK\n\ndata: \xff\n", "4:7", "not UTF-8"),
     (b"# only a comment\n", "", "no interaction"),
+    # an audit found these two past the parser: a "damaged cassette" later, and a second
+    # line without a position from the store ("Python int too large")
+    (b"GET http://[::1/a\n", "1:5", "the URL's host or port is malformed"),
+    (b"GET http://h:99999/\n", "1:5", "the URL's host or port is malformed"),
+    (b"GET http://h/\nHTTP/1.1 200 OK\n\n@wait 9999999999s\n", "4:7", "the clock would pass"),
+    (b"GET http://h/\n@at 100000000h\n", "2:5", "expected a duration"),
 ])
 def test_syntax_errors_name_the_line_and_column(text: bytes, where: str, says: str) -> None:
     with pytest.raises(TransferError) as raised:
