@@ -20,7 +20,6 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from http import HTTPStatus
 from typing import Any, ClassVar, Self
 
 from sse_recorder.demo.payloads import HTTP_BODIES, SEED_EVENTS, SHAPES
@@ -28,6 +27,7 @@ from sse_recorder.errors import ConfigError
 from sse_recorder.framing.registry import FRAME_SHAPES
 from sse_recorder.model import Outcome
 from sse_recorder.sse import encode_event
+from sse_recorder.wire.responses import reason_of
 
 
 class Kind(Enum):
@@ -362,13 +362,6 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2: a head
 FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
 
 
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
 def _header(text: str) -> tuple[str, str]:
     """`Name: value` for an injected response, checked: a valid name, a value on one line,
     and none of the fields the server sets to frame the response."""
@@ -408,7 +401,7 @@ class Http(Params):
         if "body" in values and "shape" in values:
             raise ConfigError("http takes body= or shape=, not both (body= is sent as text)")
         shape = choice("shape", values.get("shape", "text"), HTTP_SHAPES)
-        reason = REASONS.get(status) or _phrase(status)
+        reason = REASONS.get(status) or reason_of(status)
         headers: list[tuple[str, str]] = []
         if "retry_after" in values:
             headers.append(("Retry-After", str(values["retry_after"])))

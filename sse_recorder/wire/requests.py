@@ -377,6 +377,9 @@ def _check_head(message: _Message, limits: Limits) -> None:
             + sum(len(name) + len(value) + len(b": \r\n") for name, value in message.fields))
     if size > MAX_HEAD:
         raise BadRequest(_HEAD_TOO_LARGE, 431)
+    if message.version not in ("1.0", "1.1"):  # llhttp reads any HTTP/x.y
+        raise BadRequest(f"HTTP/{message.version} is not supported: this server speaks "
+                         "HTTP/1.1 (and 1.0)", 505)
     hosts = 0
     for name, value in message.fields:
         if name == b"host":

@@ -307,6 +307,18 @@ def test_what_rfc_9112_rejects_is_a_400_and_the_close(replay: Running, raw: byte
     replay.assert_healthy()
 
 
+def test_a_version_this_server_does_not_speak_is_a_505(replay: Running) -> None:
+    """llhttp reads any HTTP/x.y; an HTTP/2.0 request line over this HTTP/1.1 connection
+    was answered 200 as if it were 1.1 (an audit found it)."""
+    with connect(replay.port) as sock:
+        sock.sendall(b"GET /good HTTP/2.0\r\nHost: a\r\n\r\n")
+        response = read_all(sock)
+    status, fields, body = split_response(response)
+    assert status == 505 and fields["connection"] == "close"
+    assert b"is not supported" in body
+    replay.assert_healthy()
+
+
 def test_http_1_0_gets_no_chunked_body_and_the_close(replay: Running) -> None:
     with connect(replay.port) as sock:
         sock.sendall(b"GET /stream HTTP/1.0\r\n\r\n")
@@ -782,6 +794,8 @@ def test_fuzz_every_malformed_request_gets_a_4xx_and_the_server_goes_on(
         assert fuzzed.records()[before].answer is Answer.RECORDED
     elif status == 501:  # a transfer coding (RFC 9112 §6.1) or a method (RFC 9110 §9.1)
         assert b"Transfer-Encoding" in response or b"is not supported" in response
+    elif status == 505:  # an HTTP version llhttp reads but this server does not speak
+        assert b"is not supported: this server speaks HTTP/1.1" in response
     else:
         assert 400 <= status < 500, response[:300]
     fuzzed.assert_healthy()
