@@ -227,7 +227,8 @@ class ReplayServer:
                                                   writer)
                 except BadRequest as exc:
                     writer.write(responses.bad_request(exc.status, str(exc)))
-                    self._record(Served("?", "?", None, exc.status, Outcome.CLEAN,
+                    self._record(Served(exc.method or "?", exc.target or "?", None,
+                                        exc.status, Outcome.CLEAN,
                                         Answer.BAD_REQUEST, str(exc), time=time.time(),
                                         worker=self.options.worker))
                     await close_after_error(reader, writer, self.options.linger)

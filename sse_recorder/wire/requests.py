@@ -79,9 +79,12 @@ class Request:
 class BadRequest(Exception):
     """The client sent something that is not an acceptable HTTP/1.1 request."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, method: str = "") -> None:
         super().__init__(message)
         self.status = status  # the status to answer with
+        # what the request line said, as far as it was read (for the record; "" unknown)
+        self.method = method
+        self.target = ""
 
 
 class Budget:
@@ -167,6 +170,13 @@ class RequestReader:
             started.head_due = time.monotonic() + limits.head
         try:
             return await self._next(reader, limits, writer)
+        except BadRequest as exc:
+            message = self._parsing
+            if message is not None:  # what its request line said, for the record
+                exc.method = exc.method or message.method
+                exc.target = exc.target or message.target.decode("latin-1")
+            self._give_back()
+            raise
         except BaseException:  # the connection ends: what the request took is given back
             self._give_back()
             raise
@@ -288,7 +298,8 @@ class RequestReader:
                           and not self._parsing.head_bytes)
             line = _UNKNOWN_METHOD.match(data) if began_here else None
             if line is not None:  # RFC 9110 §9.1: a method the server does not know
-                raise BadRequest(f"method {line[1].decode()} is not supported", 501) from None
+                raise BadRequest(f"method {line[1].decode()} is not supported", 501,
+                                 line[1].decode()) from None
             raise BadRequest(str(exc)) from None
         except httptools.HttpParserError as exc:
             raise BadRequest(str(exc)) from None

@@ -316,6 +316,26 @@ def test_a_version_this_server_does_not_speak_is_a_505(replay: Running) -> None:
     status, fields, body = split_response(response)
     assert status == 505 and fields["connection"] == "close"
     assert b"is not supported" in body
+    record = replay.records()[-1]
+    assert (record.method, record.target, record.status) == ("GET", "/good", 505)
+    replay.assert_healthy()
+
+
+@pytest.mark.parametrize(("raw", "method", "target", "status"), [
+    (b"BREW /pot HTTP/1.1\r\nHost: a\r\n\r\n", "BREW", "?", 501),
+    (b"GET /good HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "GET", "/good", 400),
+])
+def test_a_refused_request_is_recorded_as_far_as_it_was_read(
+    replay: Running, raw: bytes, method: str, target: str, status: int
+) -> None:
+    """Every refused request was recorded as `? ?`, even when its line had been read (an
+    audit found it)."""
+    with connect(replay.port) as sock:
+        sock.sendall(raw)
+        assert status_of(read_all(sock)) == status
+    record = replay.records()[-1]
+    assert (record.method, record.target, record.answer) == (method, target,
+                                                              Answer.BAD_REQUEST)
     replay.assert_healthy()
 
 
