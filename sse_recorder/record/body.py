@@ -87,10 +87,15 @@ class Body:
         decoder = self.decoder
         if decoder is not None:
             failed = decoder.failed
-            datas = [decoder.decode(data) for data in datas]
+            decoded = [decoder.decode(data) for data in datas]
             if decoder.failed and not failed:
                 log.warning("sse-recorder: #%d: cannot decode the body (%s): the rest is not "
                             "stored", self.iid, ", ".join(self.codings))
+            # a chunk that decodes to nothing (a gzip header sent alone) is no chunk of the
+            # stored body: a replay could not send it (an empty HTTP chunk ends the body)
+            kept = [i for i, data in enumerate(decoded) if data]
+            offsets = [offsets[i] for i in kept]
+            datas = [decoded[i] for i in kept]
         self._held_ns += offsets
         self._held += datas
         if self.counter is not None:

@@ -436,6 +436,22 @@ async def test_a_compressed_event_stream_is_stored_decoded(tmp_path: Path) -> No
     assert len(got.chunks[1]) == 2
 
 
+async def test_a_gzip_header_sent_alone_is_no_stored_chunk(tmp_path: Path) -> None:
+    """It decodes to nothing: stored, it was a chunk `ls` counted and a replay could not
+    send (an empty HTTP chunk ends a body), so the counts disagreed (an audit found it)."""
+    stream = b"data: one\n\ndata: two\n\n"
+    compressor = zlib.compressobj(wbits=31)
+    header = compressor.compress(b"") + compressor.flush(zlib.Z_SYNC_FLUSH)
+    first = compressor.compress(stream[:11]) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    rest = compressor.compress(stream[11:]) + compressor.flush()
+    assert not zlib.decompressobj(31).decompress(header[:10])  # the header alone: nothing
+    head = ResponseHead(200, "OK", (("Content-Type", "text/event-stream"),
+                                    ("Content-Encoding", "gzip")))
+    got = await _record_one(tmp_path, GET, head, [header[:10], header[10:] + first, rest])
+    assert [c.data for c in got.chunks[1]] == [stream[:11], stream[11:]]
+    assert [e.data for e in got.events[1]] == ["one", "two"]
+
+
 async def test_a_compressed_request_body(tmp_path: Path) -> None:
     request = RecordedRequest("POST", "https://h/x", (("Content-Encoding", "gzip"),),
                               gzip.compress(b'{"password": "%s"}' % SECRET.encode()))
