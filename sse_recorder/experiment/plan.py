@@ -242,7 +242,10 @@ REQUIRED = ("cassette", "client")
 
 def command_argv(value: Any, where: str) -> tuple[str, ...]:
     """The argv; `{python}` in it is the Python running sse-recorder."""
-    argv = shlex.split(value) if isinstance(value, str) else _strings(value, where)
+    try:
+        argv = shlex.split(value) if isinstance(value, str) else _strings(value, where)
+    except ValueError as exc:  # unbalanced quotes
+        raise ConfigError(f"{where}: {exc} in {value!r}") from None
     if not argv:
         raise ConfigError(f"{where} must name a program")
     return tuple(arg.replace("{python}", sys.executable) for arg in argv)

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from sse_recorder.testing.outcomes import fail
+
 if TYPE_CHECKING:
     from sse_recorder.experiment.plan import Plan
     from sse_recorder.experiment.runner import RunResult
@@ -44,7 +46,13 @@ class ScenarioOutcome:
                          for result in self.results if not result.held)
 
 
+class PlanError(Exception):
+    """The test's plan cannot be used: the message says why, in one line."""
+
+
 def _plan_of(node: Any) -> Plan | None:
+    """The test's `sse_experiment` plan, None without the marker; PlanError when the plan
+    cannot be read."""
     marker = node.get_closest_marker("sse_experiment")
     if marker is None:
         return None
@@ -52,18 +60,28 @@ def _plan_of(node: Any) -> Plan | None:
     from sse_recorder.experiment.plan import load_plan
 
     if not marker.args:
-        raise pytest.UsageError("sse_experiment needs the plan's path")
+        raise PlanError("sse_experiment needs the plan's path")
     path = Path(node.path).parent / str(marker.args[0])
     try:
         return load_plan(path)
     except SSERecorderError as exc:
-        raise pytest.UsageError(f"sse_experiment: {exc}") from None
+        raise PlanError(f"sse_experiment: {exc}") from None
+
+
+BAD_PLAN = "bad-plan"  # the one id of a test whose plan cannot be read: it fails, alone
 
 
 def generate_tests(metafunc: pytest.Metafunc) -> None:
+    """One test per scenario (and the baseline). A plan that cannot be read makes one
+    failing test that says why, in one line: raised here, it stopped the whole collection
+    with a traceback through pytest's internals."""
     if "sse_scenario" not in metafunc.fixturenames:
         return
-    plan = _plan_of(metafunc.definition)
+    try:
+        plan = _plan_of(metafunc.definition)
+    except PlanError:
+        metafunc.parametrize("sse_scenario", [BAD_PLAN], indirect=True, ids=[BAD_PLAN])
+        return
     if plan is None:
         return
     from sse_recorder.experiment.plan import BASELINE
@@ -90,12 +108,15 @@ def _run_scenario(plan: Plan, name: str) -> list[RunResult]:
 @pytest.fixture
 def sse_scenario(request: pytest.FixtureRequest) -> ScenarioOutcome:
     """The outcome of one scenario of the test's `sse_experiment` plan."""
-    plan = _plan_of(request.node)
+    try:
+        plan = _plan_of(request.node)
+    except PlanError as exc:
+        fail(str(exc))
     if plan is None or not hasattr(request, "param"):
-        raise pytest.UsageError("sse_scenario needs @pytest.mark.sse_experiment(PLAN)")
+        fail("sse_scenario needs @pytest.mark.sse_experiment(PLAN) on the test")
     from sse_recorder.errors import SSERecorderError
 
     try:
         return ScenarioOutcome(request.param, _run_scenario(plan, request.param))
     except SSERecorderError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        fail(str(exc))

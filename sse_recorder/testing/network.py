@@ -34,6 +34,22 @@ def is_loopback(host: str) -> bool:
         return host.lower() in LOOPBACK_NAMES
 
 
+def bad_allowed(allowed: Iterable[str]) -> str | None:
+    """Why an allowed-hosts entry cannot be read (`host`, `host:port` or a bare IPv6
+    address), or None: a typo there blocked the host it meant, silently."""
+    for entry in (a.strip() for a in allowed if a.strip()):
+        if entry.count(":") == 1:
+            host, _, port = entry.partition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                return f"{entry!r}: expected host or host:port (a port from 1 to 65535)"
+        elif ":" in entry:
+            try:
+                ipaddress.IPv6Address(entry.split("%", 1)[0])
+            except ValueError:
+                return f"{entry!r}: not an IPv6 address (expected host or host:port)"
+    return None
+
+
 def _resolved(allowed: Iterable[str]) -> set[str]:
     """The addresses of allowed host names, in the same form ("ip" or "ip:port"), so the
     connection a name turns into after DNS is allowed too."""

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from sse_recorder.testing.browser import CHROMIUM_ARGS, find_chromium
+from sse_recorder.testing.outcomes import fail
 
 if TYPE_CHECKING:
     from sse_recorder.testing.plugin import SSECassette
@@ -69,14 +70,14 @@ def sse_browser(request: pytest.FixtureRequest) -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("sse-recorder: sse_browser needs Playwright: pip install playwright "
-                    "(pytest-playwright optional)", pytrace=False)
+        fail("sse-recorder: sse_browser needs Playwright: pip install playwright "
+                    "(pytest-playwright optional)")
     from sse_recorder.errors import SSERecorderError
 
     try:
         options = launch_options()
     except SSERecorderError as exc:
-        pytest.fail(f"sse-recorder: {exc}", pytrace=False)
+        fail(f"sse-recorder: {exc}")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(**options)
         yield browser

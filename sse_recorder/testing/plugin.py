@@ -41,7 +41,8 @@ from sse_recorder.experiment.pytest_support import (  # sse_scenario: the fixtur
 )
 from sse_recorder.partial import remove_sqlite_file
 from sse_recorder.testing import locate
-from sse_recorder.testing.network import Guard
+from sse_recorder.testing.network import Guard, bad_allowed
+from sse_recorder.testing.outcomes import fail
 from sse_recorder.testing.processes import START_TIMEOUT, STOP_TIMEOUT, Process, ProcessError
 from sse_recorder.testing.settings import (
     CassetteSettings,
@@ -127,6 +128,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("sse_block_network") or config.getini("sse_block_network"):
         allowed = (config.getoption("sse_allowed_hosts")
                    or str(config.getini("sse_allowed_hosts")))
+        if problem := bad_allowed(allowed.split(",")):
+            raise pytest.UsageError(f"sse_allowed_hosts: {problem}")
         state.guard = Guard(allowed.split(","))
         state.guard.install()
     config.stash[_STATE] = state
@@ -294,15 +297,15 @@ class SSECassette:
             return self._server.base_url
         if self._recorder is None:
             if self.upstream is None:
-                pytest.fail(f"sse-recorder: recording {self._shown()} through base_url needs "
+                fail(f"sse-recorder: recording {self._shown()} through base_url needs "
                             "an upstream: @pytest.mark.sse_cassette(upstream=URL), "
                             "--sse-upstream=URL or ini sse_upstream (or record through "
-                            "proxy_url)", pytrace=False)
+                            "proxy_url)")
             self._recorder = self._record("--upstream", self.upstream)
             self._recording_as = "base_url"
         if self._recording_as != "base_url":
-            pytest.fail(f"sse-recorder: this test records {self._shown()} through proxy_url; "
-                        "one test records through one of base_url and proxy_url", pytrace=False)
+            fail(f"sse-recorder: this test records {self._shown()} through proxy_url; "
+                        "one test records through one of base_url and proxy_url")
         return self._recorder.url
 
     @property
@@ -342,11 +345,11 @@ class SSECassette:
         try:
             cors = Cors.parse([*self._server.options.cors.origins, *origins])
         except ConfigError as exc:
-            pytest.fail(f"sse-recorder: {exc}", pytrace=False)
+            fail(f"sse-recorder: {exc}")
         if isinstance(self._proxy, Process) and cors != self._server.options.cors:
-            pytest.fail("sse-recorder: allow_origin must come before proxy_url is first used "
+            fail("sse-recorder: allow_origin must come before proxy_url is first used "
                         "(sse_page and sse_context use it): the proxy runs in a process of "
-                        "its own here, started with the origins allowed then", pytrace=False)
+                        "its own here, started with the origins allowed then")
         self._server.options = dataclasses.replace(self._server.options, cors=cors)
 
     @property
@@ -378,25 +381,25 @@ class SSECassette:
         try:
             self._options = self.settings.replay_options()
         except ValueError as exc:
-            pytest.fail(f"sse-recorder: {exc}", pytrace=False)
+            fail(f"sse-recorder: {exc}")
         if mode is RecordMode.NONE and not exists:
-            pytest.fail(f"sse-recorder: {self._where()}: no such cassette (record mode none "
+            fail(f"sse-recorder: {self._where()}: no such cassette (record mode none "
                         "never records); record it with --sse-record-mode=once "
-                        "--sse-upstream=URL", pytrace=False)
+                        "--sse-upstream=URL")
         if mode in (RecordMode.NONE, RecordMode.ONCE) and exists:
             try:
                 server = self._state.loop.run(self._open_server())
             except CassetteError as exc:
-                pytest.fail(f"sse-recorder: {exc}", pytrace=False)
+                fail(f"sse-recorder: {exc}")
             if any(i.response is not None for i in server.matcher.interactions):
                 self._server = server
                 self._own(server.port)
                 return
             self._state.loop.run(server.close())
             if mode is RecordMode.NONE:
-                pytest.fail(f"sse-recorder: {self._shown()}: the cassette holds no response "
+                fail(f"sse-recorder: {self._shown()}: the cassette holds no response "
                             "to replay (a recording that failed?); record it again with "
-                            "--sse-record-mode=once --sse-upstream=URL", pytrace=False)
+                            "--sse-record-mode=once --sse-upstream=URL")
             self._remove()  # once: a failed earlier recording is recorded afresh
             self.recording = True
             return
@@ -404,9 +407,8 @@ class SSECassette:
             try:
                 self._state.loop.run(self._check_cassette())
             except CassetteError as exc:
-                pytest.fail(f"sse-recorder: {exc} (record mode {mode} never records over "
-                            "anything but a cassette; move this file away to record afresh)",
-                            pytrace=False)
+                fail(f"sse-recorder: {exc} (record mode {mode} never records over "
+                            "anything but a cassette; move this file away to record afresh)")
         if mode is RecordMode.ALL and exists:
             if not isinstance(self.path, Path):
                 self._remove()  # refused: a store's cassette is never replaced by a test
@@ -424,13 +426,13 @@ class SSECassette:
         try:
             return self.path.name in self._state.loop.run(stored_names(self.path))
         except CassetteError as exc:  # the store cannot be read
-            pytest.fail(f"sse-recorder: {exc}", pytrace=False)
+            fail(f"sse-recorder: {exc}")
 
     def _remove(self) -> None:
         if not isinstance(self.path, Path):
-            pytest.fail(f"sse-recorder: {self._shown()}: a store's cassette is never "
+            fail(f"sse-recorder: {self._shown()}: a store's cassette is never "
                         "replaced by a test (record mode all, or a failed recording): "
-                        "`sse-recorder copy` or drop it yourself", pytrace=False)
+                        "`sse-recorder copy` or drop it yourself")
         remove_sqlite_file(self.path)
 
     def _where(self) -> str:
@@ -475,7 +477,7 @@ class SSECassette:
                 args += ["--replay-matched", *self.settings.match_arguments()]
             process = Process(args, self._workdir / f"recorder-{time.monotonic_ns()}.log")
         except ProcessError as exc:
-            pytest.fail(f"sse-recorder: cannot record {self._shown()}: {exc}", pytrace=False)
+            fail(f"sse-recorder: cannot record {self._shown()}: {exc}")
         self._own(urlsplit(process.url).port)
         return process
 
@@ -483,9 +485,9 @@ class SSECassette:
         self._workdir.mkdir(parents=True, exist_ok=True)
         if self.recording:
             if self._recorder is not None:
-                pytest.fail(f"sse-recorder: this test records {self._shown()} through "
+                fail(f"sse-recorder: this test records {self._shown()} through "
                             "base_url; one test records through one of base_url and "
-                            "proxy_url", pytrace=False)
+                            "proxy_url")
             self._recorder = self._record()
             self._recording_as = "proxy_url"
             return self._recorder.url
@@ -504,7 +506,7 @@ class SSECassette:
                           for arg in ("--cors", origin))]
                 self._proxy = Process(args, self._workdir / f"proxy-{time.monotonic_ns()}.log")
         except RuntimeError as exc:
-            pytest.fail(f"sse-recorder: cannot start proxy mode: {exc}", pytrace=False)
+            fail(f"sse-recorder: cannot start proxy mode: {exc}")
         self._own(urlsplit(self._proxy.url).port)
         return self._proxy.url
 
@@ -584,12 +586,11 @@ def sse_cassette(
     try:
         settings = CassetteSettings.for_item(item)
     except ValueError as exc:
-        pytest.fail(f"sse-recorder: {exc}", pytrace=False)
+        fail(f"sse-recorder: {exc}")
     if not named(item) and (others := sharing_default_name(item, settings.name)):
-        pytest.fail(f"sse-recorder: {item.nodeid} and {others[0]} would share the cassette "
+        fail(f"sse-recorder: {item.nodeid} and {others[0]} would share the cassette "
                     f"{settings.name}: their ids differ only in characters a file name "
-                    "cannot hold; name one: @pytest.mark.sse_cassette(\"NAME\")",
-                    pytrace=False)
+                    "cannot hold; name one: @pytest.mark.sse_cassette(\"NAME\")")
     state = request.config.stash[_STATE]
     if state.confdir is None:
         configured = request.config.getini("sse_confdir")
@@ -609,7 +610,7 @@ def sse_cassette(
         problems = cassette._stop(passed=item.stash.get(_PASSED, False))
         late = cassette.take_unmatched_report()
         if late or problems:
-            pytest.fail("\n\n".join([*problems, late] if late else problems), pytrace=False)
+            fail("\n\n".join([*problems, late] if late else problems))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -117,6 +117,17 @@ def check_speed(speed: str) -> None:
         raise ValueError(str(exc)) from None
 
 
+def _seed(value: Any) -> int | None:
+    """The marker's seed: a whole number (or its digits), else a ValueError that names it."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise ValueError(f"seed must be a whole number, not {value!r}")
+
+
 @dataclass(frozen=True)
 class CassetteSettings:
     """What one test's marker, the command line and the ini file decided, merged."""
@@ -148,8 +159,10 @@ class CassetteSettings:
                                     or config.getini("sse_record_mode") or "none"))
         upstream = (config.getoption("sse_upstream") or kwargs.get("upstream")
                     or config.getini("sse_upstream") or None)
-        speed = config.getoption("sse_speed") or kwargs.get("speed") or config.getini("sse_speed")
-        kwargs["speed"] = speed or "instant"
+        speed = next((value for value in (config.getoption("sse_speed"), kwargs.get("speed"),
+                                          config.getini("sse_speed"))
+                      if value is not None and value != ""), "instant")  # 0 is a value
+        kwargs["speed"] = speed
         name = name or default_name(item)
         module_dir = item.path.parent
         store = config.getini("sse_store") or None
@@ -173,9 +186,10 @@ class CassetteSettings:
 
         k = self.kwargs
         try:
-            seed = k.get("seed")
+            seed = _seed(k.get("seed"))
             match = MatchConfig.parse(
-                k.get("match"), strings(k.get("ignore_json"), "ignore_json"),
+                ",".join(strings(k["match"], "match")) if k.get("match") is not None else None,
+                strings(k.get("ignore_json"), "ignore_json"),
                 strings(k.get("ignore_query"), "ignore_query"),
                 strings(k.get("ignore_headers"), "ignore_headers"),
                 str(k.get("when_exhausted", "repeat-last")),
@@ -183,8 +197,7 @@ class CassetteSettings:
             options = ReplayOptions(
                 timing=Timing.parse(str(k["speed"]), k.get("max_gap")),
                 match=match,
-                faults=FaultPlan.load(strings(k.get("faults"), "faults"),
-                                      seed=None if seed is None else int(seed)),
+                faults=FaultPlan.load(strings(k.get("faults"), "faults"), seed=seed),
             )
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
@@ -200,7 +213,7 @@ class CassetteSettings:
         """`--match` and `--ignore-*` for the marker's matching rules (`replay --proxy`, and
         `record --replay-matched` in record mode new_episodes)."""
         k = self.kwargs
-        args = ["--match", str(k["match"])] if k.get("match") else []
+        args = ["--match", ",".join(strings(k["match"], "match"))] if k.get("match") else []
         for option, key in (("--ignore-json", "ignore_json"), ("--ignore-query", "ignore_query"),
                             ("--ignore-header", "ignore_headers")):
             for value in strings(k.get(key), key):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -212,6 +213,8 @@ BAD_PLANS = {
                        "scenario x: drop:after_evnt=3: drop does not take after_evnt"),
     "missing cassette": ("cassette", "", "cassette"),
     "command not found": ("command", "", "client command not found: no-such-client-xyz"),
+    # a traceback from shlex before (an audit found it)
+    "unbalanced quote": ("quote", "", "No closing quotation"),
 }
 
 
@@ -224,6 +227,9 @@ def test_a_bad_plan_is_one_line_and_exit_2_before_any_run(tmp_path: Path, case: 
     if what == "command":
         plan.write_text(plan.read_text().replace('"{python}", "client.py"',
                                                  '"no-such-client-xyz"'))
+    if what == "quote":
+        plan.write_text(re.sub(r"(?m)^command = .*$", "command = \"{python} 'unterminated\"",
+                               plan.read_text()))
     done = subprocess.run([SSE_RECORDER, "experiment", str(plan)], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2

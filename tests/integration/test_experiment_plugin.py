@@ -44,3 +44,26 @@ def test_each_scenario_is_one_test(tmp_path: Path) -> None:
     assert "PASSED test_plan.py::test_client_copes[reset]" in out
     assert "FAILED test_plan.py::test_client_copes[rate-limited]" in out
     assert "after a 429 with Retry-After: 1" in out
+
+
+def test_a_bad_plan_fails_its_test_in_one_line_and_the_others_run(tmp_path: Path) -> None:
+    """It stopped the whole collection with a traceback through pytest's internals (an
+    audit found it); so did sse_scenario without the marker."""
+    (tmp_path / "plan.toml").write_text('cassette = "ci.sqlite"\ntimout = 3\n')
+    (tmp_path / "test_plan.py").write_text(TEST_FILE + textwrap.dedent('''\
+        def test_without_marker(sse_scenario):
+            pass
+
+        def test_other():
+            pass
+        '''))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist",
+         "-p", "no:hypothesispytest", "-rA", "-q", "test_plan.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = done.stdout
+    assert done.returncode == 1, out + done.stderr
+    assert "PASSED test_plan.py::test_other" in out
+    assert "test_client_copes[bad-plan]" in out and "unknown key 'timout'" in out
+    assert "sse_scenario needs @pytest.mark.sse_experiment(PLAN)" in out
+    assert "Traceback" not in out and "During handling" not in out

@@ -199,9 +199,29 @@ def test_cassettes_that_cannot_be_replayed_fail_with_one_line_and_stay_untouched
         @pytest.mark.sse_cassette("empty", ignore_headers=["X-Trace"])
         def test_idle_ignore(sse_cassette):
             pass
+
+        # what an audit found: tracebacks, a seed error that never named the seed, and
+        # speed=0 replaying instantly where --sse-speed=0 is refused
+        @pytest.mark.sse_cassette("empty", match=5)
+        def test_match_not_text(sse_cassette):
+            pass
+
+        @pytest.mark.sse_cassette("empty", seed=[1])
+        def test_seed_list(sse_cassette):
+            pass
+
+        @pytest.mark.sse_cassette("empty", seed="abc")
+        def test_seed_text(sse_cassette):
+            pass
+
+        @pytest.mark.sse_cassette("empty", speed=0)
+        def test_speed_zero(sse_cassette):
+            pass
     ''') + garbage_tests)
     result = run(suite)
-    result.assert_outcomes(errors=10)
+    result.assert_outcomes(errors=14)
+    assert "During handling" not in result.stdout.str()  # each message once
+    assert "Traceback" not in result.stdout.str()
     result.stdout.fnmatch_lines_random([
         "sse-recorder: */garbage-none.sqlite: not a readable cassette: file is not a database",
         "sse-recorder: */garbage-once.sqlite: not a readable cassette: file is not a database",
@@ -216,6 +236,10 @@ def test_cassettes_that_cannot_be_replayed_fail_with_one_line_and_stay_untouched
         "sse-recorder: unknown sse_cassette argument(s) colour; known: record_mode, *",
         "sse-recorder: bad --match part 'colour': *",
         "sse-recorder: ignore_headers=['x-trace'] does nothing: match compares no headers",
+        "sse-recorder: match must be a string or a list of strings, got 5",
+        "sse-recorder: seed must be a whole number, not [[]1]",
+        "sse-recorder: seed must be a whole number, not 'abc'",
+        "sse-recorder: *speed*",
     ])
     assert {p.name: p.read_bytes() for p in cassettes.iterdir()} == before
 
@@ -516,6 +540,20 @@ def test_without_the_fixture():
     finally:
         sock.close()
 '''
+
+
+@pytest.mark.parametrize(("allowed", "says"), [
+    ("127.0.0.1:abc", "'127.0.0.1:abc': expected host or host:port"),
+    ("localhost,::::", "'::::': not an IPv6 address"),
+    ("h:0", "'h:0': expected host or host:port (a port from 1 to 65535)"),
+])
+def test_a_malformed_allowed_host_is_a_usage_error(suite: pytest.Pytester, allowed: str,
+                                                   says: str) -> None:
+    """It was accepted, and the host it meant was then blocked (an audit found it)."""
+    suite.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    result = run(suite, "--sse-block-network", f"--sse-allowed-hosts={allowed}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"sse_allowed_hosts: {says}" in result.stderr.str()
 
 
 def test_block_network_fails_a_test_that_connects_anywhere_but_its_replay(
