@@ -28,8 +28,10 @@ if TYPE_CHECKING:  # SQLAlchemy only once a URL is parsed: a path needs none of 
 
 # scheme://... : what a path never looks like (a drive letter has no '//').
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-# A cassette name is a PostgreSQL schema name: printable, short, not a system schema.
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+# A cassette name is a PostgreSQL schema name: printable, short, not a system schema. No
+# dot: SQLAlchemy reads a dotted schema as database.schema ("cross-database references are
+# not implemented"), so a name like v1.2 could be checked but never stored.
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,62}$")
 _RESERVED = re.compile(r"^(pg_|information_schema$|public$)", re.IGNORECASE)
 # Dialect names a URL may use, and the SQLAlchemy driver each is opened with.
 DRIVERS = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg",
@@ -90,8 +92,8 @@ class Location:
 def check_name(name: str, where: object) -> str:
     if not _NAME.match(name) or _RESERVED.match(name):
         raise CassetteError(
-            f"{where}: {name!r} is not a cassette name: up to 63 letters, digits, '_', '.' "
-            "or '-', not starting with pg_ nor named public or information_schema")
+            f"{where}: {name!r} is not a cassette name: up to 63 letters, digits, '_' or "
+            "'-' (no '.'), not starting with pg_ nor named public or information_schema")
     return name
 
 
