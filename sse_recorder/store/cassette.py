@@ -31,6 +31,7 @@ Invariants:
 from __future__ import annotations
 
 import os
+import secrets
 import struct
 import time
 from bisect import bisect_right
@@ -40,7 +41,17 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import case, func, insert, inspect, literal, select, type_coerce, update
+from sqlalchemy import (
+    case,
+    delete,
+    func,
+    insert,
+    inspect,
+    literal,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import NullType
@@ -417,6 +428,27 @@ class Cassette:
                 raise CassetteError(f"{path}: damaged cassette, table {name} has no column "
                                     f"{', '.join(lost)}")
         return version
+
+    async def reads_from(self, other: Cassette) -> bool:
+        """Whether this cassette (opened for recording) is `other` under another name: a
+        server spelled another way (localhost, 127.0.0.1), a hard link. A marker committed
+        here is looked for there, then removed; `other` ends its read transaction first, so
+        it sees what is committed now."""
+        key = f"probe-{secrets.token_hex(8)}"
+        try:
+            await self._conn.execute(insert(MetaRow).values(key=key, value=""))
+            await self._conn.commit()
+            try:
+                await other._conn.rollback()
+                found = (await other._conn.execute(
+                    select(MetaRow.value).where(MetaRow.key == key))).first()
+                await other._conn.rollback()
+            finally:
+                await self._conn.execute(delete(MetaRow).where(MetaRow.key == key))
+                await self._conn.commit()
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise CassetteError(f"{self.path}: write failed: {self._describe(exc)}") from None
+        return found is not None
 
     async def close(self) -> None:
         """Close. A cassette `open_for_recording` created that holds no interaction is

@@ -55,6 +55,9 @@ async def copy(
         dst = await open_store(destination, record=True)
         done: list[Copied] = []
         try:
+            if await dst.reads_from(src):  # the source under another spelling: duplicated
+                raise CassetteError(f"{destination}: is the source {source} under another "
+                                    "name; copy into another cassette")
             for interaction in chosen:
                 copied = await _one(src, dst, interaction)
                 done.append(copied)
@@ -67,9 +70,20 @@ async def copy(
 
 
 def source_is(src: Cassette, destination: str | Path | Location) -> bool:
-    return str(src.path) == str(destination) or (
-        isinstance(src.path, Path) and isinstance(destination, str | Path)
-        and "://" not in str(destination) and Path(destination).resolve() == src.path.resolve())
+    """The same cassette by its name: the same URL or path, or the same file (a symlink, a
+    hard link). Another spelling of the same server is found once both are open
+    (`Cassette.reads_from`)."""
+    if str(src.path) == str(destination):
+        return True
+    if not (isinstance(src.path, Path) and isinstance(destination, str | Path)
+            and "://" not in str(destination)):
+        return False
+    target = Path(destination)
+    try:
+        return target.resolve() == src.path.resolve() or (
+            target.exists() and target.samefile(src.path))
+    except OSError:
+        return False
 
 
 async def _one(src: Cassette, dst: Cassette, i: Interaction) -> Copied:

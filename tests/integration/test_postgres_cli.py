@@ -81,6 +81,12 @@ async def test_copy_file_to_store_to_file_keeps_everything(
     again = run("copy", str(cassette_file), target, "2", "1")
     assert again.returncode == 0, again.stderr
     assert "#2 -> #4: 700 chunks" in again.stderr and "#1 -> #5: 2 chunks" in again.stderr
+    # into itself under another spelling of the server: it was duplicated (an audit found)
+    elsewhere = target.replace("@127.0.0.1:", "@localhost:")
+    assert elsewhere != target
+    itself = run("copy", target, elsewhere)
+    assert_one_line_exit_2(itself, "is the source", password=password_of(postgres_url))
+    assert f"{name}\t5 interactions" in run("ls", postgres_url).stdout.splitlines()
 
 
 async def test_import_into_a_store_writes_a_new_cassette_there(

@@ -289,3 +289,19 @@ def test_no_output_option_writes_over_a_cassette(argv: tuple[str, ...], cassette
     assert done.returncode == 2 and done.stdout == "", (done.stdout, done.stderr)
     assert done.stderr.count("\n") == 1 and "is the cassette" in done.stderr
     assert a.read_bytes() == before and b.read_bytes() == before
+
+
+@pytest.mark.parametrize("into", ["{a}", "./{name}", "{link}"])
+def test_copy_into_its_own_source_is_refused(into: str, cassette: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hard link to the source ended in 'disk I/O error' (two WAL files for one
+    database); the same cassette by another name is the source."""
+    a = tmp_path / "a.sqlite"
+    a.write_bytes(cassette.read_bytes())
+    os.link(a, tmp_path / "link.sqlite")
+    monkeypatch.chdir(tmp_path)
+    before = a.read_bytes()
+    done = cli("copy", str(a), into.format(a=a, name=a.name, link=tmp_path / "link.sqlite"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "is the source" in done.stderr
+    assert a.read_bytes() == before
