@@ -19,7 +19,7 @@ from mitmproxy.proxy import server_hooks
 
 from sse_recorder.errors import ConfigError, SSERecorderError
 from sse_recorder.mitm.transports import REPLAYED, Transports, headers_of
-from sse_recorder.replay.matching import IncomingRequest, MatchConfig
+from sse_recorder.replay.matching import SCHEME_FIELD, IncomingRequest, MatchConfig
 from sse_recorder.replay.schedule import Timing
 from sse_recorder.replay.server import ReplayOptions, ReplayServer
 
@@ -42,6 +42,7 @@ class ReplayRouter:
 
     def request(self, flow: http.HTTPFlow) -> None:
         original_host = flow.request.host_header
+        flow.request.headers[SCHEME_FIELD] = flow.request.scheme  # for --match scheme
         flow.request.scheme = "http"
         flow.request.host = self.host
         flow.request.port = self.port

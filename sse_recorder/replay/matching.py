@@ -102,13 +102,20 @@ class MatchConfig:
         return frozenset()
 
 
+# The scheme a request had before `replay --proxy` (or `record --replay-matched`) rerouted
+# it to the replay server over plain HTTP: the router sends it in this field, which the
+# server takes off before matching. Without it the scheme is unknown (a client of the
+# replay server itself), and `--match scheme` does not compare it.
+SCHEME_FIELD = "X-SSE-Recorder-Scheme"
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingRequest:
     method: str
     target: str  # path and query, as on the request line
     headers: Headers
     body: bytes = b""
-    scheme: str = "http"
+    scheme: str = ""  # "": unknown, not compared
     host: str = ""
 
 

@@ -48,6 +48,7 @@ from sse_recorder.model import Headers, Interaction, Outcome, header_value
 from sse_recorder.replay import vendors
 from sse_recorder.replay.cors import Cors, Preflight
 from sse_recorder.replay.matching import (
+    SCHEME_FIELD,
     IncomingRequest,
     MatchConfig,
     Matcher,
@@ -76,6 +77,7 @@ from sse_recorder.wire.requests import (
     BadRequest,
     Budget,
     Limits,
+    Request,
     RequestReader,
 )
 from sse_recorder.wire.responses import BodyWriter
@@ -235,9 +237,7 @@ class ReplayServer:
                     break
                 if request is None:
                     break
-                incoming = IncomingRequest(
-                    request.method, request.target, request.headers, request.body,
-                    host=host_of(header_value(request.headers, "host") or ""))
+                incoming = _incoming(request)
                 persist = keeps_alive(request.http_version, request.headers)
                 version = request.http_version
                 del request
@@ -427,6 +427,19 @@ async def _close_late(run: FaultRun) -> None:
     delay = run.late_close()
     if delay is not None:
         await asyncio.sleep(delay)
+
+
+def _incoming(request: Request) -> IncomingRequest:
+    """What matching compares: the scheme a proxy rerouted from (SCHEME_FIELD, taken off
+    the headers), else unknown."""
+    headers = request.headers
+    scheme = header_value(headers, SCHEME_FIELD)
+    if scheme is not None:
+        field_name = SCHEME_FIELD.lower()
+        headers = tuple((n, v) for n, v in headers if n.lower() != field_name)
+    return IncomingRequest(request.method, request.target, headers, request.body,
+                           scheme=(scheme or "").strip().lower(),
+                           host=host_of(header_value(headers, "host") or ""))
 
 
 def _closing_end(interaction: Interaction, body_writer: BodyWriter) -> Outcome | None:

@@ -32,7 +32,7 @@ from cryptography.x509.oid import NameOID
 
 from sse_recorder.demo.upstream import tick_event, ticks_writes
 from sse_recorder.model import Chunk, Outcome
-from tests.helpers import REPO, RecorderFactory, start
+from tests.helpers import REPO, SSE_RECORDER, RecorderFactory, start
 from tests.integration.support import assert_faithful, load, stamp_ns
 
 pytestmark = pytest.mark.integration
@@ -282,6 +282,22 @@ async def test_https_interception_in_regular_proxy_mode(
     assert interaction.response is not None and interaction.response.status == 200
     assert_faithful(recording, [data for _, data in events])  # one chunk per upstream write
     assert_gaps_follow_stamps(chunks)
+
+    # Served back as a proxy, matched by scheme too: the router reroutes over plain HTTP,
+    # and every HTTPS recording was a 404 ("recorded https, got http", an audit found it).
+    replay = start([SSE_RECORDER, "replay", str(tmp_path / "cassette.sqlite"), "--proxy",
+                    "--listen-port", "0", "--confdir", str(recorder.confdir), "--instant",
+                    "--match", "method,scheme,host,path,query"], tmp_path / "replay.txt")
+    try:
+        async with httpx.AsyncClient(proxy=replay.url, verify=trusting(mitmproxy_ca(recorder)),
+                                     timeout=10) as client:
+            again = await client.get(tls_upstream + TICKS)
+            assert again.status_code == 200, again.text
+            assert again.content == b"".join(data for _, data in events)
+            plain = await client.get(tls_upstream.replace("https://", "http://") + TICKS)
+            assert plain.status_code == 404 and "scheme: recorded https, got http" in plain.text
+    finally:
+        replay.stop()
 
 
 @pytest.mark.parametrize(
