@@ -99,6 +99,28 @@ class _Ready:
         self.event.set()
 
 
+def ca_problem(confdir: Path) -> str | None:
+    """Why the confdir's CA cannot sign certificates for HTTPS clients, or None. mitmproxy
+    starts with a damaged `mitmproxy-ca.pem` and says nothing: every HTTPS client then
+    failed its handshake while the printed CA file did not exist."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    ca = confdir / "mitmproxy-ca.pem"
+    fix = f"remove {confdir}/mitmproxy-ca* to make a new CA (clients must trust it again)"
+    try:
+        data = ca.read_bytes()
+        x509.load_pem_x509_certificate(data)
+        load_pem_private_key(data, None)
+    except OSError as exc:
+        return f"cannot read the mitmproxy CA {ca}: {exc.strerror or exc}"
+    except (ValueError, TypeError):  # cryptography's reasons point at its FAQ, not here
+        return f"{ca}: not a PEM certificate and private key mitmproxy can use; {fix}"
+    if not (confdir / "mitmproxy-ca-cert.pem").is_file():
+        return f"{confdir}/mitmproxy-ca-cert.pem is missing; {fix}"
+    return None
+
+
 async def run_mitmproxy(
     settings: ProxySettings,
     addons: list[Any],
@@ -143,6 +165,11 @@ async def run_mitmproxy(
                         raise ListenFailed(server.last_exception)
                 reason = errors.messages[0] if errors.messages else "proxy did not start"
                 raise SSERecorderError(f"cannot start the proxy: {reason}")
+            if problem := ca_problem(settings.confdir):
+                waiter.cancel()
+                master.shutdown()
+                await run
+                raise SSERecorderError(problem)
             if handle_signals:
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGINT, signal.SIGTERM):

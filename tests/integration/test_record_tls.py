@@ -17,6 +17,7 @@ import ipaddress
 import json
 import ssl
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -373,3 +374,21 @@ async def test_http2_end_to_end_in_regular_proxy_mode(
     assert interaction.complete and interaction.outcome is Outcome.CLEAN
     assert_faithful(recording, [data for _, data in events])  # one chunk per DATA frame
     assert_gaps_follow_stamps(chunks)
+
+
+@pytest.mark.parametrize("command", ["record", "replay"])
+def test_a_damaged_ca_is_one_line_before_anything_listens(command: str, tmp_path: Path) -> None:
+    """mitmproxy started with it and said nothing: every HTTPS client failed its handshake
+    while the printed CA file did not exist (an audit found it)."""
+    confdir = tmp_path / "conf"
+    confdir.mkdir()
+    (confdir / "mitmproxy-ca.pem").write_text("garbage\n")
+    cassette = tmp_path / "c.sqlite"
+    args = (["record", str(cassette)] if command == "record"
+            else ["replay", str(REPO / "cassettes" / "progress.sse"), "--proxy"])
+    done = subprocess.run([SSE_RECORDER, *args, "--listen-port", "0", "--confdir",
+                           str(confdir)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == "", (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "mitmproxy-ca.pem: not a PEM certificate and private key" in done.stderr
+    assert not cassette.exists()
