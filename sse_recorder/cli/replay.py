@@ -351,9 +351,13 @@ async def _replay_as_proxy(server: Any, host: str, port: int, confdir: Path,
         sys.stdout.flush()
 
     await _start(server, "127.0.0.1", 0)
+    # HTTP/2 only if some recorded client spoke it: offered to a client recorded over
+    # HTTP/1.1 (curl takes it), a recorded truncation reached it as a stream reset
+    http2 = any(i.request.http_version.startswith("HTTP/2")
+                for i in server.matcher.interactions)
     try:
         await run_proxy(server, ProxySettings(listen_host=host, listen_port=port,
-                                              confdir=confdir), ready)
+                                              confdir=confdir, http2=http2), ready)
     except ListenFailed as exc:
         raise SSERecorderError(cannot_listen(host, port, exc.error)) from None
 

@@ -39,6 +39,7 @@ class ProxySettings:
     listen_port: int = 0
     confdir: Path = field(default_factory=lambda: Path("~/.mitmproxy").expanduser())
     ssl_insecure: bool = False
+    http2: bool = True  # offered to clients (ALPN h2)
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ async def run_mitmproxy(
             confdir=str(settings.confdir),
             mode=[f"reverse:{settings.upstream}" if settings.upstream else "regular"],
             ssl_insecure=settings.ssl_insecure,
+            http2=settings.http2,
         )
         master = DumpMaster(opts, with_termlog=False, with_dumper=False)
         master.addons.remove(master.addons.get("errorcheck"))  # it would sys.exit

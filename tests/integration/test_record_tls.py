@@ -15,6 +15,7 @@ import asyncio
 import datetime
 import ipaddress
 import json
+import shutil
 import ssl
 import statistics
 import subprocess
@@ -290,13 +291,22 @@ async def test_https_interception_in_regular_proxy_mode(
                     "--listen-port", "0", "--confdir", str(recorder.confdir), "--instant",
                     "--match", "method,scheme,host,path,query"], tmp_path / "replay.txt")
     try:
-        async with httpx.AsyncClient(proxy=replay.url, verify=trusting(mitmproxy_ca(recorder)),
-                                     timeout=10) as client:
+        # a client that offers HTTP/2 gets what was recorded, HTTP/1.1 (curl got HTTP/2, so
+        # a recorded truncation reached it as a stream reset: an audit found it)
+        async with httpx.AsyncClient(proxy=replay.url, http2=True, timeout=10,
+                                     verify=trusting(mitmproxy_ca(recorder))) as client:
             again = await client.get(tls_upstream + TICKS)
             assert again.status_code == 200, again.text
+            assert again.http_version == "HTTP/1.1"
             assert again.content == b"".join(data for _, data in events)
             plain = await client.get(tls_upstream.replace("https://", "http://") + TICKS)
             assert plain.status_code == 404 and "scheme: recorded https, got http" in plain.text
+        if shutil.which("curl"):  # curl offers h2 where httpx through a proxy does not
+            done = subprocess.run(
+                ["curl", "-sS", "-N", "--proxy", replay.url, "--cacert",
+                 str(mitmproxy_ca(recorder)), "-o", "/dev/null", "-w", "%{http_version}",
+                 tls_upstream + TICKS], capture_output=True, text=True, timeout=30)
+            assert (done.returncode, done.stdout) == (0, "1.1"), (done.stdout, done.stderr)
     finally:
         replay.stop()
 
