@@ -22,6 +22,16 @@ TEST_FILE = textwrap.dedent('''\
     ''')
 
 
+def failing_run(directory: Path) -> str:
+    """pytest -rA of test_plan.py in `directory`, which fails (some test does); its output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist",
+         "-p", "no:hypothesispytest", "-rA", "-q", "test_plan.py"],
+        cwd=directory, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    return done.stdout
+
+
 def test_each_scenario_is_one_test(tmp_path: Path) -> None:
     write_plan(tmp_path, '''
         [[scenario]]
@@ -34,12 +44,7 @@ def test_each_scenario_is_one_test(tmp_path: Path) -> None:
         times = 1
         ''', client="lei 0.05")
     (tmp_path / "test_plan.py").write_text(TEST_FILE)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist",
-         "-p", "no:hypothesispytest", "-rA", "-q", "test_plan.py"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    out = done.stdout
-    assert done.returncode == 1, out + done.stderr
+    out = failing_run(tmp_path)
     assert "PASSED test_plan.py::test_client_copes[baseline]" in out
     assert "PASSED test_plan.py::test_client_copes[reset]" in out
     assert "FAILED test_plan.py::test_client_copes[rate-limited]" in out
@@ -57,12 +62,7 @@ def test_a_bad_plan_fails_its_test_in_one_line_and_the_others_run(tmp_path: Path
         def test_other():
             pass
         '''))
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist",
-         "-p", "no:hypothesispytest", "-rA", "-q", "test_plan.py"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    out = done.stdout
-    assert done.returncode == 1, out + done.stderr
+    out = failing_run(tmp_path)
     assert "PASSED test_plan.py::test_other" in out
     assert "test_client_copes[bad-plan]" in out and "unknown key 'timout'" in out
     assert "sse_scenario needs @pytest.mark.sse_experiment(PLAN)" in out
