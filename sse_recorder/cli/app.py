@@ -61,17 +61,11 @@ def refuse_overwriting(output: Path | None, option: str, *cassettes: object) -> 
     is never a file): writing it would destroy the recording."""
     if output is None or str(output) == "-":
         return
+    from sse_recorder.store.location import same_file
+
     for cassette in cassettes:
-        if isinstance(cassette, Path) and _same_file(output, cassette):
+        if isinstance(cassette, Path) and same_file(output, cassette):
             _fail(f"{output}: is the cassette {cassette}: choose another {option}")
-
-
-def _same_file(one: Path, other: Path) -> bool:
-    try:
-        return one.resolve() == other.resolve() or (
-            one.exists() and other.exists() and one.samefile(other))  # a hard link too
-    except OSError:
-        return False
 
 
 def write_whole(path: Path, data: bytes) -> None:

@@ -198,7 +198,7 @@ class Tap:
             if exchange.ended is None:
                 exchange.ended, exchange.ending = self.clock(), "open"
         if self._server is not None:
-            await stop_serving(self._server, self._tasks)
+            await stop_serving([self._server], self._tasks)
             self._server = None
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

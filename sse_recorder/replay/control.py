@@ -123,7 +123,7 @@ class ControlServer:
 
     async def close(self) -> None:
         if self._server is not None:
-            await stop_serving(self._server, self._tasks)
+            await stop_serving([self._server], self._tasks)
             self._server = None
 
     # -- HTTP ------------------------------------------------------------------------------

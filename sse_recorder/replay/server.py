@@ -196,12 +196,7 @@ class ReplayServer:
 
     async def close(self) -> None:
         servers, self._servers = self._servers, []
-        for other in servers[1:]:
-            other.close()
-        if servers:  # the connections of every server end with the first's
-            await stop_serving(servers[0], self._tasks)
-        for other in servers[1:]:
-            await other.wait_closed()
+        await stop_serving(servers, self._tasks)
         if self._fault_log is not None:
             self._fault_log.close()
             self._fault_log = None

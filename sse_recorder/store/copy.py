@@ -23,7 +23,7 @@ from sse_recorder.store.cassette import (
     WriteBatch,
     open_store,
 )
-from sse_recorder.store.location import Location
+from sse_recorder.store.location import Location, same_file
 
 BATCH_ROWS = 2048  # chunks per destination transaction (stored as one block row)
 BATCH_BYTES = 1 << 20
@@ -75,15 +75,8 @@ def source_is(src: Cassette, destination: str | Path | Location) -> bool:
     (`Cassette.reads_from`)."""
     if str(src.path) == str(destination):
         return True
-    if not (isinstance(src.path, Path) and isinstance(destination, str | Path)
-            and "://" not in str(destination)):
-        return False
-    target = Path(destination)
-    try:
-        return target.resolve() == src.path.resolve() or (
-            target.exists() and target.samefile(src.path))
-    except OSError:
-        return False
+    return (isinstance(src.path, Path) and isinstance(destination, str | Path)
+            and "://" not in str(destination) and same_file(Path(destination), src.path))
 
 
 async def _one(src: Cassette, dst: Cassette, i: Interaction) -> Copied:

@@ -147,3 +147,13 @@ def _without_password(url: URL) -> str:
 
     return URL.create(url.drivername, url.username, None, url.host, url.port, url.database,
                       url.query).render_as_string(hide_password=False)
+
+
+def same_file(one: Path, other: Path) -> bool:
+    """Whether two paths name one file: the same resolved path (a symlink, `./x`), or the
+    same inode (a hard link)."""
+    try:
+        return one.resolve() == other.resolve() or (
+            one.exists() and other.exists() and one.samefile(other))
+    except OSError:
+        return False

@@ -11,7 +11,7 @@ import asyncio
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from sse_recorder.model import Headers
 
@@ -37,14 +37,17 @@ def base_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def stop_serving(server: asyncio.Server, connections: set[asyncio.Task[None]]) -> None:
-    """Stop listening and end every connection handler still running (each server keeps
-    its handlers' tasks in `connections`)."""
-    server.close()
+async def stop_serving(servers: Sequence[asyncio.Server],
+                       connections: set[asyncio.Task[None]]) -> None:
+    """Stop listening (a server per listening socket) and end every connection handler
+    still running (the servers keep their handlers' tasks in `connections`)."""
+    for server in servers:
+        server.close()
     for task in list(connections):
         task.cancel()
     await asyncio.gather(*connections, return_exceptions=True)
-    await server.wait_closed()
+    for server in servers:
+        await server.wait_closed()
 
 
 def reset(writer: asyncio.StreamWriter) -> None:
