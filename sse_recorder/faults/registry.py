@@ -352,10 +352,6 @@ class Drop(Params):
         return Stage.DEADLINE if self.after is not None else Stage.CUTS
 
 
-REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-           408: "Request Timeout", 429: "Too Many Requests", 500: "Internal Server Error",
-           502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
-           529: "Overloaded"}
 HTTP_SHAPES = ("text", *HTTP_BODIES)
 NO_BODY = (204, 304)
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2: a header name
@@ -401,7 +397,7 @@ class Http(Params):
         if "body" in values and "shape" in values:
             raise ConfigError("http takes body= or shape=, not both (body= is sent as text)")
         shape = choice("shape", values.get("shape", "text"), HTTP_SHAPES)
-        reason = REASONS.get(status) or reason_of(status)
+        reason = reason_of(status)
         headers: list[tuple[str, str]] = []
         if "retry_after" in values:
             headers.append(("Retry-After", str(values["retry_after"])))

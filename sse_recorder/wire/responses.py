@@ -94,11 +94,15 @@ def whole(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if bodiless else body)
 
 
+# Statuses vendors use that the RFCs do not name (Anthropic's 529 when it is overloaded)
+VENDOR_REASONS = {529: "Overloaded"}
+
+
 def reason_of(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
     except ValueError:
-        return "Error"
+        return VENDOR_REASONS.get(status, "Error")
 
 
 def bad_request(status: int, message: str) -> bytes:

@@ -306,6 +306,8 @@ def test_an_injected_status_has_its_own_reason_phrase() -> None:
     teapot, unknown = run_of("http:status=418").http_error(), run_of("http:status=599").http_error()
     assert teapot is not None and teapot.reason == "I'm a Teapot"  # was "Error"
     assert unknown is not None and unknown.reason == "Error"
+    overloaded = run_of("http:status=529,shape=anthropic").http_error()
+    assert overloaded is not None and overloaded.reason == "Overloaded"  # Anthropic's own
 
 
 def test_every_type_is_described_and_has_a_valid_example() -> None:
