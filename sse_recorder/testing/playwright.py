@@ -71,7 +71,7 @@ def sse_browser(request: pytest.FixtureRequest) -> Iterator[Any]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         fail("sse-recorder: sse_browser needs Playwright: pip install playwright "
-                    "(pytest-playwright optional)")
+             "(pytest-playwright optional)")
     from sse_recorder.errors import SSERecorderError
 
     try:

@@ -298,14 +298,14 @@ class SSECassette:
         if self._recorder is None:
             if self.upstream is None:
                 fail(f"sse-recorder: recording {self._shown()} through base_url needs "
-                            "an upstream: @pytest.mark.sse_cassette(upstream=URL), "
-                            "--sse-upstream=URL or ini sse_upstream (or record through "
-                            "proxy_url)")
+                     "an upstream: @pytest.mark.sse_cassette(upstream=URL), "
+                     "--sse-upstream=URL or ini sse_upstream (or record through "
+                     "proxy_url)")
             self._recorder = self._record("--upstream", self.upstream)
             self._recording_as = "base_url"
         if self._recording_as != "base_url":
             fail(f"sse-recorder: this test records {self._shown()} through proxy_url; "
-                        "one test records through one of base_url and proxy_url")
+                 "one test records through one of base_url and proxy_url")
         return self._recorder.url
 
     @property
@@ -348,8 +348,8 @@ class SSECassette:
             fail(f"sse-recorder: {exc}")
         if isinstance(self._proxy, Process) and cors != self._server.options.cors:
             fail("sse-recorder: allow_origin must come before proxy_url is first used "
-                        "(sse_page and sse_context use it): the proxy runs in a process of "
-                        "its own here, started with the origins allowed then")
+                 "(sse_page and sse_context use it): the proxy runs in a process of "
+                 "its own here, started with the origins allowed then")
         self._server.options = dataclasses.replace(self._server.options, cors=cors)
 
     @property
@@ -384,8 +384,8 @@ class SSECassette:
             fail(f"sse-recorder: {exc}")
         if mode is RecordMode.NONE and not exists:
             fail(f"sse-recorder: {self._where()}: no such cassette (record mode none "
-                        "never records); record it with --sse-record-mode=once "
-                        "--sse-upstream=URL")
+                 "never records); record it with --sse-record-mode=once "
+                 "--sse-upstream=URL")
         if mode in (RecordMode.NONE, RecordMode.ONCE) and exists:
             try:
                 server = self._state.loop.run(self._open_server())
@@ -398,8 +398,8 @@ class SSECassette:
             self._state.loop.run(server.close())
             if mode is RecordMode.NONE:
                 fail(f"sse-recorder: {self._shown()}: the cassette holds no response "
-                            "to replay (a recording that failed?); record it again with "
-                            "--sse-record-mode=once --sse-upstream=URL")
+                     "to replay (a recording that failed?); record it again with "
+                     "--sse-record-mode=once --sse-upstream=URL")
             self._remove()  # once: a failed earlier recording is recorded afresh
             self.recording = True
             return
@@ -408,7 +408,7 @@ class SSECassette:
                 self._state.loop.run(self._check_cassette())
             except CassetteError as exc:
                 fail(f"sse-recorder: {exc} (record mode {mode} never records over "
-                            "anything but a cassette; move this file away to record afresh)")
+                     "anything but a cassette; move this file away to record afresh)")
         if mode is RecordMode.ALL and exists:
             if not isinstance(self.path, Path):
                 self._remove()  # refused: a store's cassette is never replaced by a test
@@ -431,8 +431,8 @@ class SSECassette:
     def _remove(self) -> None:
         if not isinstance(self.path, Path):
             fail(f"sse-recorder: {self._shown()}: a store's cassette is never "
-                        "replaced by a test (record mode all, or a failed recording): "
-                        "`sse-recorder copy` or drop it yourself")
+                 "replaced by a test (record mode all, or a failed recording): "
+                 "`sse-recorder copy` or drop it yourself")
         remove_sqlite_file(self.path)
 
     def _where(self) -> str:
@@ -486,8 +486,8 @@ class SSECassette:
         if self.recording:
             if self._recorder is not None:
                 fail(f"sse-recorder: this test records {self._shown()} through "
-                            "base_url; one test records through one of base_url and "
-                            "proxy_url")
+                     "base_url; one test records through one of base_url and "
+                     "proxy_url")
             self._recorder = self._record()
             self._recording_as = "proxy_url"
             return self._recorder.url
@@ -589,8 +589,8 @@ def sse_cassette(
         fail(f"sse-recorder: {exc}")
     if not named(item) and (others := sharing_default_name(item, settings.name)):
         fail(f"sse-recorder: {item.nodeid} and {others[0]} would share the cassette "
-                    f"{settings.name}: their ids differ only in characters a file name "
-                    "cannot hold; name one: @pytest.mark.sse_cassette(\"NAME\")")
+             f"{settings.name}: their ids differ only in characters a file name "
+             "cannot hold; name one: @pytest.mark.sse_cassette(\"NAME\")")
     state = request.config.stash[_STATE]
     if state.confdir is None:
         configured = request.config.getini("sse_confdir")
