@@ -214,6 +214,7 @@ def test_value_forms_cover_encodings() -> None:
     ("a/b c@secret", b"v=a%2Fb+c%40secret"),  # a form's `+` for a space
     ("emoji-\U0001F600-secret", rb'"emoji-\ud83d\ude00-secret"'),  # a surrogate pair
     ("plain-secret", rb'"\u0070lain-secret"'),  # any character may be escaped
+    ("a b c-secret", b"q=a+b c-secret"),  # no % nor backslash: + alone picks the spelled scan
 ])
 def test_values_are_found_in_every_spelling(secret: str, spelled: bytes) -> None:
     """What encoders agree on is the characters, not the form: each of these left the
